@@ -1,0 +1,557 @@
+//! Copying one regular file: a state machine driven by ring completions.
+//!
+//! open source + create target (both through the ring) → plan (reflink, holes, chunks) → reads
+//! and writes at explicit offsets from pool buffers, up to `OPS_PER_FILE_MAX` in flight → owner,
+//! xattrs, mode, times → optional fsync → close both (through the ring) → rename into place when
+//! an existing entry is being replaced → link waiting hardlinks.
+//!
+//! A file bigger than `CHUNK_BYTES` is split: its other chunks go to the shared queue as jobs that
+//! any worker runs against the same open descriptors, and whichever chunk finishes last does the
+//! metadata and close. The target is created under its final name only when nothing was there; on
+//! any failure it is removed, so no half-written file is left under a final name unreported.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{AtFlags, Mode, OFlags, SeekFrom};
+use rustix::io::Errno;
+
+use super::{
+    scan, source_error, DirNode, Job, Link, Step, Worker, CHUNK_BYTES, OPS_PER_FILE_MAX, OP_BYTES_MAX,
+};
+use crate::config::{Fsync, Reflink};
+use crate::error::EntryError;
+use crate::meta::{self, Meta};
+use crate::progress::Counters;
+use crate::ring::{Completion, Op};
+
+const SUB_OPEN_SRC: u32 = 0;
+const SUB_OPEN_DST: u32 = 1;
+const SUB_OPEN_TMP: u32 = 2;
+const SUB_DATA: u32 = 3;
+const SUB_FSYNC: u32 = 4;
+const SUB_CLOSE_SRC: u32 = 5;
+const SUB_CLOSE_DST: u32 = 6;
+
+/// A file whose descriptors are open, shared by the tasks copying its chunks.
+pub struct FileCtx {
+    parent: Arc<DirNode>,
+    name: CString,
+    meta: Meta,
+    /// Written under this temporary name, renamed over `name` at the end.
+    tmp: Option<CString>,
+    fds: Mutex<Option<(Arc<OwnedFd>, Arc<OwnedFd>)>>,
+    /// Data ranges `[start, end)`, in order; holes between them stay holes.
+    segments: Vec<(u64, u64)>,
+    chunks_left: AtomicUsize,
+    error: Mutex<Option<EntryError>>,
+}
+
+impl FileCtx {
+    fn created_name(&self) -> &CString {
+        self.tmp.as_ref().unwrap_or(&self.name)
+    }
+}
+
+struct Opening {
+    parent: Arc<DirNode>,
+    name: CString,
+    meta: Meta,
+    src: Option<OwnedFd>,
+    dst: Option<OwnedFd>,
+    tmp: Option<CString>,
+    error: Option<EntryError>,
+}
+
+enum Phase {
+    Open(Box<Opening>),
+    Data,
+    Sync,
+    Close,
+}
+
+pub struct CopyTask {
+    phase: Phase,
+    ctx: Option<Arc<FileCtx>>,
+    src: Option<Arc<OwnedFd>>,
+    dst: Option<Arc<OwnedFd>>,
+    /// This task's byte range of the file.
+    start: u64,
+    end: u64,
+    seg: usize,
+    next: u64,
+    in_flight: u32,
+    failed: Option<EntryError>,
+    /// Error found while finishing (metadata, fsync, close).
+    final_error: Option<EntryError>,
+}
+
+impl CopyTask {
+    pub fn open(w: &mut Worker, slot: u32, parent: Arc<DirNode>, name: CString, meta: Meta) -> CopyTask {
+        let mut sflags = OFlags::RDONLY | OFlags::NOFOLLOW;
+        if w.shared.is_root {
+            // Reading must not change the source's atime (root may always ask for this).
+            sflags |= OFlags::NOATIME;
+        }
+        let dflags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        let owner_only = Mode::from_raw_mode(0o600);
+        w.ring.push(
+            super::token(slot, SUB_OPEN_SRC),
+            Op::OpenAt {
+                dir: parent.src.clone(),
+                name: name.clone(),
+                flags: sflags,
+                mode: Mode::empty(),
+            },
+        );
+        w.ring.push(
+            super::token(slot, SUB_OPEN_DST),
+            Op::OpenAt {
+                dir: parent.dst.clone(),
+                name: name.clone(),
+                flags: dflags,
+                mode: owner_only,
+            },
+        );
+        CopyTask {
+            phase: Phase::Open(Box::new(Opening {
+                parent,
+                name,
+                meta,
+                src: None,
+                dst: None,
+                tmp: None,
+                error: None,
+            })),
+            ctx: None,
+            src: None,
+            dst: None,
+            start: 0,
+            end: 0,
+            seg: 0,
+            next: 0,
+            in_flight: 2,
+            failed: None,
+            final_error: None,
+        }
+    }
+
+    pub fn chunk(ctx: Arc<FileCtx>, start: u64, end: u64) -> CopyTask {
+        let (src, dst) = ctx
+            .fds
+            .lock()
+            .expect("fds poisoned")
+            .clone()
+            .expect("chunk of an open file");
+        CopyTask {
+            phase: Phase::Data,
+            ctx: Some(ctx),
+            src: Some(src),
+            dst: Some(dst),
+            start,
+            end,
+            seg: 0,
+            next: start,
+            in_flight: 0,
+            failed: None,
+            final_error: None,
+        }
+    }
+
+    pub fn pump(&mut self, w: &mut Worker, slot: u32) -> Step {
+        match self.phase {
+            Phase::Open(_) => Step::Running,
+            Phase::Data => self.pump_data(w, slot),
+            Phase::Sync | Phase::Close => Step::Running,
+        }
+    }
+
+    pub fn complete(&mut self, w: &mut Worker, slot: u32, sub: u32, c: Completion) -> Step {
+        self.in_flight -= 1;
+        match sub {
+            SUB_OPEN_SRC | SUB_OPEN_DST | SUB_OPEN_TMP => self.opened(w, slot, sub, c),
+            SUB_DATA => self.data_done(w, slot, c),
+            SUB_FSYNC => {
+                if let Err(e) = c.result {
+                    let ctx = self.ctx.as_ref().expect("ctx");
+                    self.final_error = Some(EntryError::new("fsync", dst_path(w, ctx), e));
+                }
+                self.close(w, slot)
+            }
+            SUB_CLOSE_SRC | SUB_CLOSE_DST => {
+                if let Err(e) = c.result {
+                    let ctx = self.ctx.as_ref().expect("ctx");
+                    if self.final_error.is_none() {
+                        self.final_error = Some(EntryError::new("close", dst_path(w, ctx), e));
+                    }
+                }
+                if self.in_flight == 0 {
+                    self.finish_file(w)
+                } else {
+                    Step::Running
+                }
+            }
+            _ => unreachable!("unknown sub-token {sub}"),
+        }
+    }
+
+    fn opened(&mut self, w: &mut Worker, slot: u32, sub: u32, c: Completion) -> Step {
+        let Phase::Open(o) = &mut self.phase else {
+            unreachable!("open completion outside open phase")
+        };
+        let rel = || o.parent.child_rel(&o.name);
+        match (sub, c.result) {
+            (SUB_OPEN_SRC, Ok(_)) => o.src = c.opened,
+            (SUB_OPEN_SRC, Err(e)) => {
+                o.error
+                    .get_or_insert(source_error("open", w.shared.src_path(&rel()), e));
+            }
+            (SUB_OPEN_DST | SUB_OPEN_TMP, Ok(_)) => o.dst = c.opened,
+            (SUB_OPEN_DST, Err(Errno::EXIST)) => {
+                // Something is there: write beside it and rename over it at the end.
+                let tmp = w.shared.tmp_name();
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+                let op = Op::OpenAt {
+                    dir: o.parent.dst.clone(),
+                    name: tmp.clone(),
+                    flags,
+                    mode: Mode::from_raw_mode(0o600),
+                };
+                o.tmp = Some(tmp);
+                w.ring.push(super::token(slot, SUB_OPEN_TMP), op);
+                self.in_flight += 1;
+            }
+            (_, Err(e)) => {
+                o.error
+                    .get_or_insert(EntryError::new("create", w.shared.dst_path(&rel()), e));
+            }
+            (_, Ok(_)) => unreachable!("open sub-token {sub}"),
+        }
+        if self.in_flight > 0 {
+            return Step::Running;
+        }
+        let Phase::Open(o) = std::mem::replace(&mut self.phase, Phase::Data) else {
+            unreachable!()
+        };
+        if let Some(err) = o.error {
+            if o.dst.is_some() {
+                let created = o.tmp.as_ref().unwrap_or(&o.name);
+                let _ = rustix::fs::unlinkat(&*o.parent.dst, created.as_c_str(), AtFlags::empty());
+            }
+            w.report(err);
+            resolve_links(w, &o.parent, &o.name, &o.meta, false);
+            w.shared.child_done(o.parent);
+            return Step::Done;
+        }
+        self.plan(w, slot, *o)
+    }
+
+    /// Decide how the data moves: reflink, which ranges hold data, how to split into chunks.
+    fn plan(&mut self, w: &mut Worker, slot: u32, mut o: Opening) -> Step {
+        let src = Arc::new(o.src.take().expect("opened"));
+        let dst = Arc::new(o.dst.take().expect("opened"));
+        let size = o.meta.size;
+        let path = |o: &Opening| w.shared.dst_path(&o.parent.child_rel(&o.name));
+        let mut error = None;
+        let mut segments = Vec::new();
+        let mut cloned = false;
+        if size > 0 && w.shared.reflink_try.load(Ordering::Relaxed) {
+            match rustix::fs::ioctl_ficlone(&*dst, &*src) {
+                Ok(()) => {
+                    cloned = true;
+                    Counters::add(&w.counters().reflinked, 1);
+                    Counters::add(&w.counters().bytes, size);
+                }
+                Err(e) if w.shared.cfg.reflink == Reflink::Always => {
+                    error = Some(EntryError::new("reflink", path(&o), e));
+                }
+                // Auto: this filesystem pair cannot clone; stop asking for the rest of the run.
+                Err(_) => w.shared.reflink_try.store(false, Ordering::Relaxed),
+            }
+        }
+        if !cloned && error.is_none() && size > 0 {
+            match data_segments(&src, &o.meta) {
+                Ok(s) => segments = s,
+                Err(e) => {
+                    error = Some(EntryError::new(
+                        "seek",
+                        w.shared.src_path(&o.parent.child_rel(&o.name)),
+                        e,
+                    ))
+                }
+            }
+            let holes = segments.last().is_none_or(|&(_, end)| end < size) || segments.len() > 1;
+            if error.is_none() && holes {
+                // Sets the size so trailing holes exist; data ranges are written into it.
+                if let Err(e) = rustix::fs::ftruncate(&*dst, size) {
+                    error = Some(EntryError::new("truncate", path(&o), e));
+                }
+            }
+        }
+        let chunks = if w.shared.cfg.threads > 1 && size > CHUNK_BYTES && !cloned {
+            size.div_ceil(CHUNK_BYTES)
+        } else {
+            1
+        };
+        let ctx = Arc::new(FileCtx {
+            parent: o.parent,
+            name: o.name,
+            meta: o.meta,
+            tmp: o.tmp,
+            fds: Mutex::new(Some((src.clone(), dst.clone()))),
+            segments,
+            chunks_left: AtomicUsize::new(chunks as usize),
+            error: Mutex::new(error),
+        });
+        for k in 1..chunks {
+            let job = Job::Chunk {
+                ctx: ctx.clone(),
+                start: k * CHUNK_BYTES,
+                end: ((k + 1) * CHUNK_BYTES).min(size),
+            };
+            // Straight to the shared queue: the point is that idle workers take them.
+            w.shared.new_job();
+            w.shared.queue.push(job);
+        }
+        self.start = 0;
+        self.end = if chunks > 1 { CHUNK_BYTES } else { size };
+        self.next = 0;
+        self.src = Some(src);
+        self.dst = Some(dst);
+        self.ctx = Some(ctx);
+        if cloned {
+            self.end = 0;
+        }
+        self.pump_data(w, slot)
+    }
+
+    fn next_piece(&mut self) -> Option<(u64, u64)> {
+        let segs = &self.ctx.as_ref().expect("ctx").segments;
+        while self.seg < segs.len() {
+            let (s, e) = segs[self.seg];
+            let s = s.max(self.start).max(self.next);
+            let e = e.min(self.end);
+            if s < e {
+                return Some((s, (e - s).min(OP_BYTES_MAX)));
+            }
+            if segs[self.seg].1 >= self.end {
+                return None;
+            }
+            self.seg += 1;
+        }
+        None
+    }
+
+    fn pump_data(&mut self, w: &mut Worker, slot: u32) -> Step {
+        let mut blocked = false;
+        while self.failed.is_none() && self.in_flight < OPS_PER_FILE_MAX {
+            let Some((offset, len)) = self.next_piece() else {
+                break;
+            };
+            if w.soft_room() == 0 {
+                blocked = true;
+                break;
+            }
+            let pool = w.ring.pool();
+            let Some(lease) = pool.acquire(pool.units_for(len)) else {
+                blocked = true;
+                break;
+            };
+            let len = len.min(lease.len() as u64) as u32;
+            let src = self.src.clone().expect("open");
+            w.ring
+                .push(super::token(slot, SUB_DATA), Op::read(src, lease, offset, len));
+            self.next = offset + len as u64;
+            self.in_flight += 1;
+        }
+        if self.in_flight > 0 {
+            return Step::Running;
+        }
+        if blocked && self.failed.is_none() {
+            return Step::Blocked;
+        }
+        self.chunk_done(w, slot)
+    }
+
+    fn data_done(&mut self, w: &mut Worker, slot: u32, c: Completion) -> Step {
+        let ctx = self.ctx.clone().expect("ctx");
+        match c.op {
+            Op::Read { buf, offset, len, .. } => match c.result {
+                Ok(n) if n == len => {
+                    let dst = self.dst.clone().expect("open");
+                    w.ring
+                        .push(super::token(slot, SUB_DATA), Op::write(dst, buf, offset, n));
+                    self.in_flight += 1;
+                }
+                Ok(n) => {
+                    w.ring.pool().release(buf);
+                    let detail = format!("file shrank during copy: {n} of {len} bytes at offset {offset}");
+                    self.failed
+                        .get_or_insert(EntryError::msg("read", src_path(w, &ctx), detail));
+                }
+                Err(e) => {
+                    w.ring.pool().release(buf);
+                    self.failed
+                        .get_or_insert(source_error("read", src_path(w, &ctx), e));
+                }
+            },
+            Op::Write { buf, .. } => {
+                w.ring.pool().release(buf);
+                match c.result {
+                    Ok(n) => Counters::add(&w.counters().bytes, n as u64),
+                    Err(e) => {
+                        let detail = EntryError::new("write", dst_path(w, &ctx), e);
+                        self.failed.get_or_insert(detail);
+                    }
+                }
+            }
+            _ => unreachable!("data completion of a non-data op"),
+        }
+        self.pump_data(w, slot)
+    }
+
+    /// This task's range is done (or failed). The last chunk of a file finishes the file.
+    fn chunk_done(&mut self, w: &mut Worker, slot: u32) -> Step {
+        let ctx = self.ctx.clone().expect("ctx");
+        self.src = None;
+        self.dst = None;
+        if let Some(e) = self.failed.take() {
+            ctx.error.lock().expect("poisoned").get_or_insert(e);
+        }
+        if ctx.chunks_left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Step::Done;
+        }
+        let (src, dst) = ctx.fds.lock().expect("poisoned").take().expect("fds taken once");
+        self.final_error = ctx.error.lock().expect("poisoned").take();
+        if self.final_error.is_none() {
+            match meta::apply_fd(meta::fd(&*src), meta::fd(&*dst), &ctx.meta, w.shared.preserve) {
+                Ok(x) if x.unsupported => w.shared.warn_xattr_unsupported(&dst_path(w, &ctx)),
+                Ok(_) => {}
+                Err((step, e)) => self.final_error = Some(EntryError::new(step.name(), dst_path(w, &ctx), e)),
+            }
+        }
+        self.src = Some(src);
+        self.dst = Some(dst);
+        if self.final_error.is_none() && w.shared.cfg.fsync == Fsync::File {
+            self.phase = Phase::Sync;
+            let fd = self.dst.clone().expect("open");
+            w.ring.push(super::token(slot, SUB_FSYNC), Op::Fsync { fd });
+            self.in_flight += 1;
+            return Step::Running;
+        }
+        self.close(w, slot)
+    }
+
+    /// Close both descriptors through the ring. A descriptor still referenced elsewhere (a chunk
+    /// op completion not yet dropped on another worker) is closed by its last holder instead.
+    fn close(&mut self, w: &mut Worker, slot: u32) -> Step {
+        self.phase = Phase::Close;
+        for (fd, sub) in [(self.src.take(), SUB_CLOSE_SRC), (self.dst.take(), SUB_CLOSE_DST)] {
+            if let Some(Ok(owned)) = fd.map(Arc::try_unwrap) {
+                w.ring.push(super::token(slot, sub), Op::close(owned));
+                self.in_flight += 1;
+            }
+        }
+        if self.in_flight == 0 {
+            return self.finish_file(w);
+        }
+        Step::Running
+    }
+
+    fn finish_file(&mut self, w: &mut Worker) -> Step {
+        let ctx = self.ctx.take().expect("ctx");
+        let mut error = self.final_error.take();
+        if error.is_none() {
+            if let Some(tmp) = &ctx.tmp {
+                if let Err(e) = scan::rename_over(&ctx.parent, tmp, &ctx.name) {
+                    error = Some(EntryError::new("rename", dst_path(w, &ctx), e));
+                }
+            }
+        } else {
+            // Never leave a partial file under a name we created.
+            let _ = rustix::fs::unlinkat(&*ctx.parent.dst, ctx.created_name().as_c_str(), AtFlags::empty());
+        }
+        let ok = error.is_none();
+        match error {
+            Some(e) => w.report(e),
+            None => Counters::add(&w.counters().files, 1),
+        }
+        resolve_links(w, &ctx.parent, &ctx.name, &ctx.meta, ok);
+        w.shared.child_done(ctx.parent.clone());
+        Step::Done
+    }
+}
+
+fn src_path(w: &Worker, ctx: &FileCtx) -> std::path::PathBuf {
+    w.shared.src_path(&ctx.parent.child_rel(&ctx.name))
+}
+
+fn dst_path(w: &Worker, ctx: &FileCtx) -> std::path::PathBuf {
+    w.shared.dst_path(&ctx.parent.child_rel(&ctx.name))
+}
+
+/// The first path of a hardlinked inode is finished (or failed): link or fail its waiters.
+fn resolve_links(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, meta: &Meta, ok: bool) {
+    if meta.nlink <= 1 {
+        return;
+    }
+    let state = if ok {
+        Link::Done(parent.dst.clone(), name.clone())
+    } else {
+        Link::Failed
+    };
+    let previous = w
+        .shared
+        .links
+        .lock()
+        .expect("links poisoned")
+        .insert((meta.dev, meta.ino), state);
+    let Some(Link::Pending(waiters)) = previous else {
+        return;
+    };
+    for (node, wname) in waiters {
+        if ok {
+            scan::make_link(w, &parent.dst, name, &node, &wname);
+        } else {
+            let path = w.shared.dst_path(&node.child_rel(&wname));
+            w.report(EntryError::msg(
+                "link",
+                path,
+                "the first path of this hardlinked file failed to copy",
+            ));
+        }
+        w.shared.child_done(node);
+    }
+}
+
+/// Data ranges of a file. Only files whose allocation is below their size are probed with
+/// SEEK_DATA/SEEK_HOLE; others are one range.
+fn data_segments(src: &OwnedFd, m: &Meta) -> Result<Vec<(u64, u64)>, Errno> {
+    if !m.maybe_sparse() {
+        return Ok(vec![(0, m.size)]);
+    }
+    let mut segs = Vec::new();
+    let mut pos = 0u64;
+    while pos < m.size {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            // No data after pos: the rest is a hole.
+            Err(Errno::NXIO) => break,
+            // The filesystem cannot tell: copy everything.
+            Err(Errno::INVAL) if segs.is_empty() => return Ok(vec![(0, m.size)]),
+            Err(e) => return Err(e),
+        };
+        if data >= m.size {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(m.size),
+            Err(e) => return Err(e),
+        };
+        segs.push((data, hole));
+        pos = hole;
+    }
+    Ok(segs)
+}

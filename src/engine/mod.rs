@@ -1,0 +1,679 @@
+//! The copy engine: one worker thread pinned per core, each owning its ring and its share of the
+//! buffer pool.
+//!
+//! Work is a tree of jobs (scan a directory, copy a file, copy a chunk of a big file). A worker
+//! keeps up to `TASKS_PER_WORKER_MAX` jobs active at once as small state machines driven by ring
+//! completions, so each core has many opens, statx calls, reads and writes in flight. New jobs go
+//! on the worker's own stack (depth-first keeps few directories open); when the shared queue runs
+//! low a worker moves its oldest jobs there for idle workers. The shared queue never holds more
+//! than a few jobs per worker, so it is bounded by construction.
+//!
+//! Directories are finished (owner, xattrs, mode, times) when their last child is done, which is
+//! tracked by a per-directory pending count, so read-only directories are filled first and
+//! directory times are not disturbed afterwards. Hardlinks inside the copy are made with linkat
+//! once the first path of the inode has been copied.
+//!
+//! Must not: contain `unsafe` (that is the ring's), or allocate data buffers outside the pool.
+
+mod file;
+mod scan;
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::config::{CopyConfig, EngineChoice, Fsync, Reflink};
+use crate::error::{EntryError, ErrorLog};
+use crate::meta::{Meta, Preserve};
+use crate::progress::{Counters, ProgressLine};
+use crate::ring::{self, Backend, Completion, EngineKind, OpKind, RingConfig, Token};
+
+/// Pool unit: the granule of buffer memory. 1 MiB keeps a 4 KiB file from pinning much while
+/// letting big files move in multi-MiB ops.
+pub const POOL_UNIT_BYTES: usize = 1 << 20;
+/// Largest single read or write. Measured on this VM (perf/): 4 MiB ops reach the same
+/// throughput as 8 MiB with half the buffer per op.
+pub const OP_BYTES_MAX: u64 = 4 << 20;
+/// Reads (each followed by its write) in flight for one file task.
+pub const OPS_PER_FILE_MAX: u32 = 4;
+/// Files bigger than this are split into chunks of this size that any worker may copy.
+pub const CHUNK_BYTES: u64 = 64 << 20;
+/// Active jobs per worker; with `OPS_PER_FILE_MAX` this bounds data ops in flight.
+pub const TASKS_PER_WORKER_MAX: usize = 64;
+/// Statx calls one directory scan keeps in flight.
+pub const STATX_PER_SCAN_MAX: u32 = 32;
+/// Submission queue size. The completion queue (2x) bounds ops in flight: 64 tasks x 4 ops plus
+/// scans' statx and the opens/closes fit in 512.
+pub const SQ_ENTRIES: u32 = 256;
+/// Soft cap for reads and statx so opens/closes/fsyncs always find a slot.
+pub const SOFT_IN_FLIGHT_MAX: usize = 384;
+
+/// A directory whose children are being copied.
+pub struct DirNode {
+    parent: Option<Arc<DirNode>>,
+    /// Relative to the source root, for messages.
+    rel: PathBuf,
+    src: Arc<OwnedFd>,
+    dst: Arc<OwnedFd>,
+    meta: Meta,
+    /// The scan itself plus every child job and hardlink waiter not yet finished.
+    pending: AtomicUsize,
+}
+
+impl DirNode {
+    fn child_rel(&self, name: &CString) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        self.rel.join(std::ffi::OsStr::from_bytes(name.as_bytes()))
+    }
+}
+
+pub enum Job {
+    /// Scan a directory that is already open on both sides (the root).
+    Scan(Arc<DirNode>),
+    /// Create, open and scan a subdirectory.
+    Dir {
+        parent: Arc<DirNode>,
+        name: CString,
+        meta: Meta,
+    },
+    /// Copy a regular file.
+    File {
+        parent: Arc<DirNode>,
+        name: CString,
+        meta: Meta,
+    },
+    /// Copy the byte range `[start, end)` of a file already opened by another task.
+    Chunk {
+        ctx: Arc<file::FileCtx>,
+        start: u64,
+        end: u64,
+    },
+}
+
+/// Where a hardlinked inode stands.
+enum Link {
+    /// First path being copied; these (directory, name) pairs wait to be linked to it.
+    Pending(Vec<(Arc<DirNode>, CString)>),
+    /// Copied: link new paths to `name` in this target directory.
+    Done(Arc<OwnedFd>, CString),
+    Failed,
+}
+
+/// Jobs visible to every worker, plus the count of jobs not yet finished anywhere.
+struct JobQueue {
+    q: Mutex<VecDeque<Job>>,
+    cv: Condvar,
+    len: AtomicUsize,
+    outstanding: AtomicUsize,
+    abort: AtomicBool,
+}
+
+impl JobQueue {
+    fn push(&self, job: Job) {
+        let mut q = self.q.lock().expect("queue poisoned");
+        q.push_back(job);
+        self.len.store(q.len(), Ordering::Relaxed);
+        self.cv.notify_one();
+    }
+
+    fn try_pop(&self) -> Option<Job> {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut q = self.q.lock().expect("queue poisoned");
+        let j = q.pop_front();
+        self.len.store(q.len(), Ordering::Relaxed);
+        j
+    }
+
+    /// Block until a job is shared or every job everywhere is finished (`None`).
+    fn pop_blocking(&self) -> Option<Job> {
+        let mut q = self.q.lock().expect("queue poisoned");
+        loop {
+            if self.abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(j) = q.pop_front() {
+                self.len.store(q.len(), Ordering::Relaxed);
+                return Some(j);
+            }
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            q = self.cv.wait(q).expect("queue poisoned");
+        }
+    }
+
+    fn job_done(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _q = self.q.lock().expect("queue poisoned");
+            self.cv.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+        let _q = self.q.lock().expect("queue poisoned");
+        self.cv.notify_all();
+    }
+}
+
+/// State shared by all workers for one run.
+pub struct Shared {
+    cfg: CopyConfig,
+    queue: JobQueue,
+    pub errors: ErrorLog,
+    counters: Arc<[Counters]>,
+    links: Mutex<HashMap<(u64, u64), Link>>,
+    preserve: Preserve,
+    /// Reflink still worth trying (auto mode turns it off at the first refusal).
+    reflink_try: AtomicBool,
+    xattr_warned: AtomicBool,
+    tmp_seq: AtomicU64,
+    is_root: bool,
+}
+
+impl Shared {
+    fn src_path(&self, rel: &Path) -> PathBuf {
+        self.cfg.src.join(rel)
+    }
+
+    fn dst_path(&self, rel: &Path) -> PathBuf {
+        self.cfg.dst.join(rel)
+    }
+
+    /// A fresh temporary name for an entry written beside an existing one and renamed over it.
+    /// Fixed length, so it fits wherever the final name (up to 255 bytes) fits.
+    fn tmp_name(&self) -> CString {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!(".ringsync.{}.{n}.tmp", std::process::id())).expect("no NUL")
+    }
+
+    fn new_job(&self) {
+        self.queue.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn warn_xattr_unsupported(&self, path: &Path) {
+        if !self.xattr_warned.swap(true, Ordering::Relaxed) {
+            self.errors.warn(format!(
+                "{}: target filesystem does not support some xattrs; they were not copied (reported once)",
+                path.display()
+            ));
+        }
+    }
+
+    /// One child of `node` is finished; finish directories whose last child this was.
+    fn child_done(&self, node: Arc<DirNode>) {
+        let mut node = node;
+        loop {
+            if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            if let Err((step, e)) = crate::meta::apply_fd(
+                crate::meta::fd(&*node.src),
+                crate::meta::fd(&*node.dst),
+                &node.meta,
+                self.preserve,
+            )
+            .map(|x| {
+                if x.unsupported {
+                    self.warn_xattr_unsupported(&self.dst_path(&node.rel));
+                }
+            }) {
+                self.errors
+                    .report(EntryError::new(step.name(), self.dst_path(&node.rel), e));
+            }
+            match node.parent.clone() {
+                Some(p) => node = p,
+                None => return,
+            }
+        }
+    }
+}
+
+/// Latency histograms of one worker, in nanoseconds.
+pub struct Latencies {
+    pub by_kind: Vec<Histogram<u64>>,
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        let h = || Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid bounds");
+        Latencies {
+            by_kind: OpKind::ALL.iter().map(|_| h()).collect(),
+        }
+    }
+
+    fn record(&mut self, kind: OpKind, latency: Duration) {
+        let i = OpKind::ALL.iter().position(|k| *k == kind).expect("known kind");
+        let ns = (latency.as_nanos() as u64).clamp(1, 120_000_000_000);
+        self.by_kind[i].record(ns).expect("within bounds");
+    }
+
+    fn merge(&mut self, other: &Latencies) {
+        for (a, b) in self.by_kind.iter_mut().zip(&other.by_kind) {
+            a.add(b).expect("same bounds");
+        }
+    }
+}
+
+/// What a finished run reports.
+pub struct Outcome {
+    pub totals: crate::progress::Totals,
+    pub errors: u64,
+    pub vanished: u64,
+    pub warnings: u64,
+    pub messages: Vec<String>,
+    pub exit_code: i32,
+    pub elapsed: Duration,
+    pub engine: String,
+    pub threads: usize,
+    pub latencies: Latencies,
+}
+
+/// A run that could not start or had to stop.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fatal(op: &str, path: &Path, e: impl Into<std::io::Error>) -> Fatal {
+    Fatal(format!("{op} {}: {}", path.display(), e.into()))
+}
+
+/// Decide the engine: `auto` probes io_uring once and says so if it has to fall back.
+fn choose_engine(choice: EngineChoice, quiet: bool) -> Result<EngineKind, Fatal> {
+    match choice {
+        EngineChoice::Sync => Ok(EngineKind::Sync),
+        EngineChoice::Uring => ring::probe_uring()
+            .map(|()| EngineKind::Uring)
+            .map_err(|e| Fatal(format!("io_uring unavailable: {e} (try --engine sync)"))),
+        EngineChoice::Auto => match ring::probe_uring() {
+            Ok(()) => Ok(EngineKind::Uring),
+            Err(e) => {
+                if !quiet {
+                    eprintln!("ringsync: io_uring unavailable ({e}); using the sync engine");
+                }
+                Ok(EngineKind::Sync)
+            }
+        },
+    }
+}
+
+/// Raise the open-file limit: deep trees and hardlink bookkeeping hold directory descriptors.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
+/// Copy the contents of `cfg.src` into `cfg.dst`.
+pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
+    let start = Instant::now();
+    raise_nofile_limit();
+    let kind = choose_engine(cfg.engine, cfg.quiet)?;
+    let threads = cfg.threads.max(1);
+
+    let src_root = rustix::fs::open(
+        &cfg.src,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fatal("open source directory", &cfg.src, e))?;
+    let stx = rustix::fs::statx(
+        &src_root,
+        c"",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .map_err(|e| fatal("statx", &cfg.src, e))?;
+    std::fs::create_dir_all(&cfg.dst).map_err(|e| fatal("create target directory", &cfg.dst, e))?;
+    let dst_root = rustix::fs::open(
+        &cfg.dst,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fatal("open target directory", &cfg.dst, e))?;
+    let dst_root = Arc::new(dst_root);
+
+    let is_root = rustix::process::geteuid().is_root();
+    let counters: Arc<[Counters]> = (0..threads).map(|_| Counters::default()).collect();
+    let shared = Arc::new(Shared {
+        queue: JobQueue {
+            q: Mutex::new(VecDeque::new()),
+            cv: Condvar::new(),
+            len: AtomicUsize::new(0),
+            outstanding: AtomicUsize::new(0),
+            abort: AtomicBool::new(false),
+        },
+        errors: ErrorLog::new(cfg.quiet),
+        counters: counters.clone(),
+        links: Mutex::new(HashMap::new()),
+        preserve: Preserve {
+            owner: is_root,
+            all_xattrs: is_root,
+        },
+        reflink_try: AtomicBool::new(cfg.reflink != Reflink::Never),
+        xattr_warned: AtomicBool::new(false),
+        tmp_seq: AtomicU64::new(0),
+        is_root,
+        cfg: cfg.clone(),
+    });
+    let root = Arc::new(DirNode {
+        parent: None,
+        rel: PathBuf::new(),
+        src: Arc::new(src_root),
+        dst: dst_root.clone(),
+        meta: Meta::from_statx(&stx),
+        pending: AtomicUsize::new(1),
+    });
+    Counters::add(&counters[0].dirs, 1);
+    shared.new_job();
+    shared.queue.push(Job::Scan(root));
+
+    let progress = ProgressLine::start(counters.clone(), cfg.progress && !cfg.quiet);
+    let units_total = (cfg.memory_bytes as usize / POOL_UNIT_BYTES).max(threads);
+    let ring_cfg = RingConfig {
+        sq_entries: SQ_ENTRIES,
+        pool_units: (units_total / threads).max(1),
+        pool_unit_bytes: POOL_UNIT_BYTES,
+    };
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles = Vec::with_capacity(threads);
+    for id in 0..threads {
+        let shared = shared.clone();
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[id % cores.len()])
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ringsync-w{id}"))
+                .spawn(move || -> Result<(Latencies, String), String> {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let backend = ring::build(kind, ring_cfg).map_err(|e| {
+                        shared.queue.stop();
+                        format!("worker {id}: ring set-up failed: {e}")
+                    })?;
+                    let describe = backend.describe();
+                    let mut w = Worker::new(id, shared.clone(), backend);
+                    match w.run() {
+                        Ok(()) => Ok((w.lat, describe)),
+                        Err(e) => {
+                            shared.queue.stop();
+                            Err(format!("worker {id}: ring wait failed: {e}"))
+                        }
+                    }
+                })
+                .map_err(|e| Fatal(format!("spawn worker: {e}")))?,
+        );
+    }
+    let mut lat = Latencies::new();
+    let mut engine = String::new();
+    let mut failure = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok((l, d))) => {
+                lat.merge(&l);
+                engine = d;
+            }
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a worker panicked".to_string()),
+        }
+    }
+    progress.finish();
+    if let Some(e) = failure {
+        return Err(Fatal(e));
+    }
+    if cfg.fsync == Fsync::End {
+        rustix::fs::syncfs(&*dst_root).map_err(|e| fatal("syncfs", &cfg.dst, e))?;
+    }
+    let errors = &shared.errors;
+    Ok(Outcome {
+        totals: crate::progress::totals(&counters),
+        errors: errors.errors(),
+        vanished: errors.vanished(),
+        warnings: errors.warnings(),
+        messages: errors.messages(),
+        exit_code: errors.exit_code(),
+        elapsed: start.elapsed(),
+        engine,
+        threads,
+        latencies: lat,
+    })
+}
+
+/// An active job on a worker. Tasks live in a slot table allocated at start-up, so the size
+/// difference between variants costs nothing per task, while boxing would allocate per file.
+#[allow(clippy::large_enum_variant)]
+enum Task {
+    Scan(scan::ScanTask),
+    Copy(file::CopyTask),
+}
+
+/// What a task's step says about itself.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Waiting for its ops.
+    Running,
+    /// Wants buffers or ring room: call `pump` again after completions free some.
+    Blocked,
+    /// Finished; the job is done.
+    Done,
+}
+
+pub struct Worker {
+    id: usize,
+    shared: Arc<Shared>,
+    ring: Box<dyn Backend>,
+    tasks: Vec<Option<Task>>,
+    free_tasks: Vec<u32>,
+    live_tasks: usize,
+    blocked: VecDeque<u32>,
+    /// This worker's own jobs: newest popped first (depth-first), oldest shared first.
+    local: VecDeque<Job>,
+    batch: Vec<Completion>,
+    lat: Latencies,
+}
+
+fn token(task: u32, sub: u32) -> Token {
+    ((task as u64) << 32) | sub as u64
+}
+
+fn split_token(t: Token) -> (u32, u32) {
+    ((t >> 32) as u32, t as u32)
+}
+
+impl Worker {
+    fn new(id: usize, shared: Arc<Shared>, ring: Box<dyn Backend>) -> Worker {
+        Worker {
+            id,
+            shared,
+            ring,
+            tasks: (0..TASKS_PER_WORKER_MAX).map(|_| None).collect(),
+            free_tasks: (0..TASKS_PER_WORKER_MAX as u32).rev().collect(),
+            live_tasks: 0,
+            blocked: VecDeque::with_capacity(TASKS_PER_WORKER_MAX),
+            local: VecDeque::new(),
+            batch: Vec::with_capacity(SQ_ENTRIES as usize * 2),
+            lat: Latencies::new(),
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters[self.id]
+    }
+
+    /// Queue a new job: on this worker's stack, or shared when other workers may be idle.
+    fn spawn(&mut self, job: Job) {
+        self.shared.new_job();
+        self.local.push_back(job);
+    }
+
+    /// Hand the oldest local jobs to the shared queue while it is short.
+    fn share(&mut self) {
+        let want = self.shared.cfg.threads;
+        while self.local.len() > 1 && self.shared.queue.len.load(Ordering::Relaxed) < want {
+            let job = self.local.pop_front().expect("len > 1");
+            self.shared.queue.push(job);
+        }
+    }
+
+    fn run(&mut self) -> std::io::Result<()> {
+        loop {
+            if self.shared.queue.abort.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            self.share();
+            while self.live_tasks < TASKS_PER_WORKER_MAX {
+                let job = match self.local.pop_back() {
+                    Some(j) => j,
+                    None => match self.shared.queue.try_pop() {
+                        Some(j) => j,
+                        None => break,
+                    },
+                };
+                self.start(job);
+            }
+            if self.live_tasks == 0 {
+                match self.shared.queue.pop_blocking() {
+                    Some(job) => {
+                        self.start(job);
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            if self.ring.in_flight() == 0 {
+                self.pump_blocked();
+                assert!(
+                    self.ring.in_flight() > 0 || self.live_tasks == 0 || !self.local.is_empty(),
+                    "worker {} stalled with {} tasks and nothing in flight",
+                    self.id,
+                    self.live_tasks
+                );
+                continue;
+            }
+            let mut batch = std::mem::take(&mut self.batch);
+            self.ring.wait(1, &mut batch)?;
+            for c in batch.drain(..) {
+                self.lat.record(c.op.kind(), c.latency);
+                self.dispatch(c);
+            }
+            self.batch = batch;
+            self.pump_blocked();
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        let slot = self.free_tasks.pop().expect("caller checked live_tasks");
+        self.live_tasks += 1;
+        let task = match job {
+            Job::Scan(node) => Task::Scan(scan::ScanTask::new(node)),
+            Job::Dir { parent, name, meta } => match scan::open_child_dir(self, parent, name, meta) {
+                Some(node) => Task::Scan(scan::ScanTask::new(node)),
+                None => {
+                    self.finish_slot(slot);
+                    return;
+                }
+            },
+            Job::File { parent, name, meta } => {
+                Task::Copy(file::CopyTask::open(self, slot, parent, name, meta))
+            }
+            Job::Chunk { ctx, start, end } => Task::Copy(file::CopyTask::chunk(ctx, start, end)),
+        };
+        self.tasks[slot as usize] = Some(task);
+        self.pump(slot);
+    }
+
+    /// Let a task push what it can; park it if it is waiting for buffers or ring room.
+    fn pump(&mut self, slot: u32) {
+        let mut task = self.tasks[slot as usize].take().expect("live task");
+        let step = match &mut task {
+            Task::Scan(t) => t.pump(self, slot),
+            Task::Copy(t) => t.pump(self, slot),
+        };
+        self.settle(slot, task, step);
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let (slot, sub) = split_token(c.token);
+        let mut task = self.tasks[slot as usize]
+            .take()
+            .expect("completion for a live task");
+        let step = match &mut task {
+            Task::Scan(t) => t.complete(self, slot, sub, c),
+            Task::Copy(t) => t.complete(self, slot, sub, c),
+        };
+        self.settle(slot, task, step);
+    }
+
+    fn settle(&mut self, slot: u32, task: Task, step: Step) {
+        match step {
+            Step::Running => self.tasks[slot as usize] = Some(task),
+            Step::Blocked => {
+                self.tasks[slot as usize] = Some(task);
+                if !self.blocked.contains(&slot) {
+                    self.blocked.push_back(slot);
+                }
+            }
+            Step::Done => {
+                drop(task);
+                self.finish_slot(slot);
+            }
+        }
+    }
+
+    fn finish_slot(&mut self, slot: u32) {
+        self.free_tasks.push(slot);
+        self.live_tasks -= 1;
+        self.shared.queue.job_done();
+    }
+
+    fn pump_blocked(&mut self) {
+        for _ in 0..self.blocked.len() {
+            let Some(slot) = self.blocked.pop_front() else {
+                break;
+            };
+            if self.tasks[slot as usize].is_some() {
+                self.pump(slot);
+            }
+        }
+    }
+
+    /// Room for reads and statx under the soft cap.
+    fn soft_room(&self) -> usize {
+        SOFT_IN_FLIGHT_MAX.saturating_sub(self.ring.in_flight())
+    }
+
+    fn report(&self, e: EntryError) {
+        self.shared.errors.report(e);
+    }
+}
+
+/// Map an errno on a source-side operation: ENOENT means the entry vanished mid-run.
+fn source_error(op: &'static str, path: PathBuf, e: Errno) -> EntryError {
+    if e == Errno::NOENT {
+        EntryError::vanished(op, path)
+    } else {
+        EntryError::new(op, path, e)
+    }
+}

@@ -1,0 +1,350 @@
+//! Directory scan: getdents64 (io_uring has no getdents op), then statx of every entry batched
+//! through the ring, then one job per subdirectory and regular file. Symlinks, fifos and device
+//! nodes are made on the spot: each is a couple of syscalls with no data to move.
+
+use std::ffi::{CStr, CString};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::io::Errno;
+
+use super::{source_error, DirNode, Job, Link, Step, Worker};
+use crate::error::EntryError;
+use crate::meta::{self, Meta};
+use crate::progress::Counters;
+use crate::ring::{Completion, Op};
+
+/// getdents buffer: 64 KiB holds a few thousand entries per syscall.
+const DIRENT_BUF_BYTES: usize = 64 << 10;
+
+struct Entry {
+    name: CString,
+    meta: Option<Meta>,
+}
+
+pub struct ScanTask {
+    node: Arc<DirNode>,
+    entries: Vec<Entry>,
+    next_statx: usize,
+    in_flight: u32,
+    listed: bool,
+}
+
+impl ScanTask {
+    pub fn new(node: Arc<DirNode>) -> ScanTask {
+        ScanTask {
+            node,
+            entries: Vec::new(),
+            next_statx: 0,
+            in_flight: 0,
+            listed: false,
+        }
+    }
+
+    fn list(&mut self, w: &Worker) -> Result<(), Errno> {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); DIRENT_BUF_BYTES];
+        let mut dir = RawDir::new(&*self.node.src, &mut buf);
+        while let Some(entry) = dir.next() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            self.entries.push(Entry {
+                name: name.to_owned(),
+                meta: None,
+            });
+        }
+        let _ = w;
+        Ok(())
+    }
+
+    pub fn pump(&mut self, w: &mut Worker, slot: u32) -> Step {
+        if !self.listed {
+            self.listed = true;
+            // RawDir reads from the descriptor's current offset; a fresh open starts at 0.
+            if let Err(e) = self.list(w) {
+                w.report(source_error("getdents", w.shared.src_path(&self.node.rel), e));
+                return self.finish(w);
+            }
+        }
+        while self.next_statx < self.entries.len() && self.in_flight < super::STATX_PER_SCAN_MAX {
+            if w.soft_room() == 0 {
+                return Step::Blocked;
+            }
+            let i = self.next_statx;
+            self.next_statx += 1;
+            let op = Op::statx(self.node.src.clone(), self.entries[i].name.clone());
+            w.ring.push(super::token(slot, i as u32), op);
+            self.in_flight += 1;
+        }
+        if self.in_flight == 0 && self.next_statx == self.entries.len() {
+            return self.process(w);
+        }
+        Step::Running
+    }
+
+    pub fn complete(&mut self, w: &mut Worker, slot: u32, sub: u32, c: Completion) -> Step {
+        self.in_flight -= 1;
+        let i = sub as usize;
+        match (c.result, c.op) {
+            (Ok(_), Op::Statx { buf, .. }) => self.entries[i].meta = Some(Meta::from_statx(&buf)),
+            (Err(e), _) => {
+                let path = w.shared.src_path(&self.node.child_rel(&self.entries[i].name));
+                w.report(source_error("statx", path, e));
+            }
+            (Ok(_), _) => unreachable!("scan only submits statx"),
+        }
+        self.pump(w, slot)
+    }
+
+    /// All entries are statx'ed: create or queue each one.
+    fn process(&mut self, w: &mut Worker) -> Step {
+        let entries = std::mem::take(&mut self.entries);
+        for e in entries {
+            let Some(m) = e.meta else { continue };
+            handle_entry(w, &self.node, e.name, m);
+        }
+        self.finish(w)
+    }
+
+    fn finish(&mut self, w: &mut Worker) -> Step {
+        w.shared.child_done(self.node.clone());
+        Step::Done
+    }
+}
+
+fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
+    let c = w.counters();
+    match m.file_type() {
+        FileType::Directory => {
+            node.pending.fetch_add(1, Ordering::AcqRel);
+            w.spawn(Job::Dir {
+                parent: node.clone(),
+                name,
+                meta: m,
+            });
+        }
+        FileType::RegularFile => {
+            Counters::add(&c.files_found, 1);
+            Counters::add(&c.bytes_found, m.size);
+            node.pending.fetch_add(1, Ordering::AcqRel);
+            if m.nlink > 1 && !register_link(w, node, &name, &m) {
+                // A later path of an inode already seen: linked, or waiting for the first copy.
+                return;
+            }
+            w.spawn(Job::File {
+                parent: node.clone(),
+                name,
+                meta: m,
+            });
+        }
+        FileType::Symlink => copy_symlink(w, node, &name, &m),
+        FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+            copy_special(w, node, &name, &m)
+        }
+        FileType::Socket => {
+            Counters::add(&c.skipped, 1);
+            let path = w.shared.src_path(&node.child_rel(&name));
+            w.shared.errors.warn(format!(
+                "{}: socket skipped (sockets cannot be copied)",
+                path.display()
+            ));
+        }
+        FileType::Unknown => {
+            let path = w.shared.src_path(&node.child_rel(&name));
+            w.report(EntryError::msg("statx", path, "unknown file type"));
+        }
+    }
+}
+
+/// First sighting of a multiply-linked inode returns true (copy it). Later ones are linked now if
+/// the first copy is finished, or parked until it is; their parent's pending count (already
+/// raised by the caller) is released by whoever links them.
+fn register_link(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) -> bool {
+    let mut links = w.shared.links.lock().expect("links poisoned");
+    match links.get_mut(&(m.dev, m.ino)) {
+        None => {
+            links.insert((m.dev, m.ino), Link::Pending(Vec::new()));
+            true
+        }
+        Some(Link::Pending(waiters)) => {
+            waiters.push((node.clone(), name.clone()));
+            false
+        }
+        Some(Link::Done(dir, first)) => {
+            let (dir, first) = (dir.clone(), first.clone());
+            drop(links);
+            make_link(w, &dir, &first, node, name);
+            w.shared.child_done(node.clone());
+            false
+        }
+        Some(Link::Failed) => {
+            drop(links);
+            let path = w.shared.dst_path(&node.child_rel(name));
+            w.report(EntryError::msg(
+                "link",
+                path,
+                "the first path of this hardlinked file failed to copy",
+            ));
+            w.shared.child_done(node.clone());
+            false
+        }
+    }
+}
+
+/// linkat(first) as `name` in `node`, replacing an existing entry through a temporary name.
+pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc<DirNode>, name: &CStr) {
+    let res = match rustix::fs::linkat(&**dir, first, &*node.dst, name, AtFlags::empty()) {
+        Err(Errno::EXIST) => {
+            let tmp = w.shared.tmp_name();
+            rustix::fs::linkat(&**dir, first, &*node.dst, &tmp, AtFlags::empty())
+                .and_then(|()| rename_over(node, &tmp, name))
+        }
+        r => r,
+    };
+    match res {
+        Ok(()) => Counters::add(&w.counters().hardlinks, 1),
+        Err(e) => {
+            let path = w.shared.dst_path(&node.child_rel(&name.to_owned()));
+            w.report(EntryError::new("link", path, e));
+        }
+    }
+}
+
+/// Rename `tmp` over `name` in the node's target directory; the temporary is removed on failure.
+pub(super) fn rename_over(node: &DirNode, tmp: &CStr, name: &CStr) -> Result<(), Errno> {
+    rustix::fs::renameat(&*node.dst, tmp, &*node.dst, name).inspect_err(|_| {
+        let _ = rustix::fs::unlinkat(&*node.dst, tmp, AtFlags::empty());
+    })
+}
+
+/// Create an entry with `make(name)`; if the name is taken, make it under a temporary name and
+/// rename it over the old one, so the old entry is replaced in one step.
+fn create_replacing(
+    w: &Worker,
+    node: &DirNode,
+    name: &CStr,
+    make: impl Fn(&CStr) -> Result<(), Errno>,
+) -> Result<(), (&'static str, Errno)> {
+    match make(name) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => {
+            let tmp = w.shared.tmp_name();
+            make(&tmp).map_err(|e| ("create", e))?;
+            rename_over(node, &tmp, name).map_err(|e| ("rename", e))
+        }
+        Err(e) => Err(("create", e)),
+    }
+}
+
+fn copy_symlink(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) {
+    let target = match rustix::fs::readlinkat(&*node.src, name.as_c_str(), Vec::new()) {
+        Ok(t) => t,
+        Err(e) => {
+            w.report(source_error(
+                "readlink",
+                w.shared.src_path(&node.child_rel(name)),
+                e,
+            ));
+            return;
+        }
+    };
+    let made = create_replacing(w, node, name, |n| {
+        rustix::fs::symlinkat(target.as_c_str(), &*node.dst, n)
+    });
+    finish_inline(w, node, name, m, made, |c| &c.symlinks);
+}
+
+fn copy_special(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) {
+    let made = create_replacing(w, node, name, |n| {
+        rustix::fs::mknodat(
+            &*node.dst,
+            n,
+            m.file_type(),
+            m.perm() & Mode::from_raw_mode(0o777),
+            m.rdev,
+        )
+    });
+    finish_inline(w, node, name, m, made, |c| &c.specials);
+}
+
+fn finish_inline(
+    w: &mut Worker,
+    node: &Arc<DirNode>,
+    name: &CString,
+    m: &Meta,
+    made: Result<(), (&'static str, Errno)>,
+    counter: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64,
+) {
+    let path = || w.shared.dst_path(&node.child_rel(name));
+    if let Err((op, e)) = made {
+        w.report(EntryError::new(op, path(), e));
+        return;
+    }
+    match meta::apply_at(
+        meta::fd(&*node.src),
+        meta::fd(&*node.dst),
+        name,
+        m,
+        w.shared.preserve,
+    ) {
+        Ok(x) => {
+            if x.unsupported {
+                w.shared.warn_xattr_unsupported(&path());
+            }
+            Counters::add(counter(w.counters()), 1);
+        }
+        Err((step, e)) => w.report(EntryError::new(step.name(), path(), e)),
+    }
+}
+
+/// Create (or reuse) and open a subdirectory on both sides. Returns `None` after reporting if it
+/// cannot be done; the parent's pending count is then released here.
+pub(super) fn open_child_dir(
+    w: &mut Worker,
+    parent: Arc<DirNode>,
+    name: CString,
+    meta: Meta,
+) -> Option<Arc<DirNode>> {
+    let rel = parent.child_rel(&name);
+    let fail = |w: &mut Worker, e: EntryError| {
+        w.report(e);
+        w.shared.child_done(parent.clone());
+        None
+    };
+    let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let src = match rustix::fs::openat(&*parent.src, name.as_c_str(), dflags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return fail(w, source_error("open directory", w.shared.src_path(&rel), e)),
+    };
+    // Owner-only until finished, so a read-only source directory can still be filled.
+    match rustix::fs::mkdirat(&*parent.dst, name.as_c_str(), Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return fail(w, EntryError::new("mkdir", w.shared.dst_path(&rel), e)),
+    }
+    let dst = match rustix::fs::openat(&*parent.dst, name.as_c_str(), dflags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+            let e = EntryError::msg(
+                "mkdir",
+                w.shared.dst_path(&rel),
+                "target exists and is not a directory",
+            );
+            return fail(w, e);
+        }
+        Err(e) => return fail(w, EntryError::new("open directory", w.shared.dst_path(&rel), e)),
+    };
+    Counters::add(&w.counters().dirs, 1);
+    Some(Arc::new(DirNode {
+        parent: Some(parent),
+        rel,
+        src: Arc::new(src),
+        dst: Arc::new(dst),
+        meta,
+        pending: AtomicUsize::new(1),
+    }))
+}

@@ -1,0 +1,160 @@
+//! Per-entry failures: each names the operation, the path and the errno, and is collected so the
+//! run can go on and the exit status can say a partial transfer happened.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rustix::io::Errno;
+
+/// Exit statuses, documented in the README and `--help`.
+pub mod exit {
+    /// Everything copied.
+    pub const OK: i32 = 0;
+    /// The run could not start or was aborted (bad SRC, cannot create DST, ring set-up failure).
+    pub const FATAL: i32 = 1;
+    /// Bad command line.
+    pub const USAGE: i32 = 2;
+    /// Partial transfer: some entries failed; each was reported on stderr.
+    pub const PARTIAL: i32 = 3;
+    /// Another run holds the target (mirror).
+    pub const BUSY: i32 = 4;
+    /// Complete except for source entries that vanished while the run was going.
+    pub const VANISHED: i32 = 5;
+}
+
+/// Severity of a per-entry problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The entry is missing or wrong on the target.
+    Error,
+    /// The source entry disappeared during the run (not an error of ours).
+    Vanished,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntryError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub errno: Option<Errno>,
+    pub detail: Option<String>,
+    pub severity: Severity,
+}
+
+impl EntryError {
+    pub fn new(op: &'static str, path: PathBuf, errno: Errno) -> EntryError {
+        let severity = Severity::Error;
+        EntryError {
+            op,
+            path,
+            errno: Some(errno),
+            detail: None,
+            severity,
+        }
+    }
+
+    pub fn msg(op: &'static str, path: PathBuf, detail: impl Into<String>) -> EntryError {
+        EntryError {
+            op,
+            path,
+            errno: None,
+            detail: Some(detail.into()),
+            severity: Severity::Error,
+        }
+    }
+
+    pub fn vanished(op: &'static str, path: PathBuf) -> EntryError {
+        EntryError {
+            op,
+            path,
+            errno: Some(Errno::NOENT),
+            detail: None,
+            severity: Severity::Vanished,
+        }
+    }
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.severity == Severity::Vanished {
+            return write!(f, "{}: source vanished during {}", self.path.display(), self.op);
+        }
+        write!(f, "{} {}: ", self.op, self.path.display())?;
+        match (&self.errno, &self.detail) {
+            (Some(e), Some(d)) => write!(f, "{} ({})", std::io::Error::from(*e), d),
+            (Some(e), None) => write!(f, "{}", std::io::Error::from(*e)),
+            (None, Some(d)) => write!(f, "{d}"),
+            (None, None) => write!(f, "failed"),
+        }
+    }
+}
+
+/// How many messages are kept for the JSON summary; all are printed and counted.
+const KEPT_MESSAGES_MAX: usize = 100;
+
+/// Collects per-entry errors from all workers.
+#[derive(Default)]
+pub struct ErrorLog {
+    errors: AtomicU64,
+    vanished: AtomicU64,
+    warnings: AtomicU64,
+    kept: Mutex<Vec<String>>,
+    quiet_warnings: bool,
+}
+
+impl ErrorLog {
+    pub fn new(quiet_warnings: bool) -> ErrorLog {
+        ErrorLog {
+            quiet_warnings,
+            ..Default::default()
+        }
+    }
+
+    pub fn report(&self, e: EntryError) {
+        match e.severity {
+            Severity::Error => self.errors.fetch_add(1, Ordering::Relaxed),
+            Severity::Vanished => self.vanished.fetch_add(1, Ordering::Relaxed),
+        };
+        let line = e.to_string();
+        eprintln!("ringsync: {line}");
+        let mut kept = self.kept.lock().expect("error log poisoned");
+        if kept.len() < KEPT_MESSAGES_MAX {
+            kept.push(line);
+        }
+    }
+
+    /// A note that does not make the run fail (skipped socket, xattrs unsupported on target).
+    pub fn warn(&self, line: String) {
+        self.warnings.fetch_add(1, Ordering::Relaxed);
+        if !self.quiet_warnings {
+            eprintln!("ringsync: warning: {line}");
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn vanished(&self) -> u64 {
+        self.vanished.load(Ordering::Relaxed)
+    }
+
+    pub fn warnings(&self) -> u64 {
+        self.warnings.load(Ordering::Relaxed)
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.kept.lock().expect("error log poisoned").clone()
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        if self.errors() > 0 {
+            exit::PARTIAL
+        } else if self.vanished() > 0 {
+            exit::VANISHED
+        } else {
+            exit::OK
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! ringsync: exact, bounded file-tree copies through per-core io_uring workers.
+//!
+//! Layers (each module's doc says its job and its must-nots):
+//! - [`cli`]: arguments → typed [`config`];
+//! - [`ring`]: the only `unsafe`: io_uring and sync backends, the buffer pool;
+//! - [`engine`]: pinned workers, directory scans, file copy state machines;
+//! - [`meta`]: metadata read from statx and applied to targets;
+//! - [`error`], [`progress`], [`summary`]: reporting.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod meta;
+pub mod progress;
+pub mod ring;
+pub mod summary;

@@ -1,0 +1,45 @@
+//! The binary is glue: parse, validate, run, report, exit.
+
+use std::io::Write;
+
+use clap::Parser;
+use ringsync::cli::{Cli, Command};
+use ringsync::error::exit;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match cli.command {
+        Command::Copy(args) => {
+            let cfg = match args.validate() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ringsync: {e}");
+                    std::process::exit(exit::USAGE);
+                }
+            };
+            match ringsync::engine::copy(cfg) {
+                Ok(outcome) => {
+                    if args.json {
+                        let v = ringsync::summary::to_json(&outcome);
+                        let mut out = std::io::stdout().lock();
+                        // A closed stdout (e.g. `| head`) is not worth a panic.
+                        let _ = writeln!(out, "{v}");
+                    }
+                    outcome.exit_code
+                }
+                Err(e) => {
+                    eprintln!("ringsync: {e}");
+                    exit::FATAL
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,276 @@
+//! Entry metadata: what a statx says about a source entry, and putting it on a target entry.
+//!
+//! Order matters and is the same for every kind of entry: owner first (chown clears setuid/setgid
+//! and `security.capability`), then xattrs, then mode, then times (any earlier change would bump
+//! them). Everything works relative to directory descriptors so paths longer than PATH_MAX work.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, Statx, Timespec, Timestamps};
+use rustix::io::Errno;
+
+/// The parts of a statx the copy needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub nlink: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub rdev: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+}
+
+impl Meta {
+    pub fn from_statx(s: &Statx) -> Meta {
+        let ts = |t: &rustix::fs::StatxTimestamp| Timespec {
+            tv_sec: t.tv_sec,
+            tv_nsec: t.tv_nsec as _,
+        };
+        Meta {
+            mode: s.stx_mode as u32,
+            uid: s.stx_uid,
+            gid: s.stx_gid,
+            size: s.stx_size,
+            blocks: s.stx_blocks,
+            nlink: s.stx_nlink,
+            dev: rustix::fs::makedev(s.stx_dev_major, s.stx_dev_minor),
+            ino: s.stx_ino,
+            rdev: rustix::fs::makedev(s.stx_rdev_major, s.stx_rdev_minor),
+            atime: ts(&s.stx_atime),
+            mtime: ts(&s.stx_mtime),
+        }
+    }
+
+    pub fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.mode as _)
+    }
+
+    /// Permission bits including setuid, setgid and sticky.
+    pub fn perm(&self) -> Mode {
+        Mode::from_raw_mode((self.mode & 0o7777) as _)
+    }
+
+    /// Whether the allocated size is below the apparent size: holes are likely.
+    pub fn maybe_sparse(&self) -> bool {
+        self.blocks.saturating_mul(512) < self.size
+    }
+
+    fn timestamps(&self) -> Timestamps {
+        Timestamps {
+            last_access: self.atime,
+            last_modification: self.mtime,
+        }
+    }
+}
+
+/// Which metadata step failed, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub enum MetaStep {
+    Chown,
+    Xattr,
+    Chmod,
+    Utimes,
+}
+
+impl MetaStep {
+    pub fn name(self) -> &'static str {
+        match self {
+            MetaStep::Chown => "chown",
+            MetaStep::Xattr => "setxattr",
+            MetaStep::Chmod => "chmod",
+            MetaStep::Utimes => "utimens",
+        }
+    }
+}
+
+/// What to preserve, decided once per run.
+#[derive(Debug, Clone, Copy)]
+pub struct Preserve {
+    /// Owner and group: only root can give files away.
+    pub owner: bool,
+    /// All xattr namespaces (root) or only `user.*`.
+    pub all_xattrs: bool,
+}
+
+/// Outcome of copying xattrs: an unsupported target is a warning, not a failure.
+#[derive(Debug, Default)]
+pub struct XattrOutcome {
+    pub unsupported: bool,
+}
+
+fn xattr_wanted(name: &[u8], p: Preserve) -> bool {
+    p.all_xattrs || name.starts_with(b"user.")
+}
+
+/// List, then fetch each value, growing buffers on ERANGE.
+fn list_xattrs(list: impl Fn(&mut Vec<u8>) -> Result<usize, Errno>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match list(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => {
+                let len = buf.len() * 4;
+                buf.resize(len, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn get_value(get: impl Fn(&mut Vec<u8>) -> Result<usize, Errno>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match get(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if buf.len() < 1 << 20 => {
+                let len = buf.len() * 8;
+                buf.resize(len, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn names(list: &[u8]) -> impl Iterator<Item = &CStr> {
+    list.split_inclusive(|b| *b == 0)
+        .filter_map(|n| CStr::from_bytes_with_nul(n).ok())
+}
+
+fn unsupported(e: Errno) -> bool {
+    e == Errno::NOTSUP || e == Errno::OPNOTSUPP
+}
+
+/// Copy xattrs between two open descriptors.
+pub fn copy_xattrs_fd(src: BorrowedFd, dst: BorrowedFd, p: Preserve) -> Result<XattrOutcome, Errno> {
+    let list = match list_xattrs(|b| rustix::fs::flistxattr(src, &mut b[..])) {
+        Ok(l) => l,
+        Err(e) if unsupported(e) => return Ok(XattrOutcome::default()),
+        Err(e) => return Err(e),
+    };
+    let mut out = XattrOutcome::default();
+    for name in names(&list) {
+        if !xattr_wanted(name.to_bytes(), p) {
+            continue;
+        }
+        let value = match get_value(|b| rustix::fs::fgetxattr(src, name, &mut b[..])) {
+            Ok(v) => v,
+            // Removed between list and get.
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::fsetxattr(dst, name, &value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if unsupported(e) => out.unsupported = true,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Path through which an entry that cannot be opened (symlink, fifo, device) is reached for
+/// the l*xattr calls, relative to its directory descriptor and so free of PATH_MAX.
+fn proc_path(dir: BorrowedFd, name: &CStr) -> CString {
+    use std::os::fd::AsRawFd;
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name.to_bytes());
+    CString::new(p).expect("names have no NUL")
+}
+
+/// Copy xattrs of a non-openable entry (symlink, fifo, device) without following it.
+pub fn copy_xattrs_at(
+    src_dir: BorrowedFd,
+    dst_dir: BorrowedFd,
+    name: &CStr,
+    p: Preserve,
+) -> Result<XattrOutcome, Errno> {
+    let sp = proc_path(src_dir, name);
+    let dp = proc_path(dst_dir, name);
+    let list = match list_xattrs(|b| rustix::fs::llistxattr(sp.as_c_str(), &mut b[..])) {
+        Ok(l) => l,
+        Err(e) if unsupported(e) => return Ok(XattrOutcome::default()),
+        Err(e) => return Err(e),
+    };
+    let mut out = XattrOutcome::default();
+    for xname in names(&list) {
+        if !xattr_wanted(xname.to_bytes(), p) {
+            continue;
+        }
+        let value = match get_value(|b| rustix::fs::lgetxattr(sp.as_c_str(), xname, &mut b[..])) {
+            Ok(v) => v,
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::lsetxattr(dp.as_c_str(), xname, &value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if unsupported(e) => out.unsupported = true,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Apply owner, xattrs, mode and times to an open target (regular file or directory).
+pub fn apply_fd(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    m: &Meta,
+    p: Preserve,
+) -> Result<XattrOutcome, (MetaStep, Errno)> {
+    if p.owner {
+        rustix::fs::fchown(
+            dst,
+            Some(rustix::fs::Uid::from_raw(m.uid)),
+            Some(rustix::fs::Gid::from_raw(m.gid)),
+        )
+        .map_err(|e| (MetaStep::Chown, e))?;
+    }
+    let x = copy_xattrs_fd(src, dst, p).map_err(|e| (MetaStep::Xattr, e))?;
+    rustix::fs::fchmod(dst, m.perm()).map_err(|e| (MetaStep::Chmod, e))?;
+    rustix::fs::futimens(dst, &m.timestamps()).map_err(|e| (MetaStep::Utimes, e))?;
+    Ok(x)
+}
+
+/// Apply metadata to a symlink, fifo or device node by name (never following it).
+pub fn apply_at(
+    src_dir: BorrowedFd,
+    dst_dir: BorrowedFd,
+    name: &CStr,
+    m: &Meta,
+    p: Preserve,
+) -> Result<XattrOutcome, (MetaStep, Errno)> {
+    if p.owner {
+        rustix::fs::chownat(
+            dst_dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(m.uid)),
+            Some(rustix::fs::Gid::from_raw(m.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| (MetaStep::Chown, e))?;
+    }
+    let x = copy_xattrs_at(src_dir, dst_dir, name, p).map_err(|e| (MetaStep::Xattr, e))?;
+    if m.file_type() != FileType::Symlink {
+        // Symlink permissions are fixed at 0777 on Linux; chmod would follow the link.
+        rustix::fs::chmodat(dst_dir, name, m.perm(), AtFlags::empty()).map_err(|e| (MetaStep::Chmod, e))?;
+    }
+    rustix::fs::utimensat(dst_dir, name, &m.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| (MetaStep::Utimes, e))?;
+    Ok(x)
+}
+
+/// Borrow helper so callers holding `Arc<OwnedFd>` read naturally.
+pub fn fd<T: AsFd>(t: &T) -> BorrowedFd<'_> {
+    t.as_fd()
+}

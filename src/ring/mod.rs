@@ -1,0 +1,222 @@
+//! The I/O submission layer: the only module with `unsafe`.
+//!
+//! Callers build an [`Op`] that *owns* everything the kernel will touch (path strings, the statx
+//! buffer, a pool [`Lease`], an `Arc` of each file descriptor) and push it with a caller-chosen
+//! token. The backend keeps the op until the kernel is done with it and hands it back inside the
+//! [`Completion`], so buffer lifetime across submission is enforced by ownership rather than by
+//! convention.
+//!
+//! Two backends implement [`Backend`]:
+//! - [`uring::Uring`]: one io_uring per worker, batched submission, fixed (registered) buffers
+//!   where registration succeeds, short reads/writes and EINTR/EAGAIN resubmitted internally;
+//! - [`sync::Sync`]: performs each op as a plain syscall at push time (pread/pwrite, openat,
+//!   statx…) and queues the completion. It is the fallback where io_uring is unavailable, and
+//!   since the engine drives both through the same trait, both pass the same tests.
+//!
+//! Must not: know about files, trees or records; allocate per operation (the slot table and
+//! completion vector are sized at start-up).
+
+pub mod pool;
+pub mod sync;
+pub mod uring;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use pool::{Lease, Pool};
+pub use rustix::fs::{Mode, OFlags, Statx};
+pub use rustix::io::Errno;
+
+/// Caller-chosen identifier carried from push to completion.
+pub type Token = u64;
+
+/// One operation, owning every resource the kernel reads or writes while it is in flight.
+#[derive(Debug)]
+pub enum Op {
+    /// `openat(dir, name, flags | O_CLOEXEC, mode)`; success yields [`Completion::opened`].
+    OpenAt {
+        dir: Arc<OwnedFd>,
+        name: CString,
+        flags: OFlags,
+        mode: Mode,
+    },
+    /// `statx(dir, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS)` into `buf`.
+    Statx {
+        dir: Arc<OwnedFd>,
+        name: CString,
+        buf: Box<Statx>,
+    },
+    /// Read `len` bytes at `offset` into `buf`. Short reads are continued until `len` bytes or
+    /// end of file; the result is the byte count actually read.
+    Read {
+        fd: Arc<OwnedFd>,
+        buf: Lease,
+        offset: u64,
+        len: u32,
+        done: u32,
+    },
+    /// Write `len` bytes from `buf` at `offset`; short writes are continued until all are written.
+    Write {
+        fd: Arc<OwnedFd>,
+        buf: Lease,
+        offset: u64,
+        len: u32,
+        done: u32,
+    },
+    /// `fsync(fd)`.
+    Fsync { fd: Arc<OwnedFd> },
+    /// `close(fd)`: the descriptor is consumed at push time, whatever the result.
+    Close { fd: RawFd },
+}
+
+impl Op {
+    pub fn read(fd: Arc<OwnedFd>, buf: Lease, offset: u64, len: u32) -> Op {
+        assert!(len as usize <= buf.len(), "read longer than its buffer");
+        Op::Read {
+            fd,
+            buf,
+            offset,
+            len,
+            done: 0,
+        }
+    }
+
+    pub fn write(fd: Arc<OwnedFd>, buf: Lease, offset: u64, len: u32) -> Op {
+        assert!(len as usize <= buf.len(), "write longer than its buffer");
+        Op::Write {
+            fd,
+            buf,
+            offset,
+            len,
+            done: 0,
+        }
+    }
+
+    /// A statx of `name` in `dir` with a fresh result buffer.
+    pub fn statx(dir: Arc<OwnedFd>, name: CString) -> Op {
+        // SAFETY: `struct statx` is plain integers (repr(C)); all-zero bytes are a valid value.
+        let buf: Box<Statx> = Box::new(unsafe { std::mem::zeroed() });
+        Op::Statx { dir, name, buf }
+    }
+
+    pub fn close(fd: OwnedFd) -> Op {
+        Op::Close { fd: fd.into_raw_fd() }
+    }
+
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::OpenAt { .. } => OpKind::Open,
+            Op::Statx { .. } => OpKind::Statx,
+            Op::Read { .. } => OpKind::Read,
+            Op::Write { .. } => OpKind::Write,
+            Op::Fsync { .. } => OpKind::Fsync,
+            Op::Close { .. } => OpKind::Close,
+        }
+    }
+
+    /// The lease inside a read or write, if any: how callers get their buffer back.
+    pub fn into_lease(self) -> Option<Lease> {
+        match self {
+            Op::Read { buf, .. } | Op::Write { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+}
+
+/// Operation kinds, for latency histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Open,
+    Statx,
+    Read,
+    Write,
+    Fsync,
+    Close,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 6] = [
+        OpKind::Open,
+        OpKind::Statx,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Fsync,
+        OpKind::Close,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Open => "open",
+            OpKind::Statx => "statx",
+            OpKind::Read => "read",
+            OpKind::Write => "write",
+            OpKind::Fsync => "fsync",
+            OpKind::Close => "close",
+        }
+    }
+}
+
+/// A finished operation, with ownership of the op's resources returned.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: Token,
+    /// Bytes transferred for read/write, 0 otherwise; or the errno.
+    pub result: Result<u32, Errno>,
+    pub op: Op,
+    /// The new descriptor of a successful `OpenAt`.
+    pub opened: Option<OwnedFd>,
+    /// From push to completion, including time queued in the ring.
+    pub latency: Duration,
+}
+
+/// What a worker drives: push ops, then wait for completions.
+pub trait Backend: Send {
+    /// `"uring"` or `"sync"`, plus whether fixed buffers are in use.
+    fn describe(&self) -> String;
+    /// Queue an op. Never fails: a full submission queue is flushed to the kernel first.
+    fn push(&mut self, token: Token, op: Op);
+    /// Submit what is queued and wait until at least `min_complete` completions are available
+    /// (or none are in flight), appending them to `out`.
+    fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> std::io::Result<()>;
+    /// Ops pushed and not yet returned through `wait`.
+    fn in_flight(&self) -> usize;
+    /// This worker's data buffers.
+    fn pool(&mut self) -> &mut Pool;
+}
+
+/// Which backend a worker should build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Uring,
+    Sync,
+}
+
+/// Sizing shared by both backends.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Submission queue entries; the completion queue is twice this (kernel default).
+    pub sq_entries: u32,
+    pub pool_units: usize,
+    pub pool_unit_bytes: usize,
+}
+
+/// Why io_uring could not be set up, for the one-line fallback notice.
+pub fn probe_uring() -> Result<(), std::io::Error> {
+    io_uring::IoUring::new(2).map(drop)
+}
+
+/// Build a backend for the calling thread (io_uring rings are created on the thread that will
+/// submit to them, as SINGLE_ISSUER requires).
+pub fn build(kind: EngineKind, cfg: RingConfig) -> std::io::Result<Box<dyn Backend>> {
+    let pool = Pool::new(cfg.pool_units, cfg.pool_unit_bytes);
+    match kind {
+        EngineKind::Uring => Ok(Box::new(uring::Uring::new(cfg.sq_entries, pool)?)),
+        EngineKind::Sync => Ok(Box::new(sync::Sync::new(pool))),
+    }
+}
+
+fn raw(fd: &Arc<OwnedFd>) -> RawFd {
+    fd.as_raw_fd()
+}

@@ -1,0 +1,320 @@
+//! The io_uring backend: one ring per worker thread.
+//!
+//! Set-up tries `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only when this thread asks,
+//! which avoids task-work interrupts in the middle of a batch) and falls back to `COOP_TASKRUN`,
+//! then to a plain ring, for older kernels. The worker's pool is registered as one fixed buffer;
+//! when registration fails (RLIMIT_MEMLOCK for an unprivileged user, say) plain READ/WRITE are
+//! used instead.
+//!
+//! In-flight ops live in a slot table sized at start-up. Completions are drained into the
+//! caller's batch before any handler runs, so a handler never re-enters the ring.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use rustix::io::Errno;
+
+use super::{raw, Backend, Completion, Op, Pool, Token};
+
+struct Slot {
+    token: Token,
+    op: Op,
+    start: Instant,
+}
+
+pub struct Uring {
+    // Field order matters for drop: the ring (and with it every kernel reference to op memory)
+    // goes before the slots and the pool.
+    ring: IoUring<squeue::Entry, cqueue::Entry>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    in_flight: usize,
+    /// Completions parked by the kernel (the CQ already drained) but not yet returned.
+    pool: Pool,
+    fixed: bool,
+    setup: &'static str,
+}
+
+impl Uring {
+    pub fn new(sq_entries: u32, pool: Pool) -> std::io::Result<Uring> {
+        let (ring, setup) = build_ring(sq_entries)?;
+        // Enough slots that every SQE and every CQE can be accounted for at once.
+        let slot_count = ring.params().cq_entries() as usize;
+        let iov = libc::iovec {
+            iov_base: pool.base_ptr() as *mut libc::c_void,
+            iov_len: pool.len_bytes(),
+        };
+        // SAFETY: the iovec covers the pool's allocation exactly; the pool outlives the ring (it is
+        // a later field of `Uring` and the Drop impl drains all ops before anything is freed), so
+        // the registered memory stays valid for as long as the kernel may use it.
+        let fixed = unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
+        Ok(Uring {
+            ring,
+            slots: (0..slot_count).map(|_| None).collect(),
+            free_slots: (0..slot_count as u32).rev().collect(),
+            in_flight: 0,
+            pool,
+            fixed,
+            setup,
+        })
+    }
+
+    /// Build the SQE for the op in `slot`. Pointers refer to heap memory owned by the op (CString,
+    /// Box<Statx>) or to the pool, so they stay valid while the op sits in the slot table.
+    fn sqe(&self, slot: u32) -> squeue::Entry {
+        let s = self.slots[slot as usize].as_ref().expect("slot in use");
+        let entry = match &s.op {
+            Op::OpenAt {
+                dir,
+                name,
+                flags,
+                mode,
+            } => opcode::OpenAt::new(types::Fd(raw(dir)), name.as_ptr())
+                .flags((flags.bits() | libc::O_CLOEXEC as u32) as i32)
+                .mode(mode.bits())
+                .build(),
+            Op::Statx { dir, name, buf } => {
+                // rustix's `Statx` is `#[repr(C)]` with the kernel's `struct statx` layout, which is
+                // what io_uring's opaque `types::statx` stands for.
+                let ptr = &**buf as *const rustix::fs::Statx as *mut types::statx;
+                opcode::Statx::new(types::Fd(raw(dir)), name.as_ptr(), ptr)
+                    .flags(libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT)
+                    .mask(libc::STATX_BASIC_STATS)
+                    .build()
+            }
+            Op::Read {
+                fd,
+                buf,
+                offset,
+                len,
+                done,
+            } => {
+                // SAFETY: `done < len <= buf.len()`, so the pointer stays inside the lease.
+                let ptr = unsafe { self.pool.ptr(buf).add(*done as usize) };
+                let n = len - done;
+                let off = offset + *done as u64;
+                if self.fixed {
+                    opcode::ReadFixed::new(types::Fd(raw(fd)), ptr, n, 0)
+                        .offset(off)
+                        .build()
+                } else {
+                    opcode::Read::new(types::Fd(raw(fd)), ptr, n).offset(off).build()
+                }
+            }
+            Op::Write {
+                fd,
+                buf,
+                offset,
+                len,
+                done,
+            } => {
+                // SAFETY: `done < len <= buf.len()`, so the pointer stays inside the lease.
+                let ptr = unsafe { self.pool.ptr(buf).add(*done as usize) };
+                let n = len - done;
+                let off = offset + *done as u64;
+                if self.fixed {
+                    opcode::WriteFixed::new(types::Fd(raw(fd)), ptr, n, 0)
+                        .offset(off)
+                        .build()
+                } else {
+                    opcode::Write::new(types::Fd(raw(fd)), ptr, n).offset(off).build()
+                }
+            }
+            Op::Fsync { fd } => opcode::Fsync::new(types::Fd(raw(fd))).build(),
+            Op::Close { fd } => opcode::Close::new(types::Fd(*fd)).build(),
+        };
+        entry.user_data(slot as u64)
+    }
+
+    fn enqueue(&mut self, slot: u32) {
+        let entry = self.sqe(slot);
+        loop {
+            // SAFETY: the entry's pointers refer to memory owned by the op in `slots[slot]` or to the
+            // pool; both stay put until the completion for `slot` is reaped (ops are only removed
+            // from the slot table in `reap`, and Drop drains before freeing).
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            // Submission queue full: hand what is queued to the kernel and retry.
+            match self.ring.submit() {
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
+
+    /// Move finished CQEs into `out`, resubmitting short transfers and EINTR/EAGAIN in place.
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut again: Vec<u32> = Vec::new();
+        {
+            let cq = self.ring.completion();
+            for cqe in cq {
+                let slot = cqe.user_data() as u32;
+                let res = cqe.result();
+                let s = self.slots[slot as usize]
+                    .as_mut()
+                    .expect("completion for a free slot");
+                if res == -libc::EINTR || res == -libc::EAGAIN {
+                    again.push(slot);
+                    continue;
+                }
+                if res >= 0 {
+                    match &mut s.op {
+                        Op::Read { len, done, .. } => {
+                            *done += res as u32;
+                            // 0 = end of file: complete with what was read.
+                            if res > 0 && *done < *len {
+                                again.push(slot);
+                                continue;
+                            }
+                        }
+                        Op::Write { len, done, .. } => {
+                            if res == 0 {
+                                // A zero-byte write would loop forever; report it.
+                                let s = self.slots[slot as usize].take().expect("slot in use");
+                                self.free_slots.push(slot);
+                                self.in_flight -= 1;
+                                out.push(Completion {
+                                    token: s.token,
+                                    result: Err(Errno::IO),
+                                    op: s.op,
+                                    opened: None,
+                                    latency: s.start.elapsed(),
+                                });
+                                continue;
+                            }
+                            *done += res as u32;
+                            if *done < *len {
+                                again.push(slot);
+                                continue;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let s = self.slots[slot as usize].take().expect("slot in use");
+                self.free_slots.push(slot);
+                self.in_flight -= 1;
+                let (result, opened) = match (&s.op, res) {
+                    (_, r) if r < 0 => (Err(Errno::from_raw_os_error(-r)), None),
+                    (Op::OpenAt { .. }, fd) => {
+                        // SAFETY: a successful IORING_OP_OPENAT returns a new descriptor that
+                        // nothing else owns.
+                        (Ok(0), Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+                    }
+                    (Op::Read { done, .. } | Op::Write { done, .. }, _) => (Ok(*done), None),
+                    _ => (Ok(0), None),
+                };
+                out.push(Completion {
+                    token: s.token,
+                    result,
+                    op: s.op,
+                    opened,
+                    latency: s.start.elapsed(),
+                });
+            }
+        }
+        for slot in again {
+            self.enqueue(slot);
+        }
+    }
+}
+
+/// Applies one set of setup flags to a ring builder.
+type SetupFn = fn(&mut io_uring::Builder);
+
+fn build_ring(entries: u32) -> std::io::Result<(IoUring, &'static str)> {
+    let attempts: [(&'static str, SetupFn); 3] = [
+        ("single_issuer+defer_taskrun", |b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }),
+        ("coop_taskrun", |b| {
+            b.setup_coop_taskrun();
+        }),
+        ("plain", |_| {}),
+    ];
+    let mut last = None;
+    for (name, apply) in attempts {
+        let mut b = IoUring::builder();
+        apply(&mut b);
+        match b.build(entries) {
+            Ok(ring) => return Ok((ring, name)),
+            // EINVAL: the kernel does not know a setup flag; try a simpler ring.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+impl Backend for Uring {
+    fn describe(&self) -> String {
+        format!(
+            "uring ({}, {} buffers)",
+            self.setup,
+            if self.fixed { "fixed" } else { "plain" }
+        )
+    }
+
+    fn push(&mut self, token: Token, op: Op) {
+        let slot = self
+            .free_slots
+            .pop()
+            .expect("more ops in flight than ring slots: caller must bound in-flight ops");
+        self.slots[slot as usize] = Some(Slot {
+            token,
+            op,
+            start: Instant::now(),
+        });
+        self.in_flight += 1;
+        self.enqueue(slot);
+    }
+
+    fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> std::io::Result<()> {
+        let before = out.len();
+        loop {
+            let want = if self.in_flight == 0 {
+                0
+            } else {
+                min_complete.saturating_sub(out.len() - before)
+            };
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // EBUSY: the CQ overflowed; reaping below makes room.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            self.reap(out);
+            if out.len() - before >= min_complete || self.in_flight == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn pool(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // The kernel may still write into op memory or the pool: wait for everything in flight
+        // before any of it is freed. Errors here leave nothing better to do than to stop waiting,
+        // and then the memory is leaked rather than freed under the kernel's feet.
+        let mut sink = Vec::new();
+        while self.in_flight > 0 {
+            if self.ring.submit_and_wait(1).is_err() && self.ring.completion().is_empty() {
+                std::mem::forget(std::mem::replace(&mut self.pool, Pool::new(1, 4096)));
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+            self.reap(&mut sink);
+        }
+    }
+}
