@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{CopyConfig, EngineChoice, Fsync, Reflink, MEMORY_BYTES_DEFAULT, MEMORY_BYTES_MIN};
+use crate::config::{
+    CopyConfig, DataPath, EngineChoice, Fsync, Reflink, MEMORY_BYTES_DEFAULT, MEMORY_BYTES_MIN,
+};
 
 const EXIT_CODES: &str =
     "Exit status: 0 all copied; 1 fatal (nothing or not everything could start); 2 usage; \
@@ -39,11 +41,15 @@ pub struct CopyArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Cap on data-buffer memory, bytes with optional K/M/G suffix (powers of 1024).
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub memory: u64,
     /// Clone extents instead of copying data where the filesystem can (btrfs, xfs).
     #[arg(long, value_enum, default_value_t = ReflinkArg::Auto)]
     pub reflink: ReflinkArg,
+    /// How data moves when not cloned: ring reads/writes from the buffer pool, in-kernel
+    /// copy_file_range, or auto (copy_file_range for files of 1 MiB and more).
+    #[arg(long, value_enum, default_value_t = DataPathArg::Auto)]
+    pub data_path: DataPathArg,
     /// Durability: none; fsync each file; or one syncfs of the target at the end.
     #[arg(long, value_enum, default_value_t = FsyncArg::End)]
     pub fsync: FsyncArg,
@@ -67,6 +73,13 @@ pub enum ReflinkArg {
     Auto,
     Always,
     Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DataPathArg {
+    Auto,
+    Ring,
+    Cfr,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -117,6 +130,13 @@ impl CopyArgs {
         if self.memory < MEMORY_BYTES_MIN {
             return Err(format!("--memory must be at least {}M", MEMORY_BYTES_MIN >> 20));
         }
+        if matches!(self.data_path, DataPathArg::Cfr) && matches!(self.reflink, ReflinkArg::Never) {
+            return Err(
+                "--data-path cfr cannot honour --reflink never: copy_file_range clones extents on \
+                        btrfs and xfs; use --data-path ring"
+                    .into(),
+            );
+        }
         Ok(CopyConfig {
             src: self.src.clone(),
             dst: self.dst.clone(),
@@ -137,6 +157,11 @@ impl CopyArgs {
                 FsyncArg::File => Fsync::File,
                 FsyncArg::End => Fsync::End,
             },
+            data_path: match self.data_path {
+                DataPathArg::Auto => DataPath::Auto,
+                DataPathArg::Ring => DataPath::Ring,
+                DataPathArg::Cfr => DataPath::Cfr,
+            },
             progress: !self.quiet,
             quiet: self.quiet,
         })
@@ -144,7 +169,7 @@ impl CopyArgs {
 }
 
 /// Default shown in help must match the constant.
-const _: () = assert!(MEMORY_BYTES_DEFAULT == 256 << 20);
+const _: () = assert!(MEMORY_BYTES_DEFAULT == 64 << 20);
 
 #[cfg(test)]
 mod tests {

@@ -148,17 +148,56 @@ fn names(list: &[u8]) -> impl Iterator<Item = &CStr> {
         .filter_map(|n| CStr::from_bytes_with_nul(n).ok())
 }
 
+/// Names ringsync manages on the target: those it copies, plus inherited ACLs, which a new entry
+/// picks up from a default ACL on its parent and which must go when the source has none.
+fn managed(name: &[u8], p: Preserve) -> bool {
+    xattr_wanted(name, p) || name.starts_with(b"system.posix_acl_")
+}
+
+/// Remove managed xattrs present on the target but not in the source list.
+fn prune_extra(
+    src_list: &[u8],
+    dst_list: Result<Vec<u8>, Errno>,
+    p: Preserve,
+    remove: impl Fn(&CStr) -> Result<(), Errno>,
+) -> Result<(), Errno> {
+    let dst_list = match dst_list {
+        Ok(l) => l,
+        Err(e) if unsupported(e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names(&dst_list) {
+        if managed(name.to_bytes(), p) && !names(src_list).any(|n| n == name) {
+            match remove(name) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn unsupported(e: Errno) -> bool {
     e == Errno::NOTSUP || e == Errno::OPNOTSUPP
 }
 
 /// Copy xattrs between two open descriptors.
-pub fn copy_xattrs_fd(src: BorrowedFd, dst: BorrowedFd, p: Preserve) -> Result<XattrOutcome, Errno> {
+/// With `prune`, target xattrs the source lacks are removed (reused or ACL-inheriting targets).
+pub fn copy_xattrs_fd(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    p: Preserve,
+    prune: bool,
+) -> Result<XattrOutcome, Errno> {
     let list = match list_xattrs(|b| rustix::fs::flistxattr(src, &mut b[..])) {
         Ok(l) => l,
         Err(e) if unsupported(e) => return Ok(XattrOutcome::default()),
         Err(e) => return Err(e),
     };
+    if prune {
+        let dst_list = list_xattrs(|b| rustix::fs::flistxattr(dst, &mut b[..]));
+        prune_extra(&list, dst_list, p, |n| rustix::fs::fremovexattr(dst, n))?;
+    }
     let mut out = XattrOutcome::default();
     for name in names(&list) {
         if !xattr_wanted(name.to_bytes(), p) {
@@ -194,6 +233,7 @@ pub fn copy_xattrs_at(
     dst_dir: BorrowedFd,
     name: &CStr,
     p: Preserve,
+    prune: bool,
 ) -> Result<XattrOutcome, Errno> {
     let sp = proc_path(src_dir, name);
     let dp = proc_path(dst_dir, name);
@@ -202,6 +242,10 @@ pub fn copy_xattrs_at(
         Err(e) if unsupported(e) => return Ok(XattrOutcome::default()),
         Err(e) => return Err(e),
     };
+    if prune {
+        let dst_list = list_xattrs(|b| rustix::fs::llistxattr(dp.as_c_str(), &mut b[..]));
+        prune_extra(&list, dst_list, p, |n| rustix::fs::lremovexattr(dp.as_c_str(), n))?;
+    }
     let mut out = XattrOutcome::default();
     for xname in names(&list) {
         if !xattr_wanted(xname.to_bytes(), p) {
@@ -227,6 +271,7 @@ pub fn apply_fd(
     dst: BorrowedFd,
     m: &Meta,
     p: Preserve,
+    prune: bool,
 ) -> Result<XattrOutcome, (MetaStep, Errno)> {
     if p.owner {
         rustix::fs::fchown(
@@ -236,7 +281,7 @@ pub fn apply_fd(
         )
         .map_err(|e| (MetaStep::Chown, e))?;
     }
-    let x = copy_xattrs_fd(src, dst, p).map_err(|e| (MetaStep::Xattr, e))?;
+    let x = copy_xattrs_fd(src, dst, p, prune).map_err(|e| (MetaStep::Xattr, e))?;
     rustix::fs::fchmod(dst, m.perm()).map_err(|e| (MetaStep::Chmod, e))?;
     rustix::fs::futimens(dst, &m.timestamps()).map_err(|e| (MetaStep::Utimes, e))?;
     Ok(x)
@@ -249,6 +294,7 @@ pub fn apply_at(
     name: &CStr,
     m: &Meta,
     p: Preserve,
+    prune: bool,
 ) -> Result<XattrOutcome, (MetaStep, Errno)> {
     if p.owner {
         rustix::fs::chownat(
@@ -260,7 +306,7 @@ pub fn apply_at(
         )
         .map_err(|e| (MetaStep::Chown, e))?;
     }
-    let x = copy_xattrs_at(src_dir, dst_dir, name, p).map_err(|e| (MetaStep::Xattr, e))?;
+    let x = copy_xattrs_at(src_dir, dst_dir, name, p, prune).map_err(|e| (MetaStep::Xattr, e))?;
     if m.file_type() != FileType::Symlink {
         // Symlink permissions are fixed at 0777 on Linux; chmod would follow the link.
         rustix::fs::chmodat(dst_dir, name, m.perm(), AtFlags::empty()).map_err(|e| (MetaStep::Chmod, e))?;
@@ -273,4 +319,13 @@ pub fn apply_at(
 /// Borrow helper so callers holding `Arc<OwnedFd>` read naturally.
 pub fn fd<T: AsFd>(t: &T) -> BorrowedFd<'_> {
     t.as_fd()
+}
+
+/// Whether new entries in this target directory inherit ACLs (it has a default ACL).
+pub fn has_default_acl(dir: BorrowedFd) -> bool {
+    let mut b = [0u8; 0];
+    matches!(
+        rustix::fs::fgetxattr(dir, c"system.posix_acl_default", &mut b[..]),
+        Ok(_) | Err(Errno::RANGE)
+    )
 }

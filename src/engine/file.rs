@@ -19,9 +19,10 @@ use rustix::fs::{AtFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 use super::{
-    scan, source_error, DirNode, Job, Link, Step, Worker, CHUNK_BYTES, OPS_PER_FILE_MAX, OP_BYTES_MAX,
+    resolve_links, scan, source_error, DirNode, Job, Step, Worker, CFR_MIN_BYTES, CFR_PIECE_BYTES,
+    CHUNK_BYTES, OPS_PER_FILE_MAX, OP_BYTES_MAX,
 };
-use crate::config::{Fsync, Reflink};
+use crate::config::{DataPath, Fsync, Reflink};
 use crate::error::EntryError;
 use crate::meta::{self, Meta};
 use crate::progress::Counters;
@@ -86,6 +87,8 @@ pub struct CopyTask {
     failed: Option<EntryError>,
     /// Error found while finishing (metadata, fsync, close).
     final_error: Option<EntryError>,
+    /// Move this task's bytes with copy_file_range instead of ring reads/writes.
+    cfr: bool,
 }
 
 impl CopyTask {
@@ -135,10 +138,12 @@ impl CopyTask {
             in_flight: 2,
             failed: None,
             final_error: None,
+            cfr: false,
         }
     }
 
-    pub fn chunk(ctx: Arc<FileCtx>, start: u64, end: u64) -> CopyTask {
+    pub fn chunk(w: &Worker, ctx: Arc<FileCtx>, start: u64, end: u64) -> CopyTask {
+        let ctx_size = ctx.meta.size;
         let (src, dst) = ctx
             .fds
             .lock()
@@ -157,6 +162,7 @@ impl CopyTask {
             in_flight: 0,
             failed: None,
             final_error: None,
+            cfr: use_cfr(w, ctx_size),
         }
     }
 
@@ -290,11 +296,11 @@ impl CopyTask {
                 }
             }
         }
-        let chunks = if w.shared.cfg.threads > 1 && size > CHUNK_BYTES && !cloned {
-            size.div_ceil(CHUNK_BYTES)
-        } else {
-            1
-        };
+        // copy_file_range of one file from several workers only contends on the target's inode
+        // lock (measured: no faster than one worker), so only ring copies are split.
+        let cfr = !cloned && use_cfr(w, size);
+        let split = w.shared.cfg.threads > 1 && size > CHUNK_BYTES && !cloned && !cfr;
+        let chunks = if split { size.div_ceil(CHUNK_BYTES) } else { 1 };
         let ctx = Arc::new(FileCtx {
             parent: o.parent,
             name: o.name,
@@ -321,6 +327,7 @@ impl CopyTask {
         self.src = Some(src);
         self.dst = Some(dst);
         self.ctx = Some(ctx);
+        self.cfr = cfr;
         if cloned {
             self.end = 0;
         }
@@ -344,7 +351,58 @@ impl CopyTask {
         None
     }
 
+    /// Copy this task's remaining range in the kernel. Returns false (nothing copied) when the
+    /// kernel refuses copy_file_range for this pair of files, so the ring path takes over.
+    fn copy_in_kernel(&mut self, w: &mut Worker) -> bool {
+        let (src, dst) = (self.src.clone().expect("open"), self.dst.clone().expect("open"));
+        let mut first = true;
+        while self.failed.is_none() {
+            let Some((offset, _)) = self.next_piece() else {
+                break;
+            };
+            let seg_end = self.ctx.as_ref().expect("ctx").segments[self.seg].1.min(self.end);
+            let len = (seg_end - offset).min(CFR_PIECE_BYTES);
+            let (mut off_in, mut off_out) = (offset, offset);
+            let res = rustix::fs::copy_file_range(
+                &*src,
+                Some(&mut off_in),
+                &*dst,
+                Some(&mut off_out),
+                len as usize,
+            );
+            match res {
+                Ok(0) => {
+                    let ctx = self.ctx.as_ref().expect("ctx");
+                    let detail = format!("file shrank during copy: end of file at offset {offset}");
+                    self.failed = Some(EntryError::msg("copy_file_range", src_path(w, ctx), detail));
+                }
+                Ok(n) => {
+                    self.next = offset + n as u64;
+                    Counters::add(&w.counters().bytes, n as u64);
+                }
+                Err(Errno::INTR) | Err(Errno::AGAIN) => {}
+                // Not supported for this pair (old kernel, other filesystems, special files).
+                Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF) if first => {
+                    w.shared.cfr_try.store(false, Ordering::Relaxed);
+                    return false;
+                }
+                Err(e) => {
+                    let ctx = self.ctx.as_ref().expect("ctx");
+                    self.failed = Some(EntryError::new("copy_file_range", dst_path(w, ctx), e));
+                }
+            }
+            first = false;
+        }
+        true
+    }
+
     fn pump_data(&mut self, w: &mut Worker, slot: u32) -> Step {
+        if self.cfr {
+            self.cfr = false;
+            if self.copy_in_kernel(w) {
+                return self.chunk_done(w, slot);
+            }
+        }
         let mut blocked = false;
         while self.failed.is_none() && self.in_flight < OPS_PER_FILE_MAX {
             let Some((offset, len)) = self.next_piece() else {
@@ -426,7 +484,13 @@ impl CopyTask {
         let (src, dst) = ctx.fds.lock().expect("poisoned").take().expect("fds taken once");
         self.final_error = ctx.error.lock().expect("poisoned").take();
         if self.final_error.is_none() {
-            match meta::apply_fd(meta::fd(&*src), meta::fd(&*dst), &ctx.meta, w.shared.preserve) {
+            match meta::apply_fd(
+                meta::fd(&*src),
+                meta::fd(&*dst),
+                &ctx.meta,
+                w.shared.preserve,
+                ctx.parent.inherits_acl,
+            ) {
                 Ok(x) if x.unsupported => w.shared.warn_xattr_unsupported(&dst_path(w, &ctx)),
                 Ok(_) => {}
                 Err((step, e)) => self.final_error = Some(EntryError::new(step.name(), dst_path(w, &ctx), e)),
@@ -484,46 +548,18 @@ impl CopyTask {
     }
 }
 
+/// Whether a file of `size` bytes moves through copy_file_range.
+fn use_cfr(w: &Worker, size: u64) -> bool {
+    let sh = &w.shared;
+    sh.cfr_try.load(Ordering::Relaxed) && (sh.cfg.data_path == DataPath::Cfr || size >= CFR_MIN_BYTES)
+}
+
 fn src_path(w: &Worker, ctx: &FileCtx) -> std::path::PathBuf {
     w.shared.src_path(&ctx.parent.child_rel(&ctx.name))
 }
 
 fn dst_path(w: &Worker, ctx: &FileCtx) -> std::path::PathBuf {
     w.shared.dst_path(&ctx.parent.child_rel(&ctx.name))
-}
-
-/// The first path of a hardlinked inode is finished (or failed): link or fail its waiters.
-fn resolve_links(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, meta: &Meta, ok: bool) {
-    if meta.nlink <= 1 {
-        return;
-    }
-    let state = if ok {
-        Link::Done(parent.dst.clone(), name.clone())
-    } else {
-        Link::Failed
-    };
-    let previous = w
-        .shared
-        .links
-        .lock()
-        .expect("links poisoned")
-        .insert((meta.dev, meta.ino), state);
-    let Some(Link::Pending(waiters)) = previous else {
-        return;
-    };
-    for (node, wname) in waiters {
-        if ok {
-            scan::make_link(w, &parent.dst, name, &node, &wname);
-        } else {
-            let path = w.shared.dst_path(&node.child_rel(&wname));
-            w.report(EntryError::msg(
-                "link",
-                path,
-                "the first path of this hardlinked file failed to copy",
-            ));
-        }
-        w.shared.child_done(node);
-    }
 }
 
 /// Data ranges of a file. Only files whose allocation is below their size are probed with

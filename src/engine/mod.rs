@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::config::{CopyConfig, EngineChoice, Fsync, Reflink};
+use crate::config::{CopyConfig, DataPath, EngineChoice, Fsync, Reflink};
 use crate::error::{EntryError, ErrorLog};
 use crate::meta::{Meta, Preserve};
 use crate::progress::{Counters, ProgressLine};
@@ -46,6 +46,12 @@ pub const OP_BYTES_MAX: u64 = 4 << 20;
 pub const OPS_PER_FILE_MAX: u32 = 4;
 /// Files bigger than this are split into chunks of this size that any worker may copy.
 pub const CHUNK_BYTES: u64 = 64 << 20;
+/// `--data-path auto` copies files at least this big with copy_file_range. Below it the ring's
+/// read+write is as fast (perf/), and stays within io_uring.
+pub const CFR_MIN_BYTES: u64 = 1 << 20;
+/// copy_file_range length per call: long enough to amortise the call, short enough that a
+/// stopped run has little in flight.
+pub const CFR_PIECE_BYTES: u64 = 16 << 20;
 /// Active jobs per worker; with `OPS_PER_FILE_MAX` this bounds data ops in flight.
 pub const TASKS_PER_WORKER_MAX: usize = 64;
 /// Statx calls one directory scan keeps in flight.
@@ -64,6 +70,8 @@ pub struct DirNode {
     src: Arc<OwnedFd>,
     dst: Arc<OwnedFd>,
     meta: Meta,
+    /// New entries here inherit ACLs, so their xattrs are pruned to the source's.
+    inherits_acl: bool,
     /// The scan itself plus every child job and hardlink waiter not yet finished.
     pending: AtomicUsize,
 }
@@ -176,6 +184,8 @@ pub struct Shared {
     preserve: Preserve,
     /// Reflink still worth trying (auto mode turns it off at the first refusal).
     reflink_try: AtomicBool,
+    /// copy_file_range still worth trying (turned off at the first refusal by the kernel).
+    cfr_try: AtomicBool,
     xattr_warned: AtomicBool,
     tmp_seq: AtomicU64,
     is_root: bool,
@@ -222,6 +232,8 @@ impl Shared {
                 crate::meta::fd(&*node.dst),
                 &node.meta,
                 self.preserve,
+                // A reused or ACL-inheriting target directory may carry xattrs the source lacks.
+                true,
             )
             .map(|x| {
                 if x.unsupported {
@@ -369,6 +381,8 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
             all_xattrs: is_root,
         },
         reflink_try: AtomicBool::new(cfg.reflink != Reflink::Never),
+        // copy_file_range clones on btrfs/xfs, so it is off when cloning is forbidden.
+        cfr_try: AtomicBool::new(cfg.data_path != DataPath::Ring && cfg.reflink != Reflink::Never),
         xattr_warned: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
         is_root,
@@ -380,6 +394,7 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
         src: Arc::new(src_root),
         dst: dst_root.clone(),
         meta: Meta::from_statx(&stx),
+        inherits_acl: crate::meta::has_default_acl(crate::meta::fd(&*dst_root)),
         pending: AtomicUsize::new(1),
     });
     Counters::add(&counters[0].dirs, 1);
@@ -598,7 +613,7 @@ impl Worker {
             Job::File { parent, name, meta } => {
                 Task::Copy(file::CopyTask::open(self, slot, parent, name, meta))
             }
-            Job::Chunk { ctx, start, end } => Task::Copy(file::CopyTask::chunk(ctx, start, end)),
+            Job::Chunk { ctx, start, end } => Task::Copy(file::CopyTask::chunk(self, ctx, start, end)),
         };
         self.tasks[slot as usize] = Some(task);
         self.pump(slot);
@@ -666,6 +681,40 @@ impl Worker {
 
     fn report(&self, e: EntryError) {
         self.shared.errors.report(e);
+    }
+}
+
+/// The first path of a hardlinked inode is finished (or failed): link or fail its waiters.
+fn resolve_links(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, meta: &Meta, ok: bool) {
+    if meta.nlink <= 1 {
+        return;
+    }
+    let state = if ok {
+        Link::Done(parent.dst.clone(), name.clone())
+    } else {
+        Link::Failed
+    };
+    let previous = w
+        .shared
+        .links
+        .lock()
+        .expect("links poisoned")
+        .insert((meta.dev, meta.ino), state);
+    let Some(Link::Pending(waiters)) = previous else {
+        return;
+    };
+    for (node, wname) in waiters {
+        if ok {
+            scan::make_link(w, &parent.dst, name, &node, &wname);
+        } else {
+            let path = w.shared.dst_path(&node.child_rel(&wname));
+            w.report(EntryError::msg(
+                "link",
+                path,
+                "the first path of this hardlinked file failed to copy",
+            ));
+        }
+        w.shared.child_done(node);
     }
 }
 

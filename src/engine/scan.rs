@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
-use super::{source_error, DirNode, Job, Link, Step, Worker};
+use super::{resolve_links, source_error, DirNode, Job, Link, Step, Worker};
 use crate::error::EntryError;
 use crate::meta::{self, Meta};
 use crate::progress::Counters;
@@ -142,9 +142,18 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
                 meta: m,
             });
         }
-        FileType::Symlink => copy_symlink(w, node, &name, &m),
-        FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
-            copy_special(w, node, &name, &m)
+        FileType::Symlink | FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+            if m.nlink > 1 {
+                // Hardlinked symlinks and nodes: the first path is made here, later ones linked.
+                node.pending.fetch_add(1, Ordering::AcqRel);
+                if register_link(w, node, &name, &m) {
+                    let ok = copy_inline(w, node, &name, &m);
+                    resolve_links(w, node, &name, &m, ok);
+                    w.shared.child_done(node.clone());
+                }
+            } else {
+                copy_inline(w, node, &name, &m);
+            }
         }
         FileType::Socket => {
             Counters::add(&c.skipped, 1);
@@ -241,35 +250,31 @@ fn create_replacing(
     }
 }
 
-fn copy_symlink(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) {
-    let target = match rustix::fs::readlinkat(&*node.src, name.as_c_str(), Vec::new()) {
-        Ok(t) => t,
-        Err(e) => {
-            w.report(source_error(
-                "readlink",
-                w.shared.src_path(&node.child_rel(name)),
-                e,
-            ));
-            return;
-        }
-    };
-    let made = create_replacing(w, node, name, |n| {
-        rustix::fs::symlinkat(target.as_c_str(), &*node.dst, n)
-    });
-    finish_inline(w, node, name, m, made, |c| &c.symlinks);
-}
-
-fn copy_special(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) {
-    let made = create_replacing(w, node, name, |n| {
-        rustix::fs::mknodat(
-            &*node.dst,
-            n,
-            m.file_type(),
-            m.perm() & Mode::from_raw_mode(0o777),
-            m.rdev,
-        )
-    });
-    finish_inline(w, node, name, m, made, |c| &c.specials);
+/// Make a symlink, fifo or device node and set its metadata. Returns whether it was made.
+fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) -> bool {
+    if m.file_type() == FileType::Symlink {
+        let target = match rustix::fs::readlinkat(&*node.src, name.as_c_str(), Vec::new()) {
+            Ok(t) => t,
+            Err(e) => {
+                w.report(source_error(
+                    "readlink",
+                    w.shared.src_path(&node.child_rel(name)),
+                    e,
+                ));
+                return false;
+            }
+        };
+        let made = create_replacing(w, node, name, |n| {
+            rustix::fs::symlinkat(target.as_c_str(), &*node.dst, n)
+        });
+        finish_inline(w, node, name, m, made, |c| &c.symlinks)
+    } else {
+        let made = create_replacing(w, node, name, |n| {
+            let perm = m.perm() & Mode::from_raw_mode(0o777);
+            rustix::fs::mknodat(&*node.dst, n, m.file_type(), perm, m.rdev)
+        });
+        finish_inline(w, node, name, m, made, |c| &c.specials)
+    }
 }
 
 fn finish_inline(
@@ -279,26 +284,25 @@ fn finish_inline(
     m: &Meta,
     made: Result<(), (&'static str, Errno)>,
     counter: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64,
-) {
+) -> bool {
     let path = || w.shared.dst_path(&node.child_rel(name));
     if let Err((op, e)) = made {
         w.report(EntryError::new(op, path(), e));
-        return;
+        return false;
     }
-    match meta::apply_at(
-        meta::fd(&*node.src),
-        meta::fd(&*node.dst),
-        name,
-        m,
-        w.shared.preserve,
-    ) {
+    let (src, dst) = (meta::fd(&*node.src), meta::fd(&*node.dst));
+    match meta::apply_at(src, dst, name, m, w.shared.preserve, node.inherits_acl) {
         Ok(x) => {
             if x.unsupported {
                 w.shared.warn_xattr_unsupported(&path());
             }
             Counters::add(counter(w.counters()), 1);
+            true
         }
-        Err((step, e)) => w.report(EntryError::new(step.name(), path(), e)),
+        Err((step, e)) => {
+            w.report(EntryError::new(step.name(), path(), e));
+            false
+        }
     }
 }
 
@@ -339,12 +343,14 @@ pub(super) fn open_child_dir(
         Err(e) => return fail(w, EntryError::new("open directory", w.shared.dst_path(&rel), e)),
     };
     Counters::add(&w.counters().dirs, 1);
+    let inherits_acl = meta::has_default_acl(meta::fd(&dst));
     Some(Arc::new(DirNode {
         parent: Some(parent),
         rel,
         src: Arc::new(src),
         dst: Arc::new(dst),
         meta,
+        inherits_acl,
         pending: AtomicUsize::new(1),
     }))
 }

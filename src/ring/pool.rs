@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 pub const ALIGN_BYTES: usize = 4096;
 
 #[repr(C, align(4096))]
-#[derive(Clone, Copy)]
+#[allow(dead_code)] // only its size and alignment are used
 struct Page([u8; ALIGN_BYTES]);
 
 /// A contiguous run of pool units, exclusively owned by its holder.
@@ -67,13 +67,23 @@ impl Pool {
         assert!(units > 0, "pool needs at least one unit");
         let unit_bytes = unit_bytes.div_ceil(ALIGN_BYTES) * ALIGN_BYTES;
         let pages = units * (unit_bytes / ALIGN_BYTES);
-        // Zeroed pages come from fresh anonymous mappings for large sizes, so untouched units do
-        // not count towards RSS until first used.
-        let boxed: Box<[Page]> = vec![Page([0; ALIGN_BYTES]); pages].into_boxed_slice();
-        let raw = Box::into_raw(boxed) as *mut Page;
+        // A private anonymous mapping: page-aligned, and zero pages are only materialised when
+        // first touched, so untouched units cost no RSS. (The global allocator's aligned
+        // `alloc_zeroed` memsets the whole block up front.)
+        let len = pages * ALIGN_BYTES;
+        let prot = rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE;
+        // SAFETY: a fresh anonymous mapping aliases nothing; the result is checked below.
+        let raw = unsafe {
+            rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, prot, rustix::mm::MapFlags::PRIVATE)
+        };
+        let raw = match raw {
+            Ok(p) => p as *mut Page,
+            Err(e) => panic!("cannot map {len} bytes of buffer pool: {e}"),
+        };
+        let base = NonNull::new(raw).expect("mmap returns a non-null address");
         Pool {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            base: NonNull::new(raw).expect("box pointer is non-null"),
+            base,
             pages,
             unit_bytes,
             used: vec![false; units],
@@ -165,10 +175,15 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let slice = std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.pages);
-        // SAFETY: `base` came from `Box::into_raw` of a `Box<[Page]>` of exactly `pages` pages, and
-        // the backends drain every in-flight op before dropping their pool.
-        drop(unsafe { Box::from_raw(slice) });
+        // SAFETY: `base` is the start of our own mapping of exactly `pages` pages, and the backends
+        // drain every in-flight op before dropping their pool. munmap cannot fail for a range we
+        // mapped ourselves, so its result carries nothing to report.
+        let _ = unsafe {
+            rustix::mm::munmap(
+                self.base.as_ptr() as *mut std::ffi::c_void,
+                self.pages * ALIGN_BYTES,
+            )
+        };
     }
 }
 
