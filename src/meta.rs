@@ -265,15 +265,35 @@ pub fn copy_xattrs_at(
     Ok(out)
 }
 
+/// What is known about a target entry ringsync just created, so that steps which would change
+/// nothing are skipped (each is a syscall per file, which matters for many small files).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Created {
+    /// Owner and group the kernel gave the new entry.
+    pub owner: Option<(u32, u32)>,
+    /// Permission bits it was created with, when no umask or inherited ACL changed them.
+    pub perm: Option<u32>,
+    /// It may carry xattrs the source lacks (reused entry, or ACLs inherited from its parent).
+    pub prune: bool,
+}
+
+/// Permission bits to create a regular file with: its final bits when nothing will have to
+/// change them afterwards (no setuid/setgid/sticky, which chown would clear; no inherited
+/// ACL, which masks the mode), else owner-only until the metadata step.
+pub fn create_perm(m: &Meta, inherits_acl: bool) -> Option<u32> {
+    let perm = m.mode & 0o7777;
+    (perm & 0o7000 == 0 && !inherits_acl).then_some(perm)
+}
+
 /// Apply owner, xattrs, mode and times to an open target (regular file or directory).
 pub fn apply_fd(
     src: BorrowedFd,
     dst: BorrowedFd,
     m: &Meta,
     p: Preserve,
-    prune: bool,
+    created: Created,
 ) -> Result<XattrOutcome, (MetaStep, Errno)> {
-    if p.owner {
+    if p.owner && created.owner != Some((m.uid, m.gid)) {
         rustix::fs::fchown(
             dst,
             Some(rustix::fs::Uid::from_raw(m.uid)),
@@ -281,8 +301,10 @@ pub fn apply_fd(
         )
         .map_err(|e| (MetaStep::Chown, e))?;
     }
-    let x = copy_xattrs_fd(src, dst, p, prune).map_err(|e| (MetaStep::Xattr, e))?;
-    rustix::fs::fchmod(dst, m.perm()).map_err(|e| (MetaStep::Chmod, e))?;
+    let x = copy_xattrs_fd(src, dst, p, created.prune).map_err(|e| (MetaStep::Xattr, e))?;
+    if created.perm != Some(m.mode & 0o7777) {
+        rustix::fs::fchmod(dst, m.perm()).map_err(|e| (MetaStep::Chmod, e))?;
+    }
     rustix::fs::futimens(dst, &m.timestamps()).map_err(|e| (MetaStep::Utimes, e))?;
     Ok(x)
 }

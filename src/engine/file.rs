@@ -99,7 +99,7 @@ impl CopyTask {
             sflags |= OFlags::NOATIME;
         }
         let dflags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
-        let owner_only = Mode::from_raw_mode(0o600);
+        let create_mode = create_mode(&parent, &meta);
         w.ring.push(
             super::token(slot, SUB_OPEN_SRC),
             Op::OpenAt {
@@ -115,7 +115,7 @@ impl CopyTask {
                 dir: parent.dst.clone(),
                 name: name.clone(),
                 flags: dflags,
-                mode: owner_only,
+                mode: create_mode,
             },
         );
         CopyTask {
@@ -223,7 +223,7 @@ impl CopyTask {
                     dir: o.parent.dst.clone(),
                     name: tmp.clone(),
                     flags,
-                    mode: Mode::from_raw_mode(0o600),
+                    mode: create_mode(&o.parent, &o.meta),
                 };
                 o.tmp = Some(tmp);
                 w.ring.push(super::token(slot, SUB_OPEN_TMP), op);
@@ -489,7 +489,11 @@ impl CopyTask {
                 meta::fd(&*dst),
                 &ctx.meta,
                 w.shared.preserve,
-                ctx.parent.inherits_acl,
+                meta::Created {
+                    owner: Some((w.shared.euid, ctx.parent.created_gid)),
+                    perm: meta::create_perm(&ctx.meta, ctx.parent.inherits_acl),
+                    prune: ctx.parent.inherits_acl,
+                },
             ) {
                 Ok(x) if x.unsupported => w.shared.warn_xattr_unsupported(&dst_path(w, &ctx)),
                 Ok(_) => {}
@@ -546,6 +550,12 @@ impl CopyTask {
         w.shared.child_done(ctx.parent.clone());
         Step::Done
     }
+}
+
+/// Mode for creating the target: its final bits where nothing will change them later (see
+/// `meta::create_perm`), otherwise owner-only until the metadata step.
+fn create_mode(parent: &DirNode, m: &Meta) -> Mode {
+    Mode::from_raw_mode(meta::create_perm(m, parent.inherits_acl).unwrap_or(0o600) as _)
 }
 
 /// Whether a file of `size` bytes moves through copy_file_range.

@@ -72,6 +72,8 @@ pub struct DirNode {
     meta: Meta,
     /// New entries here inherit ACLs, so their xattrs are pruned to the source's.
     inherits_acl: bool,
+    /// Group the kernel gives new entries here (the directory's if it is setgid).
+    created_gid: u32,
     /// The scan itself plus every child job and hardlink waiter not yet finished.
     pending: AtomicUsize,
 }
@@ -189,6 +191,8 @@ pub struct Shared {
     xattr_warned: AtomicBool,
     tmp_seq: AtomicU64,
     is_root: bool,
+    /// Owner of entries this process creates.
+    euid: u32,
 }
 
 impl Shared {
@@ -233,7 +237,10 @@ impl Shared {
                 &node.meta,
                 self.preserve,
                 // A reused or ACL-inheriting target directory may carry xattrs the source lacks.
-                true,
+                crate::meta::Created {
+                    prune: true,
+                    ..Default::default()
+                },
             )
             .map(|x| {
                 if x.unsupported {
@@ -324,6 +331,14 @@ fn choose_engine(choice: EngineChoice, quiet: bool) -> Result<EngineKind, Fatal>
     }
 }
 
+/// Group that new entries in directory `dir` get: the directory's own when it is setgid.
+fn created_gid(dir: &OwnedFd) -> u32 {
+    match rustix::fs::fstat(dir) {
+        Ok(st) if st.st_mode & libc::S_ISGID != 0 => st.st_gid,
+        _ => rustix::process::getegid().as_raw(),
+    }
+}
+
 /// Raise the open-file limit: deep trees and hardlink bookkeeping hold directory descriptors.
 fn raise_nofile_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
@@ -338,6 +353,9 @@ fn raise_nofile_limit() {
 pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
     let start = Instant::now();
     raise_nofile_limit();
+    // Entries are created with their final permission bits where possible (saving a chmod
+    // per file), so the process umask must not mask them.
+    rustix::process::umask(Mode::empty());
     let kind = choose_engine(cfg.engine, cfg.quiet)?;
     let threads = cfg.threads.max(1);
 
@@ -386,6 +404,7 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
         xattr_warned: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
         is_root,
+        euid: rustix::process::geteuid().as_raw(),
         cfg: cfg.clone(),
     });
     let root = Arc::new(DirNode {
@@ -395,6 +414,7 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
         dst: dst_root.clone(),
         meta: Meta::from_statx(&stx),
         inherits_acl: crate::meta::has_default_acl(crate::meta::fd(&*dst_root)),
+        created_gid: created_gid(&dst_root),
         pending: AtomicUsize::new(1),
     });
     Counters::add(&counters[0].dirs, 1);

@@ -344,6 +344,7 @@ pub(super) fn open_child_dir(
     };
     Counters::add(&w.counters().dirs, 1);
     let inherits_acl = meta::has_default_acl(meta::fd(&dst));
+    let created_gid = super::created_gid(&dst);
     Some(Arc::new(DirNode {
         parent: Some(parent),
         rel,
@@ -351,6 +352,7 @@ pub(super) fn open_child_dir(
         dst: Arc::new(dst),
         meta,
         inherits_acl,
+        created_gid,
         pending: AtomicUsize::new(1),
     }))
 }
