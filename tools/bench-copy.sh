@@ -20,7 +20,8 @@
 #                          the 4 GiB memory test, the copy check, or installing
 #                          missing peers
 #   SEED=20240601          dataset seed (changing it regenerates the datasets)
-#   DELETE_SETTLE_S=65     seconds to wait after deleting many-file destinations
+#   DELETE_SETTLE_MODE=dropcache  after deleting many-file destinations: drop caches
+#                          (default), or `sleep` DELETE_SETTLE_S (default 370) seconds
 #                          before the next timed run (QUICK default: 0); see
 #                          "Destination policy" below
 #   RINGSYNC_ARGS=""       extra options for every ringsync command line (timed
@@ -62,7 +63,7 @@ TOOLS_DIR="$REPO/tools"
 
 # Record the exact invocation (user-set variables + command) before defaulting.
 CMDLINE=""
-for v in QUICK RUNS BENCH_DIR DATASETS CACHES TOOLS RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR FIO MEMTEST VERIFY INSTALL SEED DELETE_SETTLE_S; do
+for v in QUICK RUNS BENCH_DIR DATASETS CACHES TOOLS RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR FIO MEMTEST VERIFY INSTALL SEED DELETE_SETTLE_S DELETE_SETTLE_MODE; do
     if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
 done
 CMDLINE+="$(printf '%q' "$0")"
@@ -82,7 +83,10 @@ MEMTEST=${MEMTEST:-1}
 VERIFY=${VERIFY:-1}
 INSTALL=${INSTALL:-1}
 SEED=${SEED:-20240601}
-if [[ "$QUICK" == 1 ]]; then DELETE_SETTLE_S=${DELETE_SETTLE_S:-0}; else DELETE_SETTLE_S=${DELETE_SETTLE_S:-65}; fi
+if [[ "$QUICK" == 1 ]]; then DELETE_SETTLE_S=${DELETE_SETTLE_S:-0}; else DELETE_SETTLE_S=${DELETE_SETTLE_S:-370}; fi
+DELETE_SETTLE_MODE=${DELETE_SETTLE_MODE:-dropcache}
+if [[ "$DELETE_SETTLE_MODE" == dropcache ]]; then SETTLE_DESC="sync + drop_caches (+ warm-up read when warm)"; else SETTLE_DESC="sync + ${DELETE_SETTLE_S} s wait"; fi
+[[ "$DELETE_SETTLE_MODE" =~ ^(dropcache|sleep)$ ]] || die "DELETE_SETTLE_MODE must be dropcache or sleep"
 RINGSYNC_ARGS=${RINGSYNC_ARGS:-}
 read -r -a RS_EXTRA <<<"$RINGSYNC_ARGS"
 MEM_LIMIT_MIB=160
@@ -129,11 +133,24 @@ SETTLE_FROM=""
 if [[ -f "$DELETE_STAMP" ]] && t=$(cat "$DELETE_STAMP") && [[ "$t" =~ ^[0-9]+$ ]]; then SETTLE_FROM=$t; fi
 note_mass_delete() { SETTLE_FROM=$(date +%s); echo "$SETTLE_FROM" >"$DELETE_STAMP"; }
 mass_delete() { rm -rf "$@"; sync; note_mass_delete; }
-# settle: before timed runs. sync; if a mass delete is pending, sleep until
-# DELETE_SETTLE_S seconds have passed since it was synced, then sync again.
+# settle CACHE SRC: before timed runs. sync; if a mass delete is pending, get its
+# inodes out of ext4's reuse check. recently_deleted() only looks at inode-table
+# blocks that are still in the buffer cache, so by default (DELETE_SETTLE_MODE=
+# dropcache) `sync; echo 3 > drop_caches` evicts them and ends the effect at
+# once; for a warm run the source is then read again. DELETE_SETTLE_MODE=sleep
+# waits DELETE_SETTLE_S seconds instead (the kernel's window is 60 s, 360 s
+# while the block is dirty, which new allocations make it).
 settle() {
+    local cache=$1 src=$2
     sync
     [[ -n "$SETTLE_FROM" ]] || return 0
+    if [[ "$DELETE_SETTLE_MODE" == dropcache ]]; then
+        log "dropping caches after a mass delete (ext4 recently_deleted() reads only cached inode-table blocks)"
+        echo 3 >/proc/sys/vm/drop_caches
+        if [[ "$cache" == warm ]]; then warm_read "$src"; fi
+        SETTLE_FROM=""
+        return 0
+    fi
     local left=$((SETTLE_FROM + DELETE_SETTLE_S - $(date +%s)))
     ((left <= DELETE_SETTLE_S)) || left=$DELETE_SETTLE_S
     if ((left > 0)); then
@@ -315,7 +332,7 @@ run_one() {
     fi
     [[ ! -e "$dst" ]] || die "destination $dst already exists"
     tool_cmd "$tool" "$src" "$dst"
-    settle
+    settle "$cache" "$src"
     if [[ "$cache" == cold ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
     t0=$(now_us)
     if "${CMD[@]}" >"$logf" 2>&1; then rc=0; else rc=$?; fi
@@ -368,7 +385,7 @@ for ds in "${DATASET_LIST[@]}"; do
             [[ "$free_i" =~ ^[0-9]+$ ]] || free_i=0
             if ((need_b * 10 <= free_b * 8)) && { ((free_i == 0)) || ((need_i * 10 <= free_i * 8)); }; then
                 policy=fresh
-                POLICY[$ds/$cache]="fresh directory per run, nothing deleted between runs; all $runs_here deleted after the last run, then sync + ${DELETE_SETTLE_S} s wait before the next timed run"
+                POLICY[$ds/$cache]="fresh directory per run, nothing deleted between runs; all $runs_here deleted after the last run, then $SETTLE_DESC before the next timed run"
             else
                 policy=rm-settle
                 POLICY[$ds/$cache]="**FALLBACK (disk space)**: $runs_here copies need $(gib "$need_b") / $need_i inodes, over 80% of the free $(gib "$free_b") / $free_i inodes; rm -rf of the previous destination + sync + ${DELETE_SETTLE_S} s wait before each run"
