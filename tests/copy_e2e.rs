@@ -25,11 +25,10 @@ fn matrix(seed: u64, opts: &GenOpts) {
     let before = scan_tree(&src, true).expect("scan src");
     let cmp = CompareOpts::default();
     let mut failures = Vec::new();
-    for (engine, threads, data) in ENGINES.iter().flat_map(|e| {
-        THREADS
+    for engine in ENGINES {
+        for (threads, data) in THREADS
             .iter()
-            .flat_map(move |t| DATA_PATHS.iter().map(move |d| (e, t, d)))
-    }) {
+            .flat_map(|t| DATA_PATHS.iter().map(move |d| (*t, *d)))
         {
             let what = format!("seed {seed:#x} --engine {engine} --threads {threads} --data-path {data}");
             let dst = tmp.path().join(format!("dst-{engine}-{threads}-{data}"));

@@ -144,6 +144,9 @@ impl CopyTask {
 
     pub fn chunk(w: &Worker, ctx: Arc<FileCtx>, start: u64, end: u64) -> CopyTask {
         let ctx_size = ctx.meta.size;
+        // Chain: whoever takes a chunk offers the next, so a file has at most one chunk job
+        // waiting in the shared queue and that queue stays bounded however big the file is.
+        share_next_chunk(w, &ctx, end);
         let (src, dst) = ctx
             .fds
             .lock()
@@ -311,15 +314,8 @@ impl CopyTask {
             chunks_left: AtomicUsize::new(chunks as usize),
             error: Mutex::new(error),
         });
-        for k in 1..chunks {
-            let job = Job::Chunk {
-                ctx: ctx.clone(),
-                start: k * CHUNK_BYTES,
-                end: ((k + 1) * CHUNK_BYTES).min(size),
-            };
-            // Straight to the shared queue: the point is that idle workers take them.
-            w.shared.new_job();
-            w.shared.queue.push(job);
+        if chunks > 1 {
+            share_next_chunk(w, &ctx, CHUNK_BYTES);
         }
         self.start = 0;
         self.end = if chunks > 1 { CHUNK_BYTES } else { size };
@@ -550,6 +546,22 @@ impl CopyTask {
         w.shared.child_done(ctx.parent.clone());
         Step::Done
     }
+}
+
+/// Offer the chunk of `ctx` starting at `start` (if any is left) to all workers.
+fn share_next_chunk(w: &Worker, ctx: &Arc<FileCtx>, start: u64) {
+    let size = ctx.meta.size;
+    if start >= size {
+        return;
+    }
+    let job = Job::Chunk {
+        ctx: ctx.clone(),
+        start,
+        end: (start + CHUNK_BYTES).min(size),
+    };
+    // Straight to the shared queue: the point is that an idle worker takes it.
+    w.shared.new_job();
+    w.shared.queue.push(job);
 }
 
 /// Mode for creating the target: its final bits where nothing will change them later (see

@@ -30,10 +30,12 @@ pub struct Uring {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
     in_flight: usize,
-    /// Completions parked by the kernel (the CQ already drained) but not yet returned.
+    /// This worker's buffers, registered with the ring as one fixed buffer when `fixed`.
     pool: Pool,
     fixed: bool,
     setup: &'static str,
+    /// Slots to resubmit after a reap (short transfers, EINTR/EAGAIN); kept to avoid allocating.
+    again: Vec<u32>,
 }
 
 impl Uring {
@@ -57,6 +59,7 @@ impl Uring {
             pool,
             fixed,
             setup,
+            again: Vec::with_capacity(slot_count),
         })
     }
 
@@ -146,7 +149,7 @@ impl Uring {
 
     /// Move finished CQEs into `out`, resubmitting short transfers and EINTR/EAGAIN in place.
     fn reap(&mut self, out: &mut Vec<Completion>) {
-        let mut again: Vec<u32> = Vec::new();
+        let mut again = std::mem::take(&mut self.again);
         {
             let cq = self.ring.completion();
             for cqe in cq {
@@ -215,9 +218,10 @@ impl Uring {
                 });
             }
         }
-        for slot in again {
+        for slot in again.drain(..) {
             self.enqueue(slot);
         }
+        self.again = again;
     }
 }
 
