@@ -157,6 +157,18 @@ impl Pool {
         unsafe { self.base_ptr().add(lease.offset_bytes(self.unit_bytes)) }
     }
 
+    /// Where the unfinished part of a transfer of `len` bytes at file `offset` stands after
+    /// `done` bytes: (buffer pointer, bytes left, file offset).
+    pub(crate) fn tail(&self, lease: &Lease, offset: u64, len: u32, done: u32) -> (*mut u8, u32, u64) {
+        assert!(
+            done < len && len as usize <= lease.len_bytes,
+            "transfer outside its lease"
+        );
+        // SAFETY: `done < len <= lease.len()` (asserted), so the result stays inside the lease.
+        let ptr = unsafe { self.ptr(lease).add(done as usize) };
+        (ptr, len - done, offset + done as u64)
+    }
+
     /// The bytes of a lease that is not in flight.
     pub fn bytes(&self, lease: &Lease) -> &[u8] {
         let ptr = self.ptr(lease);

@@ -65,14 +65,9 @@ impl Sync {
                 len,
                 done,
             } => {
-                let ptr = self.pool.ptr(buf);
                 while *done < *len {
-                    // SAFETY: `buf` is this op's exclusive lease of at least `len` bytes (asserted
-                    // in `Op::read`); the slice covers the unread tail and dies before the lease
-                    // is handed back.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(ptr.add(*done as usize), (*len - *done) as usize)
-                    };
+                    // The op is ours and nothing is in flight: the safe accessor will do.
+                    let dst = &mut self.pool.bytes_mut(buf)[*done as usize..*len as usize];
                     match rustix::io::pread(&**fd, dst, *offset + *done as u64) {
                         Ok(0) => break,
                         Ok(n) => *done += n as u32,
@@ -89,12 +84,8 @@ impl Sync {
                 len,
                 done,
             } => {
-                let ptr = self.pool.ptr(buf);
                 while *done < *len {
-                    // SAFETY: as for Read: the lease is exclusively this op's for its duration.
-                    let src = unsafe {
-                        std::slice::from_raw_parts(ptr.add(*done as usize), (*len - *done) as usize)
-                    };
+                    let src = &self.pool.bytes(buf)[*done as usize..*len as usize];
                     match rustix::io::pwrite(&**fd, src, *offset + *done as u64) {
                         Ok(0) => return (Err(Errno::IO), None),
                         Ok(n) => *done += n as u32,

@@ -93,10 +93,7 @@ impl Uring {
                 len,
                 done,
             } => {
-                // SAFETY: `done < len <= buf.len()`, so the pointer stays inside the lease.
-                let ptr = unsafe { self.pool.ptr(buf).add(*done as usize) };
-                let n = len - done;
-                let off = offset + *done as u64;
+                let (ptr, n, off) = self.pool.tail(buf, *offset, *len, *done);
                 if self.fixed {
                     opcode::ReadFixed::new(types::Fd(raw(fd)), ptr, n, 0)
                         .offset(off)
@@ -112,10 +109,7 @@ impl Uring {
                 len,
                 done,
             } => {
-                // SAFETY: `done < len <= buf.len()`, so the pointer stays inside the lease.
-                let ptr = unsafe { self.pool.ptr(buf).add(*done as usize) };
-                let n = len - done;
-                let off = offset + *done as u64;
+                let (ptr, n, off) = self.pool.tail(buf, *offset, *len, *done);
                 if self.fixed {
                     opcode::WriteFixed::new(types::Fd(raw(fd)), ptr, n, 0)
                         .offset(off)
