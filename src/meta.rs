@@ -104,8 +104,9 @@ pub struct XattrOutcome {
     pub unsupported: bool,
 }
 
+/// Non-root copies `user.*` and POSIX ACLs (an owner may set both); root copies everything.
 fn xattr_wanted(name: &[u8], p: Preserve) -> bool {
-    p.all_xattrs || name.starts_with(b"user.")
+    p.all_xattrs || name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_")
 }
 
 /// List, then fetch each value, growing buffers on ERANGE.
@@ -148,13 +149,8 @@ fn names(list: &[u8]) -> impl Iterator<Item = &CStr> {
         .filter_map(|n| CStr::from_bytes_with_nul(n).ok())
 }
 
-/// Names ringsync manages on the target: those it copies, plus inherited ACLs, which a new entry
-/// picks up from a default ACL on its parent and which must go when the source has none.
-fn managed(name: &[u8], p: Preserve) -> bool {
-    xattr_wanted(name, p) || name.starts_with(b"system.posix_acl_")
-}
-
-/// Remove managed xattrs present on the target but not in the source list.
+/// Remove copied-namespace xattrs present on the target but not in the source list: a new
+/// entry inherits ACLs from a default ACL on its parent, which must go when the source has none.
 fn prune_extra(
     src_list: &[u8],
     dst_list: Result<Vec<u8>, Errno>,
@@ -167,7 +163,7 @@ fn prune_extra(
         Err(e) => return Err(e),
     };
     for name in names(&dst_list) {
-        if managed(name.to_bytes(), p) && !names(src_list).any(|n| n == name) {
+        if xattr_wanted(name.to_bytes(), p) && !names(src_list).any(|n| n == name) {
             match remove(name) {
                 Ok(()) | Err(Errno::NODATA) => {}
                 Err(e) => return Err(e),

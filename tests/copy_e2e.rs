@@ -603,3 +603,51 @@ fn unreadable_source_file_gives_exit_3_and_copies_the_rest() {
         assert_ne!(data, b"top secret", "unreadable file content leaked?");
     }
 }
+
+/// Regression: the target's descriptor was still referenced by the last write's completion when
+/// the file was closed, so it was closed implicitly and a close(2) error (NFS, quotas) was lost.
+/// Both descriptors of every file must now be closed through the ring, where errors are seen.
+#[test]
+fn regression_target_close_goes_through_ring_so_errors_are_seen() {
+    let tmp = scratch("close-ring");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("f{i}")), vec![i as u8; 1000 + i * 100]).unwrap();
+    }
+    for engine in ENGINES {
+        let dst = tmp.path().join(format!("dst-{engine}"));
+        let out = run_copy(&["--json", "--engine", engine, "--data-path", "ring"], &src, &dst);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let closes = v["latency_us"]["close"]["count"].as_u64().unwrap_or(0);
+        assert_eq!(
+            closes, 100,
+            "--engine {engine}: expected 2 ring closes per file: {v}"
+        );
+    }
+}
+
+/// Regression: the process umask was cleared before DST's missing parents were created, which
+/// left them world-writable (0777). They must be made like `mkdir -p` does, under the umask.
+#[test]
+fn regression_missing_dst_parents_respect_umask() {
+    let tmp = scratch("umask");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let dst = tmp.path().join("new/a/b");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" copy --quiet \"$1\" \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_ringsync"))
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    for p in [tmp.path().join("new"), tmp.path().join("new/a")] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{} has mode {mode:o}", p.display());
+    }
+}

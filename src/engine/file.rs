@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, Mode, OFlags, SeekFrom};
@@ -48,6 +48,8 @@ pub struct FileCtx {
     segments: Vec<(u64, u64)>,
     chunks_left: AtomicUsize,
     error: Mutex<Option<EntryError>>,
+    /// Set with `error`, so other chunks stop early (after ENOSPC, say).
+    failed: AtomicBool,
 }
 
 impl FileCtx {
@@ -183,7 +185,9 @@ impl CopyTask {
             SUB_OPEN_SRC | SUB_OPEN_DST | SUB_OPEN_TMP => self.opened(w, slot, sub, c),
             SUB_DATA => self.data_done(w, slot, c),
             SUB_FSYNC => {
-                if let Err(e) = c.result {
+                let result = c.result;
+                drop(c.op); // its descriptor reference must go before `close`
+                if let Err(e) = result {
                     let ctx = self.ctx.as_ref().expect("ctx");
                     self.final_error = Some(EntryError::new("fsync", dst_path(w, ctx), e));
                 }
@@ -312,6 +316,7 @@ impl CopyTask {
             fds: Mutex::new(Some((src.clone(), dst.clone()))),
             segments,
             chunks_left: AtomicUsize::new(chunks as usize),
+            failed: AtomicBool::new(error.is_some()),
             error: Mutex::new(error),
         });
         if chunks > 1 {
@@ -331,7 +336,12 @@ impl CopyTask {
     }
 
     fn next_piece(&mut self) -> Option<(u64, u64)> {
-        let segs = &self.ctx.as_ref().expect("ctx").segments;
+        let ctx = self.ctx.as_ref().expect("ctx");
+        if ctx.failed.load(Ordering::Relaxed) {
+            // Another chunk of this file failed: the file will be removed; stop copying it.
+            return None;
+        }
+        let segs = &ctx.segments;
         while self.seg < segs.len() {
             let (s, e) = segs[self.seg];
             let s = s.max(self.start).max(self.next);
@@ -367,6 +377,11 @@ impl CopyTask {
                 len as usize,
             );
             match res {
+                // Some kernels and filesystems answer 0 instead of an error: use the ring.
+                Ok(0) if first => {
+                    w.shared.cfr_try.store(false, Ordering::Relaxed);
+                    return false;
+                }
                 Ok(0) => {
                     let ctx = self.ctx.as_ref().expect("ctx");
                     let detail = format!("file shrank during copy: end of file at offset {offset}");
@@ -375,6 +390,7 @@ impl CopyTask {
                 Ok(n) => {
                     self.next = offset + n as u64;
                     Counters::add(&w.counters().bytes, n as u64);
+                    first = false;
                 }
                 Err(Errno::INTR) | Err(Errno::AGAIN) => {}
                 // Not supported for this pair (old kernel, other filesystems, special files).
@@ -387,7 +403,6 @@ impl CopyTask {
                     self.failed = Some(EntryError::new("copy_file_range", dst_path(w, ctx), e));
                 }
             }
-            first = false;
         }
         true
     }
@@ -431,27 +446,36 @@ impl CopyTask {
 
     fn data_done(&mut self, w: &mut Worker, slot: u32, c: Completion) -> Step {
         let ctx = self.ctx.clone().expect("ctx");
+        // Take the buffer and drop the op's descriptor reference at once: `close` needs to be
+        // the last holder to close through the ring and see the result.
         match c.op {
-            Op::Read { buf, offset, len, .. } => match c.result {
-                Ok(n) if n == len => {
-                    let dst = self.dst.clone().expect("open");
-                    w.ring
-                        .push(super::token(slot, SUB_DATA), Op::write(dst, buf, offset, n));
-                    self.in_flight += 1;
+            Op::Read {
+                buf, offset, len, fd, ..
+            } => {
+                drop(fd);
+                match c.result {
+                    Ok(n) if n == len => {
+                        let dst = self.dst.clone().expect("open");
+                        w.ring
+                            .push(super::token(slot, SUB_DATA), Op::write(dst, buf, offset, n));
+                        self.in_flight += 1;
+                    }
+                    Ok(n) => {
+                        w.ring.pool().release(buf);
+                        let detail =
+                            format!("file shrank during copy: {n} of {len} bytes at offset {offset}");
+                        self.failed
+                            .get_or_insert(EntryError::msg("read", src_path(w, &ctx), detail));
+                    }
+                    Err(e) => {
+                        w.ring.pool().release(buf);
+                        self.failed
+                            .get_or_insert(source_error("read", src_path(w, &ctx), e));
+                    }
                 }
-                Ok(n) => {
-                    w.ring.pool().release(buf);
-                    let detail = format!("file shrank during copy: {n} of {len} bytes at offset {offset}");
-                    self.failed
-                        .get_or_insert(EntryError::msg("read", src_path(w, &ctx), detail));
-                }
-                Err(e) => {
-                    w.ring.pool().release(buf);
-                    self.failed
-                        .get_or_insert(source_error("read", src_path(w, &ctx), e));
-                }
-            },
-            Op::Write { buf, .. } => {
+            }
+            Op::Write { buf, fd, .. } => {
+                drop(fd);
                 w.ring.pool().release(buf);
                 match c.result {
                     Ok(n) => Counters::add(&w.counters().bytes, n as u64),
@@ -473,6 +497,7 @@ impl CopyTask {
         self.dst = None;
         if let Some(e) = self.failed.take() {
             ctx.error.lock().expect("poisoned").get_or_insert(e);
+            ctx.failed.store(true, Ordering::Relaxed);
         }
         if ctx.chunks_left.fetch_sub(1, Ordering::AcqRel) != 1 {
             return Step::Done;

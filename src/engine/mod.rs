@@ -353,9 +353,6 @@ fn raise_nofile_limit() {
 pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
     let start = Instant::now();
     raise_nofile_limit();
-    // Entries are created with their final permission bits where possible (saving a chmod
-    // per file), so the process umask must not mask them.
-    rustix::process::umask(Mode::empty());
     let kind = choose_engine(cfg.engine, cfg.quiet)?;
     let threads = cfg.threads.max(1);
 
@@ -373,6 +370,10 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
     )
     .map_err(|e| fatal("statx", &cfg.src, e))?;
     std::fs::create_dir_all(&cfg.dst).map_err(|e| fatal("create target directory", &cfg.dst, e))?;
+    // Entries are created with their final permission bits where possible (saving a chmod per
+    // file), so from here on the umask must not mask them. DST's own missing parents, made
+    // just above, got the user's umask like `mkdir -p`.
+    rustix::process::umask(Mode::empty());
     let dst_root = rustix::fs::open(
         &cfg.dst,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -441,6 +442,7 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
             std::thread::Builder::new()
                 .name(format!("ringsync-w{id}"))
                 .spawn(move || -> Result<(Latencies, String), String> {
+                    let _stop_on_panic = StopOnPanic(shared.clone());
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
@@ -494,6 +496,18 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
         threads,
         latencies: lat,
     })
+}
+
+/// Stops the whole run if a worker thread unwinds, so the others do not wait forever for jobs
+/// that will never finish. (Stopping cannot fail, so this is safe to do in `Drop`.)
+struct StopOnPanic(Arc<Shared>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.queue.stop();
+        }
+    }
 }
 
 /// An active job on a worker. Tasks live in a slot table allocated at start-up, so the size

@@ -326,10 +326,11 @@ pub(super) fn open_child_dir(
         Err(e) => return fail(w, source_error("open directory", w.shared.src_path(&rel), e)),
     };
     // Owner-only until finished, so a read-only source directory can still be filled.
-    match rustix::fs::mkdirat(&*parent.dst, name.as_c_str(), Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(Errno::EXIST) => {}
+    let existed = match rustix::fs::mkdirat(&*parent.dst, name.as_c_str(), Mode::from_raw_mode(0o700)) {
+        Ok(()) => false,
+        Err(Errno::EXIST) => true,
         Err(e) => return fail(w, EntryError::new("mkdir", w.shared.dst_path(&rel), e)),
-    }
+    };
     let dst = match rustix::fs::openat(&*parent.dst, name.as_c_str(), dflags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
@@ -342,6 +343,12 @@ pub(super) fn open_child_dir(
         }
         Err(e) => return fail(w, EntryError::new("open directory", w.shared.dst_path(&rel), e)),
     };
+    if existed && !w.shared.is_root {
+        // A reused directory may be read-only (a previous copy of a 0555 source): make it
+        // writable until finished, as a new one is. If this fails, the creates inside it fail
+        // and are reported one by one.
+        let _ = rustix::fs::fchmod(&dst, Mode::from_raw_mode(0o700));
+    }
     Counters::add(&w.counters().dirs, 1);
     let inherits_acl = meta::has_default_acl(meta::fd(&dst));
     let created_gid = super::created_gid(&dst);

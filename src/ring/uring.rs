@@ -152,7 +152,10 @@ impl Uring {
                 let s = self.slots[slot as usize]
                     .as_mut()
                     .expect("completion for a free slot");
-                if res == -libc::EINTR || res == -libc::EAGAIN {
+                // Retry interrupted ops, but never close(2): Linux has released the descriptor
+                // even when close reports EINTR, and a retry could close a reused number.
+                let is_close = matches!(s.op, Op::Close { .. });
+                if (res == -libc::EINTR || res == -libc::EAGAIN) && !is_close {
                     again.push(slot);
                     continue;
                 }
