@@ -44,7 +44,7 @@ impl ScanTask {
         }
     }
 
-    fn list(&mut self, w: &Worker) -> Result<(), Errno> {
+    fn list(&mut self) -> Result<(), Errno> {
         let mut buf = vec![MaybeUninit::<u8>::uninit(); DIRENT_BUF_BYTES];
         let mut dir = RawDir::new(&*self.node.src, &mut buf);
         while let Some(entry) = dir.next() {
@@ -58,7 +58,6 @@ impl ScanTask {
                 meta: None,
             });
         }
-        let _ = w;
         Ok(())
     }
 
@@ -66,7 +65,7 @@ impl ScanTask {
         if !self.listed {
             self.listed = true;
             // RawDir reads from the descriptor's current offset; a fresh open starts at 0.
-            if let Err(e) = self.list(w) {
+            if let Err(e) = self.list() {
                 w.report(source_error("getdents", w.shared.src_path(&self.node.rel), e));
                 return self.finish(w);
             }
