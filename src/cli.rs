@@ -6,13 +6,21 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    CopyConfig, DataPath, EngineChoice, Fsync, Reflink, MEMORY_BYTES_DEFAULT, MEMORY_BYTES_MIN,
+    CopyConfig, DataPath, DiffConfig, EngineChoice, Fsync, MirrorConfig, Reflink, Renames,
+    MEMORY_BYTES_DEFAULT, MEMORY_BYTES_MIN,
 };
 
 const EXIT_CODES: &str =
-    "Exit status: 0 all copied; 1 fatal (nothing or not everything could start); 2 usage; \
-3 partial transfer (some entries failed, each reported on stderr); 5 complete except for source \
-entries that vanished during the run.";
+    "Exit status (copy, mirror): 0 all copied; 1 fatal (nothing or not everything could start); \
+2 usage; 3 partial transfer (some entries failed, each reported on stderr); 4 busy (mirror: \
+another mirror holds the target's lock; nothing written); 5 complete except for source entries \
+that vanished during the run. diff: 0 (1 with --exit-code and differences), 2 trouble.";
+
+const DIFF_FORMAT: &str = "One line per change, sorted by path, TAB-separated: '+ PATH' created, \
+'- PATH' deleted, 'M PATH' content (data, symlink target, device), 'A PATH' attributes only, \
+'T PATH' type changed, 'L PATH' hardlink group changed, 'R OLD NEW' renamed. Paths are relative \
+('.' is the root); non-printable and non-UTF-8 bytes and the backslash are escaped as \\xHH and \\\\. \
+Exit status: 0, or 1 with --exit-code when there are differences; 2 trouble.";
 
 #[derive(Parser, Debug)]
 #[command(name = "ringsync", version, about = "Exact, parallel file-tree copies through per-core io_uring workers", after_help = EXIT_CODES)]
@@ -26,6 +34,13 @@ pub enum Command {
     /// Copy the contents of SRC into DST (created if missing): content, holes, mode, owner,
     /// ns times, symlinks, hardlinks, xattrs, fifos, devices. Same-named target entries are replaced.
     Copy(CopyArgs),
+    /// Make DST identical to SRC, doing only the needed work: changed files are written to a
+    /// temporary name and renamed into place, extraneous entries deleted, attributes fixed.
+    /// DST is locked while it runs and marked dirty until a run finishes without errors.
+    Mirror(MirrorArgs),
+    /// Show what changed from OLD to NEW (one line per change, like `zfs diff`).
+    #[command(after_help = DIFF_FORMAT)]
+    Diff(DiffArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +49,71 @@ pub struct CopyArgs {
     pub src: PathBuf,
     /// Target directory (created if missing).
     pub dst: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MirrorArgs {
+    /// Source directory.
+    pub src: PathBuf,
+    /// Target directory (created if missing).
+    pub dst: PathBuf,
+    /// SNAP is the snapshot DST was last mirrored from: diff SNAP against SRC locally instead
+    /// of scanning DST, applying renames as renames. Ignored (with a notice, falling back to a
+    /// full compare) unless DST's record names SNAP and DST is clean.
+    #[arg(long, value_name = "SNAP")]
+    pub prev: Option<PathBuf>,
+    /// Print what would change (diff format) and touch nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Compare file contents instead of trusting size and mtime.
+    #[arg(long, short = 'c')]
+    pub checksum: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// The earlier tree (e.g. the older snapshot).
+    pub old: PathBuf,
+    /// The later tree.
+    pub new: PathBuf,
+    /// NDJSON: one object per change.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when there are differences.
+    #[arg(long)]
+    pub exit_code: bool,
+    /// Compare file contents instead of trusting size and mtime.
+    #[arg(long, short = 'c')]
+    pub checksum: bool,
+    /// Detect renames by inode: auto = when OLD and NEW are on one filesystem or both on btrfs
+    /// (snapshots of one subvolume).
+    #[arg(long, value_enum, default_value_t = RenamesArg::Auto)]
+    pub renames: RenamesArg,
+    /// I/O engine for the statx calls.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    pub engine: EngineArg,
+    /// Walker threads [default: online cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No warnings; errors are still printed.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum RenamesArg {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Options of every command that moves data.
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
     /// I/O engine: io_uring, the portable pread/pwrite thread pool, or io_uring with fallback.
     #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
     pub engine: EngineArg,
@@ -119,14 +199,64 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+fn threads(t: Option<usize>) -> Result<usize, String> {
+    match t {
+        Some(0) => Err("--threads must be at least 1".into()),
+        Some(n) if n > 1024 => Err("--threads must be at most 1024".into()),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    }
+}
+
+fn engine(e: EngineArg) -> EngineChoice {
+    match e {
+        EngineArg::Auto => EngineChoice::Auto,
+        EngineArg::Uring => EngineChoice::Uring,
+        EngineArg::Sync => EngineChoice::Sync,
+    }
+}
+
 impl CopyArgs {
     pub fn validate(&self) -> Result<CopyConfig, String> {
-        let threads = match self.threads {
-            Some(0) => return Err("--threads must be at least 1".into()),
-            Some(n) if n > 1024 => return Err("--threads must be at most 1024".into()),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        };
+        self.data.validate(&self.src, &self.dst)
+    }
+}
+
+impl MirrorArgs {
+    pub fn validate(&self) -> Result<MirrorConfig, String> {
+        Ok(MirrorConfig {
+            copy: self.data.validate(&self.src, &self.dst)?,
+            prev: self.prev.clone(),
+            dry_run: self.dry_run,
+            checksum: self.checksum,
+            json: self.data.json,
+        })
+    }
+}
+
+impl DiffArgs {
+    pub fn validate(&self) -> Result<DiffConfig, String> {
+        Ok(DiffConfig {
+            old: self.old.clone(),
+            new: self.new.clone(),
+            json: self.json,
+            exit_code: self.exit_code,
+            checksum: self.checksum,
+            renames: match self.renames {
+                RenamesArg::Auto => Renames::Auto,
+                RenamesArg::Always => Renames::Always,
+                RenamesArg::Never => Renames::Never,
+            },
+            threads: threads(self.threads)?,
+            engine: engine(self.engine),
+            quiet: self.quiet,
+        })
+    }
+}
+
+impl DataArgs {
+    fn validate(&self, src: &std::path::Path, dst: &std::path::Path) -> Result<CopyConfig, String> {
+        let threads = threads(self.threads)?;
         if self.memory < MEMORY_BYTES_MIN {
             return Err(format!("--memory must be at least {}M", MEMORY_BYTES_MIN >> 20));
         }
@@ -138,13 +268,9 @@ impl CopyArgs {
             );
         }
         Ok(CopyConfig {
-            src: self.src.clone(),
-            dst: self.dst.clone(),
-            engine: match self.engine {
-                EngineArg::Auto => EngineChoice::Auto,
-                EngineArg::Uring => EngineChoice::Uring,
-                EngineArg::Sync => EngineChoice::Sync,
-            },
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            engine: engine(self.engine),
             threads,
             memory_bytes: self.memory,
             reflink: match self.reflink {
@@ -164,6 +290,7 @@ impl CopyArgs {
             },
             progress: !self.quiet,
             quiet: self.quiet,
+            atomic: false,
         })
     }
 }

@@ -51,6 +51,9 @@ pub struct CopyConfig {
     pub data_path: DataPath,
     pub progress: bool,
     pub quiet: bool,
+    /// Write every file under a temporary name and rename it into place, even where nothing
+    /// is in the way (mirror: a reader never sees a half-written file under a final name).
+    pub atomic: bool,
 }
 
 /// Default `--memory`. The pool is registered with the rings, which pins (faults in) every page:
@@ -59,3 +62,35 @@ pub struct CopyConfig {
 pub const MEMORY_BYTES_DEFAULT: u64 = 64 << 20;
 /// Smallest `--memory` accepted: one pool unit per worker must fit.
 pub const MEMORY_BYTES_MIN: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renames {
+    /// On when both trees are on one filesystem, or both on btrfs (snapshots of one volume).
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiffConfig {
+    pub old: PathBuf,
+    pub new: PathBuf,
+    pub json: bool,
+    pub exit_code: bool,
+    pub checksum: bool,
+    pub renames: Renames,
+    pub threads: usize,
+    pub engine: EngineChoice,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Source, target and the data options (the engine's part of the run).
+    pub copy: CopyConfig,
+    /// The snapshot DST was last mirrored from.
+    pub prev: Option<PathBuf>,
+    pub dry_run: bool,
+    pub checksum: bool,
+    pub json: bool,
+}

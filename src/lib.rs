@@ -11,9 +11,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod meta;
+pub mod mirror;
 pub mod progress;
 pub mod ring;
 pub mod summary;

@@ -15,7 +15,19 @@ fn main() {
             std::process::exit(code);
         }
     };
+    let usage = |e: String| -> ! {
+        eprintln!("ringsync: {e}");
+        std::process::exit(exit::USAGE);
+    };
     let code = match cli.command {
+        Command::Mirror(args) => {
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            ringsync::mirror::mirror(&cfg)
+        }
+        Command::Diff(args) => {
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            ringsync::mirror::diff(&cfg)
+        }
         Command::Copy(args) => {
             let cfg = match args.validate() {
                 Ok(c) => c,
@@ -26,7 +38,7 @@ fn main() {
             };
             match ringsync::engine::copy(cfg) {
                 Ok(outcome) => {
-                    if args.json {
+                    if args.data.json {
                         let v = ringsync::summary::to_json(&outcome);
                         let mut out = std::io::stdout().lock();
                         // A closed stdout (e.g. `| head`) is not worth a panic.

@@ -24,6 +24,9 @@ pub struct Meta {
     pub rdev: u64,
     pub atime: Timespec,
     pub mtime: Timespec,
+    pub ctime: Timespec,
+    /// Birth time, where the filesystem reports one.
+    pub btime: Option<Timespec>,
 }
 
 impl Meta {
@@ -44,6 +47,8 @@ impl Meta {
             rdev: rustix::fs::makedev(s.stx_rdev_major, s.stx_rdev_minor),
             atime: ts(&s.stx_atime),
             mtime: ts(&s.stx_mtime),
+            ctime: ts(&s.stx_ctime),
+            btime: (s.stx_mask & libc::STATX_BTIME != 0).then(|| ts(&s.stx_btime)),
         }
     }
 
@@ -61,7 +66,7 @@ impl Meta {
         self.blocks.saturating_mul(512) < self.size
     }
 
-    fn timestamps(&self) -> Timestamps {
+    pub fn timestamps(&self) -> Timestamps {
         Timestamps {
             last_access: self.atime,
             last_modification: self.mtime,
@@ -104,9 +109,14 @@ pub struct XattrOutcome {
     pub unsupported: bool,
 }
 
+/// Where `ringsync mirror` keeps its dirty marker and record, on the target root. It is never
+/// copied, compared or pruned, so a mirror of a mirror target does not inherit it.
+pub const RECORD_XATTR: &CStr = c"user.ringsync.mirror";
+
 /// Non-root copies `user.*` and POSIX ACLs (an owner may set both); root copies everything.
-fn xattr_wanted(name: &[u8], p: Preserve) -> bool {
-    p.all_xattrs || name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_")
+pub fn xattr_wanted(name: &[u8], p: Preserve) -> bool {
+    (p.all_xattrs || name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_"))
+        && name != RECORD_XATTR.to_bytes()
 }
 
 /// List, then fetch each value, growing buffers on ERANGE.
@@ -346,4 +356,28 @@ pub fn has_default_acl(dir: BorrowedFd) -> bool {
         rustix::fs::fgetxattr(dir, c"system.posix_acl_default", &mut b[..]),
         Ok(_) | Err(Errno::RANGE)
     )
+}
+
+/// The xattrs of `name` in `dir` that a copy carries (see [`xattr_wanted`]), sorted by name, for
+/// comparing two entries. Never follows a symlink. A filesystem without xattrs has none.
+pub fn xattrs_at(dir: BorrowedFd, name: &CStr, p: Preserve) -> Result<Vec<(CString, Vec<u8>)>, Errno> {
+    let path = proc_path(dir, name);
+    let list = match list_xattrs(|b| rustix::fs::llistxattr(path.as_c_str(), &mut b[..])) {
+        Ok(l) => l,
+        Err(e) if unsupported(e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for xname in names(&list) {
+        if !xattr_wanted(xname.to_bytes(), p) {
+            continue;
+        }
+        match get_value(|b| rustix::fs::lgetxattr(path.as_c_str(), xname, &mut b[..])) {
+            Ok(v) => out.push((xname.to_owned(), v)),
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
 }

@@ -102,6 +102,12 @@ impl CopyTask {
         }
         let dflags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         let create_mode = create_mode(&parent, &meta);
+        // Atomic runs write beside the final name from the start.
+        let tmp = w.shared.cfg.atomic.then(|| w.shared.tmp_name());
+        let (dst_name, dst_sub) = match &tmp {
+            Some(t) => (t.clone(), SUB_OPEN_TMP),
+            None => (name.clone(), SUB_OPEN_DST),
+        };
         w.ring.push(
             super::token(slot, SUB_OPEN_SRC),
             Op::OpenAt {
@@ -112,10 +118,10 @@ impl CopyTask {
             },
         );
         w.ring.push(
-            super::token(slot, SUB_OPEN_DST),
+            super::token(slot, dst_sub),
             Op::OpenAt {
                 dir: parent.dst.clone(),
-                name: name.clone(),
+                name: dst_name,
                 flags: dflags,
                 mode: create_mode,
             },
@@ -127,7 +133,7 @@ impl CopyTask {
                 meta,
                 src: None,
                 dst: None,
-                tmp: None,
+                tmp,
                 error: None,
             })),
             ctx: None,

@@ -16,7 +16,10 @@
 //! Must not: contain `unsafe` (that is the ring's), or allocate data buffers outside the pool.
 
 mod file;
+mod plan;
 mod scan;
+
+pub use plan::{Action, LinkPlan, Plan, PlanDir, PlanItem};
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -105,6 +108,25 @@ pub enum Job {
         ctx: Arc<file::FileCtx>,
         start: u64,
         end: u64,
+    },
+    /// Make a symlink, fifo or device node (replacing what is there).
+    Inline {
+        parent: Arc<DirNode>,
+        name: CString,
+        meta: Meta,
+    },
+    /// Put the source's owner, xattrs, mode and times on an existing non-directory.
+    Attrs {
+        parent: Arc<DirNode>,
+        name: CString,
+        meta: Meta,
+    },
+    /// Link `name` to an existing target entry `first` in directory `dir` (replacing).
+    Link {
+        parent: Arc<DirNode>,
+        name: CString,
+        dir: Arc<OwnedFd>,
+        first: CString,
     },
 }
 
@@ -313,7 +335,7 @@ fn fatal(op: &str, path: &Path, e: impl Into<std::io::Error>) -> Fatal {
 }
 
 /// Decide the engine: `auto` probes io_uring once and says so if it has to fall back.
-fn choose_engine(choice: EngineChoice, quiet: bool) -> Result<EngineKind, Fatal> {
+pub fn choose_engine(choice: EngineChoice, quiet: bool) -> Result<EngineKind, Fatal> {
     match choice {
         EngineChoice::Sync => Ok(EngineKind::Sync),
         EngineChoice::Uring => ring::probe_uring()
@@ -340,7 +362,7 @@ fn created_gid(dir: &OwnedFd) -> u32 {
 }
 
 /// Raise the open-file limit: deep trees and hardlink bookkeeping hold directory descriptors.
-fn raise_nofile_limit() {
+pub fn raise_nofile_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
@@ -351,14 +373,33 @@ fn raise_nofile_limit() {
 
 /// Copy the contents of `cfg.src` into `cfg.dst`.
 pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
+    run(cfg, |shared, root| {
+        Counters::add(&shared.counters[0].dirs, 1);
+        shared.new_job();
+        shared.queue.push(Job::Scan(root));
+    })
+}
+
+/// Carry out a mirror's plan: copies, attribute updates and links below `cfg.dst`, whose
+/// directories (and the plan's) must already exist. Every file is written under a temporary
+/// name and renamed into place.
+pub fn apply(cfg: CopyConfig, plan: Plan) -> Result<Outcome, Fatal> {
+    run(cfg, |shared, root| plan::seed(shared, root, plan))
+}
+
+/// Set up the run, let `seed` queue the first jobs against the root node (whose pending count
+/// starts at 1 and is the seed's to release), then run the workers until every job is done.
+fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result<Outcome, Fatal> {
     let start = Instant::now();
     raise_nofile_limit();
     let kind = choose_engine(cfg.engine, cfg.quiet)?;
     let threads = cfg.threads.max(1);
 
+    let is_root = rustix::process::geteuid().is_root();
+    let noatime = if is_root { OFlags::NOATIME } else { OFlags::empty() };
     let src_root = rustix::fs::open(
         &cfg.src,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | noatime,
         Mode::empty(),
     )
     .map_err(|e| fatal("open source directory", &cfg.src, e))?;
@@ -382,7 +423,6 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
     .map_err(|e| fatal("open target directory", &cfg.dst, e))?;
     let dst_root = Arc::new(dst_root);
 
-    let is_root = rustix::process::geteuid().is_root();
     let counters: Arc<[Counters]> = (0..threads).map(|_| Counters::default()).collect();
     let shared = Arc::new(Shared {
         queue: JobQueue {
@@ -418,9 +458,7 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
         created_gid: created_gid(&dst_root),
         pending: AtomicUsize::new(1),
     });
-    Counters::add(&counters[0].dirs, 1);
-    shared.new_job();
-    shared.queue.push(Job::Scan(root));
+    seed(&shared, root);
 
     let progress = ProgressLine::start(counters.clone(), cfg.progress && !cfg.quiet);
     let units_total = (cfg.memory_bytes as usize / POOL_UNIT_BYTES).max(threads);
@@ -648,6 +686,29 @@ impl Worker {
                 Task::Copy(file::CopyTask::open(self, slot, parent, name, meta))
             }
             Job::Chunk { ctx, start, end } => Task::Copy(file::CopyTask::chunk(self, ctx, start, end)),
+            Job::Inline { parent, name, meta } => {
+                plan::inline(self, &parent, &name, &meta);
+                self.shared.child_done(parent);
+                self.finish_slot(slot);
+                return;
+            }
+            Job::Attrs { parent, name, meta } => {
+                plan::attrs(self, &parent, &name, &meta);
+                self.shared.child_done(parent);
+                self.finish_slot(slot);
+                return;
+            }
+            Job::Link {
+                parent,
+                name,
+                dir,
+                first,
+            } => {
+                scan::make_link(self, &dir, &first, &parent, &name);
+                self.shared.child_done(parent);
+                self.finish_slot(slot);
+                return;
+            }
         };
         self.tasks[slot as usize] = Some(task);
         self.pump(slot);

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, StatxFlags};
 use rustix::io::Errno;
 
 use super::{resolve_links, source_error, DirNode, Job, Link, Step, Worker};
@@ -250,7 +250,7 @@ fn create_replacing(
 }
 
 /// Make a symlink, fifo or device node and set its metadata. Returns whether it was made.
-fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) -> bool {
+pub(super) fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) -> bool {
     if m.file_type() == FileType::Symlink {
         let target = match rustix::fs::readlinkat(&*node.src, name.as_c_str(), Vec::new()) {
             Ok(t) => t,
@@ -263,10 +263,22 @@ fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) ->
                 return false;
             }
         };
+        // readlink bumped the source's atime (relatime): copy the atime it has now.
+        let mut m = *m;
+        if let Ok(stx) = rustix::fs::statx(
+            &*node.src,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::BASIC_STATS,
+        ) {
+            if stx.stx_ino == m.ino {
+                m.atime = Meta::from_statx(&stx).atime;
+            }
+        }
         let made = create_replacing(w, node, name, |n| {
             rustix::fs::symlinkat(target.as_c_str(), &*node.dst, n)
         });
-        finish_inline(w, node, name, m, made, |c| &c.symlinks)
+        finish_inline(w, node, name, &m, made, |c| &c.symlinks)
     } else {
         let made = create_replacing(w, node, name, |n| {
             let perm = m.perm() & Mode::from_raw_mode(0o777);
@@ -320,7 +332,13 @@ pub(super) fn open_child_dir(
         None
     };
     let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let src = match rustix::fs::openat(&*parent.src, name.as_c_str(), dflags, Mode::empty()) {
+    // Listing must not change the source's atime either (root may always ask for this).
+    let sflags = if w.shared.is_root {
+        dflags | OFlags::NOATIME
+    } else {
+        dflags
+    };
+    let src = match rustix::fs::openat(&*parent.src, name.as_c_str(), sflags, Mode::empty()) {
         Ok(fd) => fd,
         Err(e) => return fail(w, source_error("open directory", w.shared.src_path(&rel), e)),
     };

@@ -42,7 +42,7 @@ pub enum Op {
         flags: OFlags,
         mode: Mode,
     },
-    /// `statx(dir, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS)` into `buf`.
+    /// `statx(dir, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME)` into `buf`.
     Statx {
         dir: Arc<OwnedFd>,
         name: CString,

@@ -49,7 +49,7 @@ impl Sync {
                     &**dir,
                     name.as_c_str(),
                     AtFlags::SYMLINK_NOFOLLOW,
-                    StatxFlags::BASIC_STATS,
+                    StatxFlags::BASIC_STATS | StatxFlags::BTIME,
                 ) {
                     Ok(stx) => {
                         **buf = stx;

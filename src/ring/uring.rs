@@ -83,7 +83,7 @@ impl Uring {
                 let ptr = &**buf as *const rustix::fs::Statx as *mut types::statx;
                 opcode::Statx::new(types::Fd(raw(dir)), name.as_ptr(), ptr)
                     .flags(libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT)
-                    .mask(libc::STATX_BASIC_STATS)
+                    .mask(libc::STATX_BASIC_STATS | libc::STATX_BTIME)
                     .build()
             }
             Op::Read {

@@ -1,0 +1,1158 @@
+//! The diff walk: reads two trees, OLD and NEW, and says what changed from OLD to NEW.
+//!
+//! A pure layer: it opens, lists, statx-es and reads, and never modifies anything. Worker threads
+//! (one per core) take directory pairs from a shared stack; each lists both sides with getdents
+//! and statx-es every name through its own ring, then compares name by name. Unchanged entries
+//! cost the statx of both sides (xattrs are read only when asked, see `WalkOpts::xattrs_since`).
+//!
+//! The comparison rules: data changed when the type, size or mtime differ (the cephfs-mirror
+//! rule; with `checksum` the bytes of same-size files are compared), a symlink's target or a
+//! node's device number; attributes when mode, owner, mtime, atime or the copied xattrs differ.
+//!
+//! Renames (`WalkOpts::renames`, for two snapshots of one filesystem): an entry whose inode
+//! (number and birth time) left one path and appears under another is a rename. The walk runs in
+//! phases: walk the queued pairs; match created against deleted entries by inode; a matched
+//! directory is walked as a pair (so a renamed tree is compared, not re-listed); only when
+//! nothing matched are unmatched created/deleted directories listed one level further, since
+//! something may have moved into or out of them. Under the same inode number and birth time,
+//! an equal ctime means nothing about the entry changed.
+//!
+//! Must not: write anything, or follow a symlink.
+
+mod render;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, StatxFlags, Timespec};
+use rustix::io::Errno;
+
+use crate::error::{EntryError, ErrorLog};
+use crate::meta::{self, Meta, Preserve};
+use crate::ring::{self, Backend, EngineKind, Op, RingConfig};
+
+pub use render::{escape, kind_name, marker, type_name, write_json_line, write_text_line};
+
+/// Statx calls one walker keeps in flight.
+const STATX_IN_FLIGHT_MAX: usize = 128;
+/// getdents buffer per walker.
+const DIRENT_BUF_BYTES: usize = 64 << 10;
+/// Read size when comparing file contents.
+const CMP_BUF_BYTES: usize = 1 << 20;
+
+/// What kind of difference a change is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Created,
+    Deleted,
+    /// Content: file data, symlink target, device number.
+    Modified,
+    /// Attributes only.
+    Attrs,
+    /// Same path, another type of entry.
+    Type,
+    /// The hardlink group of the entry changed.
+    Link,
+    /// Same inode under a new path (`old_path` → `path`).
+    Renamed,
+}
+
+/// Attribute bits of an [`Kind::Attrs`] change.
+pub mod attr {
+    pub const MODE: u8 = 1;
+    pub const OWNER: u8 = 2;
+    pub const MTIME: u8 = 4;
+    pub const ATIME: u8 = 8;
+    pub const XATTRS: u8 = 16;
+}
+
+/// One difference. Paths are relative to the roots, `/`-separated bytes, empty for the root.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub kind: Kind,
+    /// Where the entry is in NEW; for a deleted entry, where it would be (its parent's NEW path).
+    pub path: Vec<u8>,
+    /// Where the entry was in OLD (differs from `path` for renames and inside renamed dirs).
+    pub old_path: Vec<u8>,
+    pub old: Option<Meta>,
+    pub new: Option<Meta>,
+    /// For `Attrs`: which attributes (see [`attr`]).
+    pub attrs: u8,
+}
+
+/// A non-directory with more than one link on either side, for the hardlink-group analysis.
+#[derive(Clone, Debug)]
+pub struct LinkEntry {
+    pub path: Vec<u8>,
+    /// (dev, ino) in OLD, when the entry exists there with the same type.
+    pub old: Option<(u64, u64)>,
+    pub new: (u64, u64),
+    pub new_meta: Meta,
+}
+
+#[derive(Clone, Debug)]
+pub struct WalkOpts {
+    pub threads: usize,
+    pub engine: EngineKind,
+    /// Compare the bytes of same-size regular files instead of trusting size+mtime.
+    pub checksum: bool,
+    /// Detect renames by inode identity (two snapshots of one filesystem).
+    pub renames: bool,
+    /// List every entry of created and deleted directories.
+    pub expand: bool,
+    /// Compare owners.
+    pub owner: bool,
+    /// Which xattrs count (the ones a copy carries).
+    pub preserve: Preserve,
+    /// Compare xattrs only of NEW entries whose ctime is at or after this; `None`: always.
+    pub xattrs_since: Option<Timespec>,
+    /// Sockets in NEW are treated as absent (a mirror cannot copy them).
+    pub skip_new_sockets: bool,
+}
+
+/// The result of a walk.
+#[derive(Debug, Default)]
+pub struct Diff {
+    pub changes: Vec<Change>,
+    pub links: Vec<LinkEntry>,
+    /// Entries compared (present on both sides).
+    pub compared: u64,
+    pub dirs: u64,
+}
+
+/// Join a relative path and a name.
+pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+/// `root/rel` for messages.
+pub fn full(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
+}
+
+/// Split a relative path into parent and last name.
+pub fn split(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}
+
+/// Flags for opening a directory we only read: never follow, and as root do not touch atimes.
+pub fn dir_flags(noatime: bool) -> OFlags {
+    let f = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if noatime {
+        f | OFlags::NOATIME
+    } else {
+        f
+    }
+}
+
+/// Open the directory `rel` below `root` one component at a time, never following a symlink.
+pub fn open_dir_path(root: &OwnedFd, rel: &[u8], noatime: bool) -> Result<OwnedFd, Errno> {
+    let mut cur = rustix::io::fcntl_dupfd_cloexec(root, 0)?;
+    for comp in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
+        cur = rustix::fs::openat(&cur, name.as_c_str(), dir_flags(noatime), Mode::empty())?;
+    }
+    Ok(cur)
+}
+
+/// One side of a directory pair: open already, or a name to open in a parent.
+#[derive(Clone)]
+enum DirRef {
+    Open(Arc<OwnedFd>),
+    Child(Arc<OwnedFd>, CString),
+}
+
+struct Pair {
+    old: Option<DirRef>,
+    new: Option<DirRef>,
+    path: Vec<u8>,
+    old_path: Vec<u8>,
+}
+
+/// Created or deleted directory not listed yet (rename mode lists them only when needed).
+struct Unlisted {
+    change: usize,
+    pair: Pair,
+}
+
+struct Queue {
+    stack: Mutex<(Vec<Pair>, usize)>,
+    cv: Condvar,
+}
+
+impl Queue {
+    fn push(&self, p: Pair) {
+        let mut g = self.stack.lock().expect("queue poisoned");
+        g.0.push(p);
+        g.1 += 1;
+        self.cv.notify_one();
+    }
+
+    fn pop(&self) -> Option<Pair> {
+        let mut g = self.stack.lock().expect("queue poisoned");
+        loop {
+            if let Some(p) = g.0.pop() {
+                return Some(p);
+            }
+            if g.1 == 0 {
+                return None;
+            }
+            g = self.cv.wait(g).expect("queue poisoned");
+        }
+    }
+
+    fn done(&self) {
+        let mut g = self.stack.lock().expect("queue poisoned");
+        g.1 -= 1;
+        if g.1 == 0 {
+            self.cv.notify_all();
+        }
+    }
+}
+
+struct Ctx<'a> {
+    opts: &'a WalkOpts,
+    old_root: &'a Path,
+    new_root: &'a Path,
+    errors: &'a ErrorLog,
+    queue: Queue,
+    noatime: bool,
+    compared: AtomicU64,
+    dirs: AtomicU64,
+}
+
+/// What one walker thread found.
+#[derive(Default)]
+struct Found {
+    changes: Vec<Change>,
+    links: Vec<LinkEntry>,
+    unlisted: Vec<(Change, Pair)>,
+}
+
+/// Walk OLD and NEW and return every difference (unsorted; see [`sort`]).
+pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog) -> std::io::Result<Diff> {
+    let noatime = rustix::process::geteuid().is_root();
+    let open_root = |p: &Path| -> std::io::Result<OwnedFd> {
+        rustix::fs::open(p, dir_flags(noatime) & !OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("open {}: {e}", p.display()),
+            )
+        })
+    };
+    let old_fd = Arc::new(open_root(old_root)?);
+    let new_fd = Arc::new(open_root(new_root)?);
+    let ctx = Ctx {
+        opts,
+        old_root,
+        new_root,
+        errors,
+        queue: Queue {
+            stack: Mutex::new((Vec::new(), 0)),
+            cv: Condvar::new(),
+        },
+        noatime,
+        compared: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+    };
+    let mut diff = Diff::default();
+
+    // The roots themselves: attributes only.
+    let root_meta = |fd: &OwnedFd, p: &Path| -> std::io::Result<Meta> {
+        let stx = rustix::fs::statx(
+            fd,
+            c"",
+            AtFlags::EMPTY_PATH,
+            StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("statx {}: {e}", p.display()),
+            )
+        })?;
+        Ok(Meta::from_statx(&stx))
+    };
+    let (om, nm) = (root_meta(&old_fd, old_root)?, root_meta(&new_fd, new_root)?);
+    let mut found = Found::default();
+    {
+        let mut w = Walker::new(&ctx)?;
+        let cmp = w.compare(&old_fd, &new_fd, c".", c".", &om, &nm, b"");
+        if let Some(c) = cmp {
+            found.changes.push(c);
+        }
+    }
+    ctx.queue.push(Pair {
+        old: Some(DirRef::Open(old_fd.clone())),
+        new: Some(DirRef::Open(new_fd.clone())),
+        path: Vec::new(),
+        old_path: Vec::new(),
+    });
+
+    let mut unlisted: Vec<Unlisted> = Vec::new();
+    // Deleted halves of renames, dropped at the end (indices into `changes` stay valid).
+    let mut dead: HashSet<usize> = HashSet::new();
+    loop {
+        let phase = run_phase(&ctx)?;
+        for f in phase {
+            found.changes.extend(f.changes);
+            found.links.extend(f.links);
+            for (c, pair) in f.unlisted {
+                unlisted.push(Unlisted {
+                    change: found.changes.len(),
+                    pair,
+                });
+                found.changes.push(c);
+            }
+        }
+        if !opts.renames {
+            break;
+        }
+        let matched = match_renames(&ctx, &old_fd, &new_fd, &mut found.changes, &mut dead);
+        let queued = matched.len();
+        for pair in matched {
+            ctx.queue.push(pair);
+        }
+        // Matched halves are `Renamed` or dead now: they are walked as pairs, not listed.
+        unlisted.retain(|u| {
+            !dead.contains(&u.change) && matches!(found.changes[u.change].kind, Kind::Created | Kind::Deleted)
+        });
+        if queued == 0 {
+            if unlisted.is_empty() {
+                break;
+            }
+            for u in unlisted.drain(..) {
+                ctx.queue.push(u.pair);
+            }
+        }
+    }
+    if opts.renames {
+        let mut i = 0;
+        found.changes.retain(|_| {
+            i += 1;
+            !dead.contains(&(i - 1))
+        });
+        merge_type_changes(&mut found.changes);
+    }
+    diff.changes = found.changes;
+    diff.links = found.links;
+    diff.changes.extend(link_changes(&diff.links, &diff.changes));
+    diff.compared = ctx.compared.load(Ordering::Relaxed);
+    diff.dirs = ctx.dirs.load(Ordering::Relaxed);
+    Ok(diff)
+}
+
+/// Sort changes for display: by path, then kind (a rename before the changes of its new path).
+pub fn sort(changes: &mut [Change]) {
+    changes.sort_by(|a, b| {
+        let rank = |k: Kind| match k {
+            Kind::Renamed => 0,
+            Kind::Deleted => 1,
+            Kind::Type => 2,
+            Kind::Created => 3,
+            Kind::Modified => 4,
+            Kind::Link => 5,
+            Kind::Attrs => 6,
+        };
+        a.path.cmp(&b.path).then(rank(a.kind).cmp(&rank(b.kind)))
+    });
+}
+
+/// Run walker threads until the queue is drained.
+fn run_phase(ctx: &Ctx) -> std::io::Result<Vec<Found>> {
+    let threads = ctx.opts.threads.max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<Found> {
+                    let mut w = Walker::new(ctx)?;
+                    while let Some(pair) = ctx.queue.pop() {
+                        let r = w.pair(pair);
+                        ctx.queue.done();
+                        r?;
+                    }
+                    Ok(w.found)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(f)) => out.push(f),
+                Ok(Err(e)) => err = Some(e),
+                Err(_) => err = Some(std::io::Error::other("a diff walker panicked")),
+            }
+        }
+        match err {
+            Some(e) => {
+                // Let the other walkers drain: nothing is waiting on them any more.
+                Err(e)
+            }
+            None => Ok(out),
+        }
+    })
+}
+
+struct Walker<'a> {
+    ctx: &'a Ctx<'a>,
+    ring: Box<dyn Backend>,
+    found: Found,
+    dirent: Vec<MaybeUninit<u8>>,
+    cmp_bufs: Option<(Vec<u8>, Vec<u8>)>,
+    batch: Vec<ring::Completion>,
+}
+
+struct Name {
+    name: CString,
+    in_old: bool,
+    in_new: bool,
+    old: Option<Meta>,
+    new: Option<Meta>,
+}
+
+impl<'a> Walker<'a> {
+    fn new(ctx: &'a Ctx<'a>) -> std::io::Result<Walker<'a>> {
+        let cfg = RingConfig {
+            sq_entries: STATX_IN_FLIGHT_MAX as u32,
+            pool_units: 1,
+            pool_unit_bytes: 4096,
+        };
+        Ok(Walker {
+            ctx,
+            ring: ring::build(ctx.opts.engine, cfg)?,
+            found: Found::default(),
+            dirent: vec![MaybeUninit::uninit(); DIRENT_BUF_BYTES],
+            cmp_bufs: None,
+            batch: Vec::new(),
+        })
+    }
+
+    fn open(&self, r: &DirRef, root: &Path, rel: &[u8]) -> Option<Arc<OwnedFd>> {
+        match r {
+            DirRef::Open(fd) => Some(fd.clone()),
+            DirRef::Child(parent, name) => {
+                let try_open = |flags| rustix::fs::openat(&**parent, name.as_c_str(), flags, Mode::empty());
+                let res = match try_open(dir_flags(self.ctx.noatime)) {
+                    Err(Errno::PERM) if self.ctx.noatime => try_open(dir_flags(false)),
+                    r => r,
+                };
+                match res {
+                    Ok(fd) => Some(Arc::new(fd)),
+                    Err(e) => {
+                        self.report("open directory", root, rel, e);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn report(&self, op: &'static str, root: &Path, rel: &[u8], e: Errno) {
+        let path = full(root, rel);
+        let err = if e == Errno::NOENT {
+            EntryError::vanished(op, path)
+        } else {
+            EntryError::new(op, path, e)
+        };
+        self.ctx.errors.report(err);
+    }
+
+    fn list(&mut self, fd: &OwnedFd) -> Result<Vec<CString>, Errno> {
+        let mut names = Vec::new();
+        let mut dir = RawDir::new(fd, &mut self.dirent);
+        while let Some(entry) = dir.next() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Compare one directory pair (either side may be absent: a created or deleted directory
+    /// being listed).
+    fn pair(&mut self, pair: Pair) -> std::io::Result<()> {
+        let ctx = self.ctx;
+        let old_fd = match &pair.old {
+            Some(r) => match self.open(r, ctx.old_root, &pair.old_path) {
+                Some(fd) => Some(fd),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        let new_fd = match &pair.new {
+            Some(r) => match self.open(r, ctx.new_root, &pair.path) {
+                Some(fd) => Some(fd),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        ctx.dirs.fetch_add(1, Ordering::Relaxed);
+        let mut old_names = match &old_fd {
+            Some(fd) => match self.list(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.report("getdents", ctx.old_root, &pair.old_path, e);
+                    return Ok(());
+                }
+            },
+            None => Vec::new(),
+        };
+        let mut new_names = match &new_fd {
+            Some(fd) => match self.list(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.report("getdents", ctx.new_root, &pair.path, e);
+                    return Ok(());
+                }
+            },
+            None => Vec::new(),
+        };
+        old_names.sort_unstable();
+        new_names.sort_unstable();
+        let mut names = merge_names(old_names, new_names);
+        self.statx_all(&old_fd, &new_fd, &mut names, &pair)?;
+        for n in names {
+            self.entry(&pair, &old_fd, &new_fd, n);
+        }
+        Ok(())
+    }
+
+    /// Statx every name on the sides where it was listed, through the ring.
+    fn statx_all(
+        &mut self,
+        old_fd: &Option<Arc<OwnedFd>>,
+        new_fd: &Option<Arc<OwnedFd>>,
+        names: &mut [Name],
+        pair: &Pair,
+    ) -> std::io::Result<()> {
+        let mut todo: Vec<(usize, bool)> = Vec::with_capacity(names.len() * 2);
+        for (i, n) in names.iter().enumerate() {
+            if n.in_old {
+                todo.push((i, false));
+            }
+            if n.in_new {
+                todo.push((i, true));
+            }
+        }
+        let mut next = 0;
+        let mut batch = std::mem::take(&mut self.batch);
+        while next < todo.len() || self.ring.in_flight() > 0 {
+            while next < todo.len() && self.ring.in_flight() < STATX_IN_FLIGHT_MAX {
+                let (i, is_new) = todo[next];
+                let fd = if is_new { new_fd } else { old_fd };
+                let fd = fd.as_ref().expect("listed side is open").clone();
+                self.ring.push(
+                    ((i as u64) << 1) | is_new as u64,
+                    Op::statx(fd, names[i].name.clone()),
+                );
+                next += 1;
+            }
+            self.ring.wait(1, &mut batch)?;
+            for c in batch.drain(..) {
+                let i = (c.token >> 1) as usize;
+                let is_new = c.token & 1 == 1;
+                match (c.result, c.op) {
+                    (Ok(_), Op::Statx { buf, .. }) => {
+                        let m = Meta::from_statx(&buf);
+                        if is_new {
+                            names[i].new = Some(m);
+                        } else {
+                            names[i].old = Some(m);
+                        }
+                    }
+                    (Err(e), _) => {
+                        let (root, base) = if is_new {
+                            (self.ctx.new_root, &pair.path)
+                        } else {
+                            (self.ctx.old_root, &pair.old_path)
+                        };
+                        let name = names[i].name.as_bytes();
+                        // An entry gone between getdents and statx is simply absent.
+                        if e != Errno::NOENT {
+                            self.report("statx", root, &join(base, name), e);
+                        }
+                    }
+                    (Ok(_), _) => unreachable!("the walk only submits statx"),
+                }
+            }
+        }
+        self.batch = batch;
+        Ok(())
+    }
+
+    fn entry(&mut self, pair: &Pair, old_fd: &Option<Arc<OwnedFd>>, new_fd: &Option<Arc<OwnedFd>>, n: Name) {
+        let opts = self.ctx.opts;
+        let path = join(&pair.path, n.name.as_bytes());
+        let old_path = join(&pair.old_path, n.name.as_bytes());
+        let mut new = n.new;
+        if opts.skip_new_sockets && new.is_some_and(|m| m.file_type() == FileType::Socket) {
+            self.ctx.errors.warn(format!(
+                "{}: socket skipped (sockets cannot be copied)",
+                full(self.ctx.new_root, &path).display()
+            ));
+            new = None;
+        }
+        let change = |kind, old, new| Change {
+            kind,
+            path: path.clone(),
+            old_path: old_path.clone(),
+            old,
+            new,
+            attrs: 0,
+        };
+        match (n.old, new) {
+            (None, None) => {}
+            (Some(om), None) => {
+                let c = change(Kind::Deleted, Some(om), None);
+                self.listed_later(c, old_fd.as_ref().map(|fd| (fd, &n.name)), None);
+            }
+            (None, Some(nm)) => {
+                if nm.file_type() != FileType::Directory && nm.nlink > 1 {
+                    self.link_entry(&path, None, &nm);
+                }
+                let c = change(Kind::Created, None, Some(nm));
+                self.listed_later(c, None, new_fd.as_ref().map(|fd| (fd, &n.name)));
+            }
+            (Some(om), Some(nm)) if om.file_type() != nm.file_type() => {
+                if nm.file_type() != FileType::Directory && nm.nlink > 1 {
+                    self.link_entry(&path, None, &nm);
+                }
+                if opts.renames {
+                    // Either side may be half of a rename; unmatched halves merge back to `Type`.
+                    let d = change(Kind::Deleted, Some(om), None);
+                    self.listed_later(d, old_fd.as_ref().map(|fd| (fd, &n.name)), None);
+                    let c = change(Kind::Created, None, Some(nm));
+                    self.listed_later(c, None, new_fd.as_ref().map(|fd| (fd, &n.name)));
+                } else {
+                    let t = change(Kind::Type, Some(om), Some(nm));
+                    let o = (om.file_type() == FileType::Directory)
+                        .then(|| (old_fd.as_ref().expect("old"), &n.name));
+                    let nw = (nm.file_type() == FileType::Directory)
+                        .then(|| (new_fd.as_ref().expect("new"), &n.name));
+                    self.listed_later(t, o, nw);
+                }
+            }
+            (Some(om), Some(nm)) => {
+                self.ctx.compared.fetch_add(1, Ordering::Relaxed);
+                let (ofd, nfd) = (old_fd.as_ref().expect("old"), new_fd.as_ref().expect("new"));
+                if let Some(mut c) = self.compare(ofd, nfd, &n.name, &n.name, &om, &nm, &path) {
+                    c.old_path = old_path.clone();
+                    self.found.changes.push(c);
+                }
+                if nm.file_type() == FileType::Directory {
+                    self.ctx.queue.push(Pair {
+                        old: Some(DirRef::Child(ofd.clone(), n.name.clone())),
+                        new: Some(DirRef::Child(nfd.clone(), n.name)),
+                        path,
+                        old_path,
+                    });
+                } else if om.nlink > 1 || nm.nlink > 1 {
+                    self.link_entry(&path, Some(&om), &nm);
+                }
+            }
+        }
+    }
+
+    fn link_entry(&mut self, path: &[u8], old: Option<&Meta>, new: &Meta) {
+        self.found.links.push(LinkEntry {
+            path: path.to_vec(),
+            old: old.map(|m| (m.dev, m.ino)),
+            new: (new.dev, new.ino),
+            new_meta: *new,
+        });
+    }
+
+    /// Record a created/deleted/type change; directories on either side are listed now
+    /// (`expand`), later if nothing else explains them (rename mode), or never.
+    fn listed_later(
+        &mut self,
+        c: Change,
+        old_dir: Option<(&Arc<OwnedFd>, &CString)>,
+        new_dir: Option<(&Arc<OwnedFd>, &CString)>,
+    ) {
+        let opts = self.ctx.opts;
+        let is_dir = |m: &Option<Meta>| m.is_some_and(|m| m.file_type() == FileType::Directory);
+        let old = old_dir.filter(|_| is_dir(&c.old));
+        let new = new_dir.filter(|_| is_dir(&c.new));
+        if (old.is_none() && new.is_none()) || !(opts.expand || opts.renames) {
+            self.found.changes.push(c);
+            return;
+        }
+        let pair = Pair {
+            old: old.map(|(fd, name)| DirRef::Child(fd.clone(), name.clone())),
+            new: new.map(|(fd, name)| DirRef::Child(fd.clone(), name.clone())),
+            path: c.path.clone(),
+            old_path: c.old_path.clone(),
+        };
+        if opts.renames {
+            self.found.unlisted.push((c, pair));
+        } else {
+            self.found.changes.push(c);
+            self.ctx.queue.push(pair);
+        }
+    }
+
+    /// Compare two entries of the same type. `path` is for messages and the change.
+    #[allow(clippy::too_many_arguments)]
+    fn compare(
+        &mut self,
+        old_dir: &OwnedFd,
+        new_dir: &OwnedFd,
+        old_name: &CStr,
+        new_name: &CStr,
+        om: &Meta,
+        nm: &Meta,
+        path: &[u8],
+    ) -> Option<Change> {
+        let opts = self.ctx.opts;
+        if opts.renames && same_inode(om, nm) && om.ctime == nm.ctime {
+            return None;
+        }
+        let change = |kind, attrs| {
+            Some(Change {
+                kind,
+                path: path.to_vec(),
+                old_path: path.to_vec(),
+                old: Some(*om),
+                new: Some(*nm),
+                attrs,
+            })
+        };
+        let data = match nm.file_type() {
+            FileType::RegularFile => {
+                om.size != nm.size
+                    || om.mtime != nm.mtime
+                    || (opts.checksum && self.content_differs(old_dir, new_dir, old_name, new_name, path))
+            }
+            FileType::Symlink => {
+                // A symlink cannot be re-pointed in place: a new target means a new link and a
+                // new mtime. So, as for files, equal size and mtime are trusted (reading the
+                // target would bump both atimes).
+                om.size != nm.size
+                    || ((om.mtime != nm.mtime || opts.checksum) && {
+                        let a = rustix::fs::readlinkat(old_dir, old_name, Vec::new());
+                        let b = rustix::fs::readlinkat(new_dir, new_name, Vec::new());
+                        match (a, b) {
+                            (Ok(a), Ok(b)) => a != b,
+                            (Err(e), _) => {
+                                self.report("readlink", self.ctx.old_root, path, e);
+                                false
+                            }
+                            (_, Err(e)) => {
+                                self.report("readlink", self.ctx.new_root, path, e);
+                                false
+                            }
+                        }
+                    })
+            }
+            FileType::CharacterDevice | FileType::BlockDevice => om.rdev != nm.rdev,
+            _ => false,
+        };
+        if data {
+            return change(Kind::Modified, 0);
+        }
+        let mut bits = 0;
+        if nm.file_type() != FileType::Symlink && om.mode & 0o7777 != nm.mode & 0o7777 {
+            bits |= attr::MODE;
+        }
+        if opts.owner && (om.uid, om.gid) != (nm.uid, nm.gid) {
+            bits |= attr::OWNER;
+        }
+        if om.mtime != nm.mtime {
+            bits |= attr::MTIME;
+        }
+        if om.atime != nm.atime {
+            bits |= attr::ATIME;
+        }
+        if opts.xattrs_since.is_none_or(|t| !ts_before(&nm.ctime, &t)) {
+            let a = meta::xattrs_at(meta::fd(old_dir), old_name, opts.preserve);
+            let b = meta::xattrs_at(meta::fd(new_dir), new_name, opts.preserve);
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    if a != b {
+                        bits |= attr::XATTRS;
+                    }
+                }
+                (Err(e), _) => self.report("listxattr", self.ctx.old_root, path, e),
+                (_, Err(e)) => self.report("listxattr", self.ctx.new_root, path, e),
+            }
+        }
+        if bits != 0 {
+            change(Kind::Attrs, bits)
+        } else {
+            None
+        }
+    }
+
+    /// Read both files and compare bytes (a hash of each would read the same bytes and then
+    /// some; both sides are local).
+    fn content_differs(
+        &mut self,
+        old_dir: &OwnedFd,
+        new_dir: &OwnedFd,
+        on: &CStr,
+        nn: &CStr,
+        path: &[u8],
+    ) -> bool {
+        let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if self.ctx.noatime {
+            flags |= OFlags::NOATIME;
+        }
+        let a = match rustix::fs::openat(old_dir, on, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.report("open", self.ctx.old_root, path, e);
+                return false;
+            }
+        };
+        let b = match rustix::fs::openat(new_dir, nn, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.report("open", self.ctx.new_root, path, e);
+                return false;
+            }
+        };
+        let mut bufs = self
+            .cmp_bufs
+            .take()
+            .unwrap_or_else(|| (vec![0; CMP_BUF_BYTES], vec![0; CMP_BUF_BYTES]));
+        let differs = self.bytes_differ(&a, &b, &mut bufs, path);
+        self.cmp_bufs = Some(bufs);
+        differs
+    }
+
+    fn bytes_differ(&self, a: &OwnedFd, b: &OwnedFd, bufs: &mut (Vec<u8>, Vec<u8>), path: &[u8]) -> bool {
+        let mut off = 0u64;
+        loop {
+            let na = match read_full(a, &mut bufs.0, off) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.report("read", self.ctx.old_root, path, e);
+                    return false;
+                }
+            };
+            let nb = match read_full(b, &mut bufs.1, off) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.report("read", self.ctx.new_root, path, e);
+                    return false;
+                }
+            };
+            if na != nb || bufs.0[..na] != bufs.1[..nb] {
+                return true;
+            }
+            if na == 0 {
+                return false;
+            }
+            off += na as u64;
+        }
+    }
+}
+
+/// pread until `buf` is full or end of file.
+fn read_full(fd: &OwnedFd, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+    let mut n = 0;
+    while n < buf.len() {
+        match rustix::io::pread(fd, &mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn merge_names(old: Vec<CString>, new: Vec<CString>) -> Vec<Name> {
+    let mut out = Vec::with_capacity(old.len().max(new.len()));
+    let (mut a, mut b) = (old.into_iter().peekable(), new.into_iter().peekable());
+    loop {
+        let pick = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.cmp(y),
+        };
+        let (name, in_old, in_new) = match pick {
+            std::cmp::Ordering::Less => (a.next().expect("peeked"), true, false),
+            std::cmp::Ordering::Greater => (b.next().expect("peeked"), false, true),
+            std::cmp::Ordering::Equal => {
+                b.next();
+                (a.next().expect("peeked"), true, true)
+            }
+        };
+        out.push(Name {
+            name,
+            in_old,
+            in_new,
+            old: None,
+            new: None,
+        });
+    }
+    out
+}
+
+fn ts_before(a: &Timespec, b: &Timespec) -> bool {
+    (a.tv_sec, a.tv_nsec) < (b.tv_sec, b.tv_nsec)
+}
+
+/// Same inode: number and, where the filesystem reports it, birth time.
+fn same_inode(a: &Meta, b: &Meta) -> bool {
+    a.ino == b.ino && a.btime == b.btime
+}
+
+type InodeKey = (u64, i64, i64);
+
+fn inode_key(m: &Meta) -> InodeKey {
+    let (s, ns) = m.btime.map_or((0, 0), |t| (t.tv_sec, t.tv_nsec));
+    (m.ino, s, ns)
+}
+
+/// Pair created with deleted entries by inode. Matched changes become `Renamed` (plus a content
+/// or attribute change found by comparing the two); matched directories come back as pairs to
+/// walk.
+fn match_renames(
+    ctx: &Ctx,
+    old_root: &Arc<OwnedFd>,
+    new_root: &Arc<OwnedFd>,
+    changes: &mut Vec<Change>,
+    dead: &mut HashSet<usize>,
+) -> Vec<Pair> {
+    // Hardlinked inodes are many paths at once: never a rename.
+    let candidate = |m: &Meta| m.file_type() == FileType::Directory || m.nlink <= 1;
+    let mut created: HashMap<InodeKey, Option<usize>> = HashMap::new();
+    let mut deleted: HashMap<InodeKey, Option<usize>> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        if dead.contains(&i) {
+            continue;
+        }
+        let (map, m) = match (c.kind, &c.old, &c.new) {
+            (Kind::Created, _, Some(m)) => (&mut created, m),
+            (Kind::Deleted, Some(m), _) => (&mut deleted, m),
+            _ => continue,
+        };
+        if candidate(m) {
+            map.entry(inode_key(m))
+                .and_modify(|v| *v = None)
+                .or_insert(Some(i));
+        }
+    }
+    let mut out = Vec::new();
+    let mut extra = Vec::new();
+    let mut w = None;
+    for (key, ci) in &created {
+        let (Some(ci), Some(Some(di))) = (ci, deleted.get(key)) else {
+            continue;
+        };
+        let (ci, di) = (*ci, *di);
+        let (om, nm) = (
+            changes[di].old.expect("deleted"),
+            changes[ci].new.expect("created"),
+        );
+        if om.file_type() != nm.file_type() {
+            continue;
+        }
+        let path = changes[ci].path.clone();
+        let old_path = changes[di].old_path.clone();
+        changes[ci] = Change {
+            kind: Kind::Renamed,
+            path: path.clone(),
+            old_path: old_path.clone(),
+            old: Some(om),
+            new: Some(nm),
+            attrs: 0,
+        };
+        dead.insert(di);
+        // Compare what else changed, from the two parents.
+        let (op, oname) = split(&old_path);
+        let (np, nname) = split(&path);
+        let parents = (
+            open_dir_path(old_root, op, ctx.noatime),
+            open_dir_path(new_root, np, ctx.noatime),
+        );
+        let (Ok(opfd), Ok(npfd)) = parents else {
+            ctx.errors.report(EntryError::msg(
+                "open directory",
+                full(ctx.new_root, np),
+                "parent of a renamed entry could not be opened",
+            ));
+            continue;
+        };
+        let (oname, nname) = (cstring(oname), cstring(nname));
+        let w = match &mut w {
+            Some(w) => w,
+            None => match Walker::new(ctx) {
+                Ok(x) => w.insert(x),
+                Err(e) => {
+                    ctx.errors.report(EntryError::msg(
+                        "io_uring",
+                        full(ctx.new_root, &path),
+                        e.to_string(),
+                    ));
+                    continue;
+                }
+            },
+        };
+        if let Some(mut c) = w.compare(&opfd, &npfd, &oname, &nname, &om, &nm, &path) {
+            c.old_path = old_path.clone();
+            extra.push(c);
+        }
+        if nm.file_type() == FileType::Directory {
+            let (opfd, npfd) = (Arc::new(opfd), Arc::new(npfd));
+            out.push(Pair {
+                old: Some(DirRef::Child(opfd, oname)),
+                new: Some(DirRef::Child(npfd, nname)),
+                path,
+                old_path,
+            });
+        }
+    }
+    changes.extend(extra);
+    out
+}
+
+/// Rename mode reports a type change as deleted + created; unmatched halves at one path are a
+/// type change after all.
+fn merge_type_changes(changes: &mut Vec<Change>) {
+    let mut created: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        if c.kind == Kind::Created {
+            created.insert(c.path.clone(), i);
+        }
+    }
+    let mut drop = HashSet::new();
+    for i in 0..changes.len() {
+        if changes[i].kind != Kind::Deleted {
+            continue;
+        }
+        if let Some(&ci) = created.get(&changes[i].path) {
+            let new = changes[ci].new;
+            let c = &mut changes[i];
+            c.kind = Kind::Type;
+            c.new = new;
+            drop.insert(ci);
+        }
+    }
+    let mut i = 0;
+    changes.retain(|_| {
+        i += 1;
+        !drop.contains(&(i - 1))
+    });
+}
+
+/// Hardlink groups: an entry present on both sides whose set of same-inode paths differs (in
+/// NEW: all its paths; in OLD: its paths that still exist in NEW as the same kind of entry).
+fn link_changes(links: &[LinkEntry], changes: &[Change]) -> Vec<Change> {
+    let groups = LinkGroups::new(links);
+    let mut out = Vec::new();
+    let already: HashSet<&[u8]> = changes
+        .iter()
+        .filter(|c| matches!(c.kind, Kind::Created | Kind::Type))
+        .map(|c| c.path.as_slice())
+        .collect();
+    for (i, e) in links.iter().enumerate() {
+        if e.old.is_none() || already.contains(e.path.as_slice()) {
+            continue;
+        }
+        if !groups.same_group(i) {
+            out.push(Change {
+                kind: Kind::Link,
+                path: e.path.clone(),
+                old_path: e.path.clone(),
+                old: None,
+                new: Some(e.new_meta),
+                attrs: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Same-inode path sets on both sides, over the entries of [`Diff::links`].
+pub struct LinkGroups<'a> {
+    links: &'a [LinkEntry],
+    by_new: HashMap<(u64, u64), Vec<usize>>,
+    by_old: HashMap<(u64, u64), Vec<usize>>,
+}
+
+impl<'a> LinkGroups<'a> {
+    pub fn new(links: &'a [LinkEntry]) -> LinkGroups<'a> {
+        let mut by_new: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        let mut by_old: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        for (i, e) in links.iter().enumerate() {
+            by_new.entry(e.new).or_default().push(i);
+            if let Some(o) = e.old {
+                by_old.entry(o).or_default().push(i);
+            }
+        }
+        LinkGroups {
+            links,
+            by_new,
+            by_old,
+        }
+    }
+
+    /// Indices of the entries sharing entry `i`'s NEW inode (itself included).
+    pub fn new_group(&self, i: usize) -> &[usize] {
+        &self.by_new[&self.links[i].new]
+    }
+
+    /// Indices of the entries that shared entry `i`'s OLD inode (empty when it is new).
+    pub fn old_group(&self, i: usize) -> &[usize] {
+        match self.links[i].old {
+            Some(o) => &self.by_old[&o],
+            None => &[],
+        }
+    }
+
+    /// Groups by NEW inode.
+    pub fn groups(&self) -> impl Iterator<Item = &Vec<usize>> {
+        self.by_new.values()
+    }
+
+    /// Whether entry `i` (present in OLD) shares its inode with exactly the same paths on both
+    /// sides.
+    pub fn same_group(&self, i: usize) -> bool {
+        let Some(old) = self.links[i].old else {
+            return false;
+        };
+        let mut a: Vec<&[u8]> = self.by_new[&self.links[i].new]
+            .iter()
+            .map(|&j| self.links[j].path.as_slice())
+            .collect();
+        let mut b: Vec<&[u8]> = self.by_old[&old]
+            .iter()
+            .map(|&j| self.links[j].path.as_slice())
+            .collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        a == b
+    }
+}
+
+fn cstring(b: &[u8]) -> CString {
+    CString::new(b).expect("names have no NUL")
+}

@@ -1,0 +1,156 @@
+//! The steps a mirror does itself before the engine runs: staging renames, deleting subtrees,
+//! making directories, placing staged entries. All relative to DST's root descriptor, one path
+//! component at a time, never following a symlink.
+
+use std::ffi::{CStr, CString};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RawDir};
+use rustix::io::Errno;
+
+use super::plan::Step;
+use crate::diff::{full, join, open_dir_path, split};
+use crate::error::{EntryError, ErrorLog};
+
+fn cname(b: &[u8]) -> CString {
+    CString::new(b).expect("names have no NUL")
+}
+
+/// Remove `name` in `dir` and, if it is a directory, everything below it. A missing entry is
+/// fine (already gone).
+pub fn remove_tree(dir: &OwnedFd, name: &CStr, is_root: bool) -> Result<(), Errno> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e),
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+    if !is_root {
+        // Emptying a read-only directory needs write permission on it.
+        let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+    }
+    let mut names = Vec::new();
+    {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 << 10];
+        let mut it = RawDir::new(&fd, &mut buf);
+        while let Some(e) = it.next() {
+            let e = e?;
+            let n = e.file_name();
+            if n != c"." && n != c".." {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    for n in names {
+        remove_tree(&fd, &n, is_root)?;
+    }
+    drop(fd);
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parent directory of `rel` below the root, and the last name.
+fn parent_of(root: &OwnedFd, rel: &[u8]) -> Result<(OwnedFd, CString), Errno> {
+    let (parent, name) = split(rel);
+    Ok((open_dir_path(root, parent, false)?, cname(name)))
+}
+
+/// Run the steps in order; failures are reported (with the DST path and the operation) and
+/// the run goes on. Returns how many steps failed.
+pub fn run_steps(root: &OwnedFd, dst: &Path, staging: &[u8], steps: &[Step], errors: &ErrorLog) -> u64 {
+    let is_root = rustix::process::geteuid().is_root();
+    let mut failed = 0;
+    let mut fail = |op: &'static str, rel: &[u8], e: Errno| {
+        failed += 1;
+        errors.report(EntryError::new(op, full(dst, rel), e));
+    };
+    let staged = |k: usize| join(staging, k.to_string().as_bytes());
+    let needs_staging = steps.iter().any(|s| matches!(s, Step::Stage { .. }));
+    if needs_staging {
+        if let Err(e) = rustix::fs::mkdirat(root, cname(staging).as_c_str(), Mode::from_raw_mode(0o700)) {
+            if e != Errno::EXIST {
+                fail("mkdir", staging, e);
+                return failed;
+            }
+        }
+    }
+    let stage_fd = if needs_staging {
+        match open_dir_path(root, staging, false) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                fail("open directory", staging, e);
+                return failed;
+            }
+        }
+    } else {
+        None
+    };
+    for step in steps {
+        match step {
+            Step::Stage { from, k } => {
+                let res = parent_of(root, from).and_then(|(pfd, name)| {
+                    let sfd = stage_fd.as_ref().expect("staging open");
+                    rustix::fs::renameat(
+                        &pfd,
+                        name.as_c_str(),
+                        sfd,
+                        cname(k.to_string().as_bytes()).as_c_str(),
+                    )
+                });
+                if let Err(e) = res {
+                    fail("rename", from, e);
+                }
+            }
+            Step::Remove(rel) => {
+                let res = parent_of(root, rel).and_then(|(pfd, name)| remove_tree(&pfd, &name, is_root));
+                match res {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => fail("remove", rel, e),
+                }
+            }
+            Step::Mkdir(rel) => {
+                let res = parent_of(root, rel).and_then(|(pfd, name)| {
+                    match rustix::fs::mkdirat(&pfd, name.as_c_str(), Mode::from_raw_mode(0o700)) {
+                        Err(Errno::EXIST) => {
+                            // Whatever is there is not in the source at this path.
+                            remove_tree(&pfd, &name, is_root)?;
+                            rustix::fs::mkdirat(&pfd, name.as_c_str(), Mode::from_raw_mode(0o700))
+                        }
+                        r => r,
+                    }
+                });
+                if let Err(e) = res {
+                    fail("mkdir", rel, e);
+                }
+            }
+            Step::Place { k, to } => {
+                let sfd = stage_fd.as_ref().expect("staging open");
+                let from = cname(k.to_string().as_bytes());
+                let res = parent_of(root, to).and_then(|(pfd, name)| {
+                    match rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str()) {
+                        Err(Errno::EXIST | Errno::NOTEMPTY | Errno::ISDIR | Errno::NOTDIR) => {
+                            remove_tree(&pfd, &name, is_root)?;
+                            rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str())
+                        }
+                        r => r,
+                    }
+                });
+                if let Err(e) = res {
+                    fail("rename", &staged(*k), e);
+                }
+            }
+        }
+    }
+    if needs_staging {
+        // Empty unless a step failed; what is left there is not in the source.
+        if let Err(e) = remove_tree(root, cname(staging).as_c_str(), is_root) {
+            fail("remove", staging, e);
+        }
+    }
+    failed
+}

@@ -1,0 +1,415 @@
+//! `ringsync mirror` and `ringsync diff`.
+//!
+//! A mirror is: lock DST; read its record; diff (SNAP→SRC when `--prev` can be trusted, else
+//! DST→SRC); mark DST dirty; do the plan's own steps (renames via a staging directory, deletes,
+//! new directories); let the engine copy, update and link the rest (every file through a
+//! temporary name); record what DST now equals and mark it clean. Any failure leaves the mark,
+//! and the next run then compares against DST in full.
+//!
+//! Must not: write to DST before the dirty mark is set (except creating DST itself), or trust
+//! `--prev` or the ctime shortcut when the record is dirty or from another source.
+
+mod apply;
+mod guard;
+mod plan;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rustix::fs::Timespec;
+use serde_json::json;
+
+use crate::config::{DiffConfig, MirrorConfig, Renames};
+use crate::diff::{self, Change, WalkOpts};
+use crate::engine;
+use crate::error::{exit, ErrorLog};
+use crate::meta::Preserve;
+
+pub use apply::remove_tree;
+pub use guard::{Guard, Record};
+
+/// btrfs's statfs magic: subvolumes and their snapshots keep inode numbers.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+
+/// Whether inode identity means the same file in OLD and NEW: one filesystem, or btrfs
+/// snapshots (each subvolume has its own device number).
+fn inode_identity_holds(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_dev = match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
+    };
+    let btrfs = |p: &Path| rustix::fs::statfs(p).is_ok_and(|s| s.f_type == BTRFS_SUPER_MAGIC);
+    same_dev || (btrfs(a) && btrfs(b))
+}
+
+fn print_changes(changes: &[Change], json: bool) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for c in changes {
+        let r = if json {
+            diff::write_json_line(&mut out, c)
+        } else {
+            diff::write_text_line(&mut out, c)
+        };
+        // A closed stdout (`| head`) ends the listing, not the program.
+        if r.is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `ringsync diff OLD NEW`: exit 0 (or 1 with differences and `--exit-code`), 2 on trouble.
+pub fn diff(cfg: &DiffConfig) -> i32 {
+    const TROUBLE: i32 = 2;
+    engine::raise_nofile_limit();
+    let engine = match engine::choose_engine(cfg.engine, cfg.quiet) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("ringsync: {e}");
+            return TROUBLE;
+        }
+    };
+    let renames = match cfg.renames {
+        Renames::Auto => inode_identity_holds(&cfg.old, &cfg.new),
+        Renames::Always => true,
+        Renames::Never => false,
+    };
+    let opts = WalkOpts {
+        threads: cfg.threads,
+        engine,
+        checksum: cfg.checksum,
+        renames,
+        expand: true,
+        owner: true,
+        preserve: Preserve {
+            owner: true,
+            all_xattrs: is_root(),
+        },
+        xattrs_since: None,
+        skip_new_sockets: false,
+    };
+    let errors = ErrorLog::new(cfg.quiet);
+    let mut d = match diff::walk(&cfg.old, &cfg.new, &opts, &errors) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ringsync: diff: {e}");
+            return TROUBLE;
+        }
+    };
+    diff::sort(&mut d.changes);
+    print_changes(&d.changes, cfg.json);
+    if errors.errors() > 0 {
+        TROUBLE
+    } else if cfg.exit_code && !d.changes.is_empty() {
+        1
+    } else {
+        exit::OK
+    }
+}
+
+/// The mirror's outcome beyond the engine's.
+struct Report {
+    mode: &'static str,
+    compared: u64,
+    counts: plan::Counts,
+}
+
+fn fail(msg: String) -> i32 {
+    eprintln!("ringsync: {msg}");
+    exit::FATAL
+}
+
+/// `ringsync mirror SRC DST`.
+pub fn mirror(cfg: &MirrorConfig) -> i32 {
+    let start = Instant::now();
+    let started = guard::now();
+    let c = &cfg.copy;
+    engine::raise_nofile_limit();
+    match std::fs::metadata(&c.src) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return fail(format!("{}: source is not a directory", c.src.display())),
+        Err(e) => return fail(format!("open source directory {}: {e}", c.src.display())),
+    }
+    if let Some(p) = &cfg.prev {
+        if !p.is_dir() {
+            return fail(format!("--prev {}: not a directory", p.display()));
+        }
+    }
+    let dst_exists = c.dst.exists();
+    if !dst_exists && !cfg.dry_run {
+        if let Err(e) = std::fs::create_dir_all(&c.dst) {
+            return fail(format!("create target directory {}: {e}", c.dst.display()));
+        }
+    }
+    let src = match std::fs::canonicalize(&c.src) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("{}: {e}", c.src.display())),
+    };
+    if dst_exists || !cfg.dry_run {
+        let dst = match std::fs::canonicalize(&c.dst) {
+            Ok(p) => p,
+            Err(e) => return fail(format!("{}: {e}", c.dst.display())),
+        };
+        if src.starts_with(&dst) || dst.starts_with(&src) {
+            eprintln!(
+                "ringsync: mirror {} into {}: source and target overlap; refusing (the mirror would delete its own source)",
+                src.display(),
+                dst.display()
+            );
+            return exit::USAGE;
+        }
+        run_mirror(cfg, &src, &dst, start, started)
+    } else {
+        dry_run_into_nothing(cfg, &src)
+    }
+}
+
+/// `--dry-run` into a DST that does not exist: everything would be created.
+fn dry_run_into_nothing(cfg: &MirrorConfig, src: &Path) -> i32 {
+    let empty = std::env::temp_dir().join(format!(".ringsync-empty.{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&empty) {
+        return fail(format!("create {}: {e}", empty.display()));
+    }
+    let code = walk_and_print(cfg, &empty, src, None, false);
+    let _ = std::fs::remove_dir(&empty);
+    code
+}
+
+fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool) -> WalkOpts {
+    let root = is_root();
+    WalkOpts {
+        threads: cfg.copy.threads,
+        engine,
+        checksum: cfg.checksum,
+        renames,
+        expand: cfg.dry_run,
+        owner: root,
+        preserve: Preserve {
+            owner: root,
+            all_xattrs: root,
+        },
+        xattrs_since: None,
+        skip_new_sockets: true,
+    }
+}
+
+fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Timespec>, renames: bool) -> i32 {
+    let engine = match engine::choose_engine(cfg.copy.engine, cfg.copy.quiet) {
+        Ok(k) => k,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut opts = walk_opts(cfg, engine, renames);
+    opts.xattrs_since = since;
+    let errors = ErrorLog::new(cfg.copy.quiet);
+    let mut d = match diff::walk(old, src, &opts, &errors) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("diff: {e}")),
+    };
+    diff::sort(&mut d.changes);
+    print_changes(&d.changes, cfg.json);
+    errors.exit_code()
+}
+
+fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, started: (i64, i64)) -> i32 {
+    let c = &cfg.copy;
+    let engine = match engine::choose_engine(c.engine, c.quiet) {
+        Ok(k) => k,
+        Err(e) => return fail(e.to_string()),
+    };
+    // A dry run reads the record without taking the lock: it writes nothing.
+    let guard = if cfg.dry_run {
+        None
+    } else {
+        match Guard::lock(dst) {
+            Ok(g) => Some(g),
+            Err(guard::LockError::Busy) => {
+                eprintln!(
+                    "ringsync: {}: busy: another mirror is running into this target; nothing was written",
+                    dst.display()
+                );
+                return exit::BUSY;
+            }
+            Err(guard::LockError::Other(e)) => return fail(e),
+        }
+    };
+    let record = match &guard {
+        Some(g) => match g.read() {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        },
+        None => Guard::peek(dst),
+    };
+    let src_id = match guard::source_id(src) {
+        Ok(id) => id,
+        Err(e) => return fail(format!("{}: {e}", src.display())),
+    };
+
+    // What to compare SRC with.
+    let mut old_root: PathBuf = dst.to_path_buf();
+    let mut mode = "compare";
+    if let Some(p) = &cfg.prev {
+        let why = match (&record, guard::source_id(p)) {
+            (Some(r), Ok(pid)) if r.is_clean() && r.is_from(&pid) => None,
+            (Some(r), _) if !r.is_clean() => {
+                Some("DST is marked dirty (an earlier mirror did not finish cleanly)".to_string())
+            }
+            (None, _) => Some("DST has no mirror record".to_string()),
+            (Some(r), Ok(_)) => Some(format!(
+                "DST was last mirrored from {}, not from it",
+                r.source.as_deref().unwrap_or("an unknown source")
+            )),
+            (_, Err(e)) => Some(e.to_string()),
+        };
+        match why {
+            None => {
+                old_root = p.clone();
+                mode = "prev";
+            }
+            Some(why) => {
+                if !c.quiet {
+                    eprintln!(
+                        "ringsync: --prev {}: {why}; comparing against DST in full",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    // Source entries older than the last clean run from this very source were compared then.
+    let since = match &record {
+        Some(r) if mode == "compare" && r.is_clean() && r.is_from(&src_id) && !cfg.checksum => {
+            r.started.map(|(s, ns)| Timespec {
+                tv_sec: s - 1,
+                tv_nsec: ns as _,
+            })
+        }
+        _ => None,
+    };
+    if cfg.dry_run {
+        return walk_and_print(cfg, &old_root, src, since, mode == "prev");
+    }
+    let guard = guard.expect("not a dry run");
+
+    let errors = ErrorLog::new(c.quiet);
+    let mut opts = walk_opts(cfg, engine, mode == "prev");
+    opts.xattrs_since = since;
+    let d = match diff::walk(&old_root, src, &opts, &errors) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("diff: {e}")),
+    };
+    let clean = |finished| Record {
+        version: 1,
+        state: "clean".into(),
+        source: Some(src_id.path.clone()),
+        source_ino: Some(src_id.ino),
+        source_btime: src_id.btime,
+        started: Some(started),
+        finished: Some(finished),
+    };
+    if d.changes.is_empty() && errors.errors() == 0 {
+        // Nothing to change: only the record moves forward.
+        let mut code = errors.exit_code();
+        if let Err(e) = guard.write(&clean(guard::now())) {
+            eprintln!("ringsync: {e}");
+            code = exit::PARTIAL;
+        }
+        let report = Report {
+            mode,
+            compared: d.compared,
+            counts: plan::Counts::default(),
+        };
+        if cfg.json {
+            print_summary(None, &report, &errors, start, code);
+        }
+        return code;
+    }
+
+    let staging = format!(".ringsync-stage.{}", std::process::id());
+    let work = plan::build(&d, staging.as_bytes());
+    let mut dirty = record.unwrap_or_default();
+    dirty.version = 1;
+    dirty.state = "dirty".into();
+    if let Err(e) = guard.write(&dirty) {
+        return fail(format!("{e}; nothing was changed"));
+    }
+    apply::run_steps(guard.root(), dst, staging.as_bytes(), &work.steps, &errors);
+    let mut ecfg = c.clone();
+    ecfg.src = src.to_path_buf();
+    ecfg.dst = dst.to_path_buf();
+    ecfg.atomic = true;
+    let outcome = match engine::apply(ecfg, work.plan) {
+        Ok(o) => o,
+        Err(e) => {
+            return fail(format!(
+                "{e} (DST stays marked dirty; the next mirror compares it in full)"
+            ))
+        }
+    };
+    let total_errors = errors.errors() + outcome.errors;
+    let mut code = if total_errors > 0 {
+        exit::PARTIAL
+    } else if errors.vanished() + outcome.vanished > 0 {
+        exit::VANISHED
+    } else {
+        exit::OK
+    };
+    if total_errors == 0 {
+        if let Err(e) = guard.write(&clean(guard::now())) {
+            eprintln!("ringsync: {e}");
+            code = exit::PARTIAL;
+        }
+    }
+    let report = Report {
+        mode,
+        compared: d.compared,
+        counts: work.counts,
+    };
+    if cfg.json {
+        print_summary(Some(&outcome), &report, &errors, start, code);
+    }
+    code
+}
+
+fn print_summary(
+    outcome: Option<&engine::Outcome>,
+    r: &Report,
+    walk_errors: &ErrorLog,
+    start: Instant,
+    code: i32,
+) {
+    let mut v = match outcome {
+        Some(o) => crate::summary::to_json(o),
+        None => json!({"bytes": 0, "files": 0, "errors": 0, "vanished": 0, "warnings": 0}),
+    };
+    let n = |k: &str, add: u64| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0) + add;
+    let errors = n("errors", walk_errors.errors());
+    let vanished = n("vanished", walk_errors.vanished());
+    let warnings = n("warnings", walk_errors.warnings());
+    v["errors"] = errors.into();
+    v["vanished"] = vanished.into();
+    v["warnings"] = warnings.into();
+    let mut msgs = walk_errors.messages();
+    if let Some(m) = v.get("error_messages").and_then(|m| m.as_array()) {
+        msgs.extend(m.iter().filter_map(|s| s.as_str().map(String::from)));
+    }
+    v["error_messages"] = msgs.into();
+    v["elapsed_s"] = start.elapsed().as_secs_f64().into();
+    v["exit_code"] = code.into();
+    v["mirror"] = json!({
+        "mode": r.mode,
+        "compared": r.compared,
+        "created": r.counts.created,
+        "deleted": r.counts.deleted,
+        "modified": r.counts.modified,
+        "attrs": r.counts.attrs,
+        "renamed": r.counts.renamed,
+        "relinked": r.counts.relinked,
+    });
+    let _ = writeln!(std::io::stdout().lock(), "{v}");
+}
