@@ -82,7 +82,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
     };
     let opts = WalkOpts {
         threads: cfg.threads,
-        engine,
+        engine: diff::walk_engine(cfg.engine, engine),
         checksum: cfg.checksum,
         renames,
         expand: true,
@@ -118,6 +118,10 @@ struct Report {
     mode: &'static str,
     compared: u64,
     counts: plan::Counts,
+    /// Seconds spent walking, in the mirror's own steps, and in the engine.
+    walk_s: f64,
+    steps_s: f64,
+    apply_s: f64,
 }
 
 fn fail(msg: String) -> i32 {
@@ -185,7 +189,7 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
     let root = is_root();
     WalkOpts {
         threads: cfg.copy.threads,
-        engine,
+        engine: diff::walk_engine(cfg.copy.engine, engine),
         checksum: cfg.checksum,
         renames,
         expand: cfg.dry_run,
@@ -299,10 +303,12 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     let errors = ErrorLog::new(c.quiet);
     let mut opts = walk_opts(cfg, engine, mode == "prev");
     opts.xattrs_since = since;
+    let t_walk = Instant::now();
     let d = match diff::walk(&old_root, src, &opts, &errors) {
         Ok(d) => d,
         Err(e) => return fail(format!("diff: {e}")),
     };
+    let walk_s = t_walk.elapsed().as_secs_f64();
     let clean = |finished| Record {
         version: 1,
         state: "clean".into(),
@@ -323,6 +329,9 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
             mode,
             compared: d.compared,
             counts: plan::Counts::default(),
+            walk_s,
+            steps_s: 0.0,
+            apply_s: 0.0,
         };
         if cfg.json {
             print_summary(None, &report, &errors, start, code);
@@ -338,11 +347,15 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     if let Err(e) = guard.write(&dirty) {
         return fail(format!("{e}; nothing was changed"));
     }
+    let t_steps = Instant::now();
     apply::run_steps(guard.root(), dst, staging.as_bytes(), &work.steps, &errors);
+    let steps_s = t_steps.elapsed().as_secs_f64();
+    let t_apply = Instant::now();
     let mut ecfg = c.clone();
     ecfg.src = src.to_path_buf();
     ecfg.dst = dst.to_path_buf();
     ecfg.atomic = true;
+    ecfg.memory_bytes = pool_bytes(&work.plan, c.memory_bytes, c.threads);
     let outcome = match engine::apply(ecfg, work.plan) {
         Ok(o) => o,
         Err(e) => {
@@ -351,6 +364,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
             ))
         }
     };
+    let apply_s = t_apply.elapsed().as_secs_f64();
     let total_errors = errors.errors() + outcome.errors;
     let mut code = if total_errors > 0 {
         exit::PARTIAL
@@ -369,11 +383,43 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         mode,
         compared: d.compared,
         counts: work.counts,
+        walk_s,
+        steps_s,
+        apply_s,
     };
     if cfg.json {
         print_summary(Some(&outcome), &report, &errors, start, code);
     }
     code
+}
+
+/// Buffer memory for a plan: no more than its files need (pinning a 64 MiB pool for the rings
+/// costs more than a small mirror's whole copy), at least a unit per worker, at most the cap.
+fn pool_bytes(plan: &engine::Plan, cap: u64, threads: usize) -> u64 {
+    use engine::{Action, LinkPlan};
+    let unit = engine::POOL_UNIT_BYTES as u64;
+    let floor = unit * threads.max(1) as u64;
+    let mut need = 0u64;
+    for item in &plan.items {
+        match item.action {
+            Action::Subtree => return cap.max(floor),
+            Action::Copy => {
+                need += item
+                    .meta
+                    .size
+                    .min(engine::OP_BYTES_MAX * engine::OPS_PER_FILE_MAX as u64)
+            }
+            Action::Inline | Action::Attrs => {}
+        }
+    }
+    for l in &plan.links {
+        if let LinkPlan::Rebuild { meta, .. } = l {
+            need += meta
+                .size
+                .min(engine::OP_BYTES_MAX * engine::OPS_PER_FILE_MAX as u64);
+        }
+    }
+    need.next_multiple_of(unit).clamp(floor, cap.max(floor))
 }
 
 fn print_summary(
@@ -410,6 +456,9 @@ fn print_summary(
         "attrs": r.counts.attrs,
         "renamed": r.counts.renamed,
         "relinked": r.counts.relinked,
+        "walk_s": r.walk_s,
+        "steps_s": r.steps_s,
+        "apply_s": r.apply_s,
     });
     let _ = writeln!(std::io::stdout().lock(), "{v}");
 }
