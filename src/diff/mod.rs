@@ -3,7 +3,7 @@
 //! A pure layer: it opens, lists, statx-es and reads, and never modifies anything. Worker threads
 //! (one per core) take directory pairs from a shared stack; each lists both sides with getdents
 //! and statx-es every name through its own ring, then compares name by name. Unchanged entries
-//! cost the statx of both sides (xattrs are read only when asked, see `WalkOpts::xattrs_since`).
+//! cost the statx of both sides (xattrs are read only when asked, see `WalkOpts::changed_since`).
 //!
 //! The comparison rules: data changed when the type, size or mtime differ (the cephfs-mirror
 //! rule; with `checksum` the bytes of same-size files are compared), a symlink's target or a
@@ -110,8 +110,10 @@ pub struct WalkOpts {
     pub owner: bool,
     /// Which xattrs count (the ones a copy carries).
     pub preserve: Preserve,
-    /// Compare xattrs only of NEW entries whose ctime is at or after this; `None`: always.
-    pub xattrs_since: Option<Timespec>,
+    /// NEW entries whose ctime is before this are known to have been compared by an earlier
+    /// run: their xattrs and symlink targets (which only a ctime change can alter) are not
+    /// read again. `None`: read them all.
+    pub changed_since: Option<Timespec>,
     /// Sockets in NEW are treated as absent (a mirror cannot copy them).
     pub skip_new_sockets: bool,
 }
@@ -260,7 +262,8 @@ struct Ctx<'a> {
 struct Found {
     changes: Vec<Change>,
     links: Vec<LinkEntry>,
-    unlisted: Vec<(Change, Pair)>,
+    /// Created/deleted directories not listed yet, and whether they were found by a listing.
+    unlisted: Vec<(Change, Pair, bool)>,
     /// Found by listing a created or deleted directory (rename mode): void if that directory
     /// turns out to be renamed, since then it is compared as a pair instead.
     listed_changes: Vec<Change>,
@@ -348,7 +351,10 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
                 listed_links.insert(found.links.len());
                 found.links.push(l);
             }
-            for (c, pair) in f.unlisted {
+            for (c, pair, from_listing) in f.unlisted {
+                if from_listing {
+                    listed.insert(found.changes.len());
+                }
                 unlisted.push(Unlisted {
                     change: found.changes.len(),
                     pair,
@@ -792,7 +798,7 @@ impl<'a> Walker<'a> {
             old_path: c.old_path.clone(),
         };
         if opts.renames {
-            self.found.unlisted.push((c, pair));
+            self.found.unlisted.push((c, pair, self.listing));
         } else {
             self.found.changes.push(c);
             self.ctx.queue.push(pair);
@@ -832,11 +838,12 @@ impl<'a> Walker<'a> {
                     || (opts.checksum && self.content_differs(old_dir, new_dir, old_name, new_name, path))
             }
             FileType::Symlink => {
-                // A symlink cannot be re-pointed in place: a new target means a new link and a
-                // new mtime. So, as for files, equal size and mtime are trusted (reading the
-                // target would bump both atimes).
+                // Targets are read (which bumps both atimes under relatime) unless the source
+                // link predates the last clean run: a re-pointed link is a new link, with a
+                // new ctime.
+                let trusted = opts.changed_since.is_some_and(|t| ts_before(&nm.ctime, &t));
                 om.size != nm.size
-                    || ((om.mtime != nm.mtime || opts.checksum) && {
+                    || ((om.mtime != nm.mtime || opts.checksum || !trusted) && {
                         let a = rustix::fs::readlinkat(old_dir, old_name, Vec::new());
                         let b = rustix::fs::readlinkat(new_dir, new_name, Vec::new());
                         match (a, b) {
@@ -871,7 +878,7 @@ impl<'a> Walker<'a> {
         if om.atime != nm.atime {
             bits |= attr::ATIME;
         }
-        if opts.xattrs_since.is_none_or(|t| !ts_before(&nm.ctime, &t)) {
+        if opts.changed_since.is_none_or(|t| !ts_before(&nm.ctime, &t)) {
             let a = meta::xattrs_at(meta::fd(old_dir), old_name, opts.preserve);
             let b = meta::xattrs_at(meta::fd(new_dir), new_name, opts.preserve);
             match (a, b) {
@@ -1173,11 +1180,34 @@ fn link_changes(links: &[LinkEntry], changes: &[Change]) -> Vec<Change> {
         .filter(|c| matches!(c.kind, Kind::Created | Kind::Type))
         .map(|c| c.path.as_slice())
         .collect();
+    // Partners that are gone (deleted, or replaced by another type) still were in the group.
+    let mut gone: HashMap<(u64, u64), Vec<&[u8]>> = HashMap::new();
+    for c in changes {
+        if let (Kind::Deleted | Kind::Type, Some(m)) = (c.kind, &c.old) {
+            if m.file_type() != FileType::Directory && m.nlink > 1 {
+                gone.entry((m.dev, m.ino)).or_default().push(&c.path);
+            }
+        }
+    }
     for (i, e) in links.iter().enumerate() {
-        if e.old.is_none() || already.contains(e.path.as_slice()) {
+        let Some(old) = e.old else { continue };
+        if already.contains(e.path.as_slice()) {
             continue;
         }
-        if !groups.same_group(i) {
+        let mut new: Vec<&[u8]> = groups
+            .new_group(i)
+            .iter()
+            .map(|&j| links[j].path.as_slice())
+            .collect();
+        let mut was: Vec<&[u8]> = groups
+            .old_group(i)
+            .iter()
+            .map(|&j| links[j].path.as_slice())
+            .collect();
+        was.extend(gone.get(&old).into_iter().flatten());
+        new.sort_unstable();
+        was.sort_unstable();
+        if new != was {
             out.push(Change {
                 kind: Kind::Link,
                 path: e.path.clone(),
@@ -1231,25 +1261,6 @@ impl<'a> LinkGroups<'a> {
     /// Groups by NEW inode.
     pub fn groups(&self) -> impl Iterator<Item = &Vec<usize>> {
         self.by_new.values()
-    }
-
-    /// Whether entry `i` (present in OLD) shares its inode with exactly the same paths on both
-    /// sides.
-    pub fn same_group(&self, i: usize) -> bool {
-        let Some(old) = self.links[i].old else {
-            return false;
-        };
-        let mut a: Vec<&[u8]> = self.by_new[&self.links[i].new]
-            .iter()
-            .map(|&j| self.links[j].path.as_slice())
-            .collect();
-        let mut b: Vec<&[u8]> = self.by_old[&old]
-            .iter()
-            .map(|&j| self.links[j].path.as_slice())
-            .collect();
-        a.sort_unstable();
-        b.sort_unstable();
-        a == b
     }
 }
 

@@ -88,6 +88,7 @@ pub enum LockError {
 /// DST's root, locked for this process's lifetime (the lock goes with the descriptor).
 pub struct Guard {
     root: OwnedFd,
+    dst: PathBuf,
     /// Where the record goes when the root takes no user xattrs.
     side_file: Option<PathBuf>,
 }
@@ -124,7 +125,11 @@ impl Guard {
             }
             _ => None,
         };
-        Ok(Guard { root, side_file })
+        Ok(Guard {
+            root,
+            dst: dst.to_path_buf(),
+            side_file,
+        })
     }
 
     pub fn root(&self) -> &OwnedFd {
@@ -145,7 +150,7 @@ impl Guard {
                 },
                 None => None,
             },
-            Err(e) => return Err(format!("read the mirror record of DST: {e}")),
+            Err(e) => return Err(format!("read the mirror record of {}: {e}", self.dst.display())),
         };
         Ok(raw.map(|b| {
             serde_json::from_slice(&b).unwrap_or_else(|_| Record {
@@ -167,10 +172,13 @@ impl Guard {
         ) {
             Ok(()) => return Ok(()),
             Err(Errno::NOTSUP) => {}
-            Err(e) => return Err(format!("write the mirror record of DST: {e}")),
+            Err(e) => return Err(format!("write the mirror record of {}: {e}", self.dst.display())),
         }
         let Some(p) = &self.side_file else {
-            return Err("DST takes no xattrs and has no parent for the record file".into());
+            return Err(format!(
+                "{} takes no xattrs and has no parent for the record file",
+                self.dst.display()
+            ));
         };
         let mut tmp = p.clone().into_os_string().into_vec();
         tmp.extend_from_slice(format!(".{}.tmp", std::process::id()).as_bytes());

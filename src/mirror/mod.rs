@@ -91,7 +91,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
             owner: true,
             all_xattrs: is_root(),
         },
-        xattrs_since: None,
+        changed_since: None,
         skip_new_sockets: false,
     };
     let errors = ErrorLog::new(cfg.quiet);
@@ -198,7 +198,7 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
             owner: root,
             all_xattrs: root,
         },
-        xattrs_since: None,
+        changed_since: None,
         skip_new_sockets: true,
     }
 }
@@ -209,7 +209,7 @@ fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Time
         Err(e) => return fail(e.to_string()),
     };
     let mut opts = walk_opts(cfg, engine, renames);
-    opts.xattrs_since = since;
+    opts.changed_since = since;
     let errors = ErrorLog::new(cfg.copy.quiet);
     let mut d = match diff::walk(old, src, &opts, &errors) {
         Ok(d) => d,
@@ -302,7 +302,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
 
     let errors = ErrorLog::new(c.quiet);
     let mut opts = walk_opts(cfg, engine, mode == "prev");
-    opts.xattrs_since = since;
+    opts.changed_since = since;
     let t_walk = Instant::now();
     let d = match diff::walk(&old_root, src, &opts, &errors) {
         Ok(d) => d,

@@ -2,7 +2,10 @@
 //! the seeded nasty-tree generator and small process/tempdir utilities.
 #![allow(dead_code)]
 
+pub mod changes;
 pub mod gen;
+pub mod mount;
+pub mod mutate;
 pub mod oracle;
 
 use std::ffi::OsStr;
@@ -140,4 +143,60 @@ pub fn freeze_atimes(root: &Path) {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(1_700_000_000);
     walk(root, now + 3600);
+}
+
+/// The mirror's record xattr on DST's root (docs/mirror.md).
+pub const RECORD_XATTR: &str = "user.ringsync.mirror";
+
+/// `ringsync <sub> <extra...> A B`
+pub fn run_sub(sub: &str, extra: &[&str], a: &Path, b: &Path) -> Output {
+    let mut args: Vec<&OsStr> = vec![OsStr::new(sub)];
+    args.extend(extra.iter().map(OsStr::new));
+    args.push(a.as_os_str());
+    args.push(b.as_os_str());
+    run(&args)
+}
+
+/// `ringsync mirror <extra...> SRC DST`
+pub fn run_mirror(extra: &[&str], src: &Path, dst: &Path) -> Output {
+    run_sub("mirror", extra, src, dst)
+}
+
+/// `ringsync diff <extra...> OLD NEW`
+pub fn run_diff(extra: &[&str], old: &Path, new: &Path) -> Output {
+    run_sub("diff", extra, old, new)
+}
+
+/// Oracle options for SRC vs a mirrored DST: everything, except the record
+/// xattr on the root.
+pub fn mirror_cmp() -> CompareOpts {
+    CompareOpts {
+        ignore_root_xattrs: vec![RECORD_XATTR.as_bytes().to_vec()],
+        ..CompareOpts::default()
+    }
+}
+
+/// The raw value of the record xattr on `dst`, if any.
+pub fn read_record(dst: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    match rustix::fs::getxattr(dst, RECORD_XATTR, &mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Some(buf)
+        }
+        Err(_) => None,
+    }
+}
+
+/// The record on `dst` parsed as JSON (panics if present but not JSON).
+pub fn read_record_json(dst: &Path) -> Option<serde_json::Value> {
+    read_record(dst).map(|v| {
+        serde_json::from_slice(&v).unwrap_or_else(|e| {
+            panic!(
+                "record xattr {RECORD_XATTR} on {} is not JSON ({e}): {:?}",
+                dst.display(),
+                String::from_utf8_lossy(&v)
+            )
+        })
+    })
 }

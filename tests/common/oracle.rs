@@ -45,6 +45,9 @@ pub struct CompareOpts {
     pub skip_sockets: bool,
     /// Relative paths (and their subtrees) that are ignored on both sides.
     pub ignore: Vec<Vec<u8>>,
+    /// Xattr names that are ignored on the root directory (`.`) only, on both
+    /// sides (e.g. `user.ringsync.mirror`, the mirror's record on DST's root).
+    pub ignore_root_xattrs: Vec<Vec<u8>>,
 }
 
 impl Default for CompareOpts {
@@ -57,6 +60,7 @@ impl Default for CompareOpts {
             allow_extra_in_b: false,
             skip_sockets: false,
             ignore: Vec::new(),
+            ignore_root_xattrs: Vec::new(),
         }
     }
 }
@@ -404,12 +408,22 @@ fn compare_entry(p: &[u8], a: &Entry, b: &Entry, opts: &CompareOpts, d: &mut Vec
             fmt_time(b.atime)
         ));
     }
-    if opts.xattrs && a.xattrs != b.xattrs {
-        d.push(format!(
-            "{sp}: xattrs differ: {} vs {}",
-            fmt_xattrs(&a.xattrs),
-            fmt_xattrs(&b.xattrs)
-        ));
+    if opts.xattrs {
+        // On the root, drop the names in `ignore_root_xattrs` from both sides.
+        let filtered = |x: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
+            x.iter()
+                .filter(|(k, _)| p != b"." || !opts.ignore_root_xattrs.iter().any(|i| i == *k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let (xa, xb) = (filtered(&a.xattrs), filtered(&b.xattrs));
+        if xa != xb {
+            d.push(format!(
+                "{sp}: xattrs differ: {} vs {}",
+                fmt_xattrs(&xa),
+                fmt_xattrs(&xb)
+            ));
+        }
     }
     match a.kind {
         Kind::File => {

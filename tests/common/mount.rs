@@ -1,0 +1,150 @@
+//! Loop-mounted filesystems for tests (root only). Same guard as the one in
+//! `tests/loopfs.rs` (which keeps its own copy), plus btrfs subvolume and
+//! snapshot helpers and read-only remounts.
+//!
+//! A missing prerequisite (not root, mkfs.* missing, no loop devices, mount
+//! refused) is returned as `Err(reason)`; [`mount_or_skip`] turns that into
+//! `SKIPPED: <reason>`, or a failure when the `CI` environment variable is set.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{have_tool, is_root, scratch, skip_or_fail};
+
+/// A loop-mounted filesystem image in a scratch directory. Unmounted on drop,
+/// also when the test panics.
+pub struct LoopFs {
+    mnt: PathBuf,
+    pub fstype: &'static str,
+    // Dropped after `Drop::drop` has unmounted.
+    _tmp: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// Make and mount a fresh filesystem; `Err` is the reason to skip.
+    pub fn new(fstype: &'static str, size_mib: u64) -> Result<LoopFs, String> {
+        if !is_root() {
+            return Err(format!("{fstype} loop mount needs root"));
+        }
+        let mkfs = format!("mkfs.{fstype}");
+        if !have_tool(&mkfs) {
+            return Err(format!("{mkfs} not installed"));
+        }
+        if !have_tool("mount") || !have_tool("umount") {
+            return Err("mount/umount not installed".into());
+        }
+        if fstype == "btrfs" && !have_tool("btrfs") {
+            return Err("btrfs (btrfs-progs) not installed".into());
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            return Err("/dev/loop-control missing (no loop device support)".into());
+        }
+        let tmp = scratch(&format!("loop-{fstype}"));
+        let img = tmp.path().join("fs.img");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir mnt: {e}"))?;
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size_mib << 20))
+            .map_err(|e| format!("create image: {e}"))?;
+        let force = if fstype == "ext4" { "-F" } else { "-f" };
+        let out = Command::new(&mkfs)
+            .args(["-q", force])
+            .arg(&img)
+            .output()
+            .map_err(|e| format!("run {mkfs}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{mkfs} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let out = Command::new("mount")
+            .args(["-t", fstype, "-o", "loop"])
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .map_err(|e| format!("run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -o loop ({fstype}) failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(LoopFs {
+            mnt,
+            fstype,
+            _tmp: tmp,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// `mount -o remount,<opts>` (e.g. `ro`, `rw`); panics on failure.
+    pub fn remount(&self, opts: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.mnt)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -o remount,{opts} {} failed: {}",
+            self.mnt.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("umount {} failed; trying lazy unmount", self.mnt.display());
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// Mount or skip (fail under CI).
+pub fn mount_or_skip(fstype: &'static str, size_mib: u64) -> Option<LoopFs> {
+    match LoopFs::new(fstype, size_mib) {
+        Ok(fs) => Some(fs),
+        Err(reason) => {
+            skip_or_fail(&reason);
+            None
+        }
+    }
+}
+
+fn btrfs(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("btrfs").args(args).output().expect("run btrfs");
+    assert!(
+        out.status.success(),
+        "btrfs {:?} failed: {}{}",
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `btrfs subvolume create PATH`
+pub fn subvolume_create(path: &Path) {
+    btrfs(&["subvolume".as_ref(), "create".as_ref(), path.as_os_str()]);
+}
+
+/// `btrfs subvolume snapshot -r SUBVOL SNAP` (read-only snapshot).
+pub fn snapshot_ro(subvol: &Path, snap: &Path) {
+    btrfs(&[
+        "subvolume".as_ref(),
+        "snapshot".as_ref(),
+        "-r".as_ref(),
+        subvol.as_os_str(),
+        snap.as_os_str(),
+    ]);
+}
