@@ -139,6 +139,13 @@ pub fn walk_engine(choice: crate::config::EngineChoice, chosen: EngineKind) -> E
     }
 }
 
+/// Walker threads for `threads` workers. A statx of an inode that is not cached waits for the
+/// disk, so a cold walk is bound by how many are in flight, not by cores: a cold 1% mirror of
+/// the mixed tree took 0.155 s with 2 walkers and 0.109 s with 6 (warm: no difference).
+pub fn walk_threads(threads: usize) -> usize {
+    threads.max(1).saturating_mul(4).min(64)
+}
+
 /// Join a relative path and a name.
 pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
@@ -832,11 +839,11 @@ impl<'a> Walker<'a> {
             })
         };
         let data = match nm.file_type() {
-            FileType::RegularFile => {
-                om.size != nm.size
-                    || om.mtime != nm.mtime
-                    || (opts.checksum && self.content_differs(old_dir, new_dir, old_name, new_name, path))
+            // With --checksum the bytes decide; an mtime difference alone is then an attribute.
+            FileType::RegularFile if opts.checksum => {
+                om.size != nm.size || self.content_differs(old_dir, new_dir, old_name, new_name, path)
             }
+            FileType::RegularFile => om.size != nm.size || om.mtime != nm.mtime,
             FileType::Symlink => {
                 // Targets are read (which bumps both atimes under relatime) unless the source
                 // link predates the last clean run: a re-pointed link is a new link, with a

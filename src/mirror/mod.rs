@@ -20,7 +20,7 @@ use std::time::Instant;
 use rustix::fs::Timespec;
 use serde_json::json;
 
-use crate::config::{DiffConfig, MirrorConfig, Renames};
+use crate::config::{DiffConfig, EngineChoice, MirrorConfig, Renames};
 use crate::diff::{self, Change, WalkOpts};
 use crate::engine;
 use crate::error::{exit, ErrorLog};
@@ -81,7 +81,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         Renames::Never => false,
     };
     let opts = WalkOpts {
-        threads: cfg.threads,
+        threads: diff::walk_threads(cfg.threads),
         engine: diff::walk_engine(cfg.engine, engine),
         checksum: cfg.checksum,
         renames,
@@ -188,7 +188,7 @@ fn dry_run_into_nothing(cfg: &MirrorConfig, src: &Path) -> i32 {
 fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool) -> WalkOpts {
     let root = is_root();
     WalkOpts {
-        threads: cfg.copy.threads,
+        threads: diff::walk_threads(cfg.copy.threads),
         engine: diff::walk_engine(cfg.copy.engine, engine),
         checksum: cfg.checksum,
         renames,
@@ -356,6 +356,9 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     ecfg.dst = dst.to_path_buf();
     ecfg.atomic = true;
     ecfg.memory_bytes = pool_bytes(&work.plan, c.memory_bytes, c.threads);
+    if c.engine == EngineChoice::Auto && small_plan(&work.plan) {
+        ecfg.engine = EngineChoice::Sync;
+    }
     let outcome = match engine::apply(ecfg, work.plan) {
         Ok(o) => o,
         Err(e) => {
@@ -391,6 +394,31 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         print_summary(Some(&outcome), &report, &errors, start, code);
     }
     code
+}
+
+/// Plans at most this big (bytes to copy, no new subtree) run on the sync engine under
+/// `--engine auto`.
+const SMALL_PLAN_BYTES: u64 = 64 << 20;
+
+/// Whether a plan is mostly metadata work. io_uring runs creating opens (and statx) in io-wq
+/// workers, a thread hand-off per file; on a 2-core VM a 1% change of the 1 GiB mixed tree
+/// (~110 files, ~8 MB) mirrored in 0.045 s on the sync engine against 0.097 s through the
+/// rings (medians of 5, perf/). Big copies keep the rings.
+fn small_plan(plan: &engine::Plan) -> bool {
+    let mut bytes = 0u64;
+    for item in &plan.items {
+        match item.action {
+            engine::Action::Subtree => return false,
+            engine::Action::Copy => bytes += item.meta.size,
+            _ => {}
+        }
+    }
+    for l in &plan.links {
+        if let engine::LinkPlan::Rebuild { meta, .. } = l {
+            bytes += meta.size;
+        }
+    }
+    bytes <= SMALL_PLAN_BYTES
 }
 
 /// Buffer memory for a plan: no more than its files need (pinning a 64 MiB pool for the rings
