@@ -722,7 +722,11 @@ fn mirror_prev_btrfs_snapshots() {
     let Some(fs) = mount_or_skip("btrfs", 768) else {
         return;
     };
-    let seed = 0xb7f5u64;
+    // RINGSYNC_PREV_SEED=N explores other trees and mutation sequences.
+    let seed = std::env::var("RINGSYNC_PREV_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xb7f5u64);
     let vol = fs.path().join("vol");
     subvolume_create(&vol);
     gen_tree(

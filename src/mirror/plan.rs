@@ -209,18 +209,24 @@ pub fn build(diff: &Diff, staging: &[u8]) -> Work {
         }
     }
 
-    // Deletes: topmost only, at their post-staging location.
-    let removed_old: HashSet<&[u8]> = changes
+    // Deletes: topmost only, at their post-staging location (an entry inside a renamed
+    // directory is not covered by removing the directory it was renamed out of).
+    let removes =
+        |c: &Change| c.kind == Kind::Deleted || (c.kind == Kind::Type && (is_dir(&c.old) || is_dir(&c.new)));
+    let removed_at: HashSet<Vec<u8>> = changes
         .iter()
-        .filter(|c| c.kind == Kind::Deleted || (c.kind == Kind::Type && (is_dir(&c.old) || is_dir(&c.new))))
-        .map(|c| c.old_path.as_slice())
+        .filter(|c| removes(c))
+        .map(|c| staged_at(&c.old_path))
         .collect();
     for c in changes {
-        let removes = c.kind == Kind::Deleted || (c.kind == Kind::Type && (is_dir(&c.old) || is_dir(&c.new)));
-        if !removes || ancestors(&c.old_path).any(|a| removed_old.contains(a)) {
+        if !removes(c) {
             continue;
         }
-        steps.push(Step::Remove(staged_at(&c.old_path)));
+        let at = staged_at(&c.old_path);
+        if ancestors(&at).any(|a| removed_at.contains(a)) {
+            continue;
+        }
+        steps.push(Step::Remove(at));
         if c.kind == Kind::Deleted {
             counts.deleted += 1;
             dirs.get(split(&c.path).0);
