@@ -336,12 +336,31 @@ pub fn apply_at(
     }
     let x = copy_xattrs_at(src_dir, dst_dir, name, p, prune).map_err(|e| (MetaStep::Xattr, e))?;
     if m.file_type() != FileType::Symlink {
-        // Symlink permissions are fixed at 0777 on Linux; chmod would follow the link.
-        rustix::fs::chmodat(dst_dir, name, m.perm(), AtFlags::empty()).map_err(|e| (MetaStep::Chmod, e))?;
+        // Symlink permissions are fixed at 0777 on Linux. chmodat would follow a symlink that
+        // replaced the entry meanwhile (and change whatever it points to): pin the entry with
+        // O_PATH|O_NOFOLLOW, check it is no symlink, and chmod the inode through /proc.
+        chmod_nofollow(dst_dir, name, m.perm()).map_err(|e| (MetaStep::Chmod, e))?;
     }
     rustix::fs::utimensat(dst_dir, name, &m.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| (MetaStep::Utimes, e))?;
     Ok(x)
+}
+
+/// chmod `name` in `dir` without following it if it is a symlink (ELOOP then).
+fn chmod_nofollow(dir: BorrowedFd, name: &CStr, mode: Mode) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        return Err(Errno::LOOP);
+    }
+    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+    rustix::fs::chmod(p.as_c_str(), mode)
 }
 
 /// Borrow helper so callers holding `Arc<OwnedFd>` read naturally.

@@ -1651,3 +1651,90 @@ fn mirror_vanishing_source_entries_exit_5_and_next_run_converges() {
     }
     eprintln!("NOTE: no run observed a vanished entry (exit 5); timing-dependent");
 }
+
+// ---------------------------------------------------------------------------
+// Regressions from the review of the first mirror implementation.
+
+fn sh(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", describe(&out));
+}
+
+#[test]
+fn mirror_refuses_target_inside_source_through_a_bind_mount() {
+    let tmp = scratch("mirror-bind");
+    let t = tmp.path();
+    sh("mkdir -p src/sub bind; echo keep > src/sub/important", t);
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(t.join("src"))
+        .arg(t.join("bind"))
+        .status()
+        .unwrap();
+    if !bound.success() {
+        skip_or_fail("mount --bind failed");
+        return;
+    }
+    let out = run_mirror(&["--quiet"], &t.join("src"), &t.join("bind/sub"));
+    let _ = Command::new("umount").arg(t.join("bind")).status();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overlap"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(std::fs::read(t.join("src/sub/important")).unwrap(), b"keep\n");
+    // Nested by path, DST not existing yet: refused before anything is created.
+    let out = run_mirror(&["--quiet"], &t.join("src"), &t.join("src/new"));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        !t.join("src/new").exists(),
+        "refused mirror created its target inside SRC"
+    );
+}
+
+#[test]
+fn mirror_attrs_never_follow_a_symlink_planted_in_dst() {
+    let tmp = scratch("mirror-victim");
+    let t = tmp.path();
+    sh("mkdir src; echo a > src/f; echo s > victim; chmod 640 victim", t);
+    mirror_ok(&["--quiet"], &t.join("src"), &t.join("dst"), "first mirror");
+    sh("chmod 604 src/f; rm dst/f; ln -s ../victim dst/f", t);
+    let _ = run_mirror(&["--quiet"], &t.join("src"), &t.join("dst"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(t.join("victim")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "a mirror changed the mode of a file outside DST");
+    assert_mirrored(&t.join("src"), &t.join("dst"), "after the planted symlink", &[]);
+}
+
+#[test]
+fn mirror_record_shortcut_survives_a_directory_swap() {
+    let tmp = scratch("mirror-swap");
+    let t = tmp.path();
+    sh(
+        "mkdir -p src/x src/y; ln -s aaaa src/x/l; ln -s bbbb src/y/l; \
+         touch -h -d @1700000000 src/x/l src/y/l; echo 1 > src/x/f; echo 1 > src/y/f; \
+         touch -d @1700000000 src/x/f src/y/f; \
+         setfattr -n user.k -v one src/x/f; setfattr -n user.k -v two src/y/f",
+        t,
+    );
+    freeze_atimes(&t.join("src"));
+    mirror_ok(&["--quiet"], &t.join("src"), &t.join("dst"), "first mirror");
+    // Past the record's one-second margin, then swap the directories (their entries keep
+    // their ctimes; only the renamed directories get new ones).
+    std::thread::sleep(Duration::from_millis(1300));
+    sh("mv src/x src/t; mv src/y src/x; mv src/t src/y", t);
+    freeze_atimes(&t.join("src"));
+    mirror_ok(
+        &["--quiet"],
+        &t.join("src"),
+        &t.join("dst"),
+        "mirror after the swap",
+    );
+    assert_mirrored(&t.join("src"), &t.join("dst"), "after a directory swap", &[]);
+}

@@ -207,6 +207,10 @@ struct Pair {
     new: Option<DirRef>,
     path: Vec<u8>,
     old_path: Vec<u8>,
+    /// This directory and every ancestor (NEW side) are older than `changed_since`: nothing
+    /// was renamed into this place since the last run, so its entries' own ctimes can be
+    /// trusted.
+    trusted: bool,
 }
 
 /// Created or deleted directory not listed yet (rename mode lists them only when needed).
@@ -262,6 +266,9 @@ struct Ctx<'a> {
     /// Inodes already paired as renames: their halves seen again (when the directories around
     /// them are compared) are not new candidates.
     matched: Mutex<HashSet<InodeKey>>,
+    /// OLD and NEW are versions of one tree (rename mode, and the roots are one inode, as
+    /// subvolume snapshots are): another inode at a path means the entry was replaced.
+    versions: std::sync::atomic::AtomicBool,
 }
 
 /// What one walker thread found.
@@ -303,6 +310,7 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
         compared: AtomicU64::new(0),
         dirs: AtomicU64::new(0),
         matched: Mutex::new(HashSet::new()),
+        versions: std::sync::atomic::AtomicBool::new(false),
     };
     let mut diff = Diff::default();
 
@@ -323,6 +331,8 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
         Ok(Meta::from_statx(&stx))
     };
     let (om, nm) = (root_meta(&old_fd, old_root)?, root_meta(&new_fd, new_root)?);
+    ctx.versions
+        .store(opts.renames && om.ino == nm.ino, Ordering::Relaxed);
     let mut found = Found::default();
     {
         let mut w = Walker::new(&ctx)?;
@@ -336,6 +346,7 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
         new: Some(DirRef::Open(new_fd.clone())),
         path: Vec::new(),
         old_path: Vec::new(),
+        trusted: opts.changed_since.is_some_and(|t| ts_before(&nm.ctime, &t)),
     });
 
     let mut unlisted: Vec<Unlisted> = Vec::new();
@@ -488,6 +499,8 @@ struct Walker<'a> {
     found: Found,
     /// The pair being walked lists a created or deleted directory (one side absent).
     listing: bool,
+    /// The pair being walked is `Pair::trusted` (the root's entry: its own ctime decides).
+    dir_trusted: bool,
     dirent: Vec<MaybeUninit<u8>>,
     cmp_bufs: Option<(Vec<u8>, Vec<u8>)>,
     batch: Vec<ring::Completion>,
@@ -497,6 +510,9 @@ struct Name {
     name: CString,
     in_old: bool,
     in_new: bool,
+    /// A statx failed (other than the entry being gone): nothing is said about this name, so
+    /// a mirror neither deletes nor rewrites it.
+    failed: bool,
     old: Option<Meta>,
     new: Option<Meta>,
 }
@@ -513,6 +529,7 @@ impl<'a> Walker<'a> {
             ring: ring::build(ctx.opts.engine, cfg)?,
             found: Found::default(),
             listing: false,
+            dir_trusted: true,
             dirent: vec![MaybeUninit::uninit(); DIRENT_BUF_BYTES],
             cmp_bufs: None,
             batch: Vec::new(),
@@ -582,6 +599,7 @@ impl<'a> Walker<'a> {
         };
         ctx.dirs.fetch_add(1, Ordering::Relaxed);
         self.listing = ctx.opts.renames && (old_fd.is_none() || new_fd.is_none());
+        self.dir_trusted = pair.trusted;
         let mut old_names = match &old_fd {
             Some(fd) => match self.list(fd) {
                 Ok(n) => n,
@@ -662,8 +680,11 @@ impl<'a> Walker<'a> {
                             (self.ctx.old_root, &pair.old_path)
                         };
                         let name = names[i].name.as_bytes();
-                        // An entry gone between getdents and statx is simply absent.
                         if e != Errno::NOENT {
+                            names[i].failed = true;
+                            self.report("statx", root, &join(base, name), e);
+                        } else if is_new {
+                            // Gone from the source since the listing: absent (and said so).
                             self.report("statx", root, &join(base, name), e);
                         }
                     }
@@ -677,6 +698,9 @@ impl<'a> Walker<'a> {
 
     fn entry(&mut self, pair: &Pair, old_fd: &Option<Arc<OwnedFd>>, new_fd: &Option<Arc<OwnedFd>>, n: Name) {
         let opts = self.ctx.opts;
+        if n.failed {
+            return;
+        }
         let path = join(&pair.path, n.name.as_bytes());
         let old_path = join(&pair.old_path, n.name.as_bytes());
         let mut new = n.new;
@@ -735,11 +759,13 @@ impl<'a> Walker<'a> {
                     self.found.changes.push(c);
                 }
                 if nm.file_type() == FileType::Directory {
+                    let trusted = self.dir_trusted && self.ctime_trusted(&nm);
                     self.ctx.queue.push(Pair {
                         old: Some(DirRef::Child(ofd.clone(), n.name.clone())),
                         new: Some(DirRef::Child(nfd.clone(), n.name)),
                         path,
                         old_path,
+                        trusted,
                     });
                 } else if om.nlink > 1 || nm.nlink > 1 {
                     self.link_entry(&path, Some(&om), &nm);
@@ -760,6 +786,14 @@ impl<'a> Walker<'a> {
         } else {
             self.found.links.push(e);
         }
+    }
+
+    /// Whether an entry's ctime predates the last clean run (see `WalkOpts::changed_since`).
+    fn ctime_trusted(&self, m: &Meta) -> bool {
+        self.ctx
+            .opts
+            .changed_since
+            .is_some_and(|t| ts_before(&m.ctime, &t))
     }
 
     /// Whether this created or deleted entry is the half of a rename already paired.
@@ -803,6 +837,7 @@ impl<'a> Walker<'a> {
             new: new.map(|(fd, name)| DirRef::Child(fd.clone(), name.clone())),
             path: c.path.clone(),
             old_path: c.old_path.clone(),
+            trusted: false,
         };
         if opts.renames {
             self.found.unlisted.push((c, pair, self.listing));
@@ -828,6 +863,13 @@ impl<'a> Walker<'a> {
         if opts.renames && same_inode(om, nm) && om.ctime == nm.ctime {
             return None;
         }
+        // Not re-read when this entry and every directory above it predate the last clean
+        // run: nothing was renamed into this place since (a renamed directory gets a new
+        // ctime, its entries keep theirs).
+        let trusted = self.dir_trusted && self.ctime_trusted(nm);
+        // Another inode at this path of a snapshot (replaced, or renamed over): its content
+        // cannot be assumed from size and mtime.
+        let replaced = self.ctx.versions.load(Ordering::Relaxed) && !same_inode(om, nm);
         let change = |kind, attrs| {
             Some(Change {
                 kind,
@@ -843,12 +885,11 @@ impl<'a> Walker<'a> {
             FileType::RegularFile if opts.checksum => {
                 om.size != nm.size || self.content_differs(old_dir, new_dir, old_name, new_name, path)
             }
-            FileType::RegularFile => om.size != nm.size || om.mtime != nm.mtime,
+            FileType::RegularFile => om.size != nm.size || om.mtime != nm.mtime || replaced,
             FileType::Symlink => {
                 // Targets are read (which bumps both atimes under relatime) unless the source
                 // link predates the last clean run: a re-pointed link is a new link, with a
                 // new ctime.
-                let trusted = opts.changed_since.is_some_and(|t| ts_before(&nm.ctime, &t));
                 om.size != nm.size
                     || ((om.mtime != nm.mtime || opts.checksum || !trusted) && {
                         let a = rustix::fs::readlinkat(old_dir, old_name, Vec::new());
@@ -885,7 +926,7 @@ impl<'a> Walker<'a> {
         if om.atime != nm.atime {
             bits |= attr::ATIME;
         }
-        if opts.changed_since.is_none_or(|t| !ts_before(&nm.ctime, &t)) {
+        if !trusted {
             let a = meta::xattrs_at(meta::fd(old_dir), old_name, opts.preserve);
             let b = meta::xattrs_at(meta::fd(new_dir), new_name, opts.preserve);
             match (a, b) {
@@ -1006,6 +1047,7 @@ fn merge_names(old: Vec<CString>, new: Vec<CString>) -> Vec<Name> {
             name,
             in_old,
             in_new,
+            failed: false,
             old: None,
             new: None,
         });
@@ -1133,6 +1175,7 @@ fn match_renames(
                 new: Some(DirRef::Child(npfd, nname)),
                 path,
                 old_path,
+                trusted: false,
             });
         }
     }

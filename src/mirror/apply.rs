@@ -54,6 +54,22 @@ pub fn remove_tree(dir: &OwnedFd, name: &CStr, is_root: bool) -> Result<(), Errn
     }
 }
 
+/// Run `op` on directory `dir`; if that is refused for want of write permission there and we
+/// are not root (a read-only directory of the source, mirrored), make it writable for the
+/// owner, retry, and put its mode back (the plan sets its final attributes afterwards).
+fn writable<T>(dir: &OwnedFd, is_root: bool, op: impl Fn() -> Result<T, Errno>) -> Result<T, Errno> {
+    match op() {
+        Err(Errno::ACCESS) if !is_root => {
+            let mode = rustix::fs::fstat(dir)?.st_mode & 0o7777;
+            rustix::fs::fchmod(dir, Mode::from_raw_mode(mode | 0o700))?;
+            let r = op();
+            let _ = rustix::fs::fchmod(dir, Mode::from_raw_mode(mode));
+            r
+        }
+        r => r,
+    }
+}
+
 /// Parent directory of `rel` below the root, and the last name.
 fn parent_of(root: &OwnedFd, rel: &[u8]) -> Result<(OwnedFd, CString), Errno> {
     let (parent, name) = split(rel);
@@ -95,19 +111,18 @@ pub fn run_steps(root: &OwnedFd, dst: &Path, staging: &[u8], steps: &[Step], err
             Step::Stage { from, k } => {
                 let res = parent_of(root, from).and_then(|(pfd, name)| {
                     let sfd = stage_fd.as_ref().expect("staging open");
-                    rustix::fs::renameat(
-                        &pfd,
-                        name.as_c_str(),
-                        sfd,
-                        cname(k.to_string().as_bytes()).as_c_str(),
-                    )
+                    let to = cname(k.to_string().as_bytes());
+                    writable(&pfd, is_root, || {
+                        rustix::fs::renameat(&pfd, name.as_c_str(), sfd, to.as_c_str())
+                    })
                 });
                 if let Err(e) = res {
                     fail("rename", from, e);
                 }
             }
             Step::Remove(rel) => {
-                let res = parent_of(root, rel).and_then(|(pfd, name)| remove_tree(&pfd, &name, is_root));
+                let res = parent_of(root, rel)
+                    .and_then(|(pfd, name)| writable(&pfd, is_root, || remove_tree(&pfd, &name, is_root)));
                 match res {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => fail("remove", rel, e),
@@ -115,14 +130,16 @@ pub fn run_steps(root: &OwnedFd, dst: &Path, staging: &[u8], steps: &[Step], err
             }
             Step::Mkdir(rel) => {
                 let res = parent_of(root, rel).and_then(|(pfd, name)| {
-                    match rustix::fs::mkdirat(&pfd, name.as_c_str(), Mode::from_raw_mode(0o700)) {
-                        Err(Errno::EXIST) => {
-                            // Whatever is there is not in the source at this path.
-                            remove_tree(&pfd, &name, is_root)?;
-                            rustix::fs::mkdirat(&pfd, name.as_c_str(), Mode::from_raw_mode(0o700))
+                    writable(&pfd, is_root, || {
+                        match rustix::fs::mkdirat(&pfd, name.as_c_str(), Mode::from_raw_mode(0o700)) {
+                            Err(Errno::EXIST) => {
+                                // Whatever is there is not in the source at this path.
+                                remove_tree(&pfd, &name, is_root)?;
+                                rustix::fs::mkdirat(&pfd, name.as_c_str(), Mode::from_raw_mode(0o700))
+                            }
+                            r => r,
                         }
-                        r => r,
-                    }
+                    })
                 });
                 if let Err(e) = res {
                     fail("mkdir", rel, e);
@@ -132,13 +149,15 @@ pub fn run_steps(root: &OwnedFd, dst: &Path, staging: &[u8], steps: &[Step], err
                 let sfd = stage_fd.as_ref().expect("staging open");
                 let from = cname(k.to_string().as_bytes());
                 let res = parent_of(root, to).and_then(|(pfd, name)| {
-                    match rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str()) {
-                        Err(Errno::EXIST | Errno::NOTEMPTY | Errno::ISDIR | Errno::NOTDIR) => {
-                            remove_tree(&pfd, &name, is_root)?;
-                            rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str())
+                    writable(&pfd, is_root, || {
+                        match rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str()) {
+                            Err(Errno::EXIST | Errno::NOTEMPTY | Errno::ISDIR | Errno::NOTDIR) => {
+                                remove_tree(&pfd, &name, is_root)?;
+                                rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str())
+                            }
+                            r => r,
                         }
-                        r => r,
-                    }
+                    })
                 });
                 if let Err(e) = res {
                     fail("rename", &staged(*k), e);

@@ -139,10 +139,19 @@ impl Guard {
     /// The record, if any. One that cannot be parsed reads as dirty (trust nothing).
     pub fn read(&self) -> Result<Option<Record>, String> {
         let mut buf = vec![0u8; 4096];
-        let raw = match rustix::fs::fgetxattr(&self.root, meta::RECORD_XATTR, &mut buf[..]) {
+        let mut got = rustix::fs::fgetxattr(&self.root, meta::RECORD_XATTR, &mut buf[..]);
+        if got == Err(Errno::RANGE) {
+            // Longer than usual (a long source path): ask for the size, then read it.
+            let mut none = [0u8; 0];
+            let len = rustix::fs::fgetxattr(&self.root, meta::RECORD_XATTR, &mut none[..])
+                .map_err(|e| format!("read the mirror record of {}: {e}", self.dst.display()))?;
+            buf.resize(len, 0);
+            got = rustix::fs::fgetxattr(&self.root, meta::RECORD_XATTR, &mut buf[..]);
+        }
+        let raw = match got {
             Ok(n) => Some(buf[..n].to_vec()),
             Err(Errno::NODATA) => None,
-            Err(Errno::NOTSUP) | Err(Errno::RANGE) => match &self.side_file {
+            Err(Errno::NOTSUP) => match &self.side_file {
                 Some(p) => match std::fs::read(p) {
                     Ok(b) => Some(b),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -183,9 +192,21 @@ impl Guard {
         let mut tmp = p.clone().into_os_string().into_vec();
         tmp.extend_from_slice(format!(".{}.tmp", std::process::id()).as_bytes());
         let tmp = PathBuf::from(OsString::from_vec(tmp));
-        let res = std::fs::write(&tmp, &v)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, p));
+        let _ = std::fs::remove_file(&tmp);
+        // A fresh file (never through a symlink planted at the temporary name), then renamed.
+        let res = (|| {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(&v)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, p)
+        })();
         res.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             format!("write {}: {e}", p.display())
