@@ -547,9 +547,20 @@ fn mirror_symlink_retarget_same_length_same_mtime() {
     )
     .unwrap();
     mutator::fix_atimes(&src, 1).unwrap();
+    // Size and mtime equal: like a file, only --checksum reads the targets (docs/mirror.md).
     let out = mirror_ok(&["--dry-run"], &src, &dst, "--dry-run");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "M\tl"),
+        "without --checksum a same-size same-mtime link is trusted, like a file"
+    );
+    let out = mirror_ok(&["--dry-run", "--checksum"], &src, &dst, "--dry-run --checksum");
     let listed = String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "M\tl");
-    mirror_ok(&["--quiet"], &src, &dst, "mirror after re-pointing the symlink");
+    mirror_ok(
+        &["--quiet", "--checksum"],
+        &src,
+        &dst,
+        "mirror --checksum after re-pointing the symlink",
+    );
     assert_eq!(
         std::fs::read_link(dst.join("l")).unwrap(),
         PathBuf::from("target-2"),
@@ -1140,7 +1151,9 @@ fn mirror_sigkill_leaves_old_or_new_versions_and_rerun_converges() {
         })
         .collect();
     for b in &bigs {
-        let n = rng.gen_range(3usize << 20..6 << 20);
+        // Big enough (about 64 MiB a round) that a round's mirror outlasts process start-up
+        // noise, so the kills below land mid-run.
+        let n = rng.gen_range(6usize << 20..10 << 20);
         std::fs::write(bpath(&src, b), random_data(&mut rng, n)).unwrap();
     }
     mutator::fix_atimes(&src, seed).unwrap();
@@ -1163,7 +1176,9 @@ fn mirror_sigkill_leaves_old_or_new_versions_and_rerun_converges() {
     let mut plans: Vec<(&str, Vec<u64>)> = vec![("uring", vec![0]), ("sync", vec![1])];
     for i in 0..6 {
         let engine = if i % 2 == 0 { "uring" } else { "sync" };
-        plans.push((engine, vec![mid(&mut rng)]));
+        // Three kills per round: the window in which some files are new and others old (or
+        // temporaries exist) is only the copy phase of a run.
+        plans.push((engine, vec![mid(&mut rng), mid(&mut rng), mid(&mut rng)]));
     }
     plans.push(("uring", vec![mid(&mut rng), mid(&mut rng)]));
     plans.push(("sync", vec![t_ms * 9 / 10, 1]));
@@ -1718,7 +1733,8 @@ fn mirror_record_shortcut_survives_a_directory_swap() {
     let t = tmp.path();
     sh(
         "mkdir -p src/x src/y; ln -s aaaa src/x/l; ln -s bbbb src/y/l; \
-         touch -h -d @1700000000 src/x/l src/y/l; echo 1 > src/x/f; echo 1 > src/y/f; \
+         touch -h -d @1700000000 src/x/l; touch -h -d @1700000001 src/y/l; \
+         echo 1 > src/x/f; echo 1 > src/y/f; \
          touch -d @1700000000 src/x/f src/y/f; \
          setfattr -n user.k -v one src/x/f; setfattr -n user.k -v two src/y/f",
         t,

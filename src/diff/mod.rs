@@ -887,11 +887,13 @@ impl<'a> Walker<'a> {
             }
             FileType::RegularFile => om.size != nm.size || om.mtime != nm.mtime || replaced,
             FileType::Symlink => {
-                // Targets are read (which bumps both atimes under relatime) unless the source
-                // link predates the last clean run: a re-pointed link is a new link, with a
-                // new ctime.
+                // The file rule: equal size and mtime are trusted unless --checksum. Reading a
+                // target bumps the link's atime under relatime (no O_NOATIME for readlink),
+                // on both sides at different moments, so reading every link would make every
+                // run fix the atimes it just disturbed. A re-pointed link is a new link with a
+                // new mtime unless someone set it back by hand.
                 om.size != nm.size
-                    || ((om.mtime != nm.mtime || opts.checksum || !trusted) && {
+                    || ((om.mtime != nm.mtime || opts.checksum) && {
                         let a = rustix::fs::readlinkat(old_dir, old_name, Vec::new());
                         let b = rustix::fs::readlinkat(new_dir, new_name, Vec::new());
                         match (a, b) {
