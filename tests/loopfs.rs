@@ -6,103 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::mount::{mount_or_skip, LoopFs};
 use common::*;
-
-/// A loop-mounted filesystem image in a scratch directory. Unmounted on drop,
-/// also when the test panics.
-struct LoopFs {
-    mnt: PathBuf,
-    fstype: &'static str,
-    // Dropped after `Drop::drop` has unmounted.
-    _tmp: tempfile::TempDir,
-}
-
-impl LoopFs {
-    /// Make and mount a fresh filesystem; `Err` is the reason to skip.
-    fn new(fstype: &'static str, size_mib: u64) -> Result<LoopFs, String> {
-        if !is_root() {
-            return Err(format!("{fstype} loop mount needs root"));
-        }
-        let mkfs = format!("mkfs.{fstype}");
-        if !have_tool(&mkfs) {
-            return Err(format!("{mkfs} not installed"));
-        }
-        if !have_tool("mount") || !have_tool("umount") {
-            return Err("mount/umount not installed".into());
-        }
-        if !Path::new("/dev/loop-control").exists() {
-            return Err("/dev/loop-control missing (no loop device support)".into());
-        }
-        let tmp = scratch(&format!("loop-{fstype}"));
-        let img = tmp.path().join("fs.img");
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir mnt: {e}"))?;
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(size_mib << 20))
-            .map_err(|e| format!("create image: {e}"))?;
-        let force = if fstype == "ext4" { "-F" } else { "-f" };
-        let out = Command::new(&mkfs)
-            .args(["-q", force])
-            .arg(&img)
-            .output()
-            .map_err(|e| format!("run {mkfs}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{mkfs} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let out = Command::new("mount")
-            .args(["-t", fstype, "-o", "loop"])
-            .arg(&img)
-            .arg(&mnt)
-            .output()
-            .map_err(|e| format!("run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -o loop ({fstype}) failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(LoopFs {
-            mnt,
-            fstype,
-            _tmp: tmp,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.mnt
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.mnt)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("umount {} failed; trying lazy unmount", self.mnt.display());
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-    }
-}
-
-/// Mount or skip (fail under CI).
-fn mount_or_skip(fstype: &'static str, size_mib: u64) -> Option<LoopFs> {
-    match LoopFs::new(fstype, size_mib) {
-        Ok(fs) => Some(fs),
-        Err(reason) => {
-            skip_or_fail(&reason);
-            None
-        }
-    }
-}
 
 fn loop_tree_opts() -> GenOpts {
     GenOpts {

@@ -1,6 +1,5 @@
-//! Loop-mounted filesystems for tests (root only). Same guard as the one in
-//! `tests/loopfs.rs` (which keeps its own copy), plus btrfs subvolume and
-//! snapshot helpers and read-only remounts.
+//! Loop-mounted filesystems for tests (root only): the guard, plus btrfs
+//! subvolume and snapshot helpers and read-only remounts.
 //!
 //! A missing prerequisite (not root, mkfs.* missing, no loop devices, mount
 //! refused) is returned as `Err(reason)`; [`mount_or_skip`] turns that into
