@@ -214,22 +214,8 @@ log "tool versions:"
 cat "$VERSIONS" >&2
 
 # ---------------------------------------------------------------- 2. datasets
-# Same cache and stamps as bench-copy.sh.
-GEN_SHA=$(sha256sum "$TOOLS_DIR/gen-dataset.py" | cut -c1-16)
-ensure_dataset() {
-    local kind=$1 dir="$DATA/$1" stamp="$DATA/$1.stamp" want
-    want="kind=$kind scale=$SCALE seed=$SEED generator=$GEN_SHA"
-    if [[ -f "$stamp" && -d "$dir" && "$(cat "$stamp")" == "$want" ]]; then
-        log "dataset $kind: cached ($dir)"
-        return
-    fi
-    log "dataset $kind: generating in $dir ($want)"
-    if [[ -e "$dir" || -e "$dir.tmp" ]]; then mass_delete "$dir" "$dir.tmp"; fi
-    rm -f "$stamp"
-    python3 "$TOOLS_DIR/gen-dataset.py" "$kind" "$dir" --scale "$SCALE" --seed "$SEED" ||
-        die "generating dataset $kind failed"
-    echo "$want" >"$stamp"
-}
+# shellcheck source=tools/bench-datasets.sh
+source "$TOOLS_DIR/bench-datasets.sh"
 declare -A SCEN_DS=([change]=$CHANGE_DATASET [nochange]=$NOCHANGE_DATASET)
 for s in "${SCENARIO_LIST[@]}"; do ensure_dataset "${SCEN_DS[$s]}"; done
 
