@@ -133,6 +133,11 @@ pub struct DataArgs {
     /// Durability: none; fsync each file; or one syncfs of the target at the end.
     #[arg(long, value_enum, default_value_t = FsyncArg::End)]
     pub fsync: FsyncArg,
+    /// Limit file data copied to RATE bytes per second, all workers together (K/M/G suffixes
+    /// are powers of 1024: 50M = 50 MiB/s). Smooth: no 100 ms window goes much above RATE.
+    /// Reflinked files move no data and are not limited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -197,6 +202,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is too large"));
     }
     Ok(bytes as u64)
+}
+
+/// `--bwlimit RATE`: a size per second, at least 1 KiB/s.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let s = s.strip_suffix("/s").unwrap_or(s);
+    let v = parse_size(s).map_err(|e| format!("{e}; RATE is bytes per second, e.g. 50M"))?;
+    if v < 1024 {
+        return Err(format!(
+            "--bwlimit {s} is below the smallest rate, 1K (bytes per second)"
+        ));
+    }
+    Ok(v)
 }
 
 fn threads(t: Option<usize>) -> Result<usize, String> {
@@ -291,6 +309,7 @@ impl DataArgs {
             progress: !self.quiet,
             quiet: self.quiet,
             atomic: false,
+            bwlimit: self.bwlimit,
         })
     }
 }
@@ -312,5 +331,16 @@ mod tests {
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        use super::parse_rate;
+        assert_eq!(parse_rate("50M"), Ok(50 << 20));
+        assert_eq!(parse_rate("50M/s"), Ok(50 << 20));
+        assert_eq!(parse_rate("1.5K"), Ok(1536));
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }

@@ -54,6 +54,8 @@ pub struct CopyConfig {
     /// Write every file under a temporary name and rename it into place, even where nothing
     /// is in the way (mirror: a reader never sees a half-written file under a final name).
     pub atomic: bool,
+    /// `--bwlimit`: file data copied per second, all workers together (None: unlimited).
+    pub bwlimit: Option<u64>,
 }
 
 /// Default `--memory`. The pool is registered with the rings, which pins (faults in) every page:

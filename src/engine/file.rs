@@ -373,7 +373,11 @@ impl CopyTask {
                 break;
             };
             let seg_end = self.ctx.as_ref().expect("ctx").segments[self.seg].1.min(self.end);
-            let len = (seg_end - offset).min(CFR_PIECE_BYTES);
+            let mut len = (seg_end - offset).min(CFR_PIECE_BYTES);
+            if let Some(limit) = &w.shared.limiter {
+                len = len.min(limit.op_bytes());
+                limit.take(len);
+            }
             let (mut off_in, mut off_out) = (offset, offset);
             let res = rustix::fs::copy_file_range(
                 &*src,
@@ -422,9 +426,12 @@ impl CopyTask {
         }
         let mut blocked = false;
         while self.failed.is_none() && self.in_flight < OPS_PER_FILE_MAX {
-            let Some((offset, len)) = self.next_piece() else {
+            let Some((offset, mut len)) = self.next_piece() else {
                 break;
             };
+            if let Some(limit) = &w.shared.limiter {
+                len = len.min(limit.op_bytes());
+            }
             if w.soft_room() == 0 {
                 blocked = true;
                 break;
@@ -435,6 +442,10 @@ impl CopyTask {
                 break;
             };
             let len = len.min(lease.len() as u64) as u32;
+            if let Some(limit) = &w.shared.limiter {
+                // Sleeping here holds up only this worker; its ops in flight carry on.
+                limit.take(len as u64);
+            }
             let src = self.src.clone().expect("open");
             w.ring
                 .push(super::token(slot, SUB_DATA), Op::read(src, lease, offset, len));

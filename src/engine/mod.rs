@@ -215,6 +215,8 @@ pub struct Shared {
     is_root: bool,
     /// Owner of entries this process creates.
     euid: u32,
+    /// `--bwlimit`: every data read (ring or copy_file_range) takes its bytes from here first.
+    limiter: Option<crate::bwlimit::Bucket>,
 }
 
 impl Shared {
@@ -446,6 +448,7 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
         tmp_seq: AtomicU64::new(0),
         is_root,
         euid: rustix::process::geteuid().as_raw(),
+        limiter: cfg.bwlimit.map(crate::bwlimit::Bucket::new),
         cfg: cfg.clone(),
     });
     let root = Arc::new(DirNode {
