@@ -96,3 +96,102 @@ pub struct MirrorConfig {
     pub checksum: bool,
     pub json: bool,
 }
+
+/// A copy path `ringsync bench` can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BenchPath {
+    /// io_uring READV/WRITEV (each op gathered from several iovecs), buffered.
+    UringVec,
+    /// io_uring READ_FIXED/WRITE_FIXED from a registered pool, buffered.
+    UringFixed,
+    /// io_uring with fixed buffers on files opened O_DIRECT.
+    UringDirect,
+    /// pread/pwrite, one op at a time per thread.
+    Psync,
+    /// copy_file_range (in-kernel copy).
+    Cfr,
+    /// splice through a pipe.
+    Splice,
+    /// FICLONE: shares extents, copies no data.
+    Reflink,
+}
+
+impl BenchPath {
+    pub const ALL: [BenchPath; 7] = [
+        BenchPath::UringVec,
+        BenchPath::UringFixed,
+        BenchPath::UringDirect,
+        BenchPath::Psync,
+        BenchPath::Cfr,
+        BenchPath::Splice,
+        BenchPath::Reflink,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchPath::UringVec => "uring-vec",
+            BenchPath::UringFixed => "uring-fixed",
+            BenchPath::UringDirect => "uring-direct",
+            BenchPath::Psync => "psync",
+            BenchPath::Cfr => "cfr",
+            BenchPath::Splice => "splice",
+            BenchPath::Reflink => "reflink",
+        }
+    }
+
+    /// Only the io_uring paths keep more than one op in flight per thread.
+    pub fn has_qd(self) -> bool {
+        matches!(
+            self,
+            BenchPath::UringVec | BenchPath::UringFixed | BenchPath::UringDirect
+        )
+    }
+
+    /// In-kernel paths move data file to file: they have no read-only or write-only mode.
+    pub fn copy_only(self) -> bool {
+        matches!(self, BenchPath::Cfr | BenchPath::Splice | BenchPath::Reflink)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BenchMode {
+    Read,
+    Write,
+    Copy,
+}
+
+impl BenchMode {
+    pub const ALL: [BenchMode; 3] = [BenchMode::Read, BenchMode::Write, BenchMode::Copy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchMode::Read => "read",
+            BenchMode::Write => "write",
+            BenchMode::Copy => "copy",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Where the test directory is made (None: the current directory).
+    pub dir: Option<PathBuf>,
+    /// Bytes per test file (one source and one target file per thread).
+    pub size: u64,
+    pub keep: bool,
+    pub paths: Vec<BenchPath>,
+    pub modes: Vec<BenchMode>,
+    pub block_sizes: Vec<u64>,
+    pub qds: Vec<u32>,
+    pub threads: Vec<u32>,
+    /// Measured time per combination, after the warm-up.
+    pub runtime: std::time::Duration,
+    pub warmup: std::time::Duration,
+    /// Cap on the data buffers of one combination (qd × block size × threads).
+    pub memory_bytes: u64,
+    /// Start every pass over the files with their pages dropped from the cache.
+    pub cold: bool,
+    pub json: bool,
+    pub plot: Option<PathBuf>,
+    pub quiet: bool,
+}

@@ -24,6 +24,10 @@ fn main() {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::mirror::mirror(&cfg)
         }
+        Command::Bench(args) => {
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            ringsync::bench::bench(&cfg)
+        }
         Command::Diff(args) => {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::mirror::diff(&cfg)

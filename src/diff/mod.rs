@@ -523,6 +523,7 @@ impl<'a> Walker<'a> {
             sq_entries: STATX_IN_FLIGHT_MAX as u32,
             pool_units: 1,
             pool_unit_bytes: 4096,
+            buffers: crate::ring::Buffers::Fixed,
         };
         Ok(Walker {
             ctx,

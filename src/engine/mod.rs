@@ -469,6 +469,7 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
         sq_entries: SQ_ENTRIES,
         pool_units: (units_total / threads).max(1),
         pool_unit_bytes: POOL_UNIT_BYTES,
+        buffers: crate::ring::Buffers::Fixed,
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(threads);

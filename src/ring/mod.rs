@@ -193,6 +193,23 @@ pub enum EngineKind {
     Sync,
 }
 
+/// How the io_uring backend hands data buffers to the kernel (the sync backend ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Buffers {
+    /// Register the pool and use READ_FIXED/WRITE_FIXED; plain READ/WRITE where registration
+    /// is refused (RLIMIT_MEMLOCK).
+    #[default]
+    Fixed,
+    /// Plain READ/WRITE: the kernel maps the user pages on every op.
+    Plain,
+    /// READV/WRITEV, each transfer gathered from [`IOV_PIECES`] equal iovecs (at least 4 KiB
+    /// each): the path for ops spanning several buffers.
+    Vectored,
+}
+
+/// iovecs per op under [`Buffers::Vectored`].
+pub const IOV_PIECES: usize = 4;
+
 /// Sizing shared by both backends.
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
@@ -200,6 +217,7 @@ pub struct RingConfig {
     pub sq_entries: u32,
     pub pool_units: usize,
     pub pool_unit_bytes: usize,
+    pub buffers: Buffers,
 }
 
 /// Why io_uring could not be set up, for the one-line fallback notice.
@@ -212,7 +230,7 @@ pub fn probe_uring() -> Result<(), std::io::Error> {
 pub fn build(kind: EngineKind, cfg: RingConfig) -> std::io::Result<Box<dyn Backend>> {
     let pool = Pool::new(cfg.pool_units, cfg.pool_unit_bytes);
     match kind {
-        EngineKind::Uring => Ok(Box::new(uring::Uring::new(cfg.sq_entries, pool)?)),
+        EngineKind::Uring => Ok(Box::new(uring::Uring::new(cfg.sq_entries, pool, cfg.buffers)?)),
         EngineKind::Sync => Ok(Box::new(sync::Sync::new(pool))),
     }
 }

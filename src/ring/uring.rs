@@ -15,13 +15,28 @@ use std::time::Instant;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::io::Errno;
 
-use super::{raw, Backend, Completion, Op, Pool, Token};
+use super::{raw, Backend, Buffers, Completion, Op, Pool, Token, IOV_PIECES};
 
 struct Slot {
     token: Token,
     op: Op,
     start: Instant,
+    /// The iovecs of a vectored transfer: they must stay put until the op completes, so they
+    /// live in the slot (the slot table is never reallocated).
+    iov: Iovecs,
 }
+
+/// The iovec array of one slot.
+struct Iovecs([libc::iovec; IOV_PIECES]);
+
+// SAFETY: the pointers inside point into the pool of the same `Uring`, which owns that memory
+// and moves to another thread together with the slots; nothing is shared between threads.
+unsafe impl Send for Iovecs {}
+
+const NO_IOV: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
 
 pub struct Uring {
     // Field order matters for drop: the ring (and with it every kernel reference to op memory)
@@ -33,13 +48,14 @@ pub struct Uring {
     /// This worker's buffers, registered with the ring as one fixed buffer when `fixed`.
     pool: Pool,
     fixed: bool,
+    vectored: bool,
     setup: &'static str,
     /// Slots to resubmit after a reap (short transfers, EINTR/EAGAIN); kept to avoid allocating.
     again: Vec<u32>,
 }
 
 impl Uring {
-    pub fn new(sq_entries: u32, pool: Pool) -> std::io::Result<Uring> {
+    pub fn new(sq_entries: u32, pool: Pool, buffers: Buffers) -> std::io::Result<Uring> {
         let (ring, setup) = build_ring(sq_entries)?;
         // Enough slots that every SQE and every CQE can be accounted for at once.
         let slot_count = ring.params().cq_entries() as usize;
@@ -50,7 +66,7 @@ impl Uring {
         // SAFETY: the iovec covers the pool's allocation exactly; the pool outlives the ring (it is
         // a later field of `Uring` and the Drop impl drains all ops before anything is freed), so
         // the registered memory stays valid for as long as the kernel may use it.
-        let fixed = unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
+        let fixed = buffers == Buffers::Fixed && unsafe { ring.submitter().register_buffers(&[iov]) }.is_ok();
         Ok(Uring {
             ring,
             slots: (0..slot_count).map(|_| None).collect(),
@@ -58,6 +74,7 @@ impl Uring {
             in_flight: 0,
             pool,
             fixed,
+            vectored: buffers == Buffers::Vectored,
             setup,
             again: Vec::with_capacity(slot_count),
         })
@@ -65,8 +82,8 @@ impl Uring {
 
     /// Build the SQE for the op in `slot`. Pointers refer to heap memory owned by the op (CString,
     /// Box<Statx>) or to the pool, so they stay valid while the op sits in the slot table.
-    fn sqe(&self, slot: u32) -> squeue::Entry {
-        let s = self.slots[slot as usize].as_ref().expect("slot in use");
+    fn sqe(&mut self, slot: u32) -> squeue::Entry {
+        let s = self.slots[slot as usize].as_mut().expect("slot in use");
         let entry = match &s.op {
             Op::OpenAt {
                 dir,
@@ -94,7 +111,12 @@ impl Uring {
                 done,
             } => {
                 let (ptr, n, off) = self.pool.tail(buf, *offset, *len, *done);
-                if self.fixed {
+                if self.vectored {
+                    let count = split_iov(&mut s.iov.0, ptr, n);
+                    opcode::Readv::new(types::Fd(raw(fd)), s.iov.0.as_ptr(), count)
+                        .offset(off)
+                        .build()
+                } else if self.fixed {
                     opcode::ReadFixed::new(types::Fd(raw(fd)), ptr, n, 0)
                         .offset(off)
                         .build()
@@ -110,7 +132,12 @@ impl Uring {
                 done,
             } => {
                 let (ptr, n, off) = self.pool.tail(buf, *offset, *len, *done);
-                if self.fixed {
+                if self.vectored {
+                    let count = split_iov(&mut s.iov.0, ptr, n);
+                    opcode::Writev::new(types::Fd(raw(fd)), s.iov.0.as_ptr(), count)
+                        .offset(off)
+                        .build()
+                } else if self.fixed {
                     opcode::WriteFixed::new(types::Fd(raw(fd)), ptr, n, 0)
                         .offset(off)
                         .build()
@@ -222,6 +249,25 @@ impl Uring {
     }
 }
 
+/// Split `n` bytes at `ptr` into up to `IOV_PIECES` iovecs of at least 4 KiB (the last takes
+/// the remainder); returns how many were used.
+fn split_iov(iov: &mut [libc::iovec; IOV_PIECES], ptr: *mut u8, n: u32) -> u32 {
+    let n = n as usize;
+    let piece = (n / IOV_PIECES).max(4096).div_ceil(4096) * 4096;
+    let mut used = 0;
+    let mut at = 0;
+    while at < n {
+        let len = piece.min(n - at);
+        iov[used] = libc::iovec {
+            iov_base: ptr.wrapping_add(at) as *mut libc::c_void,
+            iov_len: if used == IOV_PIECES - 1 { n - at } else { len },
+        };
+        at += iov[used].iov_len;
+        used += 1;
+    }
+    used as u32
+}
+
 /// Applies one set of setup flags to a ring builder.
 type SetupFn = fn(&mut io_uring::Builder);
 
@@ -251,11 +297,14 @@ fn build_ring(entries: u32) -> std::io::Result<(IoUring, &'static str)> {
 
 impl Backend for Uring {
     fn describe(&self) -> String {
-        format!(
-            "uring ({}, {} buffers)",
-            self.setup,
-            if self.fixed { "fixed" } else { "plain" }
-        )
+        let buffers = if self.vectored {
+            "vectored"
+        } else if self.fixed {
+            "fixed"
+        } else {
+            "plain"
+        };
+        format!("uring ({}, {buffers} buffers)", self.setup)
     }
 
     fn push(&mut self, token: Token, op: Op) {
@@ -267,6 +316,7 @@ impl Backend for Uring {
             token,
             op,
             start: Instant::now(),
+            iov: Iovecs([NO_IOV; IOV_PIECES]),
         });
         self.in_flight += 1;
         self.enqueue(slot);
