@@ -11,6 +11,12 @@
 //! ([`Bucket::op_bytes`] tells data paths how big to make their operations), so any window of
 //! length `w` sees at most `rate * (w + 20 ms)` bytes: at most 1.2× the limit over 100 ms.
 //!
+//! Callers should take tokens for the writes of a copy, right before issuing them: an engine
+//! handles completions in batches, so reads paced smoothly can still turn into bursts of
+//! writes (measured: 100 ms windows at 3.7x the limit when reads were paced). Pacing reads and
+//! writes with two buckets kept the windows but lost 12-28 % of the rate: a worker asleep on
+//! one side cannot feed the other.
+//!
 //! The clock is passed in ([`Clock`]), so the arithmetic is tested with a fake clock without
 //! sleeping. Must not: do I/O, or know what the bytes are.
 

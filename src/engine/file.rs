@@ -442,10 +442,6 @@ impl CopyTask {
                 break;
             };
             let len = len.min(lease.len() as u64) as u32;
-            if let Some(limit) = &w.shared.limiter {
-                // Sleeping here holds up only this worker; its ops in flight carry on.
-                limit.take(len as u64);
-            }
             let src = self.src.clone().expect("open");
             w.ring
                 .push(super::token(slot, SUB_DATA), Op::read(src, lease, offset, len));
@@ -473,8 +469,16 @@ impl CopyTask {
                 match c.result {
                     Ok(n) if n == len => {
                         let dst = self.dst.clone().expect("open");
+                        if let Some(limit) = &w.shared.limiter {
+                            // Sleeping holds up only this worker; its ops in flight carry on.
+                            limit.take(n as u64);
+                        }
                         w.ring
                             .push(super::token(slot, SUB_DATA), Op::write(dst, buf, offset, n));
+                        if w.shared.limiter.is_some() {
+                            // The tokens were granted for now, not for the next submission.
+                            w.ring.submit();
+                        }
                         self.in_flight += 1;
                     }
                     Ok(n) => {

@@ -215,7 +215,9 @@ pub struct Shared {
     is_root: bool,
     /// Owner of entries this process creates.
     euid: u32,
-    /// `--bwlimit`: every data read (ring or copy_file_range) takes its bytes from here first.
+    /// `--bwlimit`: every data write (ring or copy_file_range) takes its bytes from here first
+    /// and is submitted at once after the wait. Reads are paced through the buffers: each one
+    /// needs a buffer that only a finished write frees, and the pool is kept small.
     limiter: Option<crate::bwlimit::Bucket>,
 }
 
@@ -464,7 +466,15 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
     seed(&shared, root);
 
     let progress = ProgressLine::start(counters.clone(), cfg.progress && !cfg.quiet);
-    let units_total = (cfg.memory_bytes as usize / POOL_UNIT_BYTES).max(threads);
+    // Under --bwlimit, buffers bound how far reads run ahead of the paced writes: keep that
+    // lead near 100 ms of rate (at least two buffers per worker) instead of all of --memory.
+    let memory_bytes = match cfg.bwlimit {
+        Some(rate) => cfg
+            .memory_bytes
+            .min((rate / 10).max((2 * threads * POOL_UNIT_BYTES) as u64)),
+        None => cfg.memory_bytes,
+    };
+    let units_total = (memory_bytes as usize / POOL_UNIT_BYTES).max(threads);
     let ring_cfg = RingConfig {
         sq_entries: SQ_ENTRIES,
         pool_units: (units_total / threads).max(1),

@@ -180,6 +180,9 @@ pub trait Backend: Send {
     /// Submit what is queued and wait until at least `min_complete` completions are available
     /// (or none are in flight), appending them to `out`.
     fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> std::io::Result<()>;
+    /// Hand queued ops to the kernel now, without waiting for any (a no-op where push already
+    /// performs the op). Errors are left for the next `wait` to report.
+    fn submit(&mut self);
     /// Ops pushed and not yet returned through `wait`.
     fn in_flight(&self) -> usize;
     /// This worker's data buffers.

@@ -134,6 +134,8 @@ impl Backend for Sync {
         Ok(())
     }
 
+    fn submit(&mut self) {}
+
     fn in_flight(&self) -> usize {
         self.ready.len()
     }

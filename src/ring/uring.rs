@@ -344,6 +344,10 @@ impl Backend for Uring {
         }
     }
 
+    fn submit(&mut self) {
+        let _ = self.ring.submit();
+    }
+
     fn in_flight(&self) -> usize {
         self.in_flight
     }
