@@ -484,6 +484,21 @@ pub fn bench(cfg: &BenchConfig) -> i32 {
 fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
     let work = make_workdir(cfg)?;
     let dir = work.path.clone();
+    // Ctrl-C or SIGTERM must not leave gigabytes of test files behind. The handler runs on its
+    // own thread (ctrlc), so it may remove the directory and exit while workers still run.
+    {
+        let (dir, keep) = (dir.clone(), cfg.keep);
+        let _ = ctrlc::set_handler(move || {
+            if !keep {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            eprintln!(
+                "ringsync bench: interrupted{}",
+                if keep { "" } else { "; test files removed" }
+            );
+            std::process::exit(130);
+        });
+    }
     let fs = rustix::fs::statfs(&dir)
         .map(|s| fs_name(s.f_type as u64))
         .unwrap_or("unknown");
