@@ -55,7 +55,7 @@ with the default cold cache, drops the files' pages (POSIX_FADV_DONTNEED; as roo
 drop_caches before each combination). Paths this filesystem or kernel cannot do are listed as \
 'unsupported here'. Wider sweep: --modes read,write,copy --block-sizes 4K,64K,1M,8M \
 --qd 1,8,32,128 --threads 1,2. Exit status: 0; 1 could not set up; 2 usage; 3 some combination \
-failed.";
+failed; 130 interrupted (the test files are removed unless --keep).";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchPathArg {
@@ -126,6 +126,9 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     pub fn validate(&self) -> Result<BenchConfig, String> {
+        if self.memory < MEMORY_BYTES_MIN {
+            return Err(format!("--memory must be at least {}M", MEMORY_BYTES_MIN >> 20));
+        }
         if self.size < 4096 || self.size % 4096 != 0 {
             return Err("--size must be a multiple of 4K".into());
         }

@@ -22,6 +22,7 @@ pub mod plot;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
@@ -142,13 +143,24 @@ fn make_workdir(cfg: &BenchConfig) -> Result<Workdir, String> {
 }
 
 /// Write `size` bytes of pattern to a new file and make it durable.
-fn lay_out(path: &Path, size: u64, seed: u64) -> Result<(), String> {
-    let ctx = |op: &str, e: &dyn std::fmt::Display| format!("{}: {op}: {e}", path.display());
-    let mut f = std::fs::OpenOptions::new()
+/// Held while a file is created in the bench directory, and by the interrupt handler from the
+/// moment it starts removing the directory until the process exits: no file can appear in the
+/// directory after (or while) it is removed.
+static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn create_in_workdir(path: &Path) -> std::io::Result<std::fs::File> {
+    let _g = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
-        .map_err(|e| ctx("create", &e))?;
+}
+
+fn lay_out(path: &Path, size: u64, seed: u64) -> Result<(), String> {
+    let ctx = |op: &str, e: &dyn std::fmt::Display| format!("{}: {op}: {e}", path.display());
+    let mut f = create_in_workdir(path).map_err(|e| ctx("create", &e))?;
     let mut buf = vec![0u8; 8 << 20];
     let mut left = size;
     let mut chunk = 0u64;
@@ -189,12 +201,7 @@ fn probe(path: BenchPath, dir: &Path, src: &Path, fs: &str) -> Result<(), String
     let probe_file = dir.join("probe");
     let _ = std::fs::remove_file(&probe_file);
     let result = (|| -> Result<(), String> {
-        let dst = rustix::fs::open(
-            &probe_file,
-            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| format!("create probe file: {e}"))?;
+        let dst = create_in_workdir(&probe_file).map_err(|e| format!("create probe file: {e}"))?;
         let s = rustix::fs::open(src, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| format!("open source: {e}"))?;
         match path {
@@ -482,6 +489,13 @@ pub fn bench(cfg: &BenchConfig) -> i32 {
 }
 
 fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
+    // Fail before the sweep, not after it, when the plot cannot be written.
+    let plot_file = match &cfg.plot {
+        Some(p) => {
+            Some(std::fs::File::create(p).map_err(|e| format!("{}: create plot file: {e}", p.display()))?)
+        }
+        None => None,
+    };
     let work = make_workdir(cfg)?;
     let dir = work.path.clone();
     // Ctrl-C or SIGTERM must not leave gigabytes of test files behind. The handler runs on its
@@ -489,13 +503,17 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
     {
         let (dir, keep) = (dir.clone(), cfg.keep);
         let _ = ctrlc::set_handler(move || {
-            if !keep {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            eprintln!(
-                "ringsync bench: interrupted{}",
-                if keep { "" } else { "; test files removed" }
-            );
+            // Never released: nothing may be created from here on.
+            let _g = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+            let what = if keep {
+                format!("; test files kept in {}", dir.display())
+            } else {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => "; test files removed".to_string(),
+                    Err(e) => format!("; could not remove {}: {e}", dir.display()),
+                }
+            };
+            eprintln!("ringsync bench: interrupted{what}");
             std::process::exit(130);
         });
     }
@@ -526,11 +544,11 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
     let table = Table { json: cfg.json };
     if !cfg.json {
         println!(
-            "ringsync bench: {} ({fs}), {} per file, {:.1} s per combination after {:.1} s warm-up",
+            "ringsync bench: {} ({fs}), {} per file, {} s per combination after {} s warm-up",
             dir.display(),
             human_bytes(cfg.size as f64),
-            cfg.runtime.as_secs_f64(),
-            cfg.warmup.as_secs_f64()
+            (cfg.runtime.as_secs_f64() * 1000.0).round() / 1000.0,
+            (cfg.warmup.as_secs_f64() * 1000.0).round() / 1000.0
         );
         println!("cache: {cache}; MB/s = 10^6 bytes/s; copy latency = read submit to write done");
     }
@@ -702,7 +720,9 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
             if cfg.cold { "cold cache" } else { "warm cache" }
         );
         let svg = plot::render_svg(&title, headline.as_deref(), &points)?;
-        std::fs::write(plot_path, svg).map_err(|e| format!("{}: write plot: {e}", plot_path.display()))?;
+        let mut f = plot_file.expect("created with --plot");
+        f.write_all(svg.as_bytes())
+            .map_err(|e| format!("{}: write plot: {e}", plot_path.display()))?;
     }
     if cfg.keep && !cfg.quiet {
         eprintln!("ringsync bench: test files kept in {}", dir.display());

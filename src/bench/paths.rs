@@ -2,10 +2,12 @@
 //! by one thread on its own pair of files until a deadline.
 //!
 //! Every loop goes sequentially through its file in `block`-sized operations and starts a new
-//! pass at the end of the file (the ring loop keeps its queue full across the wrap). A pass ends with `fdatasync` of whatever was written (so page
-//! cache absorption never counts as disk speed) and, in cold mode, with both files' pages
-//! dropped (`POSIX_FADV_DONTNEED`), so the next pass reads from the disk again. The time of
-//! those syncs is inside the measurement.
+//! pass at the end of the file. At every wrap the target is `fdatasync`ed (so page cache
+//! absorption never counts as disk speed) and, in cold mode, both files' pages are dropped
+//! (`POSIX_FADV_DONTNEED`), so the next pass reads from the disk again. The ring loop keeps its
+//! queue full across the wrap, as fio does: the last ops of a pass may still be in flight
+//! during its sync, and the final sync after the deadline covers everything written. The time
+//! of all syncs is inside the measurement.
 //!
 //! Latency is per operation: one read or one write (read/write modes); in copy mode, one block
 //! from the submission of its read to the completion of its write; one copy_file_range call;
