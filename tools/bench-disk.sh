@@ -58,7 +58,7 @@ echo "bench-disk: acceptance run: ringsync ${ACCEPT[*]}" >&2
 echo "bench-disk: sweep: ringsync ${SWEEP[*]}" >&2
 "$RS" "${SWEEP[@]}" >"$BASE.json"
 
-fs=$(stat -f -c %T "$DIR")
+fs=$(findmnt -no FSTYPE -T "$DIR" 2>/dev/null || stat -f -c %T "$DIR")
 dev=$(df --output=source "$DIR" | tail -1)
 {
     echo "# ringsync bench, $(date -u '+%Y-%m-%d %H:%M') UTC"
