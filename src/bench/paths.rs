@@ -92,6 +92,15 @@ fn fail(op: &'static str) -> impl Fn(Errno) -> Failure {
     move |errno| Failure { op, errno }
 }
 
+/// A transfer call that moved nothing on a file of known size: the file shrank or the kernel
+/// misbehaves; either way the path cannot be measured.
+fn progress(n: usize, op: &'static str) -> Result<usize, Failure> {
+    if n == 0 {
+        return Err(Failure { op, errno: Errno::IO });
+    }
+    Ok(n)
+}
+
 /// End of a pass: make written data durable, then (cold) drop both files from the cache.
 fn end_pass(lane: &Lane, spec: &Spec) -> Result<(), Failure> {
     if spec.mode != BenchMode::Read && spec.path != BenchPath::Reflink {
@@ -233,12 +242,7 @@ pub fn cfr_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
         let n =
             rustix::fs::copy_file_range(&*lane.src, Some(&mut off_in), &*lane.dst, Some(&mut off_out), len)
                 .map_err(fail("copy_file_range"))?;
-        if n == 0 {
-            return Err(Failure {
-                op: "copy_file_range",
-                errno: Errno::IO,
-            });
-        }
+        let n = progress(n, "copy_file_range")?;
         let done = Instant::now();
         tally.count(spec, n as u64, done - t, done);
         next += n as u64;
@@ -292,12 +296,7 @@ pub fn splice_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
                 SpliceFlags::MORE,
             )
             .map_err(fail("splice"))?;
-            if n == 0 {
-                return Err(Failure {
-                    op: "splice",
-                    errno: Errno::IO,
-                });
-            }
+            let n = progress(n, "splice")?;
             let mut off_out = next + moved;
             let mut left = n;
             while left > 0 {
@@ -310,12 +309,7 @@ pub fn splice_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
                     SpliceFlags::MORE,
                 )
                 .map_err(fail("splice"))?;
-                if m == 0 {
-                    return Err(Failure {
-                        op: "splice",
-                        errno: Errno::IO,
-                    });
-                }
+                let m = progress(m, "splice")?;
                 left -= m;
             }
             moved += n as u64;
