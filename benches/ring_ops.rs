@@ -21,6 +21,7 @@ fn round(kind: EngineKind, fd: &Arc<OwnedFd>, depth: usize) -> f64 {
         sq_entries: 256,
         pool_units: depth,
         pool_unit_bytes: OP_BYTES as usize,
+        buffers: ringsync::ring::Buffers::Fixed,
     };
     let mut backend = ring::build(kind, cfg).expect("backend");
     let mut done = Vec::<Completion>::with_capacity(512);
