@@ -917,6 +917,66 @@ fn keep_leaves_test_files_of_exact_size_in_cwd() {
     assert_eq!(head("dst.1"), s1, "copy mode: dst.1's first block is not src.1's");
 }
 
+/// Write mode must not write the same data over and over: storage that deduplicates (or a host
+/// that recognises repeated blocks) would report a speed no real copy reaches. After many passes
+/// by every write path and two threads, no 512-byte sector may appear twice in the targets.
+#[test]
+fn write_mode_never_repeats_a_sector() {
+    let tmp = scratch("bench-write-unique");
+    let mut paths = vec!["psync"];
+    if uring_available() {
+        paths.extend(["uring-vec", "uring-fixed"]);
+    } else {
+        eprintln!("SKIPPED (partly): io_uring is disabled here; checking psync only");
+    }
+    let paths = paths.join(",");
+    let args: Vec<OsString> = [
+        "--keep",
+        "--size",
+        "2M",
+        "--paths",
+        &paths,
+        "--modes",
+        "write",
+        "--block-sizes",
+        "64K",
+        "--qd",
+        "1,4",
+        "--threads",
+        "1,2",
+        "--runtime",
+        "0.15",
+        "--warmup",
+        "0",
+        "--json",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let run = bench(&args, Some(tmp.path()));
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let rep = parse_report(&run);
+    let passes: f64 = rep.rows.iter().map(|r| r.bytes as f64 / (2 * MIB) as f64).sum();
+    assert!(
+        passes >= 4.0,
+        "too few passes over the files to tell ({passes:.1})"
+    );
+    let dir = tmp.path().join(format!("ringsync-bench.{}", run.pid));
+    let data: Vec<Vec<u8>> = ["dst.0", "dst.1"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).expect("read target"))
+        .collect();
+    let mut seen = std::collections::HashMap::new();
+    for (f, d) in data.iter().enumerate() {
+        assert_eq!(d.len() as u64, 2 * MIB, "dst.{f} size");
+        for (k, sector) in d.chunks(512).enumerate() {
+            if let Some((f0, k0)) = seen.insert(sector, (f, k)) {
+                panic!("dst.{f} sector {k} holds the same bytes as dst.{f0} sector {k0}");
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. The table
 

@@ -22,12 +22,16 @@
 #         says "Laying out" fails the run); --size = the file's size, so fio lays nothing out;
 #      c. combinations marked :batch: sync; drop_caches; fio again on the same file with
 #         ringsync's submission pattern (see below), reported as an extra "fio +batch" row;
+#         the two fio jobs swap places from round to round;
 #      d. the files are deleted.
 #    ringsync always runs first in a pair: `ringsync bench` only measures files it lays out
-#    itself (a fresh pair per invocation), so fio can only follow it.
+#    itself (a fresh pair per invocation), so fio can only follow it. A WARMUP of a second or
+#    so lets the disk settle after ringsync's layout (needs fio >= 3.42, see below).
 #    Results: median MB/s per tool, min-max, ratio = median ringsync / median fio, and the
-#    median of the per-pair ratios. Verdict PASS when |ratio - 1| <= TOLERANCE %. The plain
-#    fio rows (the issue's parameters) decide the exit status; "+batch" rows are diagnostics.
+#    median of the per-pair ratios. Verdict PASS when |ratio - 1| <= TOLERANCE %. JUDGE picks
+#    the fio job that decides the exit status where a combination has both: "batch" (default),
+#    the job that submits the way ringsync does, i.e. the same requests reach the disk; or
+#    "plain", fio's default submission. The other job's row is shown as "(info)".
 #
 # How ringsync works, and the fio options that reproduce it (fio 3.33, `fio --enghelp=io_uring`):
 #   A pass: sequential BS-sized ops over the whole file with up to QD in flight; at the end of
@@ -58,18 +62,27 @@
 #   psync          pread/pwrite, one at a time, buffered      --ioengine=psync --direct=0
 #   Neither registers files (ringsync registers its buffers only; fio registerfiles=0); both set
 #   up their rings with SINGLE_ISSUER|DEFER_TASKRUN.
-#   Writes use --fixedbufs=0 --nonvectored=1 (IORING_OP_WRITE): fio 3.33's io_uring engine keeps
-#   one SQE per io_u and leaves buf_index set when it turns that SQE into an FSYNC, which the
-#   kernel rejects with EINVAL (tracepoint io_uring:io_uring_req_failed: "opcode FSYNC ...
-#   buf_index=23 ... error=-22"), and fio ignores the error: with fixedbufs=1 and iodepth > 1
-#   every end_fsync/fdatasync silently does nothing (2.3 GB were still dirty after such runs).
-#   Unregistered buffers cost a page pinning per op: CPU, not disk time.
+#   Writes and fixed buffers: fio's io_uring engine (3.33 and 3.42 alike) keeps one SQE per io_u
+#   and leaves buf_index set when it turns that SQE into an FSYNC, which the kernel rejects with
+#   EINVAL (tracepoint io_uring:io_uring_req_failed: "opcode FSYNC ... buf_index=31 ...
+#   error=-22"); 3.33 ignores the error, 3.42 prints "end_fsync failed". With fixedbufs=1 and
+#   iodepth > 1 the end_fsync does nothing (the whole file was still dirty after such runs).
+#   The script probes FIO_BIN for this (a 64 MiB buffered write with fixedbufs=1, iodepth=4,
+#   end_fsync=1; broken if it reports the failure or /proc/meminfo Dirty stays >= 32 MiB):
+#     working (e.g. fio built from source with tools/fio-fsync-buf-index.patch, which clears
+#     buf_index for sync ops): writes use --fixedbufs=1, i.e. WRITE_FIXED as ringsync does;
+#     broken (stock fio): writes use --fixedbufs=0 --nonvectored=1 (IORING_OP_WRITE): the
+#     buffers are pinned per op, which costs CPU and latency that ringsync does not pay.
+#   Build the fixed fio: FIO_SRC=<fio checkout> tools/build-fio.sh (prints the binary's path).
+#   fio 3.33 also stops a looped job after its first loop, with no data, when the ramp_time
+#   outlasts that loop (see WARMUP below); 3.42 does not.
 #   Submission: ringsync reaps every completion that is ready, refills every free slot and hands
 #   them all to the kernel in one io_uring_enter; fio by default submits each op on its own
 #   (iodepth_batch_submit=1). The block layer can merge adjacent sequential ops submitted
 #   together (per-run request counts and sizes are in the report). ":batch" combinations run fio
 #   a second time with ringsync's pattern: --iodepth_batch_submit=QD
-#   --iodepth_batch_complete_max=QD (reap 1..QD, refill all, submit together).
+#   --iodepth_batch_complete_max=QD (reap 1..QD, refill all, submit together). That job is the
+#   one that matches ringsync operation for operation; plain fio shows what batching is worth.
 #   Buffered writes: a pass dirties the file in the page cache (1 GiB is far below this VM's
 #   dirty limits), then the pass's sync writes it out; both tools do exactly that.
 #
@@ -91,7 +104,8 @@
 #   RUNS=3                 rounds (pairs per combination; copy pairs)
 #   SIZE=1G                file size (ringsync --size: K/M/G in powers of 1024)
 #   RUNTIME=3              measured seconds per run (both tools)
-#   WARMUP=0.1             warm-up seconds (ringsync --warmup, fio --ramp_time); < one pass
+#   WARMUP=0.1             warm-up seconds (ringsync --warmup, fio --ramp_time); with fio < 3.42
+#                          shorter than one pass (see above); 1 lets the disk settle after layout
 #   COMBOS="..."           MODE:PATH:BS:QD[:batch] each (QD 1 for psync); default: read and write
 #                          uring-direct 1M:1, 1M:32:batch, 64K:32:batch, 4K:32:batch; read
 #                          uring-fixed 1M:32, uring-vec 1M:32, psync 1M; write uring-fixed 1M:32,
@@ -109,7 +123,8 @@
 #   QUICK=1                SIZE=512M RUNTIME=1 WARMUP=0.05 RUNS=1, small copy sweep (unless set)
 #   RINGSYNC_BIN=target/release/ringsync   never built here; copied to a temporary directory
 #                          first, so a rebuild during the run doesn't change what is measured
-#   FIO_BIN=fio            fio to compare with (e.g. a newer build)
+#   FIO_BIN=fio            fio to compare with (e.g. a build from tools/build-fio.sh)
+#   JUDGE=batch            which fio job decides the verdict in :batch combinations: batch|plain
 #   KEEP=0                 1: keep the files of every pair of the last round (BENCH_DIR/tmp.*)
 #
 # Each run also records the block device's counters over its last RUNTIME seconds (the measured
@@ -132,7 +147,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Record the exact invocation (user-set variables + command) before defaulting.
 CMDLINE=""
-for v in QUICK RUNS SIZE RUNTIME WARMUP COMBOS COPY COPY_PATHS COPY_BS COPY_QD COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET BENCH_DIR OUT_DIR RINGSYNC_BIN FIO_BIN KEEP; do
+for v in QUICK RUNS SIZE RUNTIME WARMUP COMBOS COPY COPY_PATHS COPY_BS COPY_QD COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET BENCH_DIR OUT_DIR RINGSYNC_BIN FIO_BIN JUDGE KEEP; do
     if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
 done
 CMDLINE+="$(printf '%q' "$0")"
@@ -159,6 +174,7 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/ringsync-bench/bench-vs-fio}
 if [[ "$QUICK" == 1 ]]; then OUT_DIR=${OUT_DIR:-$BENCH_DIR/quick-reports}; else OUT_DIR=${OUT_DIR:-$REPO/perf}; fi
 RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
 FIO_BIN=${FIO_BIN:-fio}
+JUDGE=${JUDGE:-batch}
 KEEP=${KEEP:-0}
 
 NUM='^[0-9]+(\.[0-9]+)?$'
@@ -170,6 +186,7 @@ done
 awk -v r="$RUNTIME" -v s="$COPY_SWEEP_RUNTIME" 'BEGIN {exit !(r > 0 && s > 0)}' || die "RUNTIME and COPY_SWEEP_RUNTIME must be > 0"
 [[ "$COPY" =~ ^[01]$ ]] || die "COPY must be 0 or 1"
 [[ "$KEEP" =~ ^[01]$ ]] || die "KEEP must be 0 or 1"
+[[ "$JUDGE" =~ ^(batch|plain)$ ]] || die "JUDGE must be batch or plain (got '$JUDGE')"
 [[ "$COPY_BS" =~ ^[0-9]+[KMG]?(,[0-9]+[KMG]?)*$ ]] || die "COPY_BS must be a comma list of sizes (got '$COPY_BS')"
 [[ "$COPY_QD" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "COPY_QD must be a comma list of integers (got '$COPY_QD')"
 [[ "$COPY_PATHS" =~ ^[a-z-]+(,[a-z-]+)*$ ]] || die "COPY_PATHS must be a comma list of path names (got '$COPY_PATHS')"
@@ -241,8 +258,22 @@ enghelp=$("$FIO_BIN" --enghelp=io_uring 2>&1 || true)
 for o in fixedbufs nonvectored registerfiles; do
     grep -q "^$o" <<<"$enghelp" || die "$FIO_PATH: io_uring engine has no '$o' option (fio --enghelp=io_uring)"
 done
+# Does FIO_BIN's io_uring FSYNC work after fixed-buffer writes? (see "Writes and fixed buffers")
+PROBE="$WORK/fsync-probe"
+sync
+"$FIO_BIN" --name=probe "--filename=$PROBE" --size=64M --rw=write --bs=1M --ioengine=io_uring --direct=0 \
+    --fixedbufs=1 --iodepth=4 --end_fsync=1 --output-format=terse >"$PROBE.out" 2>&1 || true
+dirty_kb=$(awk '/^Dirty:/ {print $2}' /proc/meminfo)
+if grep -q -i "fsync failed\|invalid argument" "$PROBE.out" || ((dirty_kb >= 32768)); then
+    FIXED_WRITES=0
+    FIXED_NOTE="no: its end_fsync fails after fixed-buffer writes (Dirty ${dirty_kb} kB after the probe); writes run with --fixedbufs=0 --nonvectored=1"
+else
+    FIXED_WRITES=1
+    FIXED_NOTE="yes (Dirty ${dirty_kb} kB after the probe); writes run with --fixedbufs=1"
+fi
+rm -f "$PROBE" "$PROBE.out"
 log "ringsync: $RINGSYNC_BIN: $RS_DESC"
-log "fio: $FIO_PATH: $FIO_VER"
+log "fio: $FIO_PATH: $FIO_VER; fsync after fixed-buffer writes works: $FIXED_NOTE"
 
 DEV_SRC=$(findmnt -n -o SOURCE -T "$BENCH_DIR" 2>/dev/null || echo '?')
 DEV=${DEV_SRC#/dev/}
@@ -261,7 +292,7 @@ MACHINE="$WORK/machine.md"
     echo "- \`$BENCH_DIR\`: $(findmnt -n -o SOURCE,FSTYPE,OPTIONS -T "$BENCH_DIR" 2>/dev/null | tr -s ' ' || echo '?')"
     echo "- device \`$DISK\`: $(awk '{printf "%.0f GiB", $1 * 512 / 2^30}' "/sys/block/$DISK/size" 2>/dev/null || echo '?'), driver \`$(basename "$(readlink -f "/sys/block/$DISK/device/driver" 2>/dev/null)" 2>/dev/null || echo '?')\`; queue: scheduler \`$(qattr scheduler)\`, write_cache \`$(qattr write_cache)\`, read_ahead_kb $(qattr read_ahead_kb), nr_requests $(qattr nr_requests), max_sectors_kb $(qattr max_sectors_kb), rotational $(qattr rotational)"
     echo "- ringsync: \`$RINGSYNC_BIN\`: $RS_DESC"
-    echo "- fio: \`$FIO_PATH\`: $FIO_VER"
+    echo "- fio: \`$FIO_PATH\`: $FIO_VER; fsync after fixed-buffer writes works: $FIXED_NOTE"
     echo "- python3: $(first_line python3 --version)"
 } >"$MACHINE"
 
@@ -405,9 +436,9 @@ def fmt(x, nd=0):
 
 
 def report(argv):
-    """report CSV TOLERANCE COPY_TARGET SUMMARY_TXT RESULTS_MD COMBOS..."""
-    csv_path, tol, target, txt_path, md_path = argv[:5]
-    combos = argv[5:]
+    """report CSV TOLERANCE COPY_TARGET JUDGE SUMMARY_TXT RESULTS_MD COMBOS..."""
+    csv_path, tol, target, judge, txt_path, md_path = argv[:6]
+    combos = argv[6:]
     tol, target = float(tol), float(target)
     rows = list(csv.DictReader(open(csv_path))) if os.path.exists(csv_path) else []
     num = lambda r, k: float(r[k]) if r.get(k) not in (None, "") else None
@@ -437,7 +468,8 @@ def report(argv):
                 verdict = "PASS"
             else:
                 verdict = "FAIL (%s slower)" % ("ringsync" if ratio < 1 else "fio")
-            if tool == "fio":
+            judged = tool == "fio" if len(fio_tools) == 1 or judge == "plain" else tool == "fio-batch"
+            if judged:
                 fails += verdict != "PASS"
             else:
                 verdict = "(info) " + verdict
@@ -517,9 +549,11 @@ def report(argv):
         out.write("Medians of the runs, MB/s = 10^6 bytes/s; ratio = median ringsync / median fio; paired = median\n"
                   "of the per-round ratios (each ringsync run against the fio run on its files); runs = successful\n"
                   "ringsync/fio runs. Target: ratio within ±%g%%. `vs fio`: the fio job with the issue's parameters\n"
-                  "(engine, direct, bs, iodepth, one job), which decides the verdict; `vs fio +batch`: the same job\n"
-                  "submitting the way ringsync does (`--iodepth_batch_submit=QD --iodepth_batch_complete_max=QD`),\n"
-                  "a diagnostic.\n\n" % tol)
+                  "(engine, direct, bs, iodepth, one job) and fio's default submission, one op per call;\n"
+                  "`vs fio +batch`: the same job submitting the way ringsync does (`--iodepth_batch_submit=QD\n"
+                  "--iodepth_batch_complete_max=QD`), so the same requests reach the disk. Where a combination has\n"
+                  "both, the %s job decides the verdict (JUDGE=%s) and the other one is shown as (info).\n\n"
+                  % (tol, "+batch" if judge == "batch" else "plain", judge))
         out.write("| " + " | ".join(head) + " |\n|" + "|".join(["---"] * 5 + ["---:"] * 7 + ["---"]) + "|\n")
         for s in side:
             s = list(s)
@@ -599,14 +633,15 @@ rs_cmd() {
     RS_CMD=("$RS" bench --dir "$FILES" --size "$SIZE" --paths "$path" --modes "$mode" --block-sizes "$bs"
         --qd "$qd" --runtime "$rt" --warmup "$WARMUP" --json -q "$@")
 }
+if [[ "$FIXED_WRITES" == 1 ]]; then WRITE_BUFS=(--fixedbufs=1); else WRITE_BUFS=(--fixedbufs=0 --nonvectored=1); fi
 # fio_cmd MODE PATH BS QD FILE JSON BATCH(0|1) -> FIO_CMD
 fio_cmd() {
     local mode=$1 path=$2 bs=$3 qd=$4 file=$5 out=$6 batch=$7 eng
     case "$path:$mode" in
         uring-direct:read)  eng=(--ioengine=io_uring --direct=1 --fixedbufs=1 "--iodepth=$qd") ;;
-        uring-direct:write) eng=(--ioengine=io_uring --direct=1 --fixedbufs=0 --nonvectored=1 "--iodepth=$qd") ;;
+        uring-direct:write) eng=(--ioengine=io_uring --direct=1 "${WRITE_BUFS[@]}" "--iodepth=$qd") ;;
         uring-fixed:read)   eng=(--ioengine=io_uring --direct=0 --fixedbufs=1 "--iodepth=$qd") ;;
-        uring-fixed:write)  eng=(--ioengine=io_uring --direct=0 --fixedbufs=0 --nonvectored=1 "--iodepth=$qd") ;;
+        uring-fixed:write)  eng=(--ioengine=io_uring --direct=0 "${WRITE_BUFS[@]}" "--iodepth=$qd") ;;
         uring-vec:*)        eng=(--ioengine=io_uring --direct=0 --fixedbufs=0 --nonvectored=0 "--iodepth=$qd") ;;
         psync:*)            eng=(--ioengine=psync --direct=0) ;;
         *) die "internal: no fio mapping for $path:$mode" ;;
@@ -706,14 +741,21 @@ pair() {
         msg+=", fio bound $FIO_OUT MB/s"
     else
         if [[ "$mode" == write ]]; then file="$rdir/dst.0"; else file="$rdir/src.0"; fi
-        fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio.json" 0
-        run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio "$round" "$file"
-        msg+=", fio ${FIO_OUT#*=} MB/s"
+        local jobs=(0) b
         if [[ "$batch" == 1 ]]; then
-            fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio-batch.json" 1
-            run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio-batch "$round" "$file"
-            msg+=", fio +batch ${FIO_OUT#*=} MB/s"
+            if ((round % 2)); then jobs=(0 1); else jobs=(1 0); fi
         fi
+        for b in "${jobs[@]}"; do
+            if [[ "$b" == 1 ]]; then
+                fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio-batch.json" 1
+                run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio-batch "$round" "$file"
+                msg+=", fio +batch ${FIO_OUT#*=} MB/s"
+            else
+                fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio.json" 0
+                run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio "$round" "$file"
+                msg+=", fio ${FIO_OUT#*=} MB/s"
+            fi
+        done
     fi
     [[ "$FOREIGN" == 0 ]] || msg+=" (other benchmark/build processes running)"
     log "$(printf '%-30s round %d: %s' "$combo" "$round" "$msg")"
@@ -760,7 +802,7 @@ ELAPSED=$(($(date +%s) - T0))
 SUMMARY_TXT="$WORK/summary.txt"
 RESULTS_MD="$WORK/results.md"
 TARGET_FAILS=0
-python3 "$PY" report "$CSV" "$TOLERANCE" "$COPY_TARGET" "$SUMMARY_TXT" "$RESULTS_MD" "${COMBO_LIST[@]}" || TARGET_FAILS=$?
+python3 "$PY" report "$CSV" "$TOLERANCE" "$COPY_TARGET" "$JUDGE" "$SUMMARY_TXT" "$RESULTS_MD" "${COMBO_LIST[@]}" || TARGET_FAILS=$?
 ((TARGET_FAILS == 0)) || FAILURES=$((FAILURES + 1))
 
 {

@@ -17,6 +17,7 @@
 //! [`crate::ring`]).
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,27 @@ pub fn fill_pattern(buf: &mut [u8], seed: u64) {
     }
 }
 
+/// Bytes per stamp: fio's scramble_buffers also makes every 512-byte sector unique.
+const STAMP_EVERY: usize = 512;
+
+/// Write-mode streams (one per ring_loop), so that two lanes never write the same sector.
+static STREAMS: AtomicU64 = AtomicU64::new(1);
+
+/// Make every sector of a write buffer unique before it goes out: its file offset, and a tag
+/// for the stream and the pass, in the sector's first 16 bytes (the rest keeps the buffer's
+/// random fill). Storage that deduplicates or recognises repeated blocks must not see the same
+/// few buffers written over and over: on this project's VM disk, fio writing one unchanged
+/// 1 MiB buffer (`--scramble_buffers=0`) ran 35-45 % faster than with its default scrambling.
+pub fn stamp_sectors(buf: &mut [u8], offset: u64, tag: u64) {
+    for (k, sector) in buf.chunks_mut(STAMP_EVERY).enumerate() {
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&(offset + (k * STAMP_EVERY) as u64).to_le_bytes());
+        head[8..].copy_from_slice(&tag.to_le_bytes());
+        let n = sector.len().min(head.len());
+        sector[..n].copy_from_slice(&head[..n]);
+    }
+}
+
 /// The io_uring paths and psync (the sync backend: one pread/pwrite at a time).
 pub fn ring_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
     let (kind, buffers) = match spec.path {
@@ -160,6 +182,9 @@ pub fn ring_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
         bufs.push(Some(lease));
     }
     let mut free: Vec<usize> = (0..qd).rev().collect();
+    // Stream in the high half, pass in the low half of every write's stamp.
+    let stream = STREAMS.fetch_add(1, Ordering::Relaxed) << 32;
+    let mut pass = 0u64;
     let mut started = vec![Instant::now(); qd];
     let mut offsets = vec![0u64; qd];
     let mut tally = Tally::new();
@@ -173,11 +198,15 @@ pub fn ring_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
             // waits behind the synchronous fdatasync, so latencies stay honest.
             end_pass(lane, spec)?;
             next = 0;
+            pass += 1;
         }
         while issuing && next < lane.size {
             let Some(i) = free.pop() else { break };
             let len = (lane.size - next).min(spec.block) as u32;
-            let lease = bufs[i].take().expect("free buffer");
+            let mut lease = bufs[i].take().expect("free buffer");
+            if spec.mode == BenchMode::Write {
+                stamp_sectors(ring.pool().bytes_mut(&mut lease), next, stream | pass);
+            }
             started[i] = Instant::now();
             offsets[i] = next;
             let op = match spec.mode {
@@ -345,5 +374,44 @@ pub fn run(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
         BenchPath::Splice => splice_loop(lane, spec),
         BenchPath::Reflink => reflink_loop(lane, spec),
         _ => ring_loop(lane, spec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn stamps_make_every_sector_of_every_write_unique() {
+        // The same random buffer written at 4 offsets in 3 passes of 2 streams, as ring_loop
+        // would: no two 512-byte sectors may be equal.
+        let mut fill = vec![0u8; 8192];
+        fill_pattern(&mut fill, 7);
+        let mut seen = HashSet::new();
+        for stream in [1u64 << 32, 2 << 32] {
+            for pass in 0..3u64 {
+                for offset in [0u64, 8192, 16384, 24576] {
+                    let mut buf = fill.clone();
+                    stamp_sectors(&mut buf, offset, stream | pass);
+                    for sector in buf.chunks(STAMP_EVERY) {
+                        assert!(
+                            seen.insert(sector.to_vec()),
+                            "sector repeated: offset {offset} pass {pass}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), 2 * 3 * 4 * 16);
+    }
+
+    #[test]
+    fn stamps_fit_short_tails() {
+        let mut buf = vec![0xAAu8; 512 + 5];
+        stamp_sectors(&mut buf, 1 << 40, 9);
+        assert_eq!(&buf[..8], &(1u64 << 40).to_le_bytes());
+        assert_eq!(&buf[512..], &((1u64 << 40) + 512).to_le_bytes()[..5]);
+        assert!(buf[16..512].iter().all(|&b| b == 0xAA));
     }
 }
