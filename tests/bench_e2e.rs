@@ -161,6 +161,11 @@ fn args_in(dir: &Path, extra: &[&str]) -> Vec<OsString> {
     v
 }
 
+/// Command-line words from one string ("--size 8M --json" -> ["--size", "8M", "--json"]).
+fn words(line: &str) -> Vec<OsString> {
+    line.split_whitespace().map(OsString::from).collect()
+}
+
 fn names_in(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
@@ -850,27 +855,10 @@ fn a_full_sweep_json_rows_best_plot_and_cleanup() {
 fn keep_leaves_test_files_of_exact_size_in_cwd() {
     let tmp = scratch("bench-keep");
     let size = 8 * MIB;
-    let args: Vec<OsString> = [
-        "--keep",
-        "--size",
-        "8M",
-        "--paths",
-        "psync",
-        "--modes",
-        "copy",
-        "--block-sizes",
-        "1M",
-        "--threads",
-        "1,2",
-        "--runtime",
-        "0.1",
-        "--warmup",
-        "0",
-        "--json",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let args = words(
+        "--keep --size 8M --paths psync --modes copy --block-sizes 1M --threads 1,2 \
+         --runtime 0.1 --warmup 0 --json",
+    );
     let run = bench(&args, Some(tmp.path()));
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     let rep = parse_report(&run);
@@ -930,29 +918,10 @@ fn write_mode_never_repeats_a_sector() {
         eprintln!("SKIPPED (partly): io_uring is disabled here; checking psync only");
     }
     let paths = paths.join(",");
-    let args: Vec<OsString> = [
-        "--keep",
-        "--size",
-        "2M",
-        "--paths",
-        &paths,
-        "--modes",
-        "write",
-        "--block-sizes",
-        "64K",
-        "--qd",
-        "1,4",
-        "--threads",
-        "1,2",
-        "--runtime",
-        "0.15",
-        "--warmup",
-        "0",
-        "--json",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let args = words(&format!(
+        "--keep --size 2M --paths {paths} --modes write --block-sizes 64K --qd 1,4 \
+         --threads 1,2 --runtime 0.15 --warmup 0 --json"
+    ));
     let run = bench(&args, Some(tmp.path()));
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     let rep = parse_report(&run);
