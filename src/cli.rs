@@ -78,8 +78,13 @@ pub enum BenchModeArg {
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Directory in which to make the test directory [default: the current directory].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "files")]
     pub dir: Option<PathBuf>,
+    /// Keep the test files in DIR itself and reuse them (as fio does): src.N and dst.N of
+    /// exactly --size are used as they are, missing ones are laid out; nothing is removed.
+    /// DIR must hold test files only: dst.N is overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub files: Option<PathBuf>,
     /// Size of each test file (one source and one target file per thread).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub size: u64,
@@ -167,8 +172,9 @@ impl BenchArgs {
         };
         Ok(BenchConfig {
             dir: self.dir.clone(),
+            files: self.files.clone(),
             size: self.size,
-            keep: self.keep,
+            keep: self.keep || self.files.is_some(),
             paths,
             modes: BenchMode::ALL
                 .into_iter()

@@ -176,6 +176,8 @@ impl BenchMode {
 pub struct BenchConfig {
     /// Where the test directory is made (None: the current directory).
     pub dir: Option<PathBuf>,
+    /// `--files`: the test files live in this directory and are reused across runs.
+    pub files: Option<PathBuf>,
     /// Bytes per test file (one source and one target file per thread).
     pub size: u64,
     pub keep: bool,

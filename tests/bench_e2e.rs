@@ -946,6 +946,86 @@ fn write_mode_never_repeats_a_sector() {
     }
 }
 
+/// `--files DIR`: the files stay in DIR itself and a later run uses them as they are (same
+/// inodes, same data); a file of another size is laid out again; anything but a regular file
+/// there is refused without being followed; `--files` and `--dir` together are a usage error.
+#[test]
+fn files_dir_is_reused_and_never_followed() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = scratch("bench-files");
+    let dir = tmp.path().join("t");
+    let ino = |f: &str| std::fs::symlink_metadata(dir.join(f)).map(|m| m.ino()).ok();
+    let cmd = |extra: &str| {
+        let mut a = vec![OsString::from("--files"), dir.clone().into_os_string()];
+        a.extend(words(&format!(
+            "--size 2M --paths psync --modes read --block-sizes 1M --runtime 0.05 --warmup 0 --json {extra}"
+        )));
+        a
+    };
+    let first = bench(&cmd(""), None);
+    assert_eq!(first.code(), Some(0), "{}", first.describe());
+    assert_eq!(parse_report(&first).doc["reused_files"], 0);
+    let (src, dst) = (
+        ino("src.0").expect("src.0 kept"),
+        ino("dst.0").expect("dst.0 kept"),
+    );
+    let data = std::fs::read(dir.join("src.0")).expect("read src.0");
+
+    let second = bench(&cmd(""), None);
+    assert_eq!(second.code(), Some(0), "{}", second.describe());
+    assert_eq!(
+        parse_report(&second).doc["reused_files"],
+        2,
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        (ino("src.0"), ino("dst.0")),
+        (Some(src), Some(dst)),
+        "files replaced"
+    );
+    assert!(
+        std::fs::read(dir.join("src.0")).expect("read") == data,
+        "src.0 changed"
+    );
+
+    // A short src.0 is laid out again; a symlink named dst.1 is refused, its target untouched.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("src.0"))
+        .and_then(|f| f.set_len(4096))
+        .expect("shorten src.0");
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"keep me").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.join("dst.1")).expect("symlink");
+    let third = bench(&cmd("--threads 2"), None);
+    assert_eq!(third.code(), Some(1), "{}", third.describe());
+    assert!(
+        third.stderr().contains("dst.1") && third.stderr().contains("not a regular file"),
+        "error must name dst.1: {}",
+        third.describe()
+    );
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"keep me");
+    std::fs::remove_file(dir.join("dst.1")).expect("rm symlink");
+    let fourth = bench(&cmd("--threads 2"), None);
+    assert_eq!(fourth.code(), Some(0), "{}", fourth.describe());
+    assert_eq!(
+        parse_report(&fourth).doc["reused_files"],
+        1,
+        "only dst.0 was in place"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("src.0")).expect("src.0").len(),
+        2 * MIB
+    );
+
+    let mut both = cmd("");
+    both.extend(words("--dir /tmp"));
+    let clash = bench(&both, None);
+    assert_eq!(clash.code(), Some(2), "{}", clash.describe());
+    assert!(clash.stderr().contains("--files"), "{}", clash.describe());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. The table
 

@@ -11,22 +11,27 @@
 # missed or a run failed (after the report is written).
 #
 # 1. Matched combinations (COMBOS), RUNS rounds; every round runs every combination once, the
-#    order rotating from round to round. One pair = one combination once per tool:
-#      a. sync; echo 3 > /proc/sys/vm/drop_caches; then
-#           ringsync bench --dir $BENCH_DIR/tmp.X/files --keep --size SIZE --paths P --modes M
-#                          --block-sizes BS --qd QD --runtime RUNTIME --warmup WARMUP --json -q
-#         which lays out a fresh src.0 and dst.0 (SIZE each, incompressible, fsynced and dropped
-#         from the cache), measures, and keeps them;
-#      b. sync; drop_caches; fio on that very src.0 (read) or dst.0 (write): same inode, same
-#         extents (inode, size and `filefrag -e` extents compared before and after; a fio that
-#         says "Laying out" fails the run); --size = the file's size, so fio lays nothing out;
-#      c. combinations marked :batch: sync; drop_caches; fio again on the same file with
-#         ringsync's submission pattern (see below), reported as an extra "fio +batch" row;
-#         the two fio jobs swap places from round to round;
+#    order rotating from round to round. One pair = one combination once per tool, on the same
+#    files:
+#      a. layout: `ringsync bench --files $BENCH_DIR/tmp.X/files/pair --size SIZE ...` with a
+#         0.05 s psync read (discarded), which lays out src.0 and dst.0 (SIZE each, unique
+#         incompressible data, fsynced and dropped from the cache); then sync and SETTLE
+#         seconds of rest, so that neither tool measures the disk while it is still busy with
+#         the layout;
+#      b. ringsync: sync; echo 3 > /proc/sys/vm/drop_caches; then
+#           ringsync bench --files <that dir> --size SIZE --paths P --modes M --block-sizes BS
+#                          --qd QD --runtime RUNTIME --warmup WARMUP --json -q
+#         which finds both files in place and uses them as they are (the run fails unless its
+#         JSON says reused_files 2 and the files' inode, size and extents are unchanged);
+#      c. fio: sync; drop_caches; fio on that very src.0 (read) or dst.0 (write): same inode,
+#         same extents (inode, size and `filefrag -e` extents compared before and after; a fio
+#         that says "Laying out" fails the run); --size = the file's size, so fio lays nothing
+#         out; combinations marked :batch then run fio again with ringsync's submission
+#         pattern (see below), an extra "fio +batch" row; the two fio jobs swap places from
+#         round to round;
 #      d. the files are deleted.
-#    ringsync always runs first in a pair: `ringsync bench` only measures files it lays out
-#    itself (a fresh pair per invocation), so fio can only follow it. A WARMUP of a second or
-#    so lets the disk settle after ringsync's layout (needs fio >= 3.42, see below).
+#    Odd rounds run b before c, even rounds c before b: whatever the disk does after a
+#    layout or after the other tool falls on both tools alike.
 #    Results: median MB/s per tool, min-max, ratio = median ringsync / median fio, and the
 #    median of the per-pair ratios. Verdict PASS when |ratio - 1| <= TOLERANCE %. JUDGE picks
 #    the fio job that decides the exit status where a combination has both: "batch" (default),
@@ -74,8 +79,7 @@
 #     broken (stock fio): writes use --fixedbufs=0 --nonvectored=1 (IORING_OP_WRITE): the
 #     buffers are pinned per op, which costs CPU and latency that ringsync does not pay.
 #   Build the fixed fio: FIO_SRC=<fio checkout> tools/build-fio.sh (prints the binary's path).
-#   fio 3.33 also stops a looped job after its first loop, with no data, when the ramp_time
-#   outlasts that loop (see WARMUP below); 3.42 does not.
+#   fio's ramp_time does not mix well with --loops (see WARMUP below).
 #   Submission: ringsync reaps every completion that is ready, refills every free slot and hands
 #   them all to the kernel in one io_uring_enter; fio by default submits each op on its own
 #   (iodepth_batch_submit=1). The block layer can merge adjacent sequential ops submitted
@@ -89,8 +93,8 @@
 # 2. The copy bound. First a sweep, once: `ringsync bench --modes copy --paths COPY_PATHS
 #    --block-sizes COPY_BS --qd COPY_QD --runtime COPY_SWEEP_RUNTIME`; its JSON `best` copy entry
 #    (ringsync leaves out reflink, which copies nothing, and cfr where the filesystem could
-#    share extents) picks the combination. Then RUNS pairs: that combination again at RUNTIME
-#    (fresh files, kept), and on the same src.0/dst.0 right after:
+#    share extents) picks the combination. Then RUNS pairs as in 1 (fresh files, settled, the
+#    order alternating): that combination at RUNTIME, and on the same src.0/dst.0:
 #      fio --ioengine=io_uring --direct=1 --fixedbufs=1 --bs=1M --iodepth=32 --size=<file>
 #          --time_based --runtime=RUNTIME --ramp_time=WARMUP --invalidate=1 --fadvise_hint=0
 #          --name=read --rw=read --filename=src.0 --name=write --rw=write --filename=dst.0
@@ -104,8 +108,11 @@
 #   RUNS=3                 rounds (pairs per combination; copy pairs)
 #   SIZE=1G                file size (ringsync --size: K/M/G in powers of 1024)
 #   RUNTIME=3              measured seconds per run (both tools)
-#   WARMUP=0.1             warm-up seconds (ringsync --warmup, fio --ramp_time); with fio < 3.42
-#                          shorter than one pass (see above); 1 lets the disk settle after layout
+#   SETTLE=2               seconds of rest between a pair's layout and its first measurement
+#   WARMUP=0.1             warm-up seconds (ringsync --warmup, fio --ramp_time). fio and
+#                          ramp_time with --loops: 3.33 loses the job (0 bytes) when the ramp
+#                          outlasts the first loop's I/O, so keep it below one pass; 3.42 lost
+#                          every buffered psync write job with any ramp_time here: use WARMUP=0
 #   COMBOS="..."           MODE:PATH:BS:QD[:batch] each (QD 1 for psync); default: read and write
 #                          uring-direct 1M:1, 1M:32:batch, 64K:32:batch, 4K:32:batch; read
 #                          uring-fixed 1M:32, uring-vec 1M:32, psync 1M; write uring-fixed 1M:32,
@@ -147,7 +154,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Record the exact invocation (user-set variables + command) before defaulting.
 CMDLINE=""
-for v in QUICK RUNS SIZE RUNTIME WARMUP COMBOS COPY COPY_PATHS COPY_BS COPY_QD COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET BENCH_DIR OUT_DIR RINGSYNC_BIN FIO_BIN JUDGE KEEP; do
+for v in QUICK RUNS SIZE RUNTIME WARMUP SETTLE COMBOS COPY COPY_PATHS COPY_BS COPY_QD COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET BENCH_DIR OUT_DIR RINGSYNC_BIN FIO_BIN JUDGE KEEP; do
     if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
 done
 CMDLINE+="$(printf '%q' "$0")"
@@ -166,6 +173,7 @@ read:uring-direct:4K:32:batch write:uring-direct:1M:1 write:uring-direct:1M:32:b
 write:uring-direct:64K:32:batch write:uring-direct:4K:32:batch read:uring-fixed:1M:32
 read:uring-vec:1M:32 read:psync:1M:1 write:uring-fixed:1M:32 write:psync:1M:1"
 COMBOS=${COMBOS:-$DEFAULT_COMBOS}
+SETTLE=${SETTLE:-2}
 COPY=${COPY:-1}
 COPY_PATHS=${COPY_PATHS:-uring-vec,uring-fixed,uring-direct,psync,cfr,splice,reflink}
 TOLERANCE=${TOLERANCE:-10}
@@ -180,7 +188,7 @@ KEEP=${KEEP:-0}
 NUM='^[0-9]+(\.[0-9]+)?$'
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
 [[ "$SIZE" =~ ^[1-9][0-9]*[KMG]?$ ]] || die "SIZE must be an integer with an optional K/M/G suffix (got '$SIZE')"
-for v in RUNTIME WARMUP COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET; do
+for v in RUNTIME WARMUP SETTLE COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET; do
     [[ "${!v}" =~ $NUM ]] || die "$v must be a non-negative number (got '${!v}')"
 done
 awk -v r="$RUNTIME" -v s="$COPY_SWEEP_RUNTIME" 'BEGIN {exit !(r > 0 && s > 0)}' || die "RUNTIME and COPY_SWEEP_RUNTIME must be > 0"
@@ -245,7 +253,7 @@ first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
 RS="$WORK/ringsync"
 cp "$RINGSYNC_BIN" "$RS"
 RS_SHA=$(sha256sum "$RS" | cut -c1-16)
-"$RS" bench --help 2>&1 | grep -q -e '--keep' || die "'$RINGSYNC_BIN bench --help' doesn't list --keep"
+"$RS" bench --help 2>&1 | grep -q -e '--files' || die "'$RINGSYNC_BIN bench --help' doesn't list --files (too old a build?)"
 rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 dirty=""
 if [[ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
@@ -351,7 +359,7 @@ def rs_rows(argv):
         doc = json.load(open(js))
     except (OSError, ValueError) as e:
         append(csv_path, dict(b, status="error", note="ringsync exit %s, no JSON (%s)" % (rc, e)))
-        print("" if sweep else "\terror")
+        print("" if sweep else "\terror\t?")
         return
     for r in doc["results"]:
         row = dict(b)
@@ -379,7 +387,8 @@ def rs_rows(argv):
             print("")
         return
     r = doc["results"][0] if doc["results"] else {}
-    print("%s\t%s" % (doc.get("dir", ""), "%.0f" % r["mb_s"] if r.get("status") == "ok" else r.get("status", "?")))
+    print("%s\t%s\t%s" % (doc.get("dir", ""), "%.0f" % r["mb_s"] if r.get("status") == "ok" else r.get("status", "?"),
+                          doc.get("reused_files", "?")))
 
 
 def fio_job(j, ddir):
@@ -413,7 +422,7 @@ def fio_rows(argv):
         if b["section"] == "copy":
             row.update(tool="fio-" + j["jobname"], mode=ddir)
         notes = [note, "fio exit %s" % rc if rc != "0" else "", "job error %s" % x["err"] if x["err"] else "",
-                 "no data: ramp_time (WARMUP) outlasted fio's first loop? lower WARMUP or raise SIZE"
+                 "no data: fio lost the job to its ramp_time (WARMUP); see WARMUP in --help"
                  if not x["bytes"] else ""]
         bad = rc != "0" or bool(x["err"]) or bool(note) or not x["bytes"]
         bad_any |= bad
@@ -626,12 +635,12 @@ CMDS="$WORK/commands.tsv"
 : >"$CMDS"
 FAILURES=0
 
-# rs_cmd MODE PATH BS QD RUNTIME [extra...] -> RS_CMD
+# rs_cmd MODE PATH BS QD RUNTIME WHERE... -> RS_CMD (WHERE: --dir D or --files D)
 rs_cmd() {
     local mode=$1 path=$2 bs=$3 qd=$4 rt=$5
     shift 5
-    RS_CMD=("$RS" bench --dir "$FILES" --size "$SIZE" --paths "$path" --modes "$mode" --block-sizes "$bs"
-        --qd "$qd" --runtime "$rt" --warmup "$WARMUP" --json -q "$@")
+    RS_CMD=("$RS" bench "$@" --size "$SIZE" --paths "$path" --modes "$mode" --block-sizes "$bs"
+        --qd "$qd" --runtime "$rt" --warmup "$WARMUP" --json -q)
 }
 if [[ "$FIXED_WRITES" == 1 ]]; then WRITE_BUFS=(--fixedbufs=1); else WRITE_BUFS=(--fixedbufs=0 --nonvectored=1); fi
 # fio_cmd MODE PATH BS QD FILE JSON BATCH(0|1) -> FIO_CMD
@@ -717,50 +726,82 @@ run_fio() {
     FIO_OUT=${out#error }
 }
 
-# pair SECTION ROUND MODE PATH BS QD BATCH: ringsync (fresh files, kept), then fio on them; files removed
-pair() {
-    local section=$1 round=$2 mode=$3 path=$4 bs=$5 qd=$6 batch=$7
-    local combo="$mode:$path:$bs:$qd" tag rdir rs_mb file msg
-    tag="$section-r$round-${combo//:/-}"
-    rs_cmd "$mode" "$path" "$bs" "$qd" "$RUNTIME" --keep
+# run_rs TAG SECTION COMBO MODE PATH BS QD ROUND FILES...: run RS_CMD, check the files, add its row
+run_rs() {
+    local tag=$1 section=$2 combo=$3 mode=$4 path=$5 bs=$6 qd=$7 round=$8 id0="" id1="" f reused
+    shift 8
+    for f in "$@"; do id0+=$(file_id "$f"); done
     note_cmd "$combo" ringsync "${RS_CMD[@]}"
     drop_caches
     measured "$RUNTIME" "${RS_CMD[@]}" >"$LOG_DIR/$tag.ringsync.json" 2>"$LOG_DIR/$tag.ringsync.err"
-    IFS=$'\t' read -r rdir rs_mb < <(python3 "$PY" rs "$CSV" "$LOG_DIR/$tag.ringsync.json" "$RC" "$section" "$combo" \
+    for f in "$@"; do id1+=$(file_id "$f"); done
+    IFS=$'\t' read -r _ RS_MB reused < <(python3 "$PY" rs "$CSV" "$LOG_DIR/$tag.ringsync.json" "$RC" "$section" "$combo" \
         "$mode" "$path" "$bs" "$qd" ringsync "$round" "$DEVDELTA" "$FOREIGN")
-    if ((RC != 0)) || [[ -z "$rdir" || ! -d "$rdir" ]]; then
+    if ((RC != 0)) || [[ "$RS_MB" == error || "$reused" != 2 || "$id0" != "$id1" ]]; then
         FAILURES=$((FAILURES + 1))
-        log "======== $combo round $round: ringsync failed (exit $RC; $LOG_DIR/$tag.ringsync.err)"
-        [[ -z "$rdir" || ! -d "$rdir" ]] || rm -rf "$rdir"
+        log "======== $combo round $round: ringsync failed (exit $RC; files reused: ${reused:-?}/2; same files: $([[ "$id0" == "$id1" ]] && echo yes || echo no); $LOG_DIR/$tag.ringsync.err)"
+    fi
+}
+
+# pair SECTION ROUND MODE PATH BS QD BATCH: fresh files, then ringsync and fio on them (the order
+# alternating by round); the files are removed afterwards
+pair() {
+    local section=$1 round=$2 mode=$3 path=$4 bs=$5 qd=$6 batch=$7
+    local combo="$mode:$path:$bs:$qd" tag dir file msg_rs msg_fio="" b step
+    local jobs=(0)
+    tag="$section-r$round-${combo//:/-}"
+    dir="$FILES/pair"
+    rm -rf "$dir"
+    # Lay the files out with a throwaway run, then let the disk settle.
+    PREP_CMD=("$RS" bench --files "$dir" --size "$SIZE" --paths psync --modes read --block-sizes 1M
+        --runtime 0.05 --warmup 0 --json -q)
+    note_cmd "layout" ringsync "${PREP_CMD[@]}"
+    if ! "${PREP_CMD[@]}" >"$LOG_DIR/$tag.layout.json" 2>"$LOG_DIR/$tag.layout.err"; then
+        FAILURES=$((FAILURES + 1))
+        log "======== $combo round $round: layout failed ($LOG_DIR/$tag.layout.err)"
+        rm -rf "$dir"
         return 0
     fi
-    msg="ringsync $rs_mb MB/s"
-    if [[ "$section" == copy ]]; then
-        fio_bound_cmd "$rdir/src.0" "$rdir/dst.0" "$LOG_DIR/$tag.fio.json"
-        run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio "$round" "$rdir/src.0" "$rdir/dst.0"
-        msg+=", fio bound $FIO_OUT MB/s"
-    else
-        if [[ "$mode" == write ]]; then file="$rdir/dst.0"; else file="$rdir/src.0"; fi
-        local jobs=(0) b
-        if [[ "$batch" == 1 ]]; then
-            if ((round % 2)); then jobs=(0 1); else jobs=(1 0); fi
-        fi
-        for b in "${jobs[@]}"; do
-            if [[ "$b" == 1 ]]; then
-                fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio-batch.json" 1
-                run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio-batch "$round" "$file"
-                msg+=", fio +batch ${FIO_OUT#*=} MB/s"
-            else
-                fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio.json" 0
-                run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio "$round" "$file"
-                msg+=", fio ${FIO_OUT#*=} MB/s"
-            fi
-        done
+    sync
+    sleep "$SETTLE"
+    rs_cmd "$mode" "$path" "$bs" "$qd" "$RUNTIME" --files "$dir"
+    if [[ "$batch" == 1 ]]; then
+        if ((round % 2)); then jobs=(0 1); else jobs=(1 0); fi
     fi
+    # odd rounds: ringsync first; even rounds: fio first
+    local steps=(rs fio)
+    ((round % 2)) || steps=(fio rs)
+    for step in "${steps[@]}"; do
+        if [[ "$step" == rs ]]; then
+            run_rs "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" "$round" "$dir/src.0" "$dir/dst.0"
+            msg_rs="ringsync $RS_MB MB/s"
+        elif [[ "$section" == copy ]]; then
+            fio_bound_cmd "$dir/src.0" "$dir/dst.0" "$LOG_DIR/$tag.fio.json"
+            run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio "$round" "$dir/src.0" "$dir/dst.0"
+            msg_fio+=", fio bound $FIO_OUT MB/s"
+        else
+            if [[ "$mode" == write ]]; then file="$dir/dst.0"; else file="$dir/src.0"; fi
+            for b in "${jobs[@]}"; do
+                if [[ "$b" == 1 ]]; then
+                    fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio-batch.json" 1
+                    run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio-batch "$round" "$file"
+                    msg_fio+=", fio +batch ${FIO_OUT#*=} MB/s"
+                else
+                    fio_cmd "$mode" "$path" "$bs" "$qd" "$file" "$LOG_DIR/$tag.fio.json" 0
+                    run_fio "$tag" "$section" "$combo" "$mode" "$path" "$bs" "$qd" fio "$round" "$file"
+                    msg_fio+=", fio ${FIO_OUT#*=} MB/s"
+                fi
+            done
+        fi
+    done
+    local msg="$msg_rs$msg_fio ($([[ "${steps[0]}" == rs ]] && echo "ringsync first" || echo "fio first"))"
     [[ "$FOREIGN" == 0 ]] || msg+=" (other benchmark/build processes running)"
     log "$(printf '%-30s round %d: %s' "$combo" "$round" "$msg")"
-    if [[ "$KEEP" == 1 && "$round" == "$RUNS" ]]; then return 0; fi
-    rm -rf "$rdir"
+    if [[ "$KEEP" == 1 && "$round" == "$RUNS" ]]; then
+        mv "$dir" "$FILES/$tag"
+        return 0
+    fi
+    rm -rf "$dir"
 }
 
 # ---------------------------------------------------------------- 3. matched combinations
@@ -779,7 +820,7 @@ done
 
 # ---------------------------------------------------------------- 4. copy
 if [[ "$COPY" == 1 ]]; then
-    rs_cmd copy "$COPY_PATHS" "$COPY_BS" "$COPY_QD" "$COPY_SWEEP_RUNTIME"
+    rs_cmd copy "$COPY_PATHS" "$COPY_BS" "$COPY_QD" "$COPY_SWEEP_RUNTIME" --dir "$FILES"
     note_cmd "copy sweep" ringsync "${RS_CMD[@]}"
     log "copy sweep: $(quote "${RS_CMD[@]}")"
     drop_caches
@@ -822,15 +863,15 @@ python3 "$PY" report "$CSV" "$TOLERANCE" "$COPY_TARGET" "$JUDGE" "$SUMMARY_TXT" 
     echo "$CMDLINE"
     echo '```'
     echo
-    echo "$RUNS round(s); fresh files of $SIZE ($SIZE_B bytes) for every pair; $RUNTIME s measured after $WARMUP s"
-    echo "warm-up; cold cache; benchmark wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
+    echo "$RUNS round(s); fresh files of $SIZE ($SIZE_B bytes) for every pair, $SETTLE s of rest after laying them out;"
+    echo "$RUNTIME s measured after $WARMUP s warm-up; cold cache; benchmark wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
     echo
     cat "$RESULTS_MD"
     echo "## Exact commands"
     echo
     echo "The first run of each kind. \`\$TMP\` = \`$WORK\`, the run's temporary directory (\`\$TMP/ringsync\` is the"
-    echo "copy of \`$RINGSYNC_BIN\`, \`\$TMP/files/ringsync-bench.PID\` the pair of files that ringsync run laid out"
-    echo "and kept for fio); \`\$LOGS\` = \`$LOG_DIR\`: every JSON and stderr of both tools."
+    echo "copy of \`$RINGSYNC_BIN\`, \`\$TMP/files/pair\` the pair's files, laid out by the layout run and"
+    echo "then used by both tools); \`\$LOGS\` = \`$LOG_DIR\`: every JSON and stderr of both tools."
     echo
     while IFS=$'\t' read -r key tool cmd; do
         cmd=${cmd//$LOG_DIR/\$LOGS}

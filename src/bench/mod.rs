@@ -8,7 +8,9 @@
 //! percentiles per operation. Paths the filesystem or kernel cannot do get a row saying
 //! "unsupported here" and why. Rows stream to stdout as they finish (or one JSON document with
 //! `--json`); `--plot` draws throughput against block size. The directory is removed at the end
-//! unless `--keep`.
+//! unless `--keep`. With `--files DIR` the files live in DIR itself and are reused by later runs
+//! (src.N/dst.N of exactly `--size`; others are laid out), so that runs can be compared on the
+//! same, settled files, and with other tools such as fio.
 //!
 //! Cold cache: as root, caches are dropped (`sync; echo 1 > /proc/sys/vm/drop_caches`) before
 //! each combination; for every user, the test files' pages are dropped with
@@ -75,6 +77,8 @@ struct Report<'a> {
     runtime_s: f64,
     warmup_s: f64,
     cache: &'a str,
+    /// Test files found in place (`--files`) and used as they were, not laid out by this run.
+    reused_files: usize,
     results: &'a [Row],
     best: Vec<&'a Row>,
 }
@@ -110,14 +114,10 @@ impl Drop for Workdir {
     }
 }
 
-fn make_workdir(cfg: &BenchConfig) -> Result<Workdir, String> {
-    let base = match &cfg.dir {
-        Some(d) => d.clone(),
-        None => std::env::current_dir().map_err(|e| format!("current directory: {e}"))?,
-    };
-    let st = rustix::fs::statvfs(&base).map_err(|e| format!("{}: statvfs: {e}", base.display()))?;
-    let lanes = *cfg.threads.iter().max().unwrap_or(&1) as u64;
-    let need = cfg.size * lanes * 2 + (16 << 20);
+/// Room for `bytes` of test files (and 16 MiB to spare) under `base`.
+fn check_space(base: &Path, bytes: u64) -> Result<(), String> {
+    let st = rustix::fs::statvfs(base).map_err(|e| format!("{}: statvfs: {e}", base.display()))?;
+    let need = bytes + (16 << 20);
     let avail = st.f_bavail.saturating_mul(st.f_frsize);
     if avail < need {
         return Err(format!(
@@ -127,6 +127,23 @@ fn make_workdir(cfg: &BenchConfig) -> Result<Workdir, String> {
             human_bytes(avail as f64)
         ));
     }
+    Ok(())
+}
+
+fn make_workdir(cfg: &BenchConfig) -> Result<Workdir, String> {
+    if let Some(d) = &cfg.files {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: mkdir: {e}", d.display()))?;
+        return Ok(Workdir {
+            path: d.clone(),
+            keep: true,
+        });
+    }
+    let base = match &cfg.dir {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().map_err(|e| format!("current directory: {e}"))?,
+    };
+    let lanes = *cfg.threads.iter().max().unwrap_or(&1) as u64;
+    check_space(&base, cfg.size * lanes * 2)?;
     for n in 0..1000u32 {
         let mut name = OsString::from(format!("ringsync-bench.{}.{n}", std::process::id()));
         if n == 0 {
@@ -140,6 +157,24 @@ fn make_workdir(cfg: &BenchConfig) -> Result<Workdir, String> {
         }
     }
     Err(format!("{}: no free name for the test directory", base.display()))
+}
+
+/// `--files`: whether `path` is a test file of this run's size, to be used as it is. Anything
+/// else there that is not a regular file is an error; a regular file of another size is
+/// removed, to be laid out again.
+fn reusable(path: &Path, size: u64) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && m.len() == size => Ok(true),
+        Ok(m) if m.file_type().is_file() => std::fs::remove_file(path)
+            .map(|()| false)
+            .map_err(|e| format!("{}: remove (size {} is not --size): {e}", path.display(), m.len())),
+        Ok(_) => Err(format!(
+            "{}: not a regular file; --files DIR must hold test files only",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: stat: {e}", path.display())),
+    }
 }
 
 /// Write `size` bytes of pattern to a new file and make it durable.
@@ -523,17 +558,34 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
     let lanes_max = *cfg.threads.iter().max().unwrap_or(&1) as usize;
     let src_of = |i: usize| dir.join(format!("src.{i}"));
     let dst_of = |i: usize| dir.join(format!("dst.{i}"));
+    // (file, seed) of every test file this run lays out; --files reuses what is in place.
+    let mut todo = Vec::new();
+    for i in 0..lanes_max {
+        for (path, seed) in [(src_of(i), 2 * i as u64 + 1), (dst_of(i), 2 * i as u64 + 2)] {
+            if cfg.files.is_none() || !reusable(&path, cfg.size)? {
+                todo.push((path, seed));
+            }
+        }
+    }
+    let reused_files = 2 * lanes_max - todo.len();
+    if cfg.files.is_some() {
+        check_space(&dir, cfg.size * todo.len() as u64)?;
+    }
     if !cfg.quiet {
+        let reused = if reused_files > 0 {
+            format!(", reusing {reused_files} in place")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "ringsync bench: laying out {} × 2 files of {} in {} ({fs})",
-            lanes_max,
+            "ringsync bench: laying out {} files of {} in {} ({fs}){reused}",
+            todo.len(),
             human_bytes(cfg.size as f64),
             dir.display()
         );
     }
-    for i in 0..lanes_max {
-        lay_out(&src_of(i), cfg.size, 2 * i as u64 + 1)?;
-        lay_out(&dst_of(i), cfg.size, 2 * i as u64 + 2)?;
+    for (path, seed) in &todo {
+        lay_out(path, cfg.size, *seed)?;
     }
     let root_drop = cfg.cold && rustix::process::geteuid().is_root() && drop_caches(&dir);
     let cache = match (cfg.cold, root_drop) {
@@ -685,6 +737,7 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
             runtime_s: cfg.runtime.as_secs_f64(),
             warmup_s: cfg.warmup.as_secs_f64(),
             cache,
+            reused_files,
             results: &rows,
             best: best.clone(),
         };

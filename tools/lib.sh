@@ -1,0 +1,41 @@
+# Shared by the tools/*.sh scripts. Source it right after `set -euo pipefail`:
+#
+#   TOOL=bench-copy
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#   tool_args "$@"                      # --help, or no arguments at all
+#   record_cmdline "$@" -- QUICK RUNS   # CMDLINE: the user-set variables and the command
+#
+# Every script is configured through environment variables and takes no arguments; its
+# --help is its header comment (line 2 up to `set -euo pipefail`).
+
+[[ -n "${TOOL:-}" ]] || { echo "tools/lib.sh: set TOOL before sourcing it" >&2; exit 1; }
+
+die() { echo "$TOOL: ERROR: $*" >&2; exit 1; }
+log() { echo "$TOOL: $*" >&2; }
+
+# The repository this script belongs to.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS_DIR="$REPO/tools"
+
+# tool_args "$@": print the header comment for -h/--help, refuse any other argument.
+tool_args() {
+    case "${1:-}" in
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        "") ;;
+        *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
+    esac
+}
+
+# record_cmdline ARGS... -- VARS...: CMDLINE = "V1=... V2=... script ARGS..." with the VARS the
+# user set (before the script applies its defaults), shell-quoted, for the report.
+record_cmdline() {
+    local args=() a v
+    while (($#)) && [[ "$1" != -- ]]; do args+=("$1"); shift; done
+    (($#)) && shift
+    CMDLINE=""
+    for v in "$@"; do
+        if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
+    done
+    CMDLINE+="$(printf '%q' "$0")"
+    for a in "${args[@]}"; do CMDLINE+=" $(printf '%q' "$a")"; done
+}
