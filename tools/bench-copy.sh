@@ -49,25 +49,13 @@
 # rm + sync before each run. The report states the policy used per dataset.
 set -euo pipefail
 
-die() { echo "bench-copy: ERROR: $*" >&2; exit 1; }
-log() { echo "bench-copy: $*" >&2; }
+TOOL=bench-copy
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
-esac
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS_DIR="$REPO/tools"
+tool_args "$@"
 
 # Record the exact invocation (user-set variables + command) before defaulting.
-CMDLINE=""
-for v in QUICK RUNS BENCH_DIR DATASETS CACHES TOOLS RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR FIO MEMTEST VERIFY INSTALL SEED DELETE_SETTLE_S DELETE_SETTLE_MODE; do
-    if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
-done
-CMDLINE+="$(printf '%q' "$0")"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
+record_cmdline "$@" -- QUICK RUNS BENCH_DIR DATASETS CACHES TOOLS RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR FIO MEMTEST VERIFY INSTALL SEED DELETE_SETTLE_S DELETE_SETTLE_MODE
 
 QUICK=${QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then SCALE=quick; RUNS=${RUNS:-1}; else SCALE=full; RUNS=${RUNS:-5}; fi

@@ -19,15 +19,11 @@
 #   OUT_DIR=perf
 set -euo pipefail
 
-die() { echo "bench-disk: ERROR: $*" >&2; exit 1; }
+TOOL=bench-disk
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
-esac
+tool_args "$@"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${DIR:-/var/tmp}
 SWEEP_RUNTIME=${SWEEP_RUNTIME:-1}
 SWEEP_SIZE=${SWEEP_SIZE:-1G}

@@ -65,27 +65,16 @@
 # doesn't equal SRC, fails the script (exit 1) after the report is written.
 set -euo pipefail
 
-die() { echo "bench-mirror: ERROR: $*" >&2; exit 1; }
-log() { echo "bench-mirror: $*" >&2; }
+TOOL=bench-mirror
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
-esac
+tool_args "$@"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS_DIR="$REPO/tools"
 MUTATE="$TOOLS_DIR/mutate-tree.py"
 RECORD_XATTR=user.ringsync.mirror
 
 # Record the exact invocation (user-set variables + command) before defaulting.
-CMDLINE=""
-for v in QUICK RUNS BENCH_DIR SCENARIOS CACHES PAIRS CHANGE_DATASET NOCHANGE_DATASET FRACTION MUTATE_SEED RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR VERIFY INSTALL KEEP SEED; do
-    if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
-done
-CMDLINE+="$(printf '%q' "$0")"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
+record_cmdline "$@" -- QUICK RUNS BENCH_DIR SCENARIOS CACHES PAIRS CHANGE_DATASET NOCHANGE_DATASET FRACTION MUTATE_SEED RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR VERIFY INSTALL KEEP SEED
 
 QUICK=${QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then

@@ -109,6 +109,12 @@
 #   SIZE=1G                file size (ringsync --size: K/M/G in powers of 1024)
 #   RUNTIME=3              measured seconds per run (both tools)
 #   SETTLE=2               seconds of rest between a pair's layout and its first measurement
+#   CPUS=                  run every measured command under `taskset -c CPUS` (e.g. the CPU that
+#                          takes the disk's interrupt, /proc/interrupts): a thread that waits
+#                          for completions on another CPU pays a cross-CPU wakeup per op, and
+#                          where an unpinned tool lands decides its qd 1 numbers (on this VM,
+#                          fio 1M O_DIRECT qd 1 reads: 1117-1165 MB/s pinned to CPU 0, 1785-2066
+#                          on CPU 1, the IRQ's); empty: no taskset, the scheduler decides
 #   WARMUP=0.1             warm-up seconds (ringsync --warmup, fio --ramp_time). fio and
 #                          ramp_time with --loops: 3.33 loses the job (0 bytes) when the ramp
 #                          outlasts the first loop's I/O, so keep it below one pass; 3.42 lost
@@ -141,24 +147,13 @@
 # shows in that column.
 set -euo pipefail
 
-die() { echo "bench-vs-fio: ERROR: $*" >&2; exit 1; }
-log() { echo "bench-vs-fio: $*" >&2; }
+TOOL=bench-vs-fio
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
-esac
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tool_args "$@"
 
 # Record the exact invocation (user-set variables + command) before defaulting.
-CMDLINE=""
-for v in QUICK RUNS SIZE RUNTIME WARMUP SETTLE COMBOS COPY COPY_PATHS COPY_BS COPY_QD COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET BENCH_DIR OUT_DIR RINGSYNC_BIN FIO_BIN JUDGE KEEP; do
-    if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
-done
-CMDLINE+="$(printf '%q' "$0")"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
+record_cmdline "$@" -- QUICK RUNS SIZE RUNTIME WARMUP SETTLE CPUS COMBOS COPY COPY_PATHS COPY_BS COPY_QD COPY_SWEEP_RUNTIME TOLERANCE COPY_TARGET BENCH_DIR OUT_DIR RINGSYNC_BIN FIO_BIN JUDGE KEEP
 
 QUICK=${QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
@@ -174,6 +169,7 @@ write:uring-direct:64K:32:batch write:uring-direct:4K:32:batch read:uring-fixed:
 read:uring-vec:1M:32 read:psync:1M:1 write:uring-fixed:1M:32 write:psync:1M:1"
 COMBOS=${COMBOS:-$DEFAULT_COMBOS}
 SETTLE=${SETTLE:-2}
+CPUS=${CPUS:-}
 COPY=${COPY:-1}
 COPY_PATHS=${COPY_PATHS:-uring-vec,uring-fixed,uring-direct,psync,cfr,splice,reflink}
 TOLERANCE=${TOLERANCE:-10}
@@ -195,6 +191,8 @@ awk -v r="$RUNTIME" -v s="$COPY_SWEEP_RUNTIME" 'BEGIN {exit !(r > 0 && s > 0)}' 
 [[ "$COPY" =~ ^[01]$ ]] || die "COPY must be 0 or 1"
 [[ "$KEEP" =~ ^[01]$ ]] || die "KEEP must be 0 or 1"
 [[ "$JUDGE" =~ ^(batch|plain)$ ]] || die "JUDGE must be batch or plain (got '$JUDGE')"
+[[ -z "$CPUS" || "$CPUS" =~ ^[0-9]+([-,][0-9]+)*$ ]] || die "CPUS must be a CPU list such as 1 or 0-1 (got '$CPUS')"
+[[ -z "$CPUS" ]] || command -v taskset >/dev/null || die "CPUS needs taskset (util-linux)"
 [[ "$COPY_BS" =~ ^[0-9]+[KMG]?(,[0-9]+[KMG]?)*$ ]] || die "COPY_BS must be a comma list of sizes (got '$COPY_BS')"
 [[ "$COPY_QD" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "COPY_QD must be a comma list of integers (got '$COPY_QD')"
 [[ "$COPY_PATHS" =~ ^[a-z-]+(,[a-z-]+)*$ ]] || die "COPY_PATHS must be a comma list of path names (got '$COPY_PATHS')"
@@ -693,7 +691,7 @@ measured() {
         sleep 0.05
     fi
     RC=0
-    "$@" || RC=$?
+    if [[ -n "$CPUS" ]]; then taskset -c "$CPUS" "$@" || RC=$?; else "$@" || RC=$?; fi
     t_end=$EPOCHREALTIME
     if [[ -n "$spid" ]]; then
         sleep 0.02
@@ -865,6 +863,8 @@ python3 "$PY" report "$CSV" "$TOLERANCE" "$COPY_TARGET" "$JUDGE" "$SUMMARY_TXT" 
     echo
     echo "$RUNS round(s); fresh files of $SIZE ($SIZE_B bytes) for every pair, $SETTLE s of rest after laying them out;"
     echo "$RUNTIME s measured after $WARMUP s warm-up; cold cache; benchmark wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
+    echo "CPU placement: $(if [[ -n "$CPUS" ]]; then echo "every measured command ran under \`taskset -c $CPUS\`"; else echo "not pinned (the scheduler placed both tools)"; fi);"
+    echo "the disk's interrupts: $(awk -v d="$DISK" 'index($0, d) || /virtio[0-9]+-req/ {printf "%s%s", s, $0; s="; "}' /proc/interrupts | tr -s ' ' | head -c 300)."
     echo
     cat "$RESULTS_MD"
     echo "## Exact commands"

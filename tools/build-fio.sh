@@ -19,14 +19,10 @@
 #   JOBS         make -j (default: nproc)
 set -euo pipefail
 
-die() { echo "build-fio: ERROR: $*" >&2; exit 1; }
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
-esac
+TOOL=build-fio
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+tool_args "$@"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PATCH="$REPO/tools/fio-fsync-buf-index.patch"
 [[ -n "${FIO_SRC:-}" ]] || die "set FIO_SRC to a fio source tree or git repository (https://github.com/axboe/fio)"
 [[ -d "$FIO_SRC" ]] || die "FIO_SRC '$FIO_SRC' is not a directory"

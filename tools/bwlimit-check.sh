@@ -80,26 +80,15 @@
 #   reaps it): a 5 ms `dd` of 10 MiB shows all 10 MiB.
 set -euo pipefail
 
-die() { echo "bwlimit-check: ERROR: $*" >&2; exit 1; }
-log() { echo "bwlimit-check: $*" >&2; }
+TOOL=bwlimit-check
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "unknown argument '$1' (configuration is via environment variables; see --help)" ;;
-esac
+tool_args "$@"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS_DIR="$REPO/tools"
 IORATE="$TOOLS_DIR/iorate.py"
 
 # Record the exact invocation (user-set variables + command) before defaulting.
-CMDLINE=""
-for v in QUICK RATE DURATION CASES BIG_FILES SMALL_SHARE SMALL_KIB BENCH_DIR OUT_DIR RINGSYNC_BIN RINGSYNC_ARGS INTERVAL WINDOW AVG_TOL MAX_WINDOW SEED KEEP; do
-    if [[ -n "${!v+x}" ]]; then CMDLINE+="$v=$(printf '%q' "${!v}") "; fi
-done
-CMDLINE+="$(printf '%q' "$0")"
-for a in "$@"; do CMDLINE+=" $(printf '%q' "$a")"; done
+record_cmdline "$@" -- QUICK RATE DURATION CASES BIG_FILES SMALL_SHARE SMALL_KIB BENCH_DIR OUT_DIR RINGSYNC_BIN RINGSYNC_ARGS INTERVAL WINDOW AVG_TOL MAX_WINDOW SEED KEEP
 
 QUICK=${QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
