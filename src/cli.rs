@@ -81,8 +81,9 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "files")]
     pub dir: Option<PathBuf>,
     /// Keep the test files in DIR itself and reuse them (as fio does): src.N and dst.N of
-    /// exactly --size are used as they are, missing ones are laid out; nothing is removed.
-    /// DIR must hold test files only: dst.N is overwritten.
+    /// exactly --size are used as they are; missing ones, and files of another size, are laid
+    /// out (again); nothing is removed at the end. DIR must hold test files only: dst.N is
+    /// overwritten.
     #[arg(long, value_name = "DIR")]
     pub files: Option<PathBuf>,
     /// Size of each test file (one source and one target file per thread).
