@@ -220,7 +220,6 @@ if uses_ringsync; then
     [[ -x "$RINGSYNC_BIN" ]] || die "ringsync binary '$RINGSYNC_BIN' not found or not executable"
 fi
 
-first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
 VERSIONS="$WORK/versions.md"
 {
     echo "| tool | path | version |"

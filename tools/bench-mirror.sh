@@ -169,7 +169,6 @@ if [[ -e "$WS" ]]; then
 fi
 
 # ---------------------------------------------------------------- 1. tools
-first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
 if ! command -v rsync >/dev/null; then
     [[ "$INSTALL" == 1 ]] || die "rsync is not installed (INSTALL=0)"
     log "apt-get -y install rsync"
@@ -182,20 +181,13 @@ if [[ "$BUILD_RINGSYNC" == 1 ]]; then
 fi
 [[ -x "$RINGSYNC_BIN" ]] || die "ringsync binary '$RINGSYNC_BIN' not found or not executable"
 # Bench a private copy: src/ may be rebuilt while this runs.
-RS="$WORK/ringsync"
-cp "$RINGSYNC_BIN" "$RS"
-RS_SHA=$(sha256sum "$RS" | cut -c1-16)
+private_binary "$WORK"
 
 VERSIONS="$WORK/versions.md"
 {
-    rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-    dirty=""
-    if [[ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-        dirty=", uncommitted changes under src/ or Cargo.*"
-    fi
     echo "| tool | path | version |"
     echo "|---|---|---|"
-    echo "| ringsync | \`$RINGSYNC_BIN\` | $(first_line "$RS" --version) (git $rev$dirty; binary sha256 $RS_SHA…, built $(date -r "$RINGSYNC_BIN" '+%Y-%m-%d %H:%M')) |"
+    echo "| ringsync | \`$RINGSYNC_BIN\` | $RS_DESC |"
     echo "| rsync | \`$RSYNC\` | $(first_line "$RSYNC" --version) |"
     echo "| python3 | \`$(command -v python3)\` | $(first_line python3 --version) |"
 } >"$VERSIONS"

@@ -247,17 +247,8 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- 1. tools and machine
-first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
-RS="$WORK/ringsync"
-cp "$RINGSYNC_BIN" "$RS"
-RS_SHA=$(sha256sum "$RS" | cut -c1-16)
+private_binary "$WORK"
 "$RS" bench --help 2>&1 | grep -q -e '--files' || die "'$RINGSYNC_BIN bench --help' doesn't list --files (too old a build?)"
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-dirty=""
-if [[ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-    dirty=", uncommitted changes under src/ or Cargo.*"
-fi
-RS_DESC="$(first_line "$RS" --version) (git $rev$dirty; binary sha256 $RS_SHA…, built $(date -r "$RINGSYNC_BIN" '+%Y-%m-%d %H:%M'))"
 FIO_PATH=$(command -v "$FIO_BIN")
 FIO_VER=$(first_line "$FIO_BIN" --version)
 enghelp=$("$FIO_BIN" --enghelp=io_uring 2>&1 || true)

@@ -180,18 +180,9 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- 1. binary
-first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
 # Check a private copy: target/release may be rebuilt while this runs.
-RS="$WORK/ringsync"
-cp "$RINGSYNC_BIN" "$RS"
-RS_SHA=$(sha256sum "$RS" | cut -c1-16)
+private_binary "$WORK"
 "$RS" copy --help 2>&1 | grep -q -e '--bwlimit' || die "'$RINGSYNC_BIN copy --help' doesn't mention --bwlimit"
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-dirty=""
-if [[ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-    dirty=", uncommitted changes under src/ or Cargo.*"
-fi
-RS_DESC="$(first_line "$RS" --version) (git $rev$dirty; binary sha256 $RS_SHA…, built $(date -r "$RINGSYNC_BIN" '+%Y-%m-%d %H:%M'))"
 log "ringsync: $RINGSYNC_BIN: $RS_DESC"
 
 # ---------------------------------------------------------------- 2. source tree

@@ -39,3 +39,21 @@ record_cmdline() {
     CMDLINE+="$(printf '%q' "$0")"
     for a in "${args[@]}"; do CMDLINE+=" $(printf '%q' "$a")"; done
 }
+
+# first_line CMD...: the first non-empty line CMD prints (stdout or stderr), e.g. a version.
+first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
+
+# private_binary DIR: copy RINGSYNC_BIN to DIR/ringsync, so that a rebuild while the script
+# runs cannot change what is measured. Sets RS (the copy) and RS_DESC (version, git revision,
+# whether src/ or Cargo.* had uncommitted changes, the binary's sha256 prefix and build time).
+private_binary() {
+    local sha rev dirty=""
+    RS="$1/ringsync"
+    cp "$RINGSYNC_BIN" "$RS"
+    sha=$(sha256sum "$RS" | cut -c1-16)
+    rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+    if [[ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        dirty=", uncommitted changes under src/ or Cargo.*"
+    fi
+    RS_DESC="$(first_line "$RS" --version) (git $rev$dirty; binary sha256 $sha…, built $(date -r "$RINGSYNC_BIN" '+%Y-%m-%d %H:%M'))"
+}
