@@ -276,6 +276,8 @@ struct Row {
     iops: f64,
     cpu_s_per_gb: f64,
     lat: Option<[f64; 4]>,
+    buffer_bytes: Option<u64>,
+    huge_page_bytes: Option<u64>,
 }
 
 impl Row {
@@ -338,6 +340,8 @@ impl Row {
             iops: f("iops"),
             cpu_s_per_gb: f("cpu_s_per_gb"),
             lat,
+            buffer_bytes: opt_u("buffer_bytes"),
+            huge_page_bytes: opt_u("huge_page_bytes"),
         }
     }
 }
@@ -449,6 +453,33 @@ fn check_ok_row(r: &Row, runtime: f64, file_size: u64, ctx: &str) {
         p50 > 0.0 && p50 <= p99 && p99 <= p999 && p999 <= max && max.is_finite(),
         "{ctx}: {k:?} latency percentiles out of order: p50 {p50} p99 {p99} p99.9 {p999} max {max}"
     );
+    // Buffer pools, per the documented rule: the ring and psync paths have one per thread of
+    // qd (psync: 1) units of bs, 4 KiB aligned; 1 MiB or more is rounded up to whole 2 MiB huge
+    // pages. The other paths move data without buffers of ours.
+    let pool = match (r.path.as_str(), r.bs) {
+        ("uring-vec" | "uring-fixed" | "uring-direct", Some(bs)) => {
+            Some(bs.div_ceil(4096) * 4096 * r.qd.unwrap_or(1))
+        }
+        ("psync", Some(bs)) => Some(bs.div_ceil(4096) * 4096),
+        _ => None,
+    }
+    .map(|b| {
+        if b >= 1 << 20 {
+            b.div_ceil(2 << 20) * (2 << 20)
+        } else {
+            b
+        }
+    });
+    assert_eq!(
+        r.buffer_bytes,
+        pool.map(|b| b * r.threads),
+        "{ctx}: {k:?} buffer_bytes: {r:?}"
+    );
+    match (r.buffer_bytes, r.huge_page_bytes) {
+        (Some(b), Some(h)) => assert!(h <= b, "{ctx}: {k:?} more huge-page bytes than buffers: {r:?}"),
+        (None, None) => {}
+        _ => panic!("{ctx}: {k:?} buffer_bytes and huge_page_bytes must both be set or both null: {r:?}"),
+    }
     // Bytes per operation, where the loop's op size is fixed.
     let per_op = match (r.path.as_str(), r.bs) {
         ("reflink", _) => Some(file_size),
@@ -1107,13 +1138,29 @@ fn table_output_is_aligned_and_ends_with_fastest_copy_path() {
 
     let want = expected_keys(&ALL_PATHS, &["copy"], &[64 * KIB, MIB], &[2], &[1]);
     let body = &lines[hi + 1..];
-    assert!(!body.is_empty(), "nothing after the header:\n{stdout}");
+    assert!(body.len() >= 2, "too little after the header:\n{stdout}");
     let last = *body.last().expect("last line");
     assert!(
         last.starts_with("fastest copy path on this disk:"),
         "last line: {last:?}\n{stdout}"
     );
-    let rows = &body[..body.len() - 1];
+    // Before it, the huge-page line: the 1M rows of the four paths with buffer pools (bs x qd
+    // = 2 MiB) qualify, the 64K ones (128 KiB) do not.
+    let buffers = body[body.len() - 2];
+    let counts: Vec<usize> = buffers
+        .split_once("(THP):")
+        .map_or("", |(_, tail)| tail)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        buffers.starts_with("buffers of 1.0 MiB or more per thread")
+            && counts.len() == 2
+            && counts[0] <= counts[1]
+            && (1..=4).contains(&counts[1]),
+        "huge-page line: {buffers:?}\n{stdout}"
+    );
+    let rows = &body[..body.len() - 2];
     assert_eq!(rows.len(), want.len(), "one line per row expected:\n{stdout}");
 
     let short = |n: u64| {
@@ -1458,13 +1505,13 @@ fn memory_cap_skips_uring_rows_with_a_note() {
             d,
             &[
                 "--memory",
-                "1M",
+                "3M",
                 "--size",
-                "4M",
+                "6M",
                 "--modes",
                 "copy",
                 "--block-sizes",
-                "1M",
+                "1M,3M",
                 "--qd",
                 "1,4",
                 "--paths",
@@ -1478,22 +1525,28 @@ fn memory_cap_skips_uring_rows_with_a_note() {
         ),
         None,
     );
-    assert_eq!(run.code(), Some(0), "--memory 1M: {}", run.describe());
+    assert_eq!(run.code(), Some(0), "--memory 3M: {}", run.describe());
     let rep = parse_report(&run);
     let paths = ["uring-vec", "uring-fixed", "uring-direct", "psync"];
     check_row_set(
         &rep.rows,
-        &expected_keys(&paths, &["copy"], &[MIB], &[1, 4], &[1]),
+        &expected_keys(&paths, &["copy"], &[MIB, 3 * MIB], &[1, 4], &[1]),
         "--memory",
     );
     for r in &rep.rows {
-        let need = r.bs.unwrap_or(0) * r.qd.unwrap_or(1) * r.threads;
+        // Buffer pools of 1 MiB or more take whole 2 MiB huge pages: even 1M x qd 1 needs 2 MiB.
+        let pool = r.bs.unwrap_or(0) * r.qd.unwrap_or(1);
+        let need = if pool >= MIB {
+            pool.div_ceil(2 * MIB) * 2 * MIB
+        } else {
+            pool
+        } * r.threads;
         if support[r.path.as_str()].is_some() {
             assert_eq!(r.status, "unsupported", "--memory: {r:?}");
-        } else if need > MIB {
+        } else if need > 3 * MIB {
             assert_eq!(
                 r.status, "skipped",
-                "--memory: {need} bytes of buffers > 1M: {r:?}"
+                "--memory: {need} bytes of buffers > 3M: {r:?}"
             );
             assert!(
                 r.note.as_deref().is_some_and(|n| n.contains("--memory")),
@@ -1501,14 +1554,29 @@ fn memory_cap_skips_uring_rows_with_a_note() {
             );
             assert_eq!(r.bytes, 0, "--memory: skipped row moved data: {r:?}");
         } else {
-            check_ok_row(r, 0.1, 4 * MIB, "--memory (fits exactly)");
+            check_ok_row(r, 0.1, 6 * MIB, "--memory (fits)");
         }
     }
+    // psync 3M: 3 MiB of buffers would fit, but they take two whole huge pages (4 MiB).
+    let psync3 = rep
+        .rows
+        .iter()
+        .find(|r| r.path == "psync" && r.bs == Some(3 * MIB))
+        .expect("psync 3M row");
     assert_eq!(
-        rep.rows.iter().filter(|r| r.status == "skipped").count(),
-        3 - usize::from(support["uring-direct"].is_some()) - 2 * usize::from(!uring_available()),
-        "--memory: the three qd 4 uring rows are skipped"
+        psync3.status, "skipped",
+        "--memory 3M counts whole huge pages: {psync3:?}"
     );
+    // ...and 1M at qd 1 (one 2 MiB page) runs wherever the path is supported.
+    for r in rep
+        .rows
+        .iter()
+        .filter(|r| r.bs == Some(MIB) && r.qd.unwrap_or(1) == 1)
+    {
+        if support[r.path.as_str()].is_none() {
+            assert_eq!(r.status, "ok", "--memory 3M: {r:?}");
+        }
+    }
     check_best(&rep, &["copy"], support["reflink"].is_none(), "--memory");
 }
 

@@ -89,6 +89,15 @@
 #   one that matches ringsync operation for operation; plain fio shows what batching is worth.
 #   Buffered writes: a pass dirties the file in the page cache (1 GiB is far below this VM's
 #   dirty limits), then the pass's sync writes it out; both tools do exactly that.
+#   Buffer memory: ringsync backs a thread's buffer pool of 1 MiB or more (BS x QD; psync: BS)
+#   with 2 MiB transparent huge pages, so a 1 MiB op is one physically contiguous segment and
+#   reaches the disk as one request (with 4 KiB pages this VM's virtio disk, max_segments 254,
+#   splits it 1016 KiB + 8 KiB; O_DIRECT 1M qd 1 reads went from ~1.0 to ~2.1 GB/s). fio's
+#   malloc'd buffers are 4 KiB pages, so for those combinations fio gets the same memory:
+#   --iomem=shmhuge, from hugetlb pages the script reserves (vm.nr_hugepages, put back at
+#   exit) when THP is on here and a probe job works; otherwise fio keeps 4 KiB pages and the
+#   report says so. ringsync's JSON tells how much of its buffers got huge pages
+#   (huge_page_bytes); a pair where it got less than all of them carries a note.
 #
 # 2. The copy bound. First a sweep, once: `ringsync bench --modes copy --paths COPY_PATHS
 #    --block-sizes COPY_BS --qd COPY_QD --runtime COPY_SWEEP_RUNTIME`; its JSON `best` copy entry
@@ -236,7 +245,9 @@ mkdir -p "$LOG_DIR"
 WORK=$(mktemp -d "$BENCH_DIR/tmp.XXXXXX")
 FILES="$WORK/files"
 mkdir -p "$FILES"
+NR_HUGE_OLD=""
 cleanup() {
+    if [[ -n "$NR_HUGE_OLD" ]]; then echo "$NR_HUGE_OLD" >/proc/sys/vm/nr_hugepages || true; fi
     if [[ "$KEEP" == 1 ]]; then
         log "KEEP=1: files left in $FILES"
         rm -f "$WORK/ringsync"
@@ -268,9 +279,44 @@ else
     FIXED_WRITES=1
     FIXED_NOTE="yes (Dirty ${dirty_kb} kB after the probe); writes run with --fixedbufs=1"
 fi
+# Huge-page buffers for fio where ringsync's pool gets them (see "Buffer memory").
+HUGE_MIN_B=1048576
+huge_pool() { (($(bytes "$1") * $2 >= HUGE_MIN_B)); } # BS QD: does ringsync back this pool with THP?
+THP=$(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null | tr -d '[]' || true)
+hp_kb=$(awk '/^Hugepagesize:/ {print $2}' /proc/meminfo)
+need=0 # 2 MiB pages of the biggest fio job's buffers (QD x BS plus a page of alignment, rounded up, one spare)
+for c in "${COMBO_LIST[@]}"; do
+    IFS=: read -r _ _ bs qd _ <<<"$c"
+    if huge_pool "$bs" "$qd"; then
+        p=$((($(bytes "$bs") * qd + 4096 + 2097151) / 2097152 + 1))
+        ((p > need)) && need=$p
+    fi
+done
+((COPY == 1 && need < 36)) && need=36 # the copy bound: two 1M x 32 jobs at once
+FIO_HUGE=0
+if [[ "$THP" != always && "$THP" != madvise ]]; then
+    HUGE_NOTE="transparent huge pages are '${THP:-absent}' here: ringsync's buffers are 4 KiB pages, and so are fio's"
+elif [[ "$hp_kb" != 2048 ]]; then
+    HUGE_NOTE="huge page size ${hp_kb:-?} kB, not 2048: fio keeps 4 KiB pages (ringsync's pools >= 1 MiB are THP)"
+elif ((need == 0)); then
+    HUGE_NOTE="no combination has a buffer pool of 1 MiB or more"
+else
+    NR_HUGE_OLD=$(cat /proc/sys/vm/nr_hugepages)
+    echo $((NR_HUGE_OLD + need)) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+    hp_free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
+    if ((hp_free >= need)) && "$FIO_BIN" --name=hugeprobe "--filename=$PROBE" --size=4M --rw=read --bs=1M \
+        --iodepth=1 --ioengine=io_uring --direct=1 --fixedbufs=1 --iomem=shmhuge --output-format=terse \
+        >"$PROBE.out" 2>&1; then
+        FIO_HUGE=1
+        HUGE_NOTE="ringsync backs buffer pools of 1 MiB or more (BS x QD) with 2 MiB THP; fio gets --iomem=shmhuge for those combinations ($need hugetlb pages reserved: vm.nr_hugepages $NR_HUGE_OLD -> $((NR_HUGE_OLD + need)), put back at exit)"
+    else
+        HUGE_NOTE="could not give fio huge pages (HugePages_Free $hp_free of $need needed, or fio --iomem=shmhuge failed: $(head -c 200 "$PROBE.out" | tr '\n' ' ')): fio keeps 4 KiB pages while ringsync's pools >= 1 MiB are THP"
+    fi
+fi
 rm -f "$PROBE" "$PROBE.out"
 log "ringsync: $RINGSYNC_BIN: $RS_DESC"
 log "fio: $FIO_PATH: $FIO_VER; fsync after fixed-buffer writes works: $FIXED_NOTE"
+log "buffers: $HUGE_NOTE"
 
 DEV_SRC=$(findmnt -n -o SOURCE -T "$BENCH_DIR" 2>/dev/null || echo '?')
 DEV=${DEV_SRC#/dev/}
@@ -290,6 +336,7 @@ MACHINE="$WORK/machine.md"
     echo "- device \`$DISK\`: $(awk '{printf "%.0f GiB", $1 * 512 / 2^30}' "/sys/block/$DISK/size" 2>/dev/null || echo '?'), driver \`$(basename "$(readlink -f "/sys/block/$DISK/device/driver" 2>/dev/null)" 2>/dev/null || echo '?')\`; queue: scheduler \`$(qattr scheduler)\`, write_cache \`$(qattr write_cache)\`, read_ahead_kb $(qattr read_ahead_kb), nr_requests $(qattr nr_requests), max_sectors_kb $(qattr max_sectors_kb), rotational $(qattr rotational)"
     echo "- ringsync: \`$RINGSYNC_BIN\`: $RS_DESC"
     echo "- fio: \`$FIO_PATH\`: $FIO_VER; fsync after fixed-buffer writes works: $FIXED_NOTE"
+    echo "- buffers: $HUGE_NOTE"
     echo "- python3: $(first_line python3 --version)"
 } >"$MACHINE"
 
@@ -358,11 +405,15 @@ def rs_rows(argv):
                        mode=r["mode"], path=r["path"], bs=short(r["block_size"]) if r["block_size"] else "",
                        qd=r["qd"] or "", dev_read_mb="", dev_write_mb="", dev_reqs="", dev_req_kib="")
         lat = r.get("lat_us") or {}
+        notes = [r.get("note") or "", "" if rc == "0" else "ringsync exit %s" % rc]
+        buf, huge = r.get("buffer_bytes"), r.get("huge_page_bytes")
+        if buf and buf // max(r["threads"], 1) >= (1 << 20) and (huge or 0) < buf:
+            notes.append("only %.0f of %.0f MiB of ringsync's buffers in huge pages" % ((huge or 0) / 2**20, buf / 2**20))
         row.update(status=r["status"], mb_s=f3(r["mb_s"]), iops=f3(r["iops"]),
                    cpu_s_per_gb=f3(r["cpu_s_per_gb"]), lat_p50_us=f3(lat.get("p50")),
                    lat_p99_us=f3(lat.get("p99")), lat_p999_us=f3(lat.get("p999")),
                    lat_max_us=f3(lat.get("max")), bytes=r["bytes"], seconds=f3(r["seconds"]),
-                   note=(r.get("note") or "") + ("" if rc == "0" else " (ringsync exit %s)" % rc))
+                   note="; ".join(n for n in notes if n))
         if r["status"] == "ok" and rc not in ("0", "3"):
             row["status"] = "error"
         append(csv_path, row)
@@ -645,6 +696,7 @@ fio_cmd() {
         *) die "internal: no fio mapping for $path:$mode" ;;
     esac
     if [[ "$batch" == 1 ]]; then eng+=("--iodepth_batch_submit=$qd" "--iodepth_batch_complete_max=$qd"); fi
+    if [[ "$FIO_HUGE" == 1 ]] && huge_pool "$bs" "$qd"; then eng+=(--iomem=shmhuge); fi
     if [[ "$mode" == write ]]; then eng+=(--end_fsync=1); fi
     FIO_CMD=("$FIO_BIN" "--name=$mode" "--filename=$file" "--size=$SIZE_B" "--rw=$mode" "--bs=$bs" "${eng[@]}"
         --loops=1000000 "--runtime=${RUNTIME_MS}ms" "--ramp_time=${WARMUP_MS}ms" --invalidate=1 --fadvise_hint=0
@@ -652,7 +704,9 @@ fio_cmd() {
 }
 # fio_bound_cmd SRC DST JSON -> FIO_CMD
 fio_bound_cmd() {
-    FIO_CMD=("$FIO_BIN" --ioengine=io_uring --direct=1 --fixedbufs=1 --bs=1M --iodepth=32 "--size=$SIZE_B"
+    local mem=()
+    if [[ "$FIO_HUGE" == 1 ]]; then mem=(--iomem=shmhuge); fi
+    FIO_CMD=("$FIO_BIN" --ioengine=io_uring --direct=1 --fixedbufs=1 --bs=1M --iodepth=32 "${mem[@]}" "--size=$SIZE_B"
         --time_based "--runtime=${RUNTIME_MS}ms" "--ramp_time=${WARMUP_MS}ms" --invalidate=1 --fadvise_hint=0
         --lat_percentiles=1 --output-format=json "--output=$3"
         --name=read --rw=read "--filename=$1" --name=write --rw=write "--filename=$2")

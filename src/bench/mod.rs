@@ -58,6 +58,9 @@ pub struct Row {
     pub iops: f64,
     pub cpu_s_per_gb: f64,
     pub lat_us: Option<Latency>,
+    /// I/O buffers of all threads (paths with a buffer pool), and the part of them in huge pages.
+    pub buffer_bytes: Option<u64>,
+    pub huge_page_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -323,7 +326,35 @@ fn empty_row(path: BenchPath, mode: BenchMode, bs: Option<u64>, qd: Option<u32>,
         iops: 0.0,
         cpu_s_per_gb: 0.0,
         lat_us: None,
+        buffer_bytes: None,
+        huge_page_bytes: None,
     }
+}
+
+/// How many of the combinations whose per-thread buffers reach `HUGE_MIN_BYTES` (bs × qd) got
+/// them wholly in huge pages; None when no row has such buffers.
+fn huge_page_line(rows: &[Row]) -> Option<String> {
+    let eligible: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.status == "ok")
+        .filter(|r| {
+            r.buffer_bytes
+                .is_some_and(|b| b / r.threads.max(1) as u64 >= crate::ring::HUGE_MIN_BYTES as u64)
+        })
+        .collect();
+    if eligible.is_empty() {
+        return None;
+    }
+    let whole = eligible
+        .iter()
+        .filter(|r| r.huge_page_bytes == r.buffer_bytes)
+        .count();
+    Some(format!(
+        "buffers of {} or more per thread (bs x qd) are 2 MiB huge pages (THP): {whole} of {} such combinations got them all{}",
+        human_bytes(crate::ring::HUGE_MIN_BYTES as f64),
+        eligible.len(),
+        if whole < eligible.len() { " (the rest partly or wholly 4 KiB pages: huge_page_bytes in --json)" } else { "" }
+    ))
 }
 
 /// `4K`, `1M`: block sizes as people write them.
@@ -472,12 +503,18 @@ fn measure(
     let mut ops = 0u64;
     let mut end = t_measure;
     let mut lat: Histogram<u64> = Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds");
+    let mut buffers: Option<paths::BufferUse> = None;
     for r in results {
         let t = r?;
         bytes += t.bytes;
         ops += t.ops;
         end = end.max(t.end);
         lat.add(&t.lat).expect("same bounds");
+        if let Some(b) = t.buffers {
+            let sum = buffers.get_or_insert_with(Default::default);
+            sum.bytes += b.bytes;
+            sum.huge_bytes += b.huge_bytes;
+        }
     }
     let secs = end.duration_since(t_measure).as_secs_f64().max(1e-9);
     let spec = spec_of(t_measure, t_measure);
@@ -489,6 +526,8 @@ fn measure(
         n as u32,
     );
     row.bytes = bytes;
+    row.buffer_bytes = buffers.map(|b| b.bytes);
+    row.huge_page_bytes = buffers.map(|b| b.huge_bytes);
     row.seconds = secs;
     row.mb_s = bytes as f64 / secs / 1e6;
     row.iops = ops as f64 / secs;
@@ -621,8 +660,9 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
         let block = bs.unwrap_or(cfg.size);
         let qd_v = qd.unwrap_or(1);
         let direct = path == BenchPath::UringDirect;
+        // What the pools really take (see ring::Pool::bytes_for: whole huge pages from 1 MiB).
         let buffers = if path.has_qd() || path == BenchPath::Psync {
-            block * qd_v as u64 * threads as u64
+            crate::ring::Pool::bytes_for(qd_v as usize, block as usize) as u64 * threads as u64
         } else {
             0
         };
@@ -632,7 +672,7 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
         } else if buffers > cfg.memory_bytes {
             row.status = "skipped";
             row.note = Some(format!(
-                "needs {} of buffers (bs × qd × threads) > --memory {}",
+                "needs {} of buffers (bs × qd × threads; 1 MiB or more per thread in whole 2 MiB huge pages) > --memory {}",
                 human_bytes(buffers as f64),
                 human_bytes(cfg.memory_bytes as f64)
             ));
@@ -743,6 +783,9 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
         let v = serde_json::to_string_pretty(&report).map_err(|e| format!("json: {e}"))?;
         println!("{v}");
     } else {
+        if let Some(line) = huge_page_line(&rows) {
+            println!("{line}");
+        }
         for r in best.iter().filter(|r| r.mode != "copy") {
             println!("fastest {} path: {}", r.mode, describe(r));
         }

@@ -59,6 +59,15 @@ pub struct Tally {
     pub lat: Histogram<u64>,
     /// When this thread's last counted work (including the final sync) finished.
     pub end: Instant,
+    /// The thread's I/O buffer pool (paths that have one): its bytes, and how many of them sit
+    /// in huge pages at the end of the run.
+    pub buffers: Option<BufferUse>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BufferUse {
+    pub bytes: u64,
+    pub huge_bytes: u64,
 }
 
 impl Tally {
@@ -68,6 +77,7 @@ impl Tally {
             ops: 0,
             lat: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid bounds"),
             end: Instant::now(),
+            buffers: None,
         }
     }
 
@@ -253,6 +263,11 @@ pub fn ring_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
     }
     end_pass(lane, spec)?;
     tally.end = Instant::now();
+    let pool = ring.pool();
+    tally.buffers = Some(BufferUse {
+        bytes: pool.len_bytes() as u64,
+        huge_bytes: pool.huge_bytes().unwrap_or(0) as u64,
+    });
     Ok(tally)
 }
 

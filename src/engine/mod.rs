@@ -475,9 +475,13 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
         None => cfg.memory_bytes,
     };
     let units_total = (memory_bytes as usize / POOL_UNIT_BYTES).max(threads);
+    // A pool of 1 MiB or more takes whole 2 MiB huge pages (ring::Pool::bytes_for): an even
+    // number of 1 MiB units uses all of them and stays within --memory.
+    let units = (units_total / threads).max(1);
+    let units = if units >= 2 { units & !1 } else { units };
     let ring_cfg = RingConfig {
         sq_entries: SQ_ENTRIES,
-        pool_units: (units_total / threads).max(1),
+        pool_units: units,
         pool_unit_bytes: POOL_UNIT_BYTES,
         buffers: crate::ring::Buffers::Fixed,
     };

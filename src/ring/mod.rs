@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use pool::{Lease, Pool};
+pub use pool::{Lease, Pool, HUGE_MIN_BYTES};
 pub use rustix::fs::{Mode, OFlags, Statx};
 pub use rustix::io::Errno;
 
