@@ -723,18 +723,27 @@ file_id() {
     printf '%s %s ' "$(stat -c '%i %s' "$1")" "$(filefrag -e "$1" 2>/dev/null | awk '$1 ~ /^[0-9]+:$/ {printf "%s%s", s, $4 $5; s=","}')"
 }
 DEVDELTA="0 0 0 0" FOREIGN=0 RC=0
-# measured WINDOW CMD...: run CMD with the device sampler and the foreign-process check around it;
-# DEVDELTA = the device's counter deltas over the last WINDOW seconds of the run (0: all of it)
+# measured WINDOW CMD...: sync and drop the caches, then run CMD with the device sampler and the
+# foreign-process check around it; DEVDELTA = the device's counter deltas over the last WINDOW seconds of the run (0: all of it)
 measured() {
     local window=$1 f0 f1 spid t_end
     shift
     f0=$(foreign)
     spid=""
     if [[ -n "$DEV_STAT" ]]; then
+        # Start the sampler and wait for its first sample before the caches are dropped: a
+        # python3 started after drop_caches reads itself from a disk the tool is already
+        # saturating, and could miss the whole run (no device figures for that row).
+        : >"$WORK/dev.samples"
         python3 "$SAMPLER" sample "$DEV_STAT" "$WORK/dev.samples" &
         spid=$!
-        sleep 0.05
+        local i
+        for ((i = 0; i < 500; i++)); do
+            [[ -s "$WORK/dev.samples" ]] && break
+            sleep 0.01
+        done
     fi
+    drop_caches
     RC=0
     if [[ -n "$CPUS" ]]; then taskset -c "$CPUS" "$@" || RC=$?; else "$@" || RC=$?; fi
     t_end=$EPOCHREALTIME
@@ -754,7 +763,6 @@ run_fio() {
     shift 9
     for f in "$@"; do id0+=$(file_id "$f"); done
     note_cmd "$combo" "$tool" "${FIO_CMD[@]}"
-    drop_caches
     measured "$RUNTIME" "${FIO_CMD[@]}" >"$LOG_DIR/$tag.$tool.out" 2>"$LOG_DIR/$tag.$tool.err"
     for f in "$@"; do id1+=$(file_id "$f"); done
     note=""
@@ -775,7 +783,6 @@ run_rs() {
     shift 8
     for f in "$@"; do id0+=$(file_id "$f"); done
     note_cmd "$combo" ringsync "${RS_CMD[@]}"
-    drop_caches
     measured "$RUNTIME" "${RS_CMD[@]}" >"$LOG_DIR/$tag.ringsync.json" 2>"$LOG_DIR/$tag.ringsync.err"
     for f in "$@"; do id1+=$(file_id "$f"); done
     IFS=$'\t' read -r _ RS_MB reused < <(python3 "$PY" rs "$CSV" "$LOG_DIR/$tag.ringsync.json" "$RC" "$section" "$combo" \
@@ -799,9 +806,13 @@ pair() {
     PREP_CMD=("$RS" bench --files "$dir" --size "$SIZE" --paths psync --modes read --block-sizes 1M
         --runtime 0.05 --warmup 0 --json -q)
     note_cmd "layout" ringsync "${PREP_CMD[@]}"
-    if ! "${PREP_CMD[@]}" >"$LOG_DIR/$tag.layout.json" 2>"$LOG_DIR/$tag.layout.err"; then
+    # Only the files matter: exit 3 (its 0.05 s measurement failed, e.g. no read finished while
+    # the disk stalled) is fine when both files are there at full size.
+    local prep_rc=0
+    "${PREP_CMD[@]}" >"$LOG_DIR/$tag.layout.json" 2>"$LOG_DIR/$tag.layout.err" || prep_rc=$?
+    if ! { ((prep_rc == 0 || prep_rc == 3)) && [[ "$(stat -c %s "$dir/src.0" "$dir/dst.0" 2>/dev/null | sort -u)" == "$SIZE_B" ]]; }; then
         FAILURES=$((FAILURES + 1))
-        log "======== $combo round $round: layout failed ($LOG_DIR/$tag.layout.err)"
+        log "======== $combo round $round: layout failed (exit $prep_rc; $LOG_DIR/$tag.layout.err)"
         rm -rf "$dir"
         return 0
     fi
@@ -866,7 +877,6 @@ if [[ "$COPY" == 1 ]]; then
     rs_cmd copy "$COPY_PATHS" "$COPY_BS" "$COPY_QD" "$COPY_SWEEP_RUNTIME" --dir "$FILES"
     note_cmd "copy sweep" ringsync "${RS_CMD[@]}"
     log "copy sweep: $(quote "${RS_CMD[@]}")"
-    drop_caches
     measured 0 "${RS_CMD[@]}" >"$LOG_DIR/sweep.ringsync.json" 2>"$LOG_DIR/sweep.ringsync.err"
     BEST=$(python3 "$PY" rs "$CSV" "$LOG_DIR/sweep.ringsync.json" "$RC" sweep - copy - - - ringsync 1 "$DEVDELTA" "$FOREIGN")
     if [[ -z "$BEST" ]] || ((RC != 0 && RC != 3)); then

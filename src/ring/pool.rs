@@ -112,6 +112,7 @@ impl Pool {
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         huge_bytes_in(&smaps, self.base_ptr() as usize).map(|b| b.min(self.len_bytes()))
     }
+
     pub fn unit_bytes(&self) -> usize {
         self.unit_bytes
     }
