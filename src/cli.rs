@@ -113,7 +113,7 @@ pub struct BenchArgs {
     /// Warm-up seconds per combination, not measured [default: runtime/10, 0.1 to 1].
     #[arg(long)]
     pub warmup: Option<f64>,
-    /// Cap on one combination's buffers (bs x qd x threads); bigger ones are skipped.
+    /// Cap on one combination's buffers (bs x qd x threads; 1 MiB or more per thread counts as whole 2 MiB huge pages); bigger ones are skipped.
     #[arg(long, default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
     /// Leave the page cache alone between passes (default: cold cache).
