@@ -424,6 +424,15 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 /// Sanity of one "ok" row. `file_size` gives the bytes per operation we can predict for the
 /// ring, psync and splice paths (`min(bs, size)` when the size is a multiple of bs or smaller)
 /// and for reflink (the whole file).
+/// The documented pool rule: buffers of 1 MiB or more take whole 2 MiB huge pages.
+fn in_huge_pages(bytes: u64) -> u64 {
+    if bytes >= MIB {
+        bytes.div_ceil(2 * MIB) * 2 * MIB
+    } else {
+        bytes
+    }
+}
+
 fn check_ok_row(r: &Row, runtime: f64, file_size: u64, ctx: &str) {
     let k = r.key();
     assert_eq!(r.status, "ok", "{ctx}: {k:?}");
@@ -463,13 +472,7 @@ fn check_ok_row(r: &Row, runtime: f64, file_size: u64, ctx: &str) {
         ("psync", Some(bs)) => Some(bs.div_ceil(4096) * 4096),
         _ => None,
     }
-    .map(|b| {
-        if b >= 1 << 20 {
-            b.div_ceil(2 << 20) * (2 << 20)
-        } else {
-            b
-        }
-    });
+    .map(in_huge_pages);
     assert_eq!(
         r.buffer_bytes,
         pool.map(|b| b * r.threads),
@@ -1536,11 +1539,7 @@ fn memory_cap_skips_uring_rows_with_a_note() {
     for r in &rep.rows {
         // Buffer pools of 1 MiB or more take whole 2 MiB huge pages: even 1M x qd 1 needs 2 MiB.
         let pool = r.bs.unwrap_or(0) * r.qd.unwrap_or(1);
-        let need = if pool >= MIB {
-            pool.div_ceil(2 * MIB) * 2 * MIB
-        } else {
-            pool
-        } * r.threads;
+        let need = in_huge_pages(pool) * r.threads;
         if support[r.path.as_str()].is_some() {
             assert_eq!(r.status, "unsupported", "--memory: {r:?}");
         } else if need > 3 * MIB {

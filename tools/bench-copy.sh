@@ -455,18 +455,7 @@ big_bytes=""
 if [[ " ${DATASET_LIST[*]} " == *" big "* ]]; then big_bytes=$(dataset_bytes big); fi
 fstype=$(stat -f -c %T "$BENCH_DIR")
 {
-    echo "# ringsync copy benchmark, $(date '+%Y-%m-%d %H:%M %Z')"
-    echo
-    if [[ "$QUICK" == 1 ]]; then
-        echo "> **QUICK smoke mode**: tiny datasets, numbers are meaningless."
-        echo
-    fi
-    echo "Command:"
-    echo
-    echo '```'
-    echo "$CMDLINE"
-    echo '```'
-    echo
+    report_head "ringsync copy benchmark" "tiny datasets, numbers are meaningless."
     echo "Destination policy (DELETE_SETTLE_S=$DELETE_SETTLE_S; why: Method):"
     echo
     for d in "${DATASET_LIST[@]}"; do

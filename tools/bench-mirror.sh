@@ -579,24 +579,10 @@ with open(md_path, "w") as out:
               [(v[0], v[1], v[2], v[3], v[4], v[5].replace("|", "\\|")) for v in ver])
 EOF
 
+fail=()
+((ABORT == 0 && FAILURES == 0)) || fail=("**$FAILURES FAILURE(S)**: a tool exited non-zero or a target differs from SRC; the run stopped there." "Logs: \`$LOG_DIR\`.")
 {
-    echo "# ringsync mirror benchmark, $(date '+%Y-%m-%d %H:%M %Z')"
-    echo
-    if [[ "$QUICK" == 1 ]]; then
-        echo "> **QUICK smoke mode**: tiny datasets, numbers are meaningless."
-        echo
-    fi
-    if ((ABORT || FAILURES)); then
-        echo "> **$FAILURES FAILURE(S)**: a tool exited non-zero or a target differs from SRC; the run stopped there."
-        echo "> Logs: \`$LOG_DIR\`."
-        echo
-    fi
-    echo "Command:"
-    echo
-    echo '```'
-    echo "$CMDLINE"
-    echo '```'
-    echo
+    report_head "ringsync mirror benchmark" "tiny datasets, numbers are meaningless." "${fail[@]}"
     cat "$RESULTS_MD"
     echo "## Machine"
     echo

@@ -899,23 +899,10 @@ TARGET_FAILS=0
 python3 "$PY" report "$CSV" "$TOLERANCE" "$COPY_TARGET" "$JUDGE" "$SUMMARY_TXT" "$RESULTS_MD" "${COMBO_LIST[@]}" || TARGET_FAILS=$?
 ((TARGET_FAILS == 0)) || FAILURES=$((FAILURES + 1))
 
+fail=()
+((FAILURES == 0)) || fail=("**FAILED**: a combination is outside ±$TOLERANCE %, the best copy is under $COPY_TARGET % of the bound, or a run failed (see the tables).")
 {
-    echo "# ringsync bench vs fio, $(date '+%Y-%m-%d %H:%M %Z')"
-    echo
-    if [[ "$QUICK" == 1 ]]; then
-        echo "> **QUICK smoke mode**: small files, short runs, one round; not the acceptance measurement."
-        echo
-    fi
-    if ((FAILURES)); then
-        echo "> **FAILED**: a combination is outside ±$TOLERANCE %, the best copy is under $COPY_TARGET % of the bound, or a run failed (see the tables)."
-        echo
-    fi
-    echo "Command:"
-    echo
-    echo '```'
-    echo "$CMDLINE"
-    echo '```'
-    echo
+    report_head "ringsync bench vs fio" "small files, short runs, one round; not the acceptance measurement." "${fail[@]}"
     echo "$RUNS round(s); fresh files of $SIZE ($SIZE_B bytes) for every pair, $SETTLE s of rest after laying them out;"
     echo "$RUNTIME s measured after $WARMUP s warm-up; cold cache; benchmark wall time $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
     echo "CPU placement: $(if [[ -n "$CPUS" ]]; then echo "every measured command ran under \`taskset -c $CPUS\`"; else echo "not pinned (the scheduler placed both tools)"; fi);"

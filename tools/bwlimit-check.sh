@@ -412,23 +412,10 @@ if [[ -r "/sys/fs/ext4/${fsdev#/dev/}/journal_task" ]]; then
 fi
 ra="?"
 if [[ -r "/sys/block/${fsdev#/dev/}/queue/read_ahead_kb" ]]; then ra="$(cat "/sys/block/${fsdev#/dev/}/queue/read_ahead_kb") KiB"; fi
+fail=()
+((FAILURES == 0)) || fail=("**FAILED**: at least one case missed a target, exited non-zero or copied wrongly (see the table).")
 {
-    echo "# ringsync copy --bwlimit check, $(date '+%Y-%m-%d %H:%M %Z')"
-    echo
-    if [[ "$QUICK" == 1 ]]; then
-        echo "> **QUICK smoke mode**: small tree, short copies; not the acceptance measurement."
-        echo
-    fi
-    if ((FAILURES)); then
-        echo "> **FAILED**: at least one case missed a target, exited non-zero or copied wrongly (see the table)."
-        echo
-    fi
-    echo "Command:"
-    echo
-    echo '```'
-    echo "$CMDLINE"
-    echo '```'
-    echo
+    report_head "ringsync copy --bwlimit check" "small tree, short copies; not the acceptance measurement." "${fail[@]}"
     echo "Per case: \`ringsync copy -q --fsync none --bwlimit $RATE <options>${RS_EXTRA[*]:+ ${RS_EXTRA[*]}} SRC DST\`"
     echo "($RATE = $RATE_BPS B/s), cold cache, fresh target."
     echo

@@ -57,3 +57,27 @@ private_binary() {
     fi
     RS_DESC="$(first_line "$RS" --version) (git $rev$dirty; binary sha256 $sha…, built $(date -r "$RINGSYNC_BIN" '+%Y-%m-%d %H:%M'))"
 }
+
+# report_head TITLE QUICK_TEXT [FAIL_LINE...]: a report's opening: "# TITLE, <date>", the QUICK
+# banner when QUICK=1, the failure banner (one quoted line per FAIL_LINE; none: no banner) and
+# the command block (CMDLINE from record_cmdline).
+report_head() {
+    local title=$1 quick=$2 line
+    shift 2
+    echo "# $title, $(date '+%Y-%m-%d %H:%M %Z')"
+    echo
+    if [[ "${QUICK:-0}" == 1 ]]; then
+        echo "> **QUICK smoke mode**: $quick"
+        echo
+    fi
+    if (($#)); then
+        for line in "$@"; do echo "> $line"; done
+        echo
+    fi
+    echo "Command:"
+    echo
+    echo '```'
+    echo "$CMDLINE"
+    echo '```'
+    echo
+}
