@@ -98,12 +98,9 @@ uses_ringsync() { has_tool ringsync || has_tool ringsync-nofsync || [[ "$MEMTEST
 
 DATA="$BENCH_DIR/data-$SCALE"
 DST_ROOT="$BENCH_DIR/dst"
-STAMP=$(date +%Y%m%d-%H%M)
 mkdir -p "$DATA" "$DST_ROOT" "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
-REPORT="$OUT_DIR/copy-$STAMP.md"
-n=1
-while [[ -e "$REPORT" ]]; do n=$((n + 1)); REPORT="$OUT_DIR/copy-$STAMP-$n.md"; done
+new_report copy
 CSV="${REPORT%.md}.csv"
 LOG_DIR="$BENCH_DIR/logs/$(basename "${REPORT%.md}")"
 mkdir -p "$LOG_DIR"

@@ -121,12 +121,9 @@ read -r -a PAIR_LIST <<<"$PAIRS"
 
 DATA="$BENCH_DIR/data-$SCALE"
 WS="$BENCH_DIR/mirror-work"
-STAMP=$(date +%Y%m%d-%H%M)
 mkdir -p "$DATA" "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
-REPORT="$OUT_DIR/mirror-$STAMP.md"
-n=1
-while [[ -e "$REPORT" ]]; do n=$((n + 1)); REPORT="$OUT_DIR/mirror-$STAMP-$n.md"; done
+new_report mirror
 CSV="${REPORT%.md}.csv"
 LOG_DIR="$BENCH_DIR/logs/$(basename "${REPORT%.md}")"
 mkdir -p "$LOG_DIR"

@@ -233,12 +233,7 @@ BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 free_b=$(df -P -B1 "$BENCH_DIR" | awk 'NR==2 {print $4}')
 ((2 * SIZE_B * 10 <= free_b * 9)) || die "need $((2 * SIZE_B >> 20)) MiB free under $BENCH_DIR, have $((free_b >> 20)) MiB"
-STAMP=$(date +%Y%m%d-%H%M)
-REPORT="$OUT_DIR/bench-vs-fio-$STAMP.md"
-n=1
-while [[ -e "$REPORT" || -e "$BENCH_DIR/logs/$SCALE-$(basename "${REPORT%.md}")" ]]; do
-    n=$((n + 1)); REPORT="$OUT_DIR/bench-vs-fio-$STAMP-$n.md"
-done
+new_report bench-vs-fio
 CSV="${REPORT%.md}.csv"
 LOG_DIR="$BENCH_DIR/logs/$SCALE-$(basename "${REPORT%.md}")"
 mkdir -p "$LOG_DIR"

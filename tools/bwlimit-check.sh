@@ -156,15 +156,10 @@ LAYOUT="${BIG_FILES}x${BIG_SIZE}+${SMALL_N}x${SMALL_SIZE}"
 SRC="$BENCH_DIR/src-$SCALE"
 MANIFEST="$SRC.manifest"
 DST="$BENCH_DIR/dst"
-STAMP=$(date +%Y%m%d-%H%M)
 mkdir -p "$BENCH_DIR" "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
-REPORT="$OUT_DIR/bwlimit-$STAMP.md"
-n=1
 # Per-run logs: $BENCH_DIR/logs/<scale>-<report name>, never shared with another run.
-while [[ -e "$REPORT" || -e "$BENCH_DIR/logs/$SCALE-$(basename "${REPORT%.md}")" ]]; do
-    n=$((n + 1)); REPORT="$OUT_DIR/bwlimit-$STAMP-$n.md"
-done
+new_report bwlimit
 BASE="${REPORT%.md}"
 LOG_DIR="$BENCH_DIR/logs/$SCALE-$(basename "$BASE")"
 mkdir -p "$LOG_DIR"

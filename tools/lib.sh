@@ -81,3 +81,14 @@ report_head() {
     echo '```'
     echo
 }
+
+# new_report NAME: REPORT=OUT_DIR/NAME-<date>-<time>.md, with -2, -3... appended while that report
+# or its per-run log directory (BENCH_DIR/logs/SCALE-<report name>) already exists.
+new_report() {
+    local stamp n=1
+    stamp=$(date +%Y%m%d-%H%M)
+    REPORT="$OUT_DIR/$1-$stamp.md"
+    while [[ -e "$REPORT" || -e "$BENCH_DIR/logs/${SCALE:-}-$(basename "${REPORT%.md}")" ]]; do
+        n=$((n + 1)); REPORT="$OUT_DIR/$1-$stamp-$n.md"
+    done
+}
