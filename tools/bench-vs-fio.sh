@@ -34,9 +34,10 @@
 #    layout or after the other tool falls on both tools alike.
 #    Results: median MB/s per tool, min-max, ratio = median ringsync / median fio, and the
 #    median of the per-pair ratios. Verdict PASS when |ratio - 1| <= TOLERANCE %. JUDGE picks
-#    the fio job that decides the exit status where a combination has both: "batch" (default),
-#    the job that submits the way ringsync does, i.e. the same requests reach the disk; or
-#    "plain", fio's default submission. The other job's row is shown as "(info)".
+#    the fio job that decides the exit status where a combination has both: "match" (default),
+#    the job that submits the way ringsync does for that block size (see Submission below), so
+#    the same requests reach the disk: plain fio from 1 MiB up, fio +batch below; or "batch" or
+#    "plain" for every combination. The other job's row is shown as "(info)".
 #
 # How ringsync works, and the fio options that reproduce it (fio 3.33, `fio --enghelp=io_uring`):
 #   A pass: sequential BS-sized ops over the whole file with up to QD in flight; at the end of
@@ -80,13 +81,17 @@
 #     buffers are pinned per op, which costs CPU and latency that ringsync does not pay.
 #   Build the fixed fio: FIO_SRC=<fio checkout> tools/build-fio.sh (prints the binary's path).
 #   fio's ramp_time does not mix well with --loops (see WARMUP below).
-#   Submission: ringsync reaps every completion that is ready, refills every free slot and hands
-#   them all to the kernel in one io_uring_enter; fio by default submits each op on its own
-#   (iodepth_batch_submit=1). The block layer can merge adjacent sequential ops submitted
-#   together (per-run request counts and sizes are in the report). ":batch" combinations run fio
-#   a second time with ringsync's pattern: --iodepth_batch_submit=QD
-#   --iodepth_batch_complete_max=QD (reap 1..QD, refill all, submit together). That job is the
-#   one that matches ringsync operation for operation; plain fio shows what batching is worth.
+#   Submission: ringsync reaps every completion that is ready and refills every free slot. Ops
+#   under 1 MiB (ring::SOLO_BYTES) go to the kernel together, in one io_uring_enter; ops of
+#   1 MiB or more each in their own enter as they are queued. fio by default submits each op on
+#   its own (iodepth_batch_submit=1). Ops submitted together in one enter (three or more) share
+#   a block plug, which merges adjacent sequential ones into bigger requests (per-run request
+#   counts and sizes are in the report); that pays for small ops and costs for 1 MiB ones on
+#   this disk, which writes 3 MiB requests more slowly than 1 MiB ones (perf/hugepages-20261122.md).
+#   ":batch" combinations run fio a second time submitting in batches: --iodepth_batch_submit=QD
+#   --iodepth_batch_complete_max=QD (reap 1..QD, refill all, submit together). Below 1 MiB that
+#   job is the one that matches ringsync operation for operation; from 1 MiB up plain fio is,
+#   and the +batch row shows what batching would cost.
 #   Buffered writes: a pass dirties the file in the page cache (1 GiB is far below this VM's
 #   dirty limits), then the pass's sync writes it out; both tools do exactly that.
 #   Buffer memory: ringsync backs a thread's buffer pool of 1 MiB or more (BS x QD; psync: BS)
@@ -146,7 +151,9 @@
 #   RINGSYNC_BIN=target/release/ringsync   never built here; copied to a temporary directory
 #                          first, so a rebuild during the run doesn't change what is measured
 #   FIO_BIN=fio            fio to compare with (e.g. a build from tools/build-fio.sh)
-#   JUDGE=batch            which fio job decides the verdict in :batch combinations: batch|plain
+#   JUDGE=match            which fio job decides the verdict in :batch combinations: match (the
+#                          one submitting as ringsync does: plain from 1 MiB, +batch below) |
+#                          batch | plain
 #   KEEP=0                 1: keep the files of every pair of the last round (BENCH_DIR/tmp.*)
 #
 # Each run also records the block device's counters over its last RUNTIME seconds (the measured
@@ -187,7 +194,7 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/ringsync-bench/bench-vs-fio}
 if [[ "$QUICK" == 1 ]]; then OUT_DIR=${OUT_DIR:-$BENCH_DIR/quick-reports}; else OUT_DIR=${OUT_DIR:-$REPO/perf}; fi
 RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
 FIO_BIN=${FIO_BIN:-fio}
-JUDGE=${JUDGE:-batch}
+JUDGE=${JUDGE:-match}
 KEEP=${KEEP:-0}
 
 NUM='^[0-9]+(\.[0-9]+)?$'
@@ -199,7 +206,7 @@ done
 awk -v r="$RUNTIME" -v s="$COPY_SWEEP_RUNTIME" 'BEGIN {exit !(r > 0 && s > 0)}' || die "RUNTIME and COPY_SWEEP_RUNTIME must be > 0"
 [[ "$COPY" =~ ^[01]$ ]] || die "COPY must be 0 or 1"
 [[ "$KEEP" =~ ^[01]$ ]] || die "KEEP must be 0 or 1"
-[[ "$JUDGE" =~ ^(batch|plain)$ ]] || die "JUDGE must be batch or plain (got '$JUDGE')"
+[[ "$JUDGE" =~ ^(match|batch|plain)$ ]] || die "JUDGE must be match, batch or plain (got '$JUDGE')"
 [[ -z "$CPUS" || "$CPUS" =~ ^[0-9]+([-,][0-9]+)*$ ]] || die "CPUS must be a CPU list such as 1 or 0-1 (got '$CPUS')"
 [[ -z "$CPUS" ]] || command -v taskset >/dev/null || die "CPUS needs taskset (util-linux)"
 [[ "$COPY_BS" =~ ^[0-9]+[KMG]?(,[0-9]+[KMG]?)*$ ]] || die "COPY_BS must be a comma list of sizes (got '$COPY_BS')"
@@ -479,6 +486,16 @@ def fmt(x, nd=0):
     return "-" if x is None else "%.*f" % (nd, x)
 
 
+# ringsync submits reads and writes of this many bytes or more alone (src/ring/mod.rs SOLO_BYTES).
+SOLO_BYTES = 1 << 20
+
+
+def size_bytes(text):
+    """'4K' -> 4096: the K/M/G suffixes of COMBOS, powers of 1024."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
 def report(argv):
     """report CSV TOLERANCE COPY_TARGET JUDGE SUMMARY_TXT RESULTS_MD COMBOS..."""
     csv_path, tol, target, judge, txt_path, md_path = argv[:6]
@@ -512,7 +529,11 @@ def report(argv):
                 verdict = "PASS"
             else:
                 verdict = "FAIL (%s slower)" % ("ringsync" if ratio < 1 else "fio")
-            judged = tool == "fio" if len(fio_tools) == 1 or judge == "plain" else tool == "fio-batch"
+            if len(fio_tools) == 1:
+                judged = True
+            else:
+                batched = judge == "batch" or (judge == "match" and size_bytes(bs) < SOLO_BYTES)
+                judged = tool == ("fio-batch" if batched else "fio")
             if judged:
                 fails += verdict != "PASS"
             else:
@@ -594,10 +615,13 @@ def report(argv):
                   "of the per-round ratios (each ringsync run against the fio run on its files); runs = successful\n"
                   "ringsync/fio runs. Target: ratio within ±%g%%. `vs fio`: the fio job with the issue's parameters\n"
                   "(engine, direct, bs, iodepth, one job) and fio's default submission, one op per call;\n"
-                  "`vs fio +batch`: the same job submitting the way ringsync does (`--iodepth_batch_submit=QD\n"
-                  "--iodepth_batch_complete_max=QD`), so the same requests reach the disk. Where a combination has\n"
-                  "both, the %s job decides the verdict (JUDGE=%s) and the other one is shown as (info).\n\n"
-                  % (tol, "+batch" if judge == "batch" else "plain", judge))
+                  "`vs fio +batch`: the same job submitting in batches (`--iodepth_batch_submit=QD\n"
+                  "--iodepth_batch_complete_max=QD`). ringsync submits ops under 1 MiB in batches and ops of 1 MiB\n"
+                  "or more one per call, so the same requests reach the disk as with +batch below 1 MiB and plain\n"
+                  "fio from 1 MiB up. Where a combination has both, %s decides the verdict (JUDGE=%s) and\n"
+                  "the other one is shown as (info).\n\n"
+                  % (tol, {"match": "the matching job", "batch": "the +batch job", "plain": "the plain job"}[judge],
+                     judge))
         out.write("| " + " | ".join(head) + " |\n|" + "|".join(["---"] * 5 + ["---:"] * 7 + ["---"]) + "|\n")
         for s in side:
             s = list(s)

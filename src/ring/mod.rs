@@ -7,8 +7,9 @@
 //! convention.
 //!
 //! Two backends implement [`Backend`]:
-//! - [`uring::Uring`]: one io_uring per worker, batched submission, fixed (registered) buffers
-//!   where registration succeeds, short reads/writes and EINTR/EAGAIN resubmitted internally;
+//! - [`uring::Uring`]: one io_uring per worker, batched submission (reads and writes of
+//!   [`SOLO_BYTES`] or more alone), fixed (registered) buffers where registration succeeds,
+//!   short reads/writes and EINTR/EAGAIN resubmitted internally;
 //! - [`sync::Sync`]: performs each op as a plain syscall at push time (pread/pwrite, openat,
 //!   statx…) and queues the completion. It is the fallback where io_uring is unavailable, and
 //!   since the engine drives both through the same trait, both pass the same tests.
@@ -209,6 +210,19 @@ pub enum Buffers {
     /// each): the path for ops spanning several buffers.
     Vectored,
 }
+
+/// Reads and writes of this many bytes or more go to the kernel alone, one `io_uring_enter`
+/// each, as they are pushed; smaller ones are batched until the next `wait` or `submit`.
+///
+/// A batch of three or more SQEs is submitted under one block plug, which merges adjacent
+/// sequential ops into one request of up to `max_sectors_kb`. For small ops that is the point of
+/// batching (fio's 4 KiB direct writes at qd 32 move about twice as much batched). For ops of 1 MiB
+/// it only makes requests bigger than the device needs, and slower where the device writes big
+/// requests more slowly: on the virtio disk in perf/hugepages-20261122.md, 1 MiB direct writes
+/// at qd 32 moved 1490-1645 MB/s batched (3.3 MiB requests) and 1964-2055 MB/s alone (1 MiB
+/// requests). One extra syscall per MiB costs nothing measurable. fio without
+/// `iodepth_batch_submit` submits every op this way.
+pub const SOLO_BYTES: u32 = 1 << 20;
 
 /// iovecs per op under [`Buffers::Vectored`].
 pub const IOV_PIECES: usize = 4;

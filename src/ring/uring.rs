@@ -15,7 +15,7 @@ use std::time::Instant;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustix::io::Errno;
 
-use super::{raw, Backend, Buffers, Completion, Op, Pool, Token, IOV_PIECES};
+use super::{raw, Backend, Buffers, Completion, Op, Pool, Token, IOV_PIECES, SOLO_BYTES};
 
 struct Slot {
     token: Token,
@@ -153,18 +153,30 @@ impl Uring {
 
     fn enqueue(&mut self, slot: u32) {
         let entry = self.sqe(slot);
+        let solo = match &self.slots[slot as usize].as_ref().expect("slot in use").op {
+            Op::Read { len, done, .. } | Op::Write { len, done, .. } => len - done >= SOLO_BYTES,
+            _ => false,
+        };
+        if solo && !self.ring.submission().is_empty() {
+            // What is queued goes first, so that this op's enter carries it alone.
+            let _ = self.ring.submit();
+        }
         loop {
             // SAFETY: the entry's pointers refer to memory owned by the op in `slots[slot]` or to the
             // pool; both stay put until the completion for `slot` is reaped (ops are only removed
             // from the slot table in `reap`, and Drop drains before freeing).
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
-                return;
+                break;
             }
             // Submission queue full: hand what is queued to the kernel and retry.
             match self.ring.submit() {
                 Ok(_) | Err(_) => {}
             }
+        }
+        if solo {
+            // Errors leave the entry queued, for the next `wait` to submit again and report.
+            let _ = self.ring.submit();
         }
     }
 
@@ -370,6 +382,57 @@ impl Drop for Uring {
                 return;
             }
             self.reap(&mut sink);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Small reads wait in the submission queue for the next enter; a read of SOLO_BYTES goes
+    /// to the kernel at push, after whatever was queued, in its own enter.
+    #[test]
+    fn big_ops_are_submitted_alone_at_push() {
+        if let Err(e) = super::super::probe_uring() {
+            eprintln!("SKIP big_ops_are_submitted_alone_at_push: io_uring unavailable here ({e})");
+            return;
+        }
+        let mib = SOLO_BYTES as u64;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * mib).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
+        let fd: Arc<OwnedFd> = Arc::new(std::fs::File::open(&path).unwrap().into());
+        let mut u = Uring::new(8, Pool::new(4, mib as usize), Buffers::Plain).unwrap();
+        // (token, offset, length): two small reads, one of SOLO_BYTES, one just under it.
+        let ops = [
+            (1, 0, 4096),
+            (2, 4096, 4096),
+            (3, mib, mib),
+            (4, 2 * mib, mib - 4096),
+        ];
+        let mut queued = Vec::new();
+        for (token, at, n) in ops {
+            let lease = u.pool().acquire(1).unwrap();
+            u.push(token, Op::read(fd.clone(), lease, at, n as u32));
+            queued.push(u.ring.submission().len());
+        }
+        assert_eq!(queued, [1, 2, 0, 1], "SQ entries left queued after each push");
+        let mut out = Vec::new();
+        while u.in_flight() > 0 {
+            u.wait(1, &mut out).unwrap();
+        }
+        out.sort_by_key(|c| c.token);
+        assert_eq!(out.len(), ops.len());
+        for (c, (token, at, n)) in out.into_iter().zip(ops) {
+            assert_eq!((c.token, c.result), (token, Ok(n as u32)));
+            let lease = c.op.into_lease().unwrap();
+            let got = &u.pool().bytes(&lease)[..n as usize];
+            assert!(got == &data[at as usize..(at + n) as usize], "data of op {token}");
         }
     }
 }
