@@ -133,7 +133,9 @@
 #                          ramp_time with --loops: 3.33 loses the job (0 bytes) when the ramp
 #                          outlasts the first loop's I/O, so keep it below one pass; 3.42 lost
 #                          every buffered psync write job with any ramp_time here: use WARMUP=0
-#   COMBOS="..."           MODE:PATH:BS:QD[:batch] each (QD 1 for psync); default: read and write
+#   COMBOS="..."           MODE:PATH:BS:QD[:batch] each (QD 1 for psync; an io_uring combination
+#                          under 1 MiB needs :batch for a fio job that submits as ringsync does);
+#                          default: read and write
 #                          uring-direct 1M:1, 1M:32:batch, 64K:32:batch, 4K:32:batch; read
 #                          uring-fixed 1M:32, uring-vec 1M:32, psync 1M; write uring-fixed 1M:32,
 #                          psync 1M
