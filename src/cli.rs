@@ -299,7 +299,8 @@ pub struct DataArgs {
     /// Worker threads, one pinned per core [default: online cores].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Cap on data-buffer memory, bytes with optional K/M/G suffix (powers of 1024).
+    /// Cap on data-buffer memory: K/M/G/KiB/MiB/GiB are powers of 1024, KB/MB/GB powers of
+    /// 1000; at most half of physical memory.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub memory: u64,
     /// Clone extents instead of copying data where the filesystem can (btrfs, xfs).
@@ -312,8 +313,9 @@ pub struct DataArgs {
     /// Durability: none; fsync each file; or one syncfs of the target at the end.
     #[arg(long, value_enum, default_value_t = FsyncArg::End)]
     pub fsync: FsyncArg,
-    /// Limit file data copied to RATE bytes per second, all workers together (K/M/G suffixes
-    /// are powers of 1024: 50M = 50 MiB/s). Smooth: no 100 ms window goes much above RATE.
+    /// Limit file data copied to RATE bytes per second, all workers together (K/M/G and
+    /// KiB/MiB/GiB are powers of 1024, KB/MB/GB powers of 1000: 50M = 50 MiB/s, 10MB/s =
+    /// 10^7 B/s). Smooth: no 100 ms window goes much above RATE.
     /// Reflinked files move no data and are not limited.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<u64>,
@@ -353,40 +355,47 @@ pub enum FsyncArg {
     End,
 }
 
-/// `4096`, `64K`, `256M`, `1G`, `1.5G` (binary multiples).
+/// A size: a number (decimals allowed) and an optional case-insensitive suffix. `K`, `M`, `G`,
+/// `T` and `KiB`, `MiB`, `GiB`, `TiB` are powers of 1024; `KB`, `MB`, `GB`, `TB` powers of 1000
+/// (rsync's convention); `B` is bytes. `4096`, `64K`, `64MiB`, `64MB`, `1.5G`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'B' => 1,
-                _ => return Err(format!("unknown size suffix in '{s}' (use K, M, G or T)")),
-            };
-            (&s[..i], m)
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, suffix) = (s[..split].trim_end(), &s[split..]);
+    let mult: f64 = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => {
+            return Err(format!(
+                "unknown size suffix in '{s}' (K, M, G, T or KiB.. are powers of 1024; KB, MB, \
+                 GB, TB powers of 1000)"
+            ))
         }
-        _ => (s, 1),
     };
     let v: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a size (e.g. 64M)"))?;
-    if !v.is_finite() || v < 0.0 {
+    if !v.is_finite() || v < 0.0 || num.starts_with(['+', '-']) {
         return Err(format!("'{s}' is not a size (e.g. 64M)"));
     }
-    let bytes = v * mult as f64;
-    if bytes > u64::MAX as f64 {
+    let bytes = v * mult;
+    if bytes >= u64::MAX as f64 {
         return Err(format!("'{s}' is too large"));
     }
-    Ok(bytes as u64)
+    Ok(bytes.round() as u64)
 }
 
-/// `--bwlimit RATE`: a size per second, at least 1 KiB/s.
+/// `--bwlimit RATE`: a size per second (an optional `/s` after it), at least 1 KiB/s.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let s = s.strip_suffix("/s").unwrap_or(s);
+    let s = s.strip_suffix("/s").or_else(|| s.strip_suffix("/S")).unwrap_or(s);
     let v = parse_size(s).map_err(|e| format!("{e}; RATE is bytes per second, e.g. 50M"))?;
     if v < 1024 {
         return Err(format!(
@@ -394,6 +403,12 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(v)
+}
+
+/// Physical memory (sysinfo's total RAM), the bound for `--memory`.
+fn physical_memory_bytes() -> u64 {
+    let si = rustix::system::sysinfo();
+    (si.totalram as u64).saturating_mul(si.mem_unit.max(1) as u64)
 }
 
 fn threads(t: Option<usize>) -> Result<usize, String> {
@@ -457,6 +472,18 @@ impl DataArgs {
         if self.memory < MEMORY_BYTES_MIN {
             return Err(format!("--memory must be at least {}M", MEMORY_BYTES_MIN >> 20));
         }
+        let ram = physical_memory_bytes();
+        if self.memory > ram / 2 {
+            return Err(format!(
+                "--memory {}: more than half of this machine's memory ({} of {}); the buffer \
+                 pool is allocated and pinned up front, so this would starve the system \
+                 (the default, {}, is plenty: bigger pools do not copy faster)",
+                crate::progress::human_bytes(self.memory as f64),
+                crate::progress::human_bytes((ram / 2) as f64),
+                crate::progress::human_bytes(ram as f64),
+                crate::progress::human_bytes(MEMORY_BYTES_DEFAULT as f64),
+            ));
+        }
         if matches!(self.data_path, DataPathArg::Cfr) && matches!(self.reflink, ReflinkArg::Never) {
             return Err(
                 "--data-path cfr cannot honour --reflink never: copy_file_range clones extents on \
@@ -510,6 +537,26 @@ mod tests {
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("").is_err());
+        assert!(parse_size("1e400").is_err());
+    }
+
+    #[test]
+    fn size_suffixes_binary_and_decimal() {
+        for s in ["64M", "64MiB", "64mib", "64 MiB", "67108864", "67108864B"] {
+            assert_eq!(parse_size(s), Ok(64 << 20), "{s}");
+        }
+        for (s, v) in [
+            ("64MB", 64_000_000u64),
+            ("64mb", 64_000_000),
+            ("1KB", 1000),
+            ("2GB", 2_000_000_000),
+        ] {
+            assert_eq!(parse_size(s), Ok(v), "{s}");
+        }
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("1TB"), Ok(1_000_000_000_000));
+        assert!(parse_size("64MiBs").is_err());
+        assert!(parse_size("64Mi").is_err());
     }
 
     #[test]
@@ -518,6 +565,8 @@ mod tests {
         assert_eq!(parse_rate("50M"), Ok(50 << 20));
         assert_eq!(parse_rate("50M/s"), Ok(50 << 20));
         assert_eq!(parse_rate("1.5K"), Ok(1536));
+        assert_eq!(parse_rate("10MB/s"), Ok(10_000_000));
+        assert_eq!(parse_rate("10MiB/s"), Ok(10 << 20));
         assert!(parse_rate("100").is_err());
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());

@@ -5,6 +5,7 @@
 //! - [`ring`]: the only `unsafe`: io_uring and sync backends, the buffer pool;
 //! - [`engine`]: pinned workers, directory scans, file copy state machines;
 //! - [`meta`]: metadata read from statx and applied to targets;
+//! - [`roots`]: SRC and DST checked before a run (overlap, single-entry sources);
 //! - [`error`], [`progress`], [`summary`]: reporting.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -20,4 +21,5 @@ pub mod meta;
 pub mod mirror;
 pub mod progress;
 pub mod ring;
+pub mod roots;
 pub mod summary;

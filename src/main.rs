@@ -33,13 +33,10 @@ fn main() {
             ringsync::mirror::diff(&cfg)
         }
         Command::Copy(args) => {
-            let cfg = match args.validate() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("ringsync: {e}");
-                    std::process::exit(exit::USAGE);
-                }
-            };
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            if let Err(e) = ringsync::roots::refuse_overlap("copy", &cfg.src, &cfg.dst) {
+                usage(e);
+            }
             match ringsync::engine::copy(cfg) {
                 Ok(outcome) => {
                     if args.data.json {

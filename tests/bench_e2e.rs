@@ -750,13 +750,14 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // umount's stderr is captured: a busy mount retried here is not worth a stray line.
         let ok = Command::new("umount")
             .arg(&self.mnt)
-            .status()
-            .map(|s| s.success())
+            .output()
+            .map(|o| o.status.success())
             .unwrap_or(false);
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
         }
     }
 }
@@ -949,7 +950,7 @@ fn write_mode_never_repeats_a_sector() {
     if uring_available() {
         paths.extend(["uring-vec", "uring-fixed"]);
     } else {
-        eprintln!("SKIPPED (partly): io_uring is disabled here; checking psync only");
+        note("SKIPPED (partly): io_uring is disabled here; checking psync only");
     }
     let paths = paths.join(",");
     let args = words(&format!(

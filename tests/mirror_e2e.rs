@@ -1450,7 +1450,7 @@ fn two_concurrent_mirrors_one_is_busy() {
             ),
         }
     }
-    eprintln!("NOTE: the two mirrors never overlapped: {notes:?}");
+    note(&format!("NOTE: the two mirrors never overlapped: {notes:?}"));
 }
 
 // ---------------------------------------------------------------------------
@@ -1664,7 +1664,7 @@ fn mirror_vanishing_source_entries_exit_5_and_next_run_converges() {
             return;
         }
     }
-    eprintln!("NOTE: no run observed a vanished entry (exit 5); timing-dependent");
+    note("NOTE: no run observed a vanished entry (exit 5); timing-dependent");
 }
 
 // ---------------------------------------------------------------------------
@@ -1735,10 +1735,14 @@ fn mirror_record_shortcut_survives_a_directory_swap() {
         "mkdir -p src/x src/y; ln -s aaaa src/x/l; ln -s bbbb src/y/l; \
          touch -h -d @1700000000 src/x/l; touch -h -d @1700000001 src/y/l; \
          echo 1 > src/x/f; echo 1 > src/y/f; \
-         touch -d @1700000000 src/x/f src/y/f; \
-         setfattr -n user.k -v one src/x/f; setfattr -n user.k -v two src/y/f",
+         touch -d @1700000000 src/x/f src/y/f",
         t,
     );
+    // The xattrs by syscall, not setfattr: a fresh machine may lack the `attr` package.
+    for (f, v) in [("src/x/f", "one"), ("src/y/f", "two")] {
+        rustix::fs::setxattr(t.join(f), "user.k", v.as_bytes(), rustix::fs::XattrFlags::empty())
+            .unwrap_or_else(|e| panic!("setxattr user.k on {f}: {e}"));
+    }
     freeze_atimes(&t.join("src"));
     mirror_ok(&["--quiet"], &t.join("src"), &t.join("dst"), "first mirror");
     // Past the record's one-second margin, then swap the directories (their entries keep

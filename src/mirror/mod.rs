@@ -145,13 +145,8 @@ pub fn mirror(cfg: &MirrorConfig) -> i32 {
             return fail(format!("--prev {}: not a directory", p.display()));
         }
     }
-    if overlap(&c.src, &c.dst) {
-        eprintln!(
-            "ringsync: mirror {} into {}: source and target overlap (one is the other or inside it, \
-             possibly through a bind mount or symlink); refusing, since the mirror would delete its own source",
-            c.src.display(),
-            c.dst.display()
-        );
+    if let Err(e) = crate::roots::refuse_overlap("mirror", &c.src, &c.dst) {
+        eprintln!("ringsync: {e}");
         return exit::USAGE;
     }
     let dst_exists = c.dst.exists();
@@ -173,36 +168,6 @@ pub fn mirror(cfg: &MirrorConfig) -> i32 {
     } else {
         dry_run_into_nothing(cfg, &src)
     }
-}
-
-/// Whether DST is SRC or inside it, or SRC inside DST, by directory identity (device and inode),
-/// so bind mounts and symlinks are seen through. DST need not exist yet.
-fn overlap(src: &Path, dst: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let chain = |p: &Path| -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut cur = std::fs::canonicalize(p)
-            .or_else(|_| std::path::absolute(p))
-            .unwrap_or_else(|_| p.to_path_buf());
-        loop {
-            if let Some(i) = id(&cur) {
-                out.push(i);
-            }
-            if !cur.pop() {
-                return out;
-            }
-        }
-    };
-    let (Some(s), d) = (id(src), id(dst)) else {
-        return false;
-    };
-    // DST (or, when it does not exist yet, the ancestor it will be made in) below SRC.
-    if chain(dst).contains(&s) {
-        return true;
-    }
-    // SRC below DST.
-    d.is_some_and(|d| chain(src).contains(&d))
 }
 
 /// `--dry-run` into a DST that does not exist: everything would be created.

@@ -245,7 +245,7 @@ pub fn probe_uring() -> Result<(), std::io::Error> {
 /// Build a backend for the calling thread (io_uring rings are created on the thread that will
 /// submit to them, as SINGLE_ISSUER requires).
 pub fn build(kind: EngineKind, cfg: RingConfig) -> std::io::Result<Box<dyn Backend>> {
-    let pool = Pool::new(cfg.pool_units, cfg.pool_unit_bytes);
+    let pool = Pool::try_new(cfg.pool_units, cfg.pool_unit_bytes)?;
     match kind {
         EngineKind::Uring => Ok(Box::new(uring::Uring::new(cfg.sq_entries, pool, cfg.buffers)?)),
         EngineKind::Sync => Ok(Box::new(sync::Sync::new(pool))),

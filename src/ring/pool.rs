@@ -78,20 +78,27 @@ unsafe impl Send for Pool {}
 impl Pool {
     /// Allocate `units` units of `unit_bytes` each (rounded up to `ALIGN_BYTES`; a pool of
     /// [`HUGE_MIN_BYTES`] or more also to whole huge pages).
+    ///
+    /// Panics when the memory cannot be mapped; [`Pool::try_new`] returns that error instead.
     pub fn new(units: usize, unit_bytes: usize) -> Pool {
+        Pool::try_new(units, unit_bytes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Pool::new`], but a mapping the kernel refuses (more than it will commit) is an error.
+    pub fn try_new(units: usize, unit_bytes: usize) -> std::io::Result<Pool> {
         static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         assert!(units > 0, "pool needs at least one unit");
         let len = Pool::bytes_for(units, unit_bytes);
         let unit_bytes = unit_bytes.div_ceil(ALIGN_BYTES) * ALIGN_BYTES;
-        let base = map_pool(len, len >= HUGE_MIN_BYTES);
-        Pool {
+        let base = map_pool(len, len >= HUGE_MIN_BYTES)?;
+        Ok(Pool {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             base,
             pages: len / ALIGN_BYTES,
             unit_bytes,
             used: vec![false; units],
             free_units: units,
-        }
+        })
     }
 
     /// The memory a pool of `units` x `unit_bytes` takes: what memory caps must count.
@@ -211,7 +218,7 @@ impl Pool {
 /// materialised when first touched, so untouched units cost no RSS. (The global allocator's
 /// aligned `alloc_zeroed` memsets the whole block up front.) With `huge`, `len` is a multiple
 /// of `HUGE_PAGE_BYTES` and the mapping starts on a huge-page boundary, advised MADV_HUGEPAGE.
-fn map_pool(len: usize, huge: bool) -> NonNull<Page> {
+fn map_pool(len: usize, huge: bool) -> std::io::Result<NonNull<Page>> {
     use rustix::mm::{MapFlags, ProtFlags};
     let prot = ProtFlags::READ | ProtFlags::WRITE;
     // Over-map by one huge page, then unmap the unaligned head and the tail.
@@ -221,7 +228,12 @@ fn map_pool(len: usize, huge: bool) -> NonNull<Page> {
         unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len + slack, prot, MapFlags::PRIVATE) };
     let raw = match raw {
         Ok(p) => p as usize,
-        Err(e) => panic!("cannot map {len} bytes of buffer pool: {e}"),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("cannot map {len} bytes of buffer pool: {e}"),
+            ))
+        }
     };
     let start = raw.next_multiple_of(slack.max(ALIGN_BYTES));
     let head = start - raw;
@@ -247,7 +259,7 @@ fn map_pool(len: usize, huge: bool) -> NonNull<Page> {
             );
         }
     }
-    NonNull::new(start as *mut Page).expect("mmap returns a non-null address")
+    Ok(NonNull::new(start as *mut Page).expect("mmap returns a non-null address"))
 }
 
 /// AnonHugePages of the smaps entry whose range holds `addr`, in bytes.

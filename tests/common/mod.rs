@@ -82,12 +82,20 @@ pub fn have_tool(name: &str) -> bool {
         .any(|d| d.join(name).is_file())
 }
 
-/// A missing prerequisite: skip with a clear line, or fail under CI.
+/// A line on the real stderr, past the test harness's capture (which only takes `print!` and
+/// `eprint!`), so it shows in a plain `cargo test` run, not only with `--nocapture`.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// A missing prerequisite: skip with a clear line (visible in a plain run), or fail under CI.
 pub fn skip_or_fail(reason: &str) {
     if std::env::var_os("CI").is_some() {
         panic!("prerequisite missing under CI (CI is set, so this is a failure): {reason}");
     }
-    eprintln!("SKIPPED: {reason}");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    note(&format!("SKIPPED: {test}: {reason}"));
 }
 
 /// Sum of logical sizes over regular-file names (counting every link) and

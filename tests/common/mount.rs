@@ -98,14 +98,33 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.mnt)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("umount {} failed; trying lazy unmount", self.mnt.display());
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        // A filesystem can stay busy for a moment after the last process using it exited (a
+        // btrfs transaction commit, a child being reaped): retry quietly, then fall back to a
+        // lazy unmount. umount's own stderr is captured so a retried "target is busy" is not
+        // printed into the test run.
+        let umount = |lazy: bool| {
+            let mut c = Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.mnt).output()
+        };
+        let mut last = None;
+        for attempt in 0..20 {
+            match umount(false) {
+                Ok(o) if o.status.success() => return,
+                Ok(o) => last = Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                Err(e) => last = Some(e.to_string()),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50 * (attempt + 1)));
+        }
+        match umount(true) {
+            Ok(o) if o.status.success() => {}
+            _ => super::note(&format!(
+                "umount {} failed ({}), and so did a lazy unmount",
+                self.mnt.display(),
+                last.unwrap_or_default()
+            )),
         }
     }
 }
