@@ -22,6 +22,8 @@ pub mod exit {
     pub const BUSY: i32 = 4;
     /// Complete except for source entries that vanished while the run was going.
     pub const VANISHED: i32 = 5;
+    /// Stopped by SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: i32 = 130;
 }
 
 /// Severity of a per-entry problem.
@@ -31,6 +33,9 @@ pub enum Severity {
     Error,
     /// The source entry disappeared during the run (not an error of ours).
     Vanished,
+    /// Left unfinished because the run was interrupted (SIGINT and the like): neither printed
+    /// nor counted, the interruption is reported once for the whole run.
+    Interrupted,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +66,16 @@ impl EntryError {
             errno: None,
             detail: Some(detail.into()),
             severity: Severity::Error,
+        }
+    }
+
+    pub fn interrupted(op: &'static str, path: PathBuf) -> EntryError {
+        EntryError {
+            op,
+            path,
+            errno: None,
+            detail: Some("interrupted".into()),
+            severity: Severity::Interrupted,
         }
     }
 
@@ -115,6 +130,7 @@ impl ErrorLog {
         match e.severity {
             Severity::Error => self.errors.fetch_add(1, Ordering::Relaxed),
             Severity::Vanished => self.vanished.fetch_add(1, Ordering::Relaxed),
+            Severity::Interrupted => return,
         };
         let line = e.to_string();
         eprintln!("ringsync: {line}");

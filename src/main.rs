@@ -1,7 +1,5 @@
 //! The binary is glue: parse, validate, run, report, exit.
 
-use std::io::Write;
-
 use clap::Parser;
 use ringsync::cli::{Cli, Command};
 use ringsync::error::exit;
@@ -34,24 +32,7 @@ fn main() {
         }
         Command::Copy(args) => {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
-            if let Err(e) = ringsync::roots::refuse_overlap("copy", &cfg.src, &cfg.dst) {
-                usage(e);
-            }
-            match ringsync::engine::copy(cfg) {
-                Ok(outcome) => {
-                    if args.data.json {
-                        let v = ringsync::summary::to_json(&outcome);
-                        let mut out = std::io::stdout().lock();
-                        // A closed stdout (e.g. `| head`) is not worth a panic.
-                        let _ = writeln!(out, "{v}");
-                    }
-                    outcome.exit_code
-                }
-                Err(e) => {
-                    eprintln!("ringsync: {e}");
-                    exit::FATAL
-                }
-            }
+            ringsync::copy::copy(cfg, args.data.json)
         }
     };
     std::process::exit(code);

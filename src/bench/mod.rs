@@ -572,10 +572,10 @@ fn bench_inner(cfg: &BenchConfig) -> Result<i32, String> {
     let work = make_workdir(cfg)?;
     let dir = work.path.clone();
     // Ctrl-C or SIGTERM must not leave gigabytes of test files behind. The handler runs on its
-    // own thread (ctrlc), so it may remove the directory and exit while workers still run.
+    // own thread (crate::signals), so it may remove the directory and exit while workers run.
     {
         let (dir, keep) = (dir.clone(), cfg.keep);
-        let _ = ctrlc::set_handler(move || {
+        let _ = crate::signals::install(move |_| {
             // Never released: nothing may be created from here on.
             let _g = CREATE.lock().unwrap_or_else(|e| e.into_inner());
             let what = if keep {

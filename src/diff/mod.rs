@@ -17,7 +17,8 @@
 //! something may have moved into or out of them. Under the same inode number and birth time,
 //! an equal ctime means nothing about the entry changed.
 //!
-//! Must not: write anything, or follow a symlink.
+//! Must not: write anything, or follow a symlink. When the process is interrupted
+//! ([`crate::signals`]) the walk stops early and its result is partial: callers check.
 
 mod render;
 
@@ -380,7 +381,7 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
                 found.changes.push(c);
             }
         }
-        if !opts.renames {
+        if !opts.renames || crate::signals::interrupted().is_some() {
             break;
         }
         let (pairs, renamed_dirs) = match_renames(&ctx, &old_fd, &new_fd, &mut found.changes, &mut dead);
@@ -466,7 +467,12 @@ fn run_phase(ctx: &Ctx) -> std::io::Result<Vec<Found>> {
                 s.spawn(|| -> std::io::Result<Found> {
                     let mut w = Walker::new(ctx)?;
                     while let Some(pair) = ctx.queue.pop() {
-                        let r = w.pair(pair);
+                        // Interrupted: drain the queue unwalked; the caller sees the signal
+                        // and must not use the partial result.
+                        let r = match crate::signals::interrupted() {
+                            None => w.pair(pair),
+                            Some(_) => Ok(()),
+                        };
                         ctx.queue.done();
                         r?;
                     }

@@ -369,6 +369,9 @@ impl CopyTask {
         let (src, dst) = (self.src.clone().expect("open"), self.dst.clone().expect("open"));
         let mut first = true;
         while self.failed.is_none() {
+            if self.stop_if_interrupted(w) {
+                break;
+            }
             let Some((offset, _)) = self.next_piece() else {
                 break;
             };
@@ -425,6 +428,7 @@ impl CopyTask {
             }
         }
         let mut blocked = false;
+        self.stop_if_interrupted(w);
         while self.failed.is_none() && self.in_flight < OPS_PER_FILE_MAX {
             let Some((offset, mut len)) = self.next_piece() else {
                 break;
@@ -457,6 +461,15 @@ impl CopyTask {
         self.chunk_done(w, slot)
     }
 
+    /// Once the run is interrupted, this file fails (quietly) so it is removed, not finished.
+    fn stop_if_interrupted(&mut self, w: &Worker) -> bool {
+        if self.failed.is_none() && crate::signals::interrupted().is_some() {
+            let ctx = self.ctx.as_ref().expect("ctx");
+            self.failed = Some(EntryError::interrupted("copy", dst_path(w, ctx)));
+        }
+        self.failed.is_some()
+    }
+
     fn data_done(&mut self, w: &mut Worker, slot: u32, c: Completion) -> Step {
         let ctx = self.ctx.clone().expect("ctx");
         // Take the buffer and drop the op's descriptor reference at once: `close` needs to be
@@ -467,6 +480,7 @@ impl CopyTask {
             } => {
                 drop(fd);
                 match c.result {
+                    Ok(_) if self.stop_if_interrupted(w) => w.ring.pool().release(buf),
                     Ok(n) if n == len => {
                         let dst = self.dst.clone().expect("open");
                         if let Some(limit) = &w.shared.limiter {
@@ -585,7 +599,12 @@ impl CopyTask {
         }
         let ok = error.is_none();
         match error {
-            Some(e) => w.report(e),
+            Some(e) => {
+                if e.severity == crate::error::Severity::Interrupted {
+                    w.shared.unfinished.fetch_add(1, Ordering::Relaxed);
+                }
+                w.report(e)
+            }
             None => Counters::add(&w.counters().files, 1),
         }
         resolve_links(w, &ctx.parent, &ctx.name, &ctx.meta, ok);

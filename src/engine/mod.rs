@@ -212,6 +212,8 @@ pub struct Shared {
     cfr_try: AtomicBool,
     xattr_warned: AtomicBool,
     tmp_seq: AtomicU64,
+    /// Files removed unfinished because the run was interrupted.
+    unfinished: AtomicU64,
     is_root: bool,
     /// Owner of entries this process creates.
     euid: u32,
@@ -322,6 +324,10 @@ pub struct Outcome {
     pub engine: String,
     pub threads: usize,
     pub latencies: Latencies,
+    /// The stop signal that ended the run early (its unfinished files removed), if any.
+    pub interrupted: Option<i32>,
+    /// Files that were being copied when the run was interrupted, removed.
+    pub unfinished: u64,
 }
 
 /// A run that could not start or had to stop.
@@ -448,6 +454,7 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
         cfr_try: AtomicBool::new(cfg.data_path != DataPath::Ring && cfg.reflink != Reflink::Never),
         xattr_warned: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
+        unfinished: AtomicU64::new(0),
         is_root,
         euid: rustix::process::geteuid().as_raw(),
         limiter: cfg.bwlimit.map(crate::bwlimit::Bucket::new),
@@ -536,21 +543,29 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
     if let Some(e) = failure {
         return Err(Fatal(e));
     }
-    if cfg.fsync == Fsync::End {
+    let interrupted = crate::signals::interrupted();
+    // An interrupted run promises nothing about durability; flushing could take long.
+    if cfg.fsync == Fsync::End && interrupted.is_none() {
         rustix::fs::syncfs(&*dst_root).map_err(|e| fatal("syncfs", &cfg.dst, e))?;
     }
     let errors = &shared.errors;
+    let exit_code = match interrupted {
+        Some(_) => crate::error::exit::INTERRUPTED,
+        None => errors.exit_code(),
+    };
     Ok(Outcome {
         totals: crate::progress::totals(&counters),
         errors: errors.errors(),
         vanished: errors.vanished(),
         warnings: errors.warnings(),
         messages: errors.messages(),
-        exit_code: errors.exit_code(),
+        exit_code,
         elapsed: start.elapsed(),
         engine,
         threads,
         latencies: lat,
+        interrupted,
+        unfinished: shared.unfinished.load(Ordering::Relaxed),
     })
 }
 
@@ -647,7 +662,11 @@ impl Worker {
             if self.shared.queue.abort.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            self.share();
+            // Interrupted: queued jobs are cancelled instead of started, live ones wind down.
+            let stopping = crate::signals::interrupted().is_some();
+            if !stopping {
+                self.share();
+            }
             while self.live_tasks < TASKS_PER_WORKER_MAX {
                 let job = match self.local.pop_back() {
                     Some(j) => j,
@@ -656,16 +675,19 @@ impl Worker {
                         None => break,
                     },
                 };
-                self.start(job);
+                if stopping {
+                    self.cancel(job);
+                } else {
+                    self.start(job);
+                }
             }
             if self.live_tasks == 0 {
                 match self.shared.queue.pop_blocking() {
-                    Some(job) => {
-                        self.start(job);
-                        continue;
-                    }
+                    Some(job) if stopping => self.cancel(job),
+                    Some(job) => self.start(job),
                     None => return Ok(()),
                 }
+                continue;
             }
             if self.ring.in_flight() == 0 {
                 self.pump_blocked();
@@ -730,6 +752,27 @@ impl Worker {
         };
         self.tasks[slot as usize] = Some(task);
         self.pump(slot);
+    }
+
+    /// Drop a queued job of an interrupted run, releasing what it holds: its parent's pending
+    /// count (so directories are still finished, modes and times restored), hardlink waiters
+    /// (released unlinked), and a big file's chunk (run, so it fails at once and the last one
+    /// closes and removes the file).
+    fn cancel(&mut self, job: Job) {
+        let parent = match job {
+            Job::Chunk { .. } => return self.start(job),
+            Job::Scan(node) => node,
+            Job::File { parent, name, meta } => {
+                resolve_links(self, &parent, &name, &meta, false);
+                parent
+            }
+            Job::Dir { parent, .. }
+            | Job::Inline { parent, .. }
+            | Job::Attrs { parent, .. }
+            | Job::Link { parent, .. } => parent,
+        };
+        self.shared.child_done(parent);
+        self.shared.queue.job_done();
     }
 
     /// Let a task push what it can; park it if it is waiting for buffers or ring room.
@@ -819,7 +862,7 @@ fn resolve_links(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, meta: &M
     for (node, wname) in waiters {
         if ok {
             scan::make_link(w, &parent.dst, name, &node, &wname);
-        } else {
+        } else if crate::signals::interrupted().is_none() {
             let path = w.shared.dst_path(&node.child_rel(&wname));
             w.report(EntryError::msg(
                 "link",

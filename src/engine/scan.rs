@@ -100,9 +100,12 @@ impl ScanTask {
         self.pump(w, slot)
     }
 
-    /// All entries are statx'ed: create or queue each one.
+    /// All entries are statx'ed: create or queue each one (none once the run is interrupted).
     fn process(&mut self, w: &mut Worker) -> Step {
         let entries = std::mem::take(&mut self.entries);
+        if crate::signals::interrupted().is_some() {
+            return self.finish(w);
+        }
         for e in entries {
             let Some(m) = e.meta else { continue };
             handle_entry(w, &self.node, e.name, m);

@@ -149,6 +149,10 @@ pub fn mirror(cfg: &MirrorConfig) -> i32 {
         eprintln!("ringsync: {e}");
         return exit::USAGE;
     }
+    // Before anything is written: a signal from here on stops the run cleanly.
+    if let Err(e) = crate::signals::install(|_| {}) {
+        return fail(format!("cannot watch for signals: {e}"));
+    }
     let dst_exists = c.dst.exists();
     if !dst_exists && !cfg.dry_run {
         if let Err(e) = std::fs::create_dir_all(&c.dst) {
@@ -211,9 +215,22 @@ fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Time
         Ok(d) => d,
         Err(e) => return fail(format!("diff: {e}")),
     };
+    if let Some(code) = stopped("mirror --dry-run", 0, 0) {
+        return code;
+    }
     diff::sort(&mut d.changes);
     print_changes(&d.changes, cfg.json);
     errors.exit_code()
+}
+
+/// Once interrupted: the one line, and the exit status 130.
+fn stopped(command: &str, finished: u64, unfinished: u64) -> Option<i32> {
+    let signal = crate::signals::interrupted()?;
+    eprintln!(
+        "ringsync: {}",
+        crate::copy::interrupted_line(command, signal, finished, unfinished)
+    );
+    Some(exit::INTERRUPTED)
 }
 
 fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, started: (i64, i64)) -> i32 {
@@ -312,6 +329,10 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         Err(e) => return fail(format!("diff: {e}")),
     };
     let walk_s = t_walk.elapsed().as_secs_f64();
+    // A walk cut short lists only part of the changes: nothing may be done with it.
+    if let Some(code) = stopped("mirror", 0, 0) {
+        return code;
+    }
     let clean = |finished| Record {
         version: 1,
         state: "clean".into(),
@@ -371,6 +392,14 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         }
     };
     let apply_s = t_apply.elapsed().as_secs_f64();
+    if let Some(signal) = outcome.interrupted {
+        // DST stays marked dirty: the next run compares it in full.
+        eprintln!(
+            "ringsync: {}",
+            crate::copy::interrupted_line("mirror", signal, outcome.totals.files, outcome.unfinished)
+        );
+        return exit::INTERRUPTED;
+    }
     let total_errors = errors.errors() + outcome.errors;
     let mut code = if total_errors > 0 {
         exit::PARTIAL
