@@ -1,9 +1,12 @@
 //! Command-line parsing and validation into a typed [`CopyConfig`]. No I/O beyond reading the
 //! number of online cores for the default thread count.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::filter::{FilterSpec, RuleSource};
 
 use crate::config::{
     BenchConfig, BenchMode, BenchPath, CopyConfig, DataPath, DiffConfig, EngineChoice, Fsync, MirrorConfig,
@@ -229,7 +232,89 @@ pub struct CopyArgs {
     /// Target directory (created if missing).
     pub dst: PathBuf,
     #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
     pub data: DataArgs,
+}
+
+/// Which entries a copy or mirror takes (rsync's rules; docs/copy.md, "Filters").
+#[derive(clap::Args, Debug, Default)]
+#[command(next_help_heading = "Filters")]
+pub struct FilterArgs {
+    /// Exclude entries matching PAT (rsync's pattern rules; first matching rule wins).
+    #[arg(long, value_name = "PAT", allow_hyphen_values = true)]
+    pub exclude: Vec<OsString>,
+    /// Include entries matching PAT, even if a later rule excludes them.
+    #[arg(long, value_name = "PAT", allow_hyphen_values = true)]
+    pub include: Vec<OsString>,
+    /// Exclude patterns from FILE, one per line ('-' reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// Include patterns from FILE, one per line ('-' reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub include_from: Vec<PathBuf>,
+    /// A rule: '- PAT' or 'exclude PAT', '+ PAT' or 'include PAT'.
+    #[arg(long, value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<OsString>,
+    /// Take only the paths listed in FILE (relative to SRC; newline- or NUL-separated).
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// With --files-from: also take everything below a listed directory.
+    #[arg(short = 'r', long, requires = "files_from")]
+    pub recursive: bool,
+    /// Do not descend into directories on another filesystem (they are made, empty).
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+}
+
+impl FilterArgs {
+    /// The selection, with the rules in command-line order (clap keeps each option's values
+    /// apart; `matches` has their positions).
+    pub fn spec(&self, matches: Option<&clap::ArgMatches>, delete_excluded: bool) -> FilterSpec {
+        let mut rules: Vec<(usize, RuleSource)> = Vec::new();
+        let mut take = |id: &str, make: &dyn Fn(usize) -> RuleSource, n: usize| {
+            let idx: Vec<usize> = matches
+                .and_then(|m| m.indices_of(id))
+                .map(|i| i.collect())
+                .unwrap_or_else(|| (0..n).collect());
+            for (k, at) in idx.into_iter().enumerate().take(n) {
+                rules.push((at, make(k)));
+            }
+        };
+        take(
+            "exclude",
+            &|k| RuleSource::Exclude(self.exclude[k].clone()),
+            self.exclude.len(),
+        );
+        take(
+            "include",
+            &|k| RuleSource::Include(self.include[k].clone()),
+            self.include.len(),
+        );
+        take(
+            "filter",
+            &|k| RuleSource::Filter(self.filter[k].clone()),
+            self.filter.len(),
+        );
+        take(
+            "exclude_from",
+            &|k| RuleSource::ExcludeFrom(self.exclude_from[k].clone()),
+            self.exclude_from.len(),
+        );
+        take(
+            "include_from",
+            &|k| RuleSource::IncludeFrom(self.include_from[k].clone()),
+            self.include_from.len(),
+        );
+        rules.sort_by_key(|(at, _)| *at);
+        FilterSpec {
+            rules: rules.into_iter().map(|(_, r)| r).collect(),
+            files_from: self.files_from.clone(),
+            recursive: self.recursive,
+            one_file_system: self.one_file_system,
+            delete_excluded,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -249,6 +334,11 @@ pub struct MirrorArgs {
     /// Compare file contents instead of trusting size and mtime.
     #[arg(long, short = 'c')]
     pub checksum: bool,
+    /// Also delete excluded entries from DST (by default they are left alone).
+    #[arg(long)]
+    pub delete_excluded: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -429,15 +519,21 @@ fn engine(e: EngineArg) -> EngineChoice {
 }
 
 impl CopyArgs {
-    pub fn validate(&self) -> Result<CopyConfig, String> {
-        self.data.validate(&self.src, &self.dst)
+    /// `matches`: this subcommand's matches, for the order of the filter rules.
+    pub fn validate(&self, matches: Option<&clap::ArgMatches>) -> Result<CopyConfig, String> {
+        let mut cfg = self.data.validate(&self.src, &self.dst)?;
+        cfg.filter_spec = self.filter.spec(matches, false);
+        Ok(cfg)
     }
 }
 
 impl MirrorArgs {
-    pub fn validate(&self) -> Result<MirrorConfig, String> {
+    /// `matches`: this subcommand's matches, for the order of the filter rules.
+    pub fn validate(&self, matches: Option<&clap::ArgMatches>) -> Result<MirrorConfig, String> {
+        let mut copy = self.data.validate(&self.src, &self.dst)?;
+        copy.filter_spec = self.filter.spec(matches, self.delete_excluded);
         Ok(MirrorConfig {
-            copy: self.data.validate(&self.src, &self.dst)?,
+            copy,
             prev: self.prev.clone(),
             dry_run: self.dry_run,
             checksum: self.checksum,
@@ -516,6 +612,8 @@ impl DataArgs {
             quiet: self.quiet,
             atomic: false,
             bwlimit: self.bwlimit,
+            filter_spec: FilterSpec::default(),
+            filter: Default::default(),
         })
     }
 }

@@ -56,6 +56,10 @@ pub struct CopyConfig {
     pub atomic: bool,
     /// `--bwlimit`: file data copied per second, all workers together (None: unlimited).
     pub bwlimit: Option<u64>,
+    /// What the command line says about selection (filters, `--files-from`, `-x`).
+    pub filter_spec: crate::filter::FilterSpec,
+    /// The selection itself, built from `filter_spec` when the run starts (it reads files).
+    pub filter: std::sync::Arc<crate::filter::Filter>,
 }
 
 /// Default `--memory`. The pool is registered with the rings, which pins (faults in) every page:

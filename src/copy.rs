@@ -18,10 +18,17 @@ pub fn interrupted_line(command: &str, signal: i32, finished: u64, unfinished: u
 }
 
 /// `ringsync copy SRC DST`; returns the exit status.
-pub fn copy(cfg: CopyConfig, json: bool) -> i32 {
+pub fn copy(mut cfg: CopyConfig, json: bool) -> i32 {
     if let Err(e) = crate::roots::refuse_overlap("copy", &cfg.src, &cfg.dst) {
         eprintln!("ringsync: {e}");
         return exit::USAGE;
+    }
+    match crate::filter::Filter::load(&cfg.filter_spec) {
+        Ok(f) => cfg.filter = std::sync::Arc::new(f),
+        Err(e) => {
+            eprintln!("ringsync: {e}");
+            return exit::USAGE;
+        }
     }
     // Before any worker starts: a signal from here on stops the run cleanly.
     if let Err(e) = crate::signals::install(|_| {}) {

@@ -4,6 +4,7 @@
 //! - [`cli`]: arguments → typed [`config`];
 //! - [`ring`]: the only `unsafe`: io_uring and sync backends, the buffer pool;
 //! - [`engine`]: pinned workers, directory scans, file copy state machines;
+//! - [`filter`]: which entries a run takes (rsync's include/exclude rules, `--files-from`, `-x`);
 //! - [`meta`]: metadata read from statx and applied to targets;
 //! - [`roots`]: SRC and DST checked before a run (overlap, single-entry sources);
 //! - [`error`], [`progress`], [`summary`]: reporting.
@@ -18,6 +19,7 @@ pub mod copy;
 pub mod diff;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod meta;
 pub mod mirror;
 pub mod progress;

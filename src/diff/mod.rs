@@ -117,6 +117,9 @@ pub struct WalkOpts {
     pub changed_since: Option<Timespec>,
     /// Sockets in NEW are treated as absent (a mirror cannot copy them).
     pub skip_new_sockets: bool,
+    /// Which entries count (paths relative to the roots): a NEW entry the filter skips is
+    /// absent; an OLD one too (protected), unless the filter deletes excluded entries.
+    pub filter: Arc<crate::filter::Filter>,
 }
 
 /// The result of a walk.
@@ -270,6 +273,8 @@ struct Ctx<'a> {
     /// OLD and NEW are versions of one tree (rename mode, and the roots are one inode, as
     /// subvolume snapshots are): another inode at a path means the entry was replaced.
     versions: std::sync::atomic::AtomicBool,
+    /// Device of NEW's root (`--one-file-system`).
+    new_dev: AtomicU64,
 }
 
 /// What one walker thread found.
@@ -312,6 +317,7 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
         dirs: AtomicU64::new(0),
         matched: Mutex::new(HashSet::new()),
         versions: std::sync::atomic::AtomicBool::new(false),
+        new_dev: AtomicU64::new(0),
     };
     let mut diff = Diff::default();
 
@@ -334,6 +340,7 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
     let (om, nm) = (root_meta(&old_fd, old_root)?, root_meta(&new_fd, new_root)?);
     ctx.versions
         .store(opts.renames && om.ino == nm.ino, Ordering::Relaxed);
+    ctx.new_dev.store(nm.dev, Ordering::Relaxed);
     let mut found = Found::default();
     {
         let mut w = Walker::new(&ctx)?;
@@ -711,6 +718,20 @@ impl<'a> Walker<'a> {
         let path = join(&pair.path, n.name.as_bytes());
         let old_path = join(&pair.old_path, n.name.as_bytes());
         let mut new = n.new;
+        let mut old = n.old;
+        let filter = &opts.filter;
+        if filter.needs_paths() {
+            use crate::filter::Verdict;
+            let is_dir = |m: &Meta| m.file_type() == FileType::Directory;
+            if new.is_some_and(|m| filter.verdict(&path, is_dir(&m), true) == Verdict::Skip) {
+                new = None;
+            }
+            if !filter.delete_excluded
+                && old.is_some_and(|m| filter.verdict(&old_path, is_dir(&m), false) == Verdict::Skip)
+            {
+                old = None;
+            }
+        }
         if opts.skip_new_sockets && new.is_some_and(|m| m.file_type() == FileType::Socket) {
             self.ctx.errors.warn(format!(
                 "{}: socket skipped (sockets cannot be copied)",
@@ -726,7 +747,7 @@ impl<'a> Walker<'a> {
             new,
             attrs: 0,
         };
-        match (n.old, new) {
+        match (old, new) {
             (None, None) => {}
             (Some(om), None) => {
                 let c = change(Kind::Deleted, Some(om), None);
@@ -765,7 +786,7 @@ impl<'a> Walker<'a> {
                     c.old_path = old_path.clone();
                     self.found.changes.push(c);
                 }
-                if nm.file_type() == FileType::Directory {
+                if nm.file_type() == FileType::Directory && self.descends(&path, &nm) {
                     let trusted = self.dir_trusted && self.ctime_trusted(&nm);
                     self.ctx.queue.push(Pair {
                         old: Some(DirRef::Child(ofd.clone(), n.name.clone())),
@@ -779,6 +800,16 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+    }
+
+    /// Whether the entries of NEW directory `path` are walked: not across a filesystem
+    /// boundary under `-x`, nor below a directory the filter takes without its contents.
+    fn descends(&self, path: &[u8], m: &Meta) -> bool {
+        let f = &self.ctx.opts.filter;
+        if f.one_file_system && m.dev != self.ctx.new_dev.load(Ordering::Relaxed) {
+            return false;
+        }
+        !f.needs_paths() || f.verdict(path, true, false) == crate::filter::Verdict::Take { descend: true }
     }
 
     fn link_entry(&mut self, path: &[u8], old: Option<&Meta>, new: &Meta) {
@@ -830,7 +861,7 @@ impl<'a> Walker<'a> {
             return;
         }
         let old = old_dir.filter(|_| is_dir(&c.old));
-        let new = new_dir.filter(|_| is_dir(&c.new));
+        let new = new_dir.filter(|_| is_dir(&c.new) && self.descends(&c.path, &c.new.expect("new")));
         if (old.is_none() && new.is_none()) || !(opts.expand || opts.renames) {
             if self.listing {
                 self.found.listed_changes.push(c);

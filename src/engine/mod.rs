@@ -214,6 +214,8 @@ pub struct Shared {
     tmp_seq: AtomicU64,
     /// Files removed unfinished because the run was interrupted.
     unfinished: AtomicU64,
+    /// Device of the source root (`--one-file-system`).
+    src_dev: u64,
     is_root: bool,
     /// Owner of entries this process creates.
     euid: u32,
@@ -237,6 +239,19 @@ impl Shared {
     fn tmp_name(&self) -> CString {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         CString::new(format!(".ringsync.{}.{n}.tmp", std::process::id())).expect("no NUL")
+    }
+
+    /// Whether the entries of directory `node` are copied too: not across a filesystem
+    /// boundary under `-x`, nor below a directory the filter takes without its contents.
+    fn descends(&self, node: &DirNode) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let f = &self.cfg.filter;
+        if f.one_file_system && node.meta.dev != self.src_dev {
+            return false;
+        }
+        !f.needs_paths()
+            || f.verdict(node.rel.as_os_str().as_bytes(), true, false)
+                == crate::filter::Verdict::Take { descend: true }
     }
 
     fn new_job(&self) {
@@ -383,7 +398,7 @@ pub fn raise_nofile_limit() {
 
 /// Copy the contents of `cfg.src` into `cfg.dst`.
 pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
-    run(cfg, |shared, root| {
+    run(cfg, true, |shared, root| {
         Counters::add(&shared.counters[0].dirs, 1);
         shared.new_job();
         shared.queue.push(Job::Scan(root));
@@ -394,12 +409,18 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
 /// directories (and the plan's) must already exist. Every file is written under a temporary
 /// name and renamed into place.
 pub fn apply(cfg: CopyConfig, plan: Plan) -> Result<Outcome, Fatal> {
-    run(cfg, |shared, root| plan::seed(shared, root, plan))
+    run(cfg, false, |shared, root| plan::seed(shared, root, plan))
 }
 
 /// Set up the run, let `seed` queue the first jobs against the root node (whose pending count
 /// starts at 1 and is the seed's to release), then run the workers until every job is done.
-fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result<Outcome, Fatal> {
+/// `whole_source`: the run walked all of SRC, so `--files-from` paths it did not find are
+/// missing from SRC (reported).
+fn run(
+    cfg: CopyConfig,
+    whole_source: bool,
+    seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>),
+) -> Result<Outcome, Fatal> {
     let start = Instant::now();
     raise_nofile_limit();
     let kind = choose_engine(cfg.engine, cfg.quiet)?;
@@ -455,6 +476,7 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
         xattr_warned: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
         unfinished: AtomicU64::new(0),
+        src_dev: Meta::from_statx(&stx).dev,
         is_root,
         euid: rustix::process::geteuid().as_raw(),
         limiter: cfg.bwlimit.map(crate::bwlimit::Bucket::new),
@@ -544,6 +566,9 @@ fn run(cfg: CopyConfig, seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>)) -> Result
         return Err(Fatal(e));
     }
     let interrupted = crate::signals::interrupted();
+    if whole_source && interrupted.is_none() {
+        crate::filter::report_unseen(&cfg.filter, &cfg.src, &shared.errors);
+    }
     // An interrupted run promises nothing about durability; flushing could take long.
     if cfg.fsync == Fsync::End && interrupted.is_none() {
         rustix::fs::syncfs(&*dst_root).map_err(|e| fatal("syncfs", &cfg.dst, e))?;
@@ -716,7 +741,13 @@ impl Worker {
         let task = match job {
             Job::Scan(node) => Task::Scan(scan::ScanTask::new(node)),
             Job::Dir { parent, name, meta } => match scan::open_child_dir(self, parent, name, meta) {
-                Some(node) => Task::Scan(scan::ScanTask::new(node)),
+                Some(node) if self.shared.descends(&node) => Task::Scan(scan::ScanTask::new(node)),
+                // Made (and finished: owner, mode, times) but not filled.
+                Some(node) => {
+                    self.shared.child_done(node);
+                    self.finish_slot(slot);
+                    return;
+                }
                 None => {
                     self.finish_slot(slot);
                     return;

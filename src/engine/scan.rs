@@ -120,6 +120,15 @@ impl ScanTask {
 }
 
 fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
+    let filter = &w.shared.cfg.filter;
+    if filter.needs_paths() {
+        use std::os::unix::ffi::OsStrExt;
+        let rel = crate::diff::join(node.rel.as_os_str().as_bytes(), name.as_bytes());
+        let is_dir = m.file_type() == FileType::Directory;
+        if filter.verdict(&rel, is_dir, true) == crate::filter::Verdict::Skip {
+            return;
+        }
+    }
     let c = w.counters();
     match m.file_type() {
         FileType::Directory => {

@@ -13,6 +13,7 @@ use rustix::io::Errno;
 use super::plan::Step;
 use crate::diff::{full, join, open_dir_path, split};
 use crate::error::{EntryError, ErrorLog};
+use crate::filter::{Filter, Verdict};
 
 fn cname(b: &[u8]) -> CString {
     CString::new(b).expect("names have no NUL")
@@ -54,6 +55,66 @@ pub fn remove_tree(dir: &OwnedFd, name: &CStr, is_root: bool) -> Result<(), Errn
     }
 }
 
+/// Remove `name` (at `rel` below DST's root) in `dir` like [`remove_tree`], but keep what the
+/// filter protects (excluded entries are never deleted without `--delete-excluded`): a
+/// directory holding protected entries stays, with them, as rsync leaves it.
+fn remove_unprotected(
+    dir: &OwnedFd,
+    name: &CStr,
+    rel: &[u8],
+    filter: &Filter,
+    is_root: bool,
+) -> Result<(), Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // Not a directory (or gone): nothing below it to protect.
+        Err(Errno::NOTDIR | Errno::LOOP | Errno::NOENT) => return remove_tree(dir, name, is_root),
+        Err(e) => return Err(e),
+    };
+    if !is_root {
+        let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+    }
+    let mut names = Vec::new();
+    {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 << 10];
+        let mut it = RawDir::new(&fd, &mut buf);
+        while let Some(e) = it.next() {
+            let e = e?;
+            let n = e.file_name();
+            if n != c"." && n != c".." {
+                let is_dir = match e.file_type() {
+                    rustix::fs::FileType::Unknown => rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| {
+                            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+                        }),
+                    t => t == rustix::fs::FileType::Directory,
+                };
+                names.push((n.to_owned(), is_dir));
+            }
+        }
+    }
+    let mut kept = false;
+    for (n, is_dir) in names {
+        let child = join(rel, n.as_bytes());
+        if filter.verdict(&child, is_dir, false) == Verdict::Skip {
+            kept = true;
+            continue;
+        }
+        remove_unprotected(&fd, &n, &child, filter, is_root)?;
+        // A child directory that kept protected entries is still there.
+        kept |= rustix::fs::statat(&fd, n.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    }
+    drop(fd);
+    if kept {
+        return Ok(());
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Run `op` on directory `dir`; if that is refused for want of write permission there and we
 /// are not root (a read-only directory of the source, mirrored), make it writable for the
 /// owner, retry, and put its mode back (the plan sets its final attributes afterwards).
@@ -78,8 +139,16 @@ fn parent_of(root: &OwnedFd, rel: &[u8]) -> Result<(OwnedFd, CString), Errno> {
 
 /// Run the steps in order; failures are reported (with the DST path and the operation) and
 /// the run goes on. Returns how many steps failed.
-pub fn run_steps(root: &OwnedFd, dst: &Path, staging: &[u8], steps: &[Step], errors: &ErrorLog) -> u64 {
+pub fn run_steps(
+    root: &OwnedFd,
+    dst: &Path,
+    staging: &[u8],
+    steps: &[Step],
+    filter: &Filter,
+    errors: &ErrorLog,
+) -> u64 {
     let is_root = rustix::process::geteuid().is_root();
+    let protects = filter.needs_paths() && !filter.delete_excluded;
     let mut failed = 0;
     let mut fail = |op: &'static str, rel: &[u8], e: Errno| {
         failed += 1;
@@ -121,8 +190,14 @@ pub fn run_steps(root: &OwnedFd, dst: &Path, staging: &[u8], steps: &[Step], err
                 }
             }
             Step::Remove(rel) => {
-                let res = parent_of(root, rel)
-                    .and_then(|(pfd, name)| writable(&pfd, is_root, || remove_tree(&pfd, &name, is_root)));
+                // Below the staging directory, paths are not DST's: nothing there is protected.
+                let filtered = protects && !rel.starts_with(staging);
+                let res = parent_of(root, rel).and_then(|(pfd, name)| {
+                    writable(&pfd, is_root, || match filtered {
+                        true => remove_unprotected(&pfd, &name, rel, filter, is_root),
+                        false => remove_tree(&pfd, &name, is_root),
+                    })
+                });
                 match res {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => fail("remove", rel, e),

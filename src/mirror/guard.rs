@@ -33,6 +33,10 @@ pub struct Record {
     /// by it and have not changed since.
     pub started: Option<(i64, i64)>,
     pub finished: Option<(i64, i64)>,
+    /// Digest of the filters that run used (`filter::Filter::digest`); none without filters.
+    /// A run with other filters trusts neither `--prev` nor the ctime shortcut.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 impl Record {

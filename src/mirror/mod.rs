@@ -93,6 +93,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         },
         changed_since: None,
         skip_new_sockets: false,
+        filter: Default::default(),
     };
     let errors = ErrorLog::new(cfg.quiet);
     let mut d = match diff::walk(&cfg.old, &cfg.new, &opts, &errors) {
@@ -133,6 +134,15 @@ fn fail(msg: String) -> i32 {
 pub fn mirror(cfg: &MirrorConfig) -> i32 {
     let start = Instant::now();
     let started = guard::now();
+    let mut cfg = cfg.clone();
+    match crate::filter::Filter::load(&cfg.copy.filter_spec) {
+        Ok(f) => cfg.copy.filter = std::sync::Arc::new(f),
+        Err(e) => {
+            eprintln!("ringsync: {e}");
+            return exit::USAGE;
+        }
+    }
+    let cfg = &cfg;
     let c = &cfg.copy;
     engine::raise_nofile_limit();
     match std::fs::metadata(&c.src) {
@@ -200,6 +210,7 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
         },
         changed_since: None,
         skip_new_sockets: true,
+        filter: cfg.copy.filter.clone(),
     }
 }
 
@@ -218,6 +229,7 @@ fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Time
     if let Some(code) = stopped("mirror --dry-run", 0, 0) {
         return code;
     }
+    crate::filter::report_unseen(&cfg.copy.filter, src, &errors);
     diff::sort(&mut d.changes);
     print_changes(&d.changes, cfg.json);
     errors.exit_code()
@@ -271,7 +283,14 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     let mut old_root: PathBuf = dst.to_path_buf();
     let mut mode = "compare";
     if let Some(p) = &cfg.prev {
+        let same_filter = record
+            .as_ref()
+            .is_some_and(|r| r.filter.as_deref() == c.filter.digest());
         let why = match (&record, guard::source_id(p)) {
+            (Some(r), _) if r.is_clean() && !same_filter => Some(
+                "DST was last mirrored with other filters (--exclude, --include, --files-from, -x)"
+                    .to_string(),
+            ),
             (Some(r), Ok(pid)) if r.is_clean() && r.is_from(&pid) => None,
             (Some(r), _) if !r.is_clean() => {
                 Some("DST is marked dirty (an earlier mirror did not finish cleanly)".to_string())
@@ -306,8 +325,15 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         }
     }
     // Source entries older than the last clean run from this very source were compared then.
+    // Entries a run with other filters left alone were not compared by it.
     let since = match &record {
-        Some(r) if mode == "compare" && r.is_clean() && r.is_from(&src_id) && !cfg.checksum => {
+        Some(r)
+            if mode == "compare"
+                && r.is_clean()
+                && r.is_from(&src_id)
+                && !cfg.checksum
+                && r.filter.as_deref() == c.filter.digest() =>
+        {
             r.started.map(|(s, ns)| Timespec {
                 tv_sec: s - 1,
                 tv_nsec: ns as _,
@@ -341,7 +367,12 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         source_btime: src_id.btime,
         started: Some(started),
         finished: Some(finished),
+        filter: c.filter.digest().map(String::from),
     };
+    if d.changes.is_empty() {
+        // Nothing created: the walk has seen every listed path there is.
+        crate::filter::report_unseen(&c.filter, src, &errors);
+    }
     if d.changes.is_empty() && errors.errors() == 0 {
         // Nothing to change: only the record moves forward.
         let mut code = errors.exit_code();
@@ -372,7 +403,14 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         return fail(format!("{e}; nothing was changed"));
     }
     let t_steps = Instant::now();
-    apply::run_steps(guard.root(), dst, staging.as_bytes(), &work.steps, &errors);
+    apply::run_steps(
+        guard.root(),
+        dst,
+        staging.as_bytes(),
+        &work.steps,
+        &c.filter,
+        &errors,
+    );
     let steps_s = t_steps.elapsed().as_secs_f64();
     let t_apply = Instant::now();
     let mut ecfg = c.clone();
@@ -399,6 +437,10 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
             crate::copy::interrupted_line("mirror", signal, outcome.totals.files, outcome.unfinished)
         );
         return exit::INTERRUPTED;
+    }
+    if !d.changes.is_empty() {
+        // New directories were walked by the engine's scans: listed paths are all seen now.
+        crate::filter::report_unseen(&c.filter, src, &errors);
     }
     let total_errors = errors.errors() + outcome.errors;
     let mut code = if total_errors > 0 {
