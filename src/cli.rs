@@ -227,10 +227,18 @@ fn bench_path(a: BenchPathArg) -> BenchPath {
 
 #[derive(clap::Args, Debug)]
 pub struct CopyArgs {
-    /// Source directory.
+    /// Source: a directory (its contents are copied; a trailing '/' changes nothing), or one
+    /// file, symlink or special file.
     pub src: PathBuf,
-    /// Target directory (created if missing).
+    /// Target directory (created if missing); for a single-entry SRC, an existing directory to
+    /// copy into, or the new name.
     pub dst: PathBuf,
+    /// Print what would be created or replaced (diff format) and touch nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// A symlink given as SRC is followed: what it points to is copied, under its name.
+    #[arg(long = "dereference-src", short = 'L')]
+    pub dereference_src: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -337,6 +345,10 @@ pub struct MirrorArgs {
     /// Also delete excluded entries from DST (by default they are left alone).
     #[arg(long)]
     pub delete_excluded: bool,
+    /// With --dry-run and -v: also list entries whose atime alone differs (they are fixed
+    /// either way).
+    #[arg(long)]
+    pub atimes: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -371,6 +383,9 @@ pub struct DiffArgs {
     /// No warnings; errors are still printed.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Also list entries whose atime alone differs.
+    #[arg(long)]
+    pub atimes: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -412,9 +427,18 @@ pub struct DataArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
-    /// No progress line and no warnings; errors are still printed.
+    /// No progress line, summary or warnings; errors are still printed.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print one line per entry changed on stdout ('+' created, 'M' replaced, ...).
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Append entry lines, errors and the summary to FILE, each stamped with UTC time and pid.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Show progress even when stderr is not a terminal (a plain line every second).
+    #[arg(long)]
+    pub progress: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -538,6 +562,7 @@ impl MirrorArgs {
             dry_run: self.dry_run,
             checksum: self.checksum,
             json: self.data.json,
+            atimes: self.atimes,
         })
     }
 }
@@ -558,6 +583,7 @@ impl DiffArgs {
             threads: threads(self.threads)?,
             engine: engine(self.engine),
             quiet: self.quiet,
+            atimes: self.atimes,
         })
     }
 }
@@ -614,6 +640,11 @@ impl DataArgs {
             bwlimit: self.bwlimit,
             filter_spec: FilterSpec::default(),
             filter: Default::default(),
+            verbose: self.verbose,
+            log_file: self.log_file.clone(),
+            progress_forced: self.progress,
+            report: Default::default(),
+            list_changes: true,
         })
     }
 }

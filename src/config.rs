@@ -60,6 +60,16 @@ pub struct CopyConfig {
     pub filter_spec: crate::filter::FilterSpec,
     /// The selection itself, built from `filter_spec` when the run starts (it reads files).
     pub filter: std::sync::Arc<crate::filter::Filter>,
+    /// `-v`: one line per entry changed on stdout.
+    pub verbose: bool,
+    /// `--log-file`: entry lines, errors and the summary appended there.
+    pub log_file: Option<PathBuf>,
+    /// `--progress`: a progress line even off a terminal.
+    pub progress_forced: bool,
+    /// Where `-v` and `--log-file` lines go, opened when the run starts.
+    pub report: std::sync::Arc<crate::report::Reporter>,
+    /// The engine says what it creates and replaces (copy; a mirror lists its changes itself).
+    pub list_changes: bool,
 }
 
 /// Default `--memory`. The pool is registered with the rings, which pins (faults in) every page:
@@ -88,6 +98,8 @@ pub struct DiffConfig {
     pub threads: usize,
     pub engine: EngineChoice,
     pub quiet: bool,
+    /// List changes of atime alone (hidden by default).
+    pub atimes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +111,8 @@ pub struct MirrorConfig {
     pub dry_run: bool,
     pub checksum: bool,
     pub json: bool,
+    /// List changes of atime alone in `--dry-run` and `-v` output.
+    pub atimes: bool,
 }
 
 /// A copy path `ringsync bench` can measure.

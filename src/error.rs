@@ -116,12 +116,23 @@ pub struct ErrorLog {
     warnings: AtomicU64,
     kept: Mutex<Vec<String>>,
     quiet_warnings: bool,
+    /// `--log-file`: every message goes there too.
+    report: Option<std::sync::Arc<crate::report::Reporter>>,
 }
 
 impl ErrorLog {
     pub fn new(quiet_warnings: bool) -> ErrorLog {
         ErrorLog {
             quiet_warnings,
+            ..Default::default()
+        }
+    }
+
+    /// Messages also go to the reporter's log file.
+    pub fn with_report(quiet_warnings: bool, report: std::sync::Arc<crate::report::Reporter>) -> ErrorLog {
+        ErrorLog {
+            quiet_warnings,
+            report: Some(report),
             ..Default::default()
         }
     }
@@ -134,6 +145,9 @@ impl ErrorLog {
         };
         let line = e.to_string();
         eprintln!("ringsync: {line}");
+        if let Some(r) = &self.report {
+            r.log_only(&format!("error: {line}"));
+        }
         let mut kept = self.kept.lock().expect("error log poisoned");
         if kept.len() < KEPT_MESSAGES_MAX {
             kept.push(line);
@@ -145,6 +159,9 @@ impl ErrorLog {
         self.warnings.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_warnings {
             eprintln!("ringsync: warning: {line}");
+        }
+        if let Some(r) = &self.report {
+            r.log_only(&format!("warning: {line}"));
         }
     }
 

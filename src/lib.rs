@@ -7,7 +7,7 @@
 //! - [`filter`]: which entries a run takes (rsync's include/exclude rules, `--files-from`, `-x`);
 //! - [`meta`]: metadata read from statx and applied to targets;
 //! - [`roots`]: SRC and DST checked before a run (overlap, single-entry sources);
-//! - [`error`], [`progress`], [`summary`]: reporting.
+//! - [`error`], [`progress`], [`report`], [`summary`]: reporting.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -23,6 +23,7 @@ pub mod filter;
 pub mod meta;
 pub mod mirror;
 pub mod progress;
+pub mod report;
 pub mod ring;
 pub mod roots;
 pub mod signals;

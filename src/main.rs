@@ -36,7 +36,12 @@ fn main() {
         }
         Command::Copy(args) => {
             let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
-            ringsync::copy::copy(cfg, args.data.json)
+            let opts = ringsync::copy::CopyOptions {
+                dry_run: args.dry_run,
+                deref: args.dereference_src,
+                json: args.data.json,
+            };
+            ringsync::copy::copy(cfg, &opts)
         }
     };
     std::process::exit(code);

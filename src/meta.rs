@@ -236,12 +236,13 @@ fn proc_path(dir: BorrowedFd, name: &CStr) -> CString {
 /// Copy xattrs of a non-openable entry (symlink, fifo, device) without following it.
 pub fn copy_xattrs_at(
     src_dir: BorrowedFd,
+    src_name: &CStr,
     dst_dir: BorrowedFd,
     name: &CStr,
     p: Preserve,
     prune: bool,
 ) -> Result<XattrOutcome, Errno> {
-    let sp = proc_path(src_dir, name);
+    let sp = proc_path(src_dir, src_name);
     let dp = proc_path(dst_dir, name);
     let list = match list_xattrs(|b| rustix::fs::llistxattr(sp.as_c_str(), &mut b[..])) {
         Ok(l) => l,
@@ -318,6 +319,7 @@ pub fn apply_fd(
 /// Apply metadata to a symlink, fifo or device node by name (never following it).
 pub fn apply_at(
     src_dir: BorrowedFd,
+    src_name: &CStr,
     dst_dir: BorrowedFd,
     name: &CStr,
     m: &Meta,
@@ -334,7 +336,7 @@ pub fn apply_at(
         )
         .map_err(|e| (MetaStep::Chown, e))?;
     }
-    let x = copy_xattrs_at(src_dir, dst_dir, name, p, prune).map_err(|e| (MetaStep::Xattr, e))?;
+    let x = copy_xattrs_at(src_dir, src_name, dst_dir, name, p, prune).map_err(|e| (MetaStep::Xattr, e))?;
     if m.file_type() != FileType::Symlink {
         // Symlink permissions are fixed at 0777 on Linux. chmodat would follow a symlink that
         // replaced the entry meanwhile (and change whatever it points to): pin the entry with

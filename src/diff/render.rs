@@ -87,23 +87,41 @@ fn attr_names(bits: u8) -> Vec<&'static str> {
 }
 
 pub fn write_text_line(out: &mut impl Write, c: &Change) -> std::io::Result<()> {
+    writeln!(out, "{}", text_line(c))
+}
+
+/// The text line of a change, without the newline.
+pub fn text_line(c: &Change) -> String {
     if c.kind == Kind::Renamed {
-        writeln!(out, "R\t{}\t{}", escape(&c.old_path), escape(&c.path))
+        format!("R\t{}\t{}", escape(&c.old_path), escape(&c.path))
     } else {
-        writeln!(out, "{}\t{}", marker(c.kind), escape(&c.path))
+        format!("{}\t{}", marker(c.kind), escape(&c.path))
+    }
+}
+
+/// Put a path into a JSON object: as the string `key` when it is UTF-8 (JSON escapes what it
+/// must), else as base64 of the raw bytes under `key_b64` (the name says which it is).
+pub fn json_path(v: &mut serde_json::Value, key: &str, path: &[u8]) {
+    use base64::Engine as _;
+    let shown: &[u8] = if path.is_empty() { b"." } else { path };
+    match std::str::from_utf8(shown) {
+        Ok(s) => v[key] = s.into(),
+        Err(_) => {
+            v[format!("{key}_b64")] = base64::engine::general_purpose::STANDARD.encode(shown).into();
+        }
     }
 }
 
 pub fn write_json_line(out: &mut impl Write, c: &Change) -> std::io::Result<()> {
     let mut v = serde_json::json!({
         "change": kind_name(c.kind),
-        "path": escape(&c.path),
     });
+    json_path(&mut v, "path", &c.path);
     if let Some(m) = c.new.or(c.old) {
         v["type"] = type_name(m.file_type()).into();
     }
     if c.kind == Kind::Renamed {
-        v["from"] = escape(&c.old_path).into();
+        json_path(&mut v, "from", &c.old_path);
     }
     if c.kind == Kind::Attrs {
         v["attrs"] = attr_names(c.attrs).into();

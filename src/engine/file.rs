@@ -40,6 +40,9 @@ const SUB_CLOSE_DST: u32 = 6;
 pub struct FileCtx {
     parent: Arc<DirNode>,
     name: CString,
+    marker: char,
+    /// The source's name, when it differs from `name` (a single-entry copy).
+    from: Option<CString>,
     meta: Meta,
     /// Written under this temporary name, renamed over `name` at the end.
     tmp: Option<CString>,
@@ -61,6 +64,9 @@ impl FileCtx {
 struct Opening {
     parent: Arc<DirNode>,
     name: CString,
+    from: Option<CString>,
+    /// The change marker: `+` created, `M`/`T` an entry there is being replaced.
+    marker: char,
     meta: Meta,
     src: Option<OwnedFd>,
     dst: Option<OwnedFd>,
@@ -94,7 +100,14 @@ pub struct CopyTask {
 }
 
 impl CopyTask {
-    pub fn open(w: &mut Worker, slot: u32, parent: Arc<DirNode>, name: CString, meta: Meta) -> CopyTask {
+    pub fn open(
+        w: &mut Worker,
+        slot: u32,
+        parent: Arc<DirNode>,
+        name: CString,
+        meta: Meta,
+        from: Option<CString>,
+    ) -> CopyTask {
         let mut sflags = OFlags::RDONLY | OFlags::NOFOLLOW;
         if w.shared.is_root {
             // Reading must not change the source's atime (root may always ask for this).
@@ -112,7 +125,7 @@ impl CopyTask {
             super::token(slot, SUB_OPEN_SRC),
             Op::OpenAt {
                 dir: parent.src.clone(),
-                name: name.clone(),
+                name: from.clone().unwrap_or_else(|| name.clone()),
                 flags: sflags,
                 mode: Mode::empty(),
             },
@@ -130,6 +143,8 @@ impl CopyTask {
             phase: Phase::Open(Box::new(Opening {
                 parent,
                 name,
+                from,
+                marker: '+',
                 meta,
                 src: None,
                 dst: None,
@@ -230,6 +245,10 @@ impl CopyTask {
             (SUB_OPEN_DST | SUB_OPEN_TMP, Ok(_)) => o.dst = c.opened,
             (SUB_OPEN_DST, Err(Errno::EXIST)) => {
                 // Something is there: write beside it and rename over it at the end.
+                o.marker = match w.shared.listing_changes() {
+                    true => scan::replaced_marker(&o.parent.dst, &o.name, rustix::fs::FileType::RegularFile),
+                    false => 'M',
+                };
                 let tmp = w.shared.tmp_name();
                 let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
                 let op = Op::OpenAt {
@@ -317,6 +336,8 @@ impl CopyTask {
         let ctx = Arc::new(FileCtx {
             parent: o.parent,
             name: o.name,
+            marker: o.marker,
+            from: o.from,
             meta: o.meta,
             tmp: o.tmp,
             fds: Mutex::new(Some((src.clone(), dst.clone()))),
@@ -605,7 +626,10 @@ impl CopyTask {
                 }
                 w.report(e)
             }
-            None => Counters::add(&w.counters().files, 1),
+            None => {
+                Counters::add(&w.counters().files, 1);
+                w.shared.note_change(ctx.marker, &ctx.parent, &ctx.name);
+            }
         }
         resolve_links(w, &ctx.parent, &ctx.name, &ctx.meta, ok);
         w.shared.child_done(ctx.parent.clone());
@@ -642,7 +666,8 @@ fn use_cfr(w: &Worker, size: u64) -> bool {
 }
 
 fn src_path(w: &Worker, ctx: &FileCtx) -> std::path::PathBuf {
-    w.shared.src_path(&ctx.parent.child_rel(&ctx.name))
+    w.shared
+        .src_path(&ctx.parent.child_rel(ctx.from.as_ref().unwrap_or(&ctx.name)))
 }
 
 fn dst_path(w: &Worker, ctx: &FileCtx) -> std::path::PathBuf {

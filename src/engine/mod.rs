@@ -22,7 +22,7 @@ mod scan;
 pub use plan::{Action, LinkPlan, Plan, PlanDir, PlanItem};
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,6 +79,9 @@ pub struct DirNode {
     created_gid: u32,
     /// The scan itself plus every child job and hardlink waiter not yet finished.
     pending: AtomicUsize,
+    /// Whether finishing puts the source directory's attributes on the target one: not for the
+    /// root of a single-entry copy, whose directories are only where the entry lives.
+    own_attrs: bool,
 }
 
 impl DirNode {
@@ -97,11 +100,12 @@ pub enum Job {
         name: CString,
         meta: Meta,
     },
-    /// Copy a regular file.
+    /// Copy a regular file (named `from` in the source directory, when that differs).
     File {
         parent: Arc<DirNode>,
         name: CString,
         meta: Meta,
+        from: Option<CString>,
     },
     /// Copy the byte range `[start, end)` of a file already opened by another task.
     Chunk {
@@ -109,11 +113,12 @@ pub enum Job {
         start: u64,
         end: u64,
     },
-    /// Make a symlink, fifo or device node (replacing what is there).
+    /// Make a symlink, fifo or device node (replacing what is there), from `from` if given.
     Inline {
         parent: Arc<DirNode>,
         name: CString,
         meta: Meta,
+        from: Option<CString>,
     },
     /// Put the source's owner, xattrs, mode and times on an existing non-directory.
     Attrs {
@@ -241,6 +246,21 @@ impl Shared {
         CString::new(format!(".ringsync.{}.{n}.tmp", std::process::id())).expect("no NUL")
     }
 
+    /// Say that `name` in `node` was made (`+`) or replaced (`M`, `T`), for `-v` and the log.
+    fn note_change(&self, marker: char, node: &DirNode, name: &CStr) {
+        if !self.cfg.list_changes || !self.cfg.report.wants_changes() {
+            return;
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let rel = crate::diff::join(node.rel.as_os_str().as_bytes(), name.to_bytes());
+        self.cfg.report.change(marker, &rel);
+    }
+
+    /// Whether change lines are being listed (so the type of a replaced entry is worth a statx).
+    fn listing_changes(&self) -> bool {
+        self.cfg.list_changes && self.cfg.report.wants_changes()
+    }
+
     /// Whether the entries of directory `node` are copied too: not across a filesystem
     /// boundary under `-x`, nor below a directory the filter takes without its contents.
     fn descends(&self, node: &DirNode) -> bool {
@@ -272,6 +292,9 @@ impl Shared {
         let mut node = node;
         loop {
             if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            if !node.own_attrs {
                 return;
             }
             if let Err((step, e)) = crate::meta::apply_fd(
@@ -398,7 +421,7 @@ pub fn raise_nofile_limit() {
 
 /// Copy the contents of `cfg.src` into `cfg.dst`.
 pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
-    run(cfg, true, |shared, root| {
+    run(cfg, true, true, |shared, root| {
         Counters::add(&shared.counters[0].dirs, 1);
         shared.new_job();
         shared.queue.push(Job::Scan(root));
@@ -409,7 +432,33 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
 /// directories (and the plan's) must already exist. Every file is written under a temporary
 /// name and renamed into place.
 pub fn apply(cfg: CopyConfig, plan: Plan) -> Result<Outcome, Fatal> {
-    run(cfg, false, |shared, root| plan::seed(shared, root, plan))
+    run(cfg, false, true, |shared, root| plan::seed(shared, root, plan))
+}
+
+/// Copy one entry: `from` in directory `cfg.src` to `name` in directory `cfg.dst` (which must
+/// exist), replacing what is there; neither directory's attributes are touched.
+pub fn copy_entry(cfg: CopyConfig, from: CString, name: CString, meta: Meta) -> Result<Outcome, Fatal> {
+    let action = match meta.file_type() {
+        rustix::fs::FileType::RegularFile => Action::Copy,
+        rustix::fs::FileType::Directory => return Err(Fatal("copy_entry of a directory".into())),
+        _ => Action::Inline,
+    };
+    let plan = Plan {
+        dirs: vec![PlanDir {
+            parent: 0,
+            name: CString::default(),
+            rel: PathBuf::new(),
+        }],
+        items: vec![PlanItem {
+            dir: 0,
+            name,
+            meta,
+            action,
+            from: Some(from),
+        }],
+        links: Vec::new(),
+    };
+    run(cfg, false, false, |shared, root| plan::seed(shared, root, plan))
 }
 
 /// Set up the run, let `seed` queue the first jobs against the root node (whose pending count
@@ -419,6 +468,7 @@ pub fn apply(cfg: CopyConfig, plan: Plan) -> Result<Outcome, Fatal> {
 fn run(
     cfg: CopyConfig,
     whole_source: bool,
+    own_root_attrs: bool,
     seed: impl FnOnce(&Arc<Shared>, Arc<DirNode>),
 ) -> Result<Outcome, Fatal> {
     let start = Instant::now();
@@ -463,7 +513,7 @@ fn run(
             outstanding: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
         },
-        errors: ErrorLog::new(cfg.quiet),
+        errors: ErrorLog::with_report(cfg.quiet, cfg.report.clone()),
         counters: counters.clone(),
         links: Mutex::new(HashMap::new()),
         preserve: Preserve {
@@ -491,6 +541,7 @@ fn run(
         inherits_acl: crate::meta::has_default_acl(crate::meta::fd(&*dst_root)),
         created_gid: created_gid(&dst_root),
         pending: AtomicUsize::new(1),
+        own_attrs: own_root_attrs,
     });
     seed(&shared, root);
 
@@ -753,12 +804,20 @@ impl Worker {
                     return;
                 }
             },
-            Job::File { parent, name, meta } => {
-                Task::Copy(file::CopyTask::open(self, slot, parent, name, meta))
-            }
+            Job::File {
+                parent,
+                name,
+                meta,
+                from,
+            } => Task::Copy(file::CopyTask::open(self, slot, parent, name, meta, from)),
             Job::Chunk { ctx, start, end } => Task::Copy(file::CopyTask::chunk(self, ctx, start, end)),
-            Job::Inline { parent, name, meta } => {
-                plan::inline(self, &parent, &name, &meta);
+            Job::Inline {
+                parent,
+                name,
+                meta,
+                from,
+            } => {
+                plan::inline(self, &parent, &name, from.as_deref().unwrap_or(&name), &meta);
                 self.shared.child_done(parent);
                 self.finish_slot(slot);
                 return;
@@ -793,7 +852,9 @@ impl Worker {
         let parent = match job {
             Job::Chunk { .. } => return self.start(job),
             Job::Scan(node) => node,
-            Job::File { parent, name, meta } => {
+            Job::File {
+                parent, name, meta, ..
+            } => {
                 resolve_links(self, &parent, &name, &meta, false);
                 parent
             }

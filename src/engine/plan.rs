@@ -5,7 +5,7 @@
 //! until seeding is done, so a directory is finished (owner, xattrs, mode, times) only after
 //! every job below it, exactly as in a copy.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub struct PlanItem {
     pub name: CString,
     pub meta: Meta,
     pub action: Action,
+    /// The source entry's name when it differs from `name` (a single-entry copy).
+    pub from: Option<CString>,
 }
 
 /// A hardlinked inode (source `meta.dev`, `meta.ino`).
@@ -104,6 +106,7 @@ fn open_node(shared: &Shared, parent: &Arc<DirNode>, d: &PlanDir) -> Result<Arc<
         dst: Arc::new(dst),
         meta: Meta::from_statx(&stx),
         pending: AtomicUsize::new(1),
+        own_attrs: true,
     }))
 }
 
@@ -134,11 +137,21 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
         let Some(node) = nodes[item.dir].clone() else {
             continue;
         };
-        let (parent, name, meta) = (node.clone(), item.name, item.meta);
+        let (parent, name, meta, from) = (node.clone(), item.name, item.meta, item.from);
         let job = match item.action {
-            Action::Copy => Job::File { parent, name, meta },
+            Action::Copy => Job::File {
+                parent,
+                name,
+                meta,
+                from,
+            },
             Action::Subtree => Job::Dir { parent, name, meta },
-            Action::Inline => Job::Inline { parent, name, meta },
+            Action::Inline => Job::Inline {
+                parent,
+                name,
+                meta,
+                from,
+            },
             Action::Attrs => Job::Attrs { parent, name, meta },
         };
         push(&node, job);
@@ -164,9 +177,19 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
                     .insert((meta.dev, meta.ino), Link::Pending(waiters));
                 let (parent, name) = (first_node.clone(), first.1);
                 let job = if meta.file_type() == FileType::RegularFile {
-                    Job::File { parent, name, meta }
+                    Job::File {
+                        parent,
+                        name,
+                        meta,
+                        from: None,
+                    }
                 } else {
-                    Job::Inline { parent, name, meta }
+                    Job::Inline {
+                        parent,
+                        name,
+                        meta,
+                        from: None,
+                    }
                 };
                 push(&first_node, job);
             }
@@ -197,9 +220,10 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
     }
 }
 
-/// A symlink, fifo or device node, then its waiting hardlinks.
-pub(super) fn inline(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, m: &Meta) {
-    let ok = scan::copy_inline(w, parent, name, m);
+/// A symlink, fifo or device node (`from` in the source directory), then its waiting
+/// hardlinks.
+pub(super) fn inline(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, from: &CStr, m: &Meta) {
+    let ok = scan::copy_inline(w, parent, name, from, m);
     super::resolve_links(w, parent, name, m, ok);
 }
 
@@ -207,7 +231,7 @@ pub(super) fn inline(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, m: &
 pub(super) fn attrs(w: &mut Worker, parent: &Arc<DirNode>, name: &CString, m: &Meta) {
     let (src, dst) = (meta::fd(&*parent.src), meta::fd(&*parent.dst));
     let path = || w.shared.dst_path(&parent.child_rel(name));
-    match meta::apply_at(src, dst, name, m, w.shared.preserve, true) {
+    match meta::apply_at(src, name, dst, name, m, w.shared.preserve, true) {
         Ok(x) => {
             if x.unsupported {
                 w.shared.warn_xattr_unsupported(&path());

@@ -151,6 +151,7 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
                 parent: node.clone(),
                 name,
                 meta: m,
+                from: None,
             });
         }
         FileType::Symlink | FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
@@ -158,12 +159,12 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
                 // Hardlinked symlinks and nodes: the first path is made here, later ones linked.
                 node.pending.fetch_add(1, Ordering::AcqRel);
                 if register_link(w, node, &name, &m) {
-                    let ok = copy_inline(w, node, &name, &m);
+                    let ok = copy_inline(w, node, &name, &name, &m);
                     resolve_links(w, node, &name, &m, ok);
                     w.shared.child_done(node.clone());
                 }
             } else {
-                copy_inline(w, node, &name, &m);
+                copy_inline(w, node, &name, &name, &m);
             }
         }
         FileType::Socket => {
@@ -218,8 +219,15 @@ fn register_link(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) 
 
 /// linkat(first) as `name` in `node`, replacing an existing entry through a temporary name.
 pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc<DirNode>, name: &CStr) {
+    let mut marker = '+';
     let res = match rustix::fs::linkat(&**dir, first, &*node.dst, name, AtFlags::empty()) {
         Err(Errno::EXIST) => {
+            if w.shared.listing_changes() {
+                let new_type = rustix::fs::statat(&**dir, first, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| FileType::from_raw_mode(st.st_mode))
+                    .unwrap_or(FileType::RegularFile);
+                marker = replaced_marker(&node.dst, name, new_type);
+            }
             let tmp = w.shared.tmp_name();
             rustix::fs::linkat(&**dir, first, &*node.dst, &tmp, AtFlags::empty())
                 .and_then(|()| rename_over(node, &tmp, name))
@@ -227,7 +235,10 @@ pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc
         r => r,
     };
     match res {
-        Ok(()) => Counters::add(&w.counters().hardlinks, 1),
+        Ok(()) => {
+            Counters::add(&w.counters().hardlinks, 1);
+            w.shared.note_change(marker, node, name);
+        }
         Err(e) => {
             let path = w.shared.dst_path(&node.child_rel(&name.to_owned()));
             w.report(EntryError::new("link", path, e));
@@ -237,34 +248,65 @@ pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc
 
 /// Rename `tmp` over `name` in the node's target directory; the temporary is removed on failure.
 pub(super) fn rename_over(node: &DirNode, tmp: &CStr, name: &CStr) -> Result<(), Errno> {
-    rustix::fs::renameat(&*node.dst, tmp, &*node.dst, name).inspect_err(|_| {
-        let _ = rustix::fs::unlinkat(&*node.dst, tmp, AtFlags::empty());
+    let dst = &*node.dst;
+    match rustix::fs::renameat(dst, tmp, dst, name) {
+        // A directory stands there: an empty one is replaced (as rsync does); a non-empty one
+        // is not ours to delete, and the error says so.
+        Err(Errno::ISDIR) => rustix::fs::unlinkat(dst, name, AtFlags::REMOVEDIR)
+            .and_then(|()| rustix::fs::renameat(dst, tmp, dst, name)),
+        r => r,
+    }
+    .inspect_err(|_| {
+        let _ = rustix::fs::unlinkat(dst, tmp, AtFlags::empty());
     })
+}
+
+/// `M` when the entry at `name` (about to be replaced) has the type `new_type`, else `T`.
+pub(super) fn replaced_marker(dir: &OwnedFd, name: &CStr, new_type: FileType) -> char {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) != new_type => 'T',
+        _ => 'M',
+    }
 }
 
 /// Create an entry with `make(name)`; if the name is taken, make it under a temporary name and
 /// rename it over the old one, so the old entry is replaced in one step.
+/// Returns the change marker: `+` made where nothing was, `M`/`T` replaced (the type of what
+/// was replaced is looked up only when changes are listed).
 fn create_replacing(
     w: &Worker,
     node: &DirNode,
     name: &CStr,
+    new_type: FileType,
     make: impl Fn(&CStr) -> Result<(), Errno>,
-) -> Result<(), (&'static str, Errno)> {
+) -> Result<char, (&'static str, Errno)> {
     match make(name) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok('+'),
         Err(Errno::EXIST) => {
+            let marker = match w.shared.listing_changes() {
+                true => replaced_marker(&node.dst, name, new_type),
+                false => 'M',
+            };
             let tmp = w.shared.tmp_name();
             make(&tmp).map_err(|e| ("create", e))?;
-            rename_over(node, &tmp, name).map_err(|e| ("rename", e))
+            rename_over(node, &tmp, name).map_err(|e| ("rename", e))?;
+            Ok(marker)
         }
         Err(e) => Err(("create", e)),
     }
 }
 
-/// Make a symlink, fifo or device node and set its metadata. Returns whether it was made.
-pub(super) fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) -> bool {
+/// Make a symlink, fifo or device node `name` from the source entry `from` and set its
+/// metadata. Returns whether it was made.
+pub(super) fn copy_inline(
+    w: &mut Worker,
+    node: &Arc<DirNode>,
+    name: &CString,
+    from: &CStr,
+    m: &Meta,
+) -> bool {
     if m.file_type() == FileType::Symlink {
-        let target = match rustix::fs::readlinkat(&*node.src, name.as_c_str(), Vec::new()) {
+        let target = match rustix::fs::readlinkat(&*node.src, from, Vec::new()) {
             Ok(t) => t,
             Err(e) => {
                 w.report(source_error(
@@ -279,7 +321,7 @@ pub(super) fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m
         let mut m = *m;
         if let Ok(stx) = rustix::fs::statx(
             &*node.src,
-            name,
+            from,
             AtFlags::SYMLINK_NOFOLLOW,
             StatxFlags::BASIC_STATS,
         ) {
@@ -287,16 +329,16 @@ pub(super) fn copy_inline(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m
                 m.atime = Meta::from_statx(&stx).atime;
             }
         }
-        let made = create_replacing(w, node, name, |n| {
+        let made = create_replacing(w, node, name, FileType::Symlink, |n| {
             rustix::fs::symlinkat(target.as_c_str(), &*node.dst, n)
         });
-        finish_inline(w, node, name, &m, made, |c| &c.symlinks)
+        finish_inline(w, node, name, from, &m, made, |c| &c.symlinks)
     } else {
-        let made = create_replacing(w, node, name, |n| {
+        let made = create_replacing(w, node, name, m.file_type(), |n| {
             let perm = m.perm() & Mode::from_raw_mode(0o777);
             rustix::fs::mknodat(&*node.dst, n, m.file_type(), perm, m.rdev)
         });
-        finish_inline(w, node, name, m, made, |c| &c.specials)
+        finish_inline(w, node, name, from, m, made, |c| &c.specials)
     }
 }
 
@@ -304,22 +346,27 @@ fn finish_inline(
     w: &mut Worker,
     node: &Arc<DirNode>,
     name: &CString,
+    from: &CStr,
     m: &Meta,
-    made: Result<(), (&'static str, Errno)>,
+    made: Result<char, (&'static str, Errno)>,
     counter: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64,
 ) -> bool {
     let path = || w.shared.dst_path(&node.child_rel(name));
-    if let Err((op, e)) = made {
-        w.report(EntryError::new(op, path(), e));
-        return false;
-    }
+    let marker = match made {
+        Ok(m) => m,
+        Err((op, e)) => {
+            w.report(EntryError::new(op, path(), e));
+            return false;
+        }
+    };
     let (src, dst) = (meta::fd(&*node.src), meta::fd(&*node.dst));
-    match meta::apply_at(src, dst, name, m, w.shared.preserve, node.inherits_acl) {
+    match meta::apply_at(src, from, dst, name, m, w.shared.preserve, node.inherits_acl) {
         Ok(x) => {
             if x.unsupported {
                 w.shared.warn_xattr_unsupported(&path());
             }
             Counters::add(counter(w.counters()), 1);
+            w.shared.note_change(marker, node, name);
             true
         }
         Err((step, e)) => {
@@ -355,23 +402,34 @@ pub(super) fn open_child_dir(
         Err(e) => return fail(w, source_error("open directory", w.shared.src_path(&rel), e)),
     };
     // Owner-only until finished, so a read-only source directory can still be filled.
-    let existed = match rustix::fs::mkdirat(&*parent.dst, name.as_c_str(), Mode::from_raw_mode(0o700)) {
+    let mkdir = || rustix::fs::mkdirat(&*parent.dst, name.as_c_str(), Mode::from_raw_mode(0o700));
+    let mut marker = Some('+');
+    let existed = match mkdir() {
         Ok(()) => false,
         Err(Errno::EXIST) => true,
         Err(e) => return fail(w, EntryError::new("mkdir", w.shared.dst_path(&rel), e)),
     };
-    let dst = match rustix::fs::openat(&*parent.dst, name.as_c_str(), dflags, Mode::empty()) {
+    if existed {
+        marker = None;
+    }
+    let open = || rustix::fs::openat(&*parent.dst, name.as_c_str(), dflags, Mode::empty());
+    let mut opened = open();
+    if matches!(opened, Err(Errno::NOTDIR) | Err(Errno::LOOP)) {
+        // A non-directory stands where the source has a directory: replace it, as a file
+        // replaces a file. (Nothing below it can be lost: it has nothing below it.)
+        opened = rustix::fs::unlinkat(&*parent.dst, name.as_c_str(), AtFlags::empty())
+            .and_then(|()| mkdir())
+            .and_then(|()| open());
+        marker = Some('T');
+    }
+    let existed = existed && marker.is_none();
+    let dst = match opened {
         Ok(fd) => fd,
-        Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
-            let e = EntryError::msg(
-                "mkdir",
-                w.shared.dst_path(&rel),
-                "target exists and is not a directory",
-            );
-            return fail(w, e);
-        }
-        Err(e) => return fail(w, EntryError::new("open directory", w.shared.dst_path(&rel), e)),
+        Err(e) => return fail(w, EntryError::new("mkdir", w.shared.dst_path(&rel), e)),
     };
+    if let Some(m) = marker {
+        w.shared.note_change(m, &parent, &name);
+    }
     if existed && !w.shared.is_root {
         // A reused directory may be read-only (a previous copy of a 0555 source): make it
         // writable until finished, as a new one is. If this fails, the creates inside it fail
@@ -390,5 +448,6 @@ pub(super) fn open_child_dir(
         inherits_acl,
         created_gid,
         pending: AtomicUsize::new(1),
+        own_attrs: true,
     }))
 }

@@ -44,16 +44,28 @@ fn inode_identity_holds(a: &Path, b: &Path) -> bool {
     same_dev || (btrfs(a) && btrfs(b))
 }
 
-fn print_changes(changes: &[Change], json: bool) {
+/// Drop changes of atime alone unless asked for (`--atimes`): reading a tree moves atimes, so
+/// they would drown what matters. (A mirror still sets atimes.)
+fn visible(changes: &[Change], atimes: bool) -> Vec<&Change> {
+    changes
+        .iter()
+        .filter(|c| atimes || !(c.kind == diff::Kind::Attrs && c.attrs == diff::attr::ATIME))
+        .collect()
+}
+
+/// The change list: NDJSON on stdout with `json`, else text lines through the reporter (stdout
+/// and the log file).
+fn print_changes(changes: &[&Change], json: bool, report: &crate::report::Reporter) {
+    if !json {
+        for c in changes {
+            report.line(&diff::text_line(c));
+        }
+        return;
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for c in changes {
-        let r = if json {
-            diff::write_json_line(&mut out, c)
-        } else {
-            diff::write_text_line(&mut out, c)
-        };
         // A closed stdout (`| head`) ends the listing, not the program.
-        if r.is_err() {
+        if diff::write_json_line(&mut out, c).is_err() {
             return;
         }
     }
@@ -94,6 +106,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         changed_since: None,
         skip_new_sockets: false,
         filter: Default::default(),
+        copy_view: false,
     };
     let errors = ErrorLog::new(cfg.quiet);
     let mut d = match diff::walk(&cfg.old, &cfg.new, &opts, &errors) {
@@ -104,10 +117,13 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         }
     };
     diff::sort(&mut d.changes);
-    print_changes(&d.changes, cfg.json);
+    let shown = visible(&d.changes, cfg.atimes);
+    let lines = crate::report::Reporter::open(true, false, None).unwrap_or_default();
+    print_changes(&shown, cfg.json, &lines);
+    lines.flush();
     if errors.errors() > 0 {
         TROUBLE
-    } else if cfg.exit_code && !d.changes.is_empty() {
+    } else if cfg.exit_code && !shown.is_empty() {
         1
     } else {
         exit::OK
@@ -142,12 +158,45 @@ pub fn mirror(cfg: &MirrorConfig) -> i32 {
             return exit::USAGE;
         }
     }
+    let lines = c_lines(&cfg);
+    match crate::report::Reporter::open(lines, cfg.copy.verbose, cfg.copy.log_file.as_deref()) {
+        Ok(r) => cfg.copy.report = std::sync::Arc::new(r),
+        Err(e) => {
+            eprintln!("ringsync: {e}");
+            return exit::USAGE;
+        }
+    }
     let cfg = &cfg;
+    let c = &cfg.copy;
+    c.report.log_only(&format!(
+        "mirror {} {}{}: start",
+        c.src.display(),
+        c.dst.display(),
+        if cfg.dry_run { " --dry-run" } else { "" }
+    ));
+    let code = mirror_checked(cfg, start, started);
+    c.report.flush();
+    code
+}
+
+/// Whether change lines go to stdout: `-v`, or a dry run (unless it prints JSON).
+fn c_lines(cfg: &MirrorConfig) -> bool {
+    cfg.copy.verbose || (cfg.dry_run && !cfg.json)
+}
+
+fn mirror_checked(cfg: &MirrorConfig, start: Instant, started: (i64, i64)) -> i32 {
     let c = &cfg.copy;
     engine::raise_nofile_limit();
     match std::fs::metadata(&c.src) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return fail(format!("{}: source is not a directory", c.src.display())),
+        Ok(_) => {
+            eprintln!(
+                "ringsync: mirror {}: SRC is not a directory (mirror makes a directory equal to \
+                 another; to copy one file, use copy)",
+                c.src.display()
+            );
+            return exit::USAGE;
+        }
         Err(e) => return fail(format!("open source directory {}: {e}", c.src.display())),
     }
     if let Some(p) = &cfg.prev {
@@ -186,13 +235,7 @@ pub fn mirror(cfg: &MirrorConfig) -> i32 {
 
 /// `--dry-run` into a DST that does not exist: everything would be created.
 fn dry_run_into_nothing(cfg: &MirrorConfig, src: &Path) -> i32 {
-    let empty = std::env::temp_dir().join(format!(".ringsync-empty.{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir(&empty) {
-        return fail(format!("create {}: {e}", empty.display()));
-    }
-    let code = walk_and_print(cfg, &empty, src, None, false);
-    let _ = std::fs::remove_dir(&empty);
-    code
+    diff::with_empty_dir(|empty| walk_and_print(cfg, empty, src, None, false)).unwrap_or_else(fail)
 }
 
 fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool) -> WalkOpts {
@@ -202,7 +245,8 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
         engine: diff::walk_engine(cfg.copy.engine, engine),
         checksum: cfg.checksum,
         renames,
-        expand: cfg.dry_run,
+        // Listed changes name every entry of a new directory, as `diff` does.
+        expand: cfg.dry_run || cfg.copy.report.wants_changes(),
         owner: root,
         preserve: Preserve {
             owner: root,
@@ -211,6 +255,7 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
         changed_since: None,
         skip_new_sockets: true,
         filter: cfg.copy.filter.clone(),
+        copy_view: false,
     }
 }
 
@@ -221,7 +266,7 @@ fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Time
     };
     let mut opts = walk_opts(cfg, engine, renames);
     opts.changed_since = since;
-    let errors = ErrorLog::new(cfg.copy.quiet);
+    let errors = ErrorLog::with_report(cfg.copy.quiet, cfg.copy.report.clone());
     let mut d = match diff::walk(old, src, &opts, &errors) {
         Ok(d) => d,
         Err(e) => return fail(format!("diff: {e}")),
@@ -231,7 +276,7 @@ fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Time
     }
     crate::filter::report_unseen(&cfg.copy.filter, src, &errors);
     diff::sort(&mut d.changes);
-    print_changes(&d.changes, cfg.json);
+    print_changes(&visible(&d.changes, cfg.atimes), cfg.json, &cfg.copy.report);
     errors.exit_code()
 }
 
@@ -346,11 +391,11 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     }
     let guard = guard.expect("not a dry run");
 
-    let errors = ErrorLog::new(c.quiet);
+    let errors = ErrorLog::with_report(c.quiet, c.report.clone());
     let mut opts = walk_opts(cfg, engine, mode == "prev");
     opts.changed_since = since;
     let t_walk = Instant::now();
-    let d = match diff::walk(&old_root, src, &opts, &errors) {
+    let mut d = match diff::walk(&old_root, src, &opts, &errors) {
         Ok(d) => d,
         Err(e) => return fail(format!("diff: {e}")),
     };
@@ -391,6 +436,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         if cfg.json {
             print_summary(None, &report, &errors, start, code);
         }
+        summary(cfg, &report, 0, &errors, None, start);
         return code;
     }
 
@@ -417,6 +463,8 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     ecfg.src = src.to_path_buf();
     ecfg.dst = dst.to_path_buf();
     ecfg.atomic = true;
+    // The mirror lists its changes itself, from the walk.
+    ecfg.list_changes = false;
     ecfg.memory_bytes = pool_bytes(&work.plan, c.memory_bytes, c.threads);
     if c.engine == EngineChoice::Auto && small_plan(&work.plan) {
         ecfg.engine = EngineChoice::Sync;
@@ -464,10 +512,44 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         steps_s,
         apply_s,
     };
+    if c.report.wants_changes() {
+        diff::sort(&mut d.changes);
+        print_changes(&visible(&d.changes, cfg.atimes), false, &c.report);
+    }
     if cfg.json {
         print_summary(Some(&outcome), &report, &errors, start, code);
     }
+    summary(cfg, &report, outcome.totals.bytes, &errors, Some(&outcome), start);
     code
+}
+
+/// The human summary (and the log's): `mirror: 3 created, ...; 1.2 MiB in 0.11 s; 0 errors`.
+fn summary(
+    cfg: &MirrorConfig,
+    r: &Report,
+    bytes: u64,
+    walk_errors: &ErrorLog,
+    outcome: Option<&engine::Outcome>,
+    start: Instant,
+) {
+    let k = &r.counts;
+    let errors = walk_errors.errors() + outcome.map_or(0, |o| o.errors);
+    let vanished = walk_errors.vanished() + outcome.map_or(0, |o| o.vanished);
+    let mut s = format!(
+        "mirror: {} compared; {} created, {} deleted, {} modified, {} attrs, {} renamed, {} relinked; {}; {errors} errors",
+        r.compared,
+        k.created,
+        k.deleted,
+        k.modified,
+        k.attrs,
+        k.renamed,
+        k.relinked,
+        crate::report::bytes_in(bytes, start.elapsed().as_secs_f64()),
+    );
+    if vanished > 0 {
+        s.push_str(&format!(", {vanished} vanished"));
+    }
+    cfg.copy.report.summary(&s, cfg.copy.quiet || cfg.json);
 }
 
 /// Plans at most this big (bytes to copy, no new subtree) run on the sync engine under

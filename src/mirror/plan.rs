@@ -184,6 +184,7 @@ pub fn build(diff: &Diff, staging: &[u8]) -> Work {
                 name,
                 meta: c.new.expect("created"),
                 action: Action::Subtree,
+                from: None,
             });
             subtrees.insert(&c.path);
         }
@@ -270,6 +271,7 @@ pub fn build(diff: &Diff, staging: &[u8]) -> Work {
                     name,
                     meta: m,
                     action,
+                    from: None,
                 });
             }
             Kind::Attrs => {
@@ -284,6 +286,7 @@ pub fn build(diff: &Diff, staging: &[u8]) -> Work {
                         name,
                         meta: m,
                         action: Action::Attrs,
+                        from: None,
                     });
                 }
             }
@@ -343,6 +346,7 @@ pub fn build(diff: &Diff, staging: &[u8]) -> Work {
                     name,
                     meta,
                     action: Action::Attrs,
+                    from: None,
                 });
             }
             if !created.is_empty() || has_subtrees {

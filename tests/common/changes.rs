@@ -126,6 +126,34 @@ pub fn normalize_hex(s: &str) -> String {
     out
 }
 
+/// A path in a JSON line (docs/mirror.md): the raw path as the string `key` when it is UTF-8
+/// (`.` is the root), else its bytes in base64 under `key_b64`; never both.
+fn json_path(v: &serde_json::Value, key: &str, line: &str) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine as _;
+    let b64_key = format!("{key}_b64");
+    match (v.get(key), v.get(&b64_key)) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!("line {line:?}: both {key:?} and {b64_key:?}")),
+        // The root is `.`, as in the text format.
+        (Some(s), None) => match s.as_str() {
+            Some(s) => Ok(Some(s.as_bytes().to_vec())),
+            None => Err(format!("line {line:?}: {key:?} is not a string")),
+        },
+        (None, Some(b)) => {
+            let raw = b
+                .as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| format!("line {line:?}: {b64_key:?} is not base64"))?;
+            if std::str::from_utf8(&raw).is_ok() {
+                return Err(format!(
+                    "line {line:?}: {b64_key:?} holds UTF-8; expected {key:?}"
+                ));
+            }
+            Ok(Some(raw))
+        }
+    }
+}
+
 fn parse_path_field(field: &str, line: &str) -> Result<Vec<u8>, String> {
     let raw = unescape(field).map_err(|e| format!("line {line:?}: {e}"))?;
     if escape(&raw) != normalize_hex(field) {
@@ -229,27 +257,25 @@ pub fn parse_json(stdout: &[u8]) -> Result<Vec<DiffLine>, Vec<String>> {
                 continue;
             }
         };
-        let Some(path) = v.get("path").and_then(|p| p.as_str()) else {
-            errs.push(format!("line {line:?}: no string \"path\""));
-            continue;
-        };
-        let path = match parse_path_field(path, line) {
-            Ok(p) => p,
+        let path = match json_path(&v, "path", line) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                errs.push(format!("line {line:?}: no \"path\" nor \"path_b64\""));
+                continue;
+            }
             Err(e) => {
                 errs.push(e);
                 continue;
             }
         };
-        let from = match (marker, v.get("from").and_then(|p| p.as_str())) {
-            ('R', Some(f)) => match parse_path_field(f, line) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    errs.push(e);
-                    continue;
-                }
-            },
-            ('R', None) => {
+        let from = match (marker, json_path(&v, "from", line)) {
+            ('R', Ok(Some(p))) => Some(p),
+            ('R', Ok(None)) => {
                 errs.push(format!("line {line:?}: renamed without \"from\""));
+                continue;
+            }
+            (_, Err(e)) => {
+                errs.push(e);
                 continue;
             }
             _ => None,

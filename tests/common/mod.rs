@@ -170,9 +170,12 @@ pub fn run_mirror(extra: &[&str], src: &Path, dst: &Path) -> Output {
     run_sub("mirror", extra, src, dst)
 }
 
-/// `ringsync diff <extra...> OLD NEW`
+/// `ringsync diff --atimes <extra...> OLD NEW` (the oracle's change sets include atime-only
+/// changes, which `diff` lists only on request).
 pub fn run_diff(extra: &[&str], old: &Path, new: &Path) -> Output {
-    run_sub("diff", extra, old, new)
+    let mut args = vec!["--atimes"];
+    args.extend_from_slice(extra);
+    run_sub("diff", &args, old, new)
 }
 
 /// Oracle options for SRC vs a mirrored DST: everything, except the record
