@@ -19,11 +19,51 @@ const EXIT_CODES: &str =
 another mirror holds the target's lock; nothing written); 5 complete except for source entries \
 that vanished during the run. diff: 0 (1 with --exit-code and differences), 2 trouble.";
 
-const DIFF_FORMAT: &str = "One line per change, sorted by path, TAB-separated: '+ PATH' created, \
-'- PATH' deleted, 'M PATH' content (data, symlink target, device), 'A PATH' attributes only, \
-'T PATH' type changed, 'L PATH' hardlink group changed, 'R OLD NEW' renamed. Paths are relative \
-('.' is the root); non-printable and non-UTF-8 bytes and the backslash are escaped as \\xHH and \\\\. \
-Exit status: 0, or 1 with --exit-code when there are differences; 2 trouble.";
+const COPY_HELP: &str = "Examples:
+  ringsync copy /data /backup/data            # the contents of /data into /backup/data
+  ringsync copy -n /data /backup/data         # what would be created (+) or replaced (M, T)
+  ringsync copy --exclude '*.tmp' --exclude /cache/ -v /data /backup/data
+  ringsync copy big.iso /mnt/usb/             # one file, into a directory
+  ringsync copy --bwlimit 50MB/s --fsync file /data /mnt/nas/data
+
+A trailing '/' on SRC changes nothing: SRC's contents always go into DST (rsync's 'SRC/').
+Exit status: 0 done; 1 fatal; 2 usage (nothing created); 3 some entries failed; 5 source \
+entries vanished; 130 interrupted (unfinished files removed). Contract: docs/copy.md.";
+
+const MIRROR_HELP: &str = "Examples:
+  ringsync mirror /data /backup/data                  # make /backup/data equal /data
+  ringsync mirror -n /data /backup/data               # list what would change, touch nothing
+  ringsync mirror -v --log-file /var/log/ringsync.log /data /backup/data   # for cron
+  ringsync mirror --exclude '*.o' --delete-excluded /src /backup/src
+  ringsync mirror --prev /snap/monday /snap/tuesday /backup/data   # btrfs snapshots
+
+Exit status: 0 DST equals SRC; 1 fatal; 2 usage; 3 some entries failed (DST stays marked \
+dirty; the next run compares it in full); 4 busy (another mirror runs into DST); 5 source \
+entries vanished; 130 interrupted. Contract: docs/mirror.md and docs/copy.md.";
+
+const DIFF_HELP: &str = "One line per change, sorted by path, TAB-separated: '+ PATH' created, \
+'- PATH' deleted, 'M PATH' content (data, symlink target, device), 'A PATH' attributes only \
+(atime alone only with --atimes), 'T PATH' type changed, 'L PATH' hardlink group changed, \
+'R OLD NEW' renamed. Paths are relative ('.' is the root); non-printable and non-UTF-8 bytes \
+and the backslash are escaped as \\xHH and \\\\; in --json, paths are JSON strings, or base64 \
+under path_b64 when not UTF-8. Exit status: 0, or 1 with --exit-code when there are \
+differences; 2 trouble.
+
+Examples:
+  ringsync diff /snap/monday /snap/tuesday            # what changed between two snapshots
+  ringsync diff --exit-code /data /backup/data        # exit 1 when they differ (for scripts)
+  ringsync diff --checksum /data /backup/data         # compare bytes, not size and mtime
+  ringsync diff --json /a /b | jq -r 'select(.change==\"deleted\") | .path'";
+
+const COMPLETIONS_HELP: &str = "Examples:
+  ringsync completions bash > /etc/bash_completion.d/ringsync
+  ringsync completions zsh > \"${fpath[1]}/_ringsync\"
+  ringsync completions fish > ~/.config/fish/completions/ringsync.fish";
+
+const MAN_HELP: &str = "Examples:
+  ringsync man --dir /usr/local/share/man/man1 && mandb -q   # then: man ringsync-copy
+  ringsync man copy | man -l -
+  ringsync man > ringsync.1";
 
 #[derive(Parser, Debug)]
 #[command(name = "ringsync", version, about = "Exact, parallel file-tree copies through per-core io_uring workers", after_help = EXIT_CODES)]
@@ -36,19 +76,37 @@ pub struct Cli {
 pub enum Command {
     /// Copy the contents of SRC into DST (created if missing): content, holes, mode, owner,
     /// ns times, symlinks, hardlinks, xattrs, fifos, devices. Same-named target entries are replaced.
+    #[command(after_help = COPY_HELP)]
     Copy(CopyArgs),
     /// Make DST identical to SRC, doing only the needed work: changed files are written to a
     /// temporary name and renamed into place, extraneous entries deleted, attributes fixed.
     /// DST is locked while it runs and marked dirty until a run finishes without errors.
+    #[command(after_help = MIRROR_HELP)]
     Mirror(MirrorArgs),
     /// Show what changed from OLD to NEW (one line per change, like `zfs diff`).
-    #[command(after_help = DIFF_FORMAT)]
+    #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
     /// Measure copy paths against a disk: io_uring (vectored, fixed buffers, O_DIRECT),
     /// pread/pwrite, copy_file_range, splice and reflink, across block sizes, queue depths and
     /// threads. Makes (and removes) its own test files.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: ringsync(1), or a subcommand's
+    /// (ringsync-copy(1), ...); --dir writes them all.
+    #[command(after_help = MAN_HELP)]
+    Man {
+        /// The subcommand whose page to print (copy, mirror, diff, bench, ...).
+        command: Option<String>,
+        /// Write every page (ringsync.1, ringsync-copy.1, ...) into DIR instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
 }
 
 const BENCH_HELP: &str = "Per combination: MB/s (10^6 bytes/s), IOPS, CPU seconds per GB \
@@ -58,7 +116,13 @@ with the default cold cache, drops the files' pages (POSIX_FADV_DONTNEED; as roo
 drop_caches before each combination). Paths this filesystem or kernel cannot do are listed as \
 'unsupported here'. Wider sweep: --modes read,write,copy --block-sizes 4K,64K,1M,8M \
 --qd 1,8,32,128 --threads 1,2. Exit status: 0; 1 could not set up; 2 usage; 3 some combination \
-failed; 130 interrupted (the test files are removed unless --keep).";
+failed; 130 interrupted (the test files are removed unless --keep).
+
+Examples:
+  ringsync bench --dir /mnt/disk                        # the default sweep, about 2 minutes
+  ringsync bench --dir /mnt/disk --size 256M --runtime 2 --plot bench.svg
+  ringsync bench --files /mnt/disk/bench --paths uring-direct,psync --qd 1,32
+  ringsync bench --dir /mnt/disk --modes read,write,copy --block-sizes 4K,1M --json";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchPathArg {

@@ -190,6 +190,7 @@ fn dry_run(cfg: &CopyConfig, source: &Source, report: &Reporter) -> i32 {
         skip_new_sockets: true,
         filter: cfg.filter.clone(),
         copy_view: true,
+        seen: Default::default(),
     };
     let errors = ErrorLog::with_report(cfg.quiet, cfg.report.clone());
     let walk = |old: &Path| diff::walk(old, &cfg.src, &opts, &errors);

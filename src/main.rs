@@ -4,8 +4,65 @@ use clap::{CommandFactory, FromArgMatches};
 use ringsync::cli::{Cli, Command};
 use ringsync::error::exit;
 
+/// `ringsync 0.1.0 (git 0123456789ab)`; `--version` also says whether io_uring works here
+/// (probed only when asked: it costs a ring set-up).
+fn command() -> clap::Command {
+    let short = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("RINGSYNC_GIT_COMMIT"),
+        ")"
+    );
+    let cmd = Cli::command().version(short);
+    if !std::env::args_os().any(|a| a == "--version") {
+        return cmd;
+    }
+    let kernel = rustix::system::uname().release().to_string_lossy().into_owned();
+    let uring = match ringsync::ring::probe_uring() {
+        Ok(()) => format!("io_uring: usable (kernel {kernel})"),
+        Err(e) => format!(
+            "io_uring: not usable here ({e}; kernel {kernel}): copy and mirror use the \
+             pread/pwrite engine"
+        ),
+    };
+    cmd.long_version(format!("{short}\n{uring}"))
+}
+
+/// `ringsync man [COMMAND] [--dir DIR]`.
+fn man(sub: Option<&str>, dir: Option<&std::path::Path>) -> i32 {
+    let mut cmd = command().disable_help_subcommand(true);
+    cmd.build();
+    let res = match (sub, dir) {
+        (_, Some(d)) => clap_mangen::generate_to(cmd, d).map_err(|e| format!("{}: {e}", d.display())),
+        (Some(name), None) => match cmd.find_subcommand(name) {
+            Some(s) => clap_mangen::Man::new(s.clone())
+                .render(&mut std::io::stdout())
+                .map_err(|e| e.to_string()),
+            None => {
+                eprintln!(
+                    "ringsync: man: no subcommand '{name}' (copy, mirror, diff, bench, completions, man)"
+                );
+                return exit::USAGE;
+            }
+        },
+        (None, None) => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .map_err(|e| e.to_string()),
+    };
+    match res {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            // A closed stdout (`| head`) is not worth a message.
+            if !e.contains("Broken pipe") {
+                eprintln!("ringsync: man: {e}");
+            }
+            exit::FATAL
+        }
+    }
+}
+
 fn main() {
-    let parsed = Cli::command()
+    let parsed = command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
     let (cli, matches) = match parsed {
@@ -34,6 +91,11 @@ fn main() {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::mirror::diff(&cfg)
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "ringsync", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man { command: sub, dir } => man(sub.as_deref(), dir.as_deref()),
         Command::Copy(args) => {
             let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
             let opts = ringsync::copy::CopyOptions {

@@ -125,6 +125,8 @@ pub struct WalkOpts {
     /// equal or not; not compared), `T` for another type; nothing is deleted, directories
     /// that exist are not listed, hardlink groups are not reported.
     pub copy_view: bool,
+    /// Entries listed so far (both sides), for a progress line.
+    pub seen: Arc<AtomicU64>,
 }
 
 /// The result of a walk.
@@ -660,6 +662,7 @@ impl<'a> Walker<'a> {
         old_names.sort_unstable();
         new_names.sort_unstable();
         let mut names = merge_names(old_names, new_names);
+        ctx.opts.seen.fetch_add(names.len() as u64, Ordering::Relaxed);
         self.statx_all(&old_fd, &new_fd, &mut names, &pair)?;
         for n in names {
             self.entry(&pair, &old_fd, &new_fd, n);

@@ -117,6 +117,10 @@ impl CopyTask {
         let create_mode = create_mode(&parent, &meta);
         // Atomic runs write beside the final name from the start.
         let tmp = w.shared.cfg.atomic.then(|| w.shared.tmp_name());
+        if let Some(current) = &w.shared.current {
+            let rel = parent.child_rel(&name);
+            *current[w.id].lock().unwrap_or_else(|e| e.into_inner()) = rel.to_string_lossy().into_owned();
+        }
         let (dst_name, dst_sub) = match &tmp {
             Some(t) => (t.clone(), SUB_OPEN_TMP),
             None => (name.clone(), SUB_OPEN_DST),
@@ -279,6 +283,7 @@ impl CopyTask {
                 let _ = rustix::fs::unlinkat(&*o.parent.dst, created.as_c_str(), AtFlags::empty());
             }
             w.report(err);
+            drop_from_totals(w, &o.meta);
             resolve_links(w, &o.parent, &o.name, &o.meta, false);
             w.shared.child_done(o.parent);
             return Step::Done;
@@ -320,6 +325,8 @@ impl CopyTask {
                     ))
                 }
             }
+            let data: u64 = segments.iter().map(|(s, e)| e - s).sum();
+            Counters::add(&w.counters().holes, size.saturating_sub(data));
             let holes = segments.last().is_none_or(|&(_, end)| end < size) || segments.len() > 1;
             if error.is_none() && holes {
                 // Sets the size so trailing holes exist; data ranges are written into it.
@@ -624,6 +631,7 @@ impl CopyTask {
                 if e.severity == crate::error::Severity::Interrupted {
                     w.shared.unfinished.fetch_add(1, Ordering::Relaxed);
                 }
+                drop_from_totals(w, &ctx.meta);
                 w.report(e)
             }
             None => {
@@ -635,6 +643,12 @@ impl CopyTask {
         w.shared.child_done(ctx.parent.clone());
         Step::Done
     }
+}
+
+/// A file given up leaves the progress totals (its bytes will never be done).
+fn drop_from_totals(w: &Worker, m: &Meta) {
+    Counters::add(&w.counters().files_dropped, 1);
+    Counters::add(&w.counters().bytes_dropped, m.size);
 }
 
 /// Offer the chunk of `ctx` starting at `start` (if any is left) to all workers.

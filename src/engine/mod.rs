@@ -221,6 +221,10 @@ pub struct Shared {
     unfinished: AtomicU64,
     /// Device of the source root (`--one-file-system`).
     src_dev: u64,
+    /// Directory scans queued or running: while any is, the totals still grow.
+    scans_left: AtomicUsize,
+    /// Per worker, the file it started last (only while a progress line shows them).
+    current: Option<Vec<Mutex<String>>>,
     is_root: bool,
     /// Owner of entries this process creates.
     euid: u32,
@@ -272,6 +276,39 @@ impl Shared {
         !f.needs_paths()
             || f.verdict(node.rel.as_os_str().as_bytes(), true, false)
                 == crate::filter::Verdict::Take { descend: true }
+    }
+
+    /// A directory scan is queued (see `scans_left`).
+    fn scan_queued(&self) {
+        self.scans_left.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A queued directory scan is over: done, failed, cancelled or not wanted.
+    fn scan_done(&self) {
+        self.scans_left.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// What the progress line shows.
+    fn snapshot(&self) -> crate::progress::Snapshot {
+        let t = crate::progress::totals(&self.counters);
+        crate::progress::Snapshot {
+            scanning: self.scans_left.load(Ordering::Relaxed) > 0,
+            activity: "copying",
+            bytes_done: t.bytes + t.holes,
+            bytes_total: t.bytes_found.saturating_sub(t.bytes_dropped),
+            files_done: t.files,
+            files_total: t.files_found.saturating_sub(t.files_dropped),
+            entries: 0,
+            in_flight: self
+                .current
+                .iter()
+                .flatten()
+                .filter_map(|c| {
+                    let c = c.lock().unwrap_or_else(|e| e.into_inner());
+                    (!c.is_empty()).then(|| c.clone())
+                })
+                .collect(),
+        }
     }
 
     fn new_job(&self) {
@@ -424,6 +461,7 @@ pub fn copy(cfg: CopyConfig) -> Result<Outcome, Fatal> {
     run(cfg, true, true, |shared, root| {
         Counters::add(&shared.counters[0].dirs, 1);
         shared.new_job();
+        shared.scan_queued();
         shared.queue.push(Job::Scan(root));
     })
 }
@@ -505,6 +543,7 @@ fn run(
     let dst_root = Arc::new(dst_root);
 
     let counters: Arc<[Counters]> = (0..threads).map(|_| Counters::default()).collect();
+    let progress_mode = crate::progress::mode(cfg.quiet || !cfg.progress, cfg.progress_forced);
     let shared = Arc::new(Shared {
         queue: JobQueue {
             q: Mutex::new(VecDeque::new()),
@@ -527,11 +566,15 @@ fn run(
         tmp_seq: AtomicU64::new(0),
         unfinished: AtomicU64::new(0),
         src_dev: Meta::from_statx(&stx).dev,
+        scans_left: AtomicUsize::new(0),
+        current: (progress_mode == crate::progress::Mode::Terminal)
+            .then(|| (0..threads).map(|_| Mutex::new(String::new())).collect()),
         is_root,
         euid: rustix::process::geteuid().as_raw(),
         limiter: cfg.bwlimit.map(crate::bwlimit::Bucket::new),
         cfg: cfg.clone(),
     });
+    let shared_for_line = shared.clone();
     let root = Arc::new(DirNode {
         parent: None,
         rel: PathBuf::new(),
@@ -545,7 +588,7 @@ fn run(
     });
     seed(&shared, root);
 
-    let progress = ProgressLine::start(counters.clone(), cfg.progress && !cfg.quiet);
+    let progress = ProgressLine::start(progress_mode, move || shared_for_line.snapshot());
     // Under --bwlimit, buffers bound how far reads run ahead of the paced writes: keep that
     // lead near 100 ms of rate (at least two buffers per worker) instead of all of --memory.
     let memory_bytes = match cfg.bwlimit {
@@ -795,11 +838,13 @@ impl Worker {
                 Some(node) if self.shared.descends(&node) => Task::Scan(scan::ScanTask::new(node)),
                 // Made (and finished: owner, mode, times) but not filled.
                 Some(node) => {
+                    self.shared.scan_done();
                     self.shared.child_done(node);
                     self.finish_slot(slot);
                     return;
                 }
                 None => {
+                    self.shared.scan_done();
                     self.finish_slot(slot);
                     return;
                 }
@@ -851,17 +896,21 @@ impl Worker {
     fn cancel(&mut self, job: Job) {
         let parent = match job {
             Job::Chunk { .. } => return self.start(job),
-            Job::Scan(node) => node,
+            Job::Scan(node) => {
+                self.shared.scan_done();
+                node
+            }
+            Job::Dir { parent, .. } => {
+                self.shared.scan_done();
+                parent
+            }
             Job::File {
                 parent, name, meta, ..
             } => {
                 resolve_links(self, &parent, &name, &meta, false);
                 parent
             }
-            Job::Dir { parent, .. }
-            | Job::Inline { parent, .. }
-            | Job::Attrs { parent, .. }
-            | Job::Link { parent, .. } => parent,
+            Job::Inline { parent, .. } | Job::Attrs { parent, .. } | Job::Link { parent, .. } => parent,
         };
         self.shared.child_done(parent);
         self.shared.queue.job_done();

@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 use super::{scan, source_error, DirNode, Job, Link, Shared, Worker};
 use crate::error::EntryError;
 use crate::meta::{self, Meta};
+use crate::progress::Counters;
 
 /// A directory the plan touches. `dirs[0]` is the root; parents come before children.
 #[derive(Debug, Clone)]
@@ -133,8 +134,32 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
         shared.new_job();
         shared.queue.push(job);
     };
+    // The plan's files are the totals of the progress line (new subtrees add theirs as they
+    // are scanned).
+    let c = &shared.counters[0];
+    for item in &plan.items {
+        match item.action {
+            Action::Copy => {
+                Counters::add(&c.files_found, 1);
+                Counters::add(&c.bytes_found, item.meta.size);
+            }
+            Action::Subtree => shared.scan_queued(),
+            Action::Inline | Action::Attrs => {}
+        }
+    }
+    for l in &plan.links {
+        if let LinkPlan::Rebuild { meta, .. } = l {
+            if meta.file_type() == FileType::RegularFile {
+                Counters::add(&c.files_found, 1);
+                Counters::add(&c.bytes_found, meta.size);
+            }
+        }
+    }
     for item in plan.items {
         let Some(node) = nodes[item.dir].clone() else {
+            if item.action == Action::Subtree {
+                shared.scan_done();
+            }
             continue;
         };
         let (parent, name, meta, from) = (node.clone(), item.name, item.meta, item.from);

@@ -114,6 +114,7 @@ impl ScanTask {
     }
 
     fn finish(&mut self, w: &mut Worker) -> Step {
+        w.shared.scan_done();
         w.shared.child_done(self.node.clone());
         Step::Done
     }
@@ -133,6 +134,7 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
     match m.file_type() {
         FileType::Directory => {
             node.pending.fetch_add(1, Ordering::AcqRel);
+            w.shared.scan_queued();
             w.spawn(Job::Dir {
                 parent: node.clone(),
                 name,
@@ -140,13 +142,14 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
             });
         }
         FileType::RegularFile => {
-            Counters::add(&c.files_found, 1);
-            Counters::add(&c.bytes_found, m.size);
             node.pending.fetch_add(1, Ordering::AcqRel);
             if m.nlink > 1 && !register_link(w, node, &name, &m) {
                 // A later path of an inode already seen: linked, or waiting for the first copy.
                 return;
             }
+            let c = w.counters();
+            Counters::add(&c.files_found, 1);
+            Counters::add(&c.bytes_found, m.size);
             w.spawn(Job::File {
                 parent: node.clone(),
                 name,

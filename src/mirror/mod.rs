@@ -107,6 +107,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         skip_new_sockets: false,
         filter: Default::default(),
         copy_view: false,
+        seen: Default::default(),
     };
     let errors = ErrorLog::new(cfg.quiet);
     let mut d = match diff::walk(&cfg.old, &cfg.new, &opts, &errors) {
@@ -256,6 +257,7 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
         skip_new_sockets: true,
         filter: cfg.copy.filter.clone(),
         copy_view: false,
+        seen: Default::default(),
     }
 }
 
@@ -395,7 +397,19 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     let mut opts = walk_opts(cfg, engine, mode == "prev");
     opts.changed_since = since;
     let t_walk = Instant::now();
-    let mut d = match diff::walk(&old_root, src, &opts, &errors) {
+    let seen = opts.seen.clone();
+    let line = crate::progress::ProgressLine::start(
+        crate::progress::mode(c.quiet || !c.progress, c.progress_forced),
+        move || crate::progress::Snapshot {
+            scanning: true,
+            activity: "comparing",
+            entries: seen.load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        },
+    );
+    let walked = diff::walk(&old_root, src, &opts, &errors);
+    line.finish();
+    let mut d = match walked {
         Ok(d) => d,
         Err(e) => return fail(format!("diff: {e}")),
     };
