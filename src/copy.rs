@@ -193,11 +193,12 @@ fn dry_run(cfg: &CopyConfig, source: &Source, report: &Reporter) -> i32 {
         seen: Default::default(),
     };
     let errors = ErrorLog::with_report(cfg.quiet, cfg.report.clone());
-    let walk = |old: &Path| diff::walk(old, &cfg.src, &opts, &errors);
+    let walk = |old: Option<&Path>| diff::walk(old, &cfg.src, &opts, &errors).map_err(|e| e.to_string());
     let walked = match std::fs::metadata(&cfg.dst) {
-        Ok(m) if m.is_dir() => walk(&cfg.dst).map_err(|e| e.to_string()),
+        Ok(m) if m.is_dir() => walk(Some(&cfg.dst)),
         Ok(_) => Err(format!("{}: exists and is not a directory", cfg.dst.display())),
-        Err(_) => diff::with_empty_dir(walk).and_then(|r| r.map_err(|e| e.to_string())),
+        // DST does not exist yet: everything would be created.
+        Err(_) => walk(None),
     };
     let mut d = match walked {
         Ok(d) => d,

@@ -396,14 +396,29 @@ pub struct Filter {
     digest: Option<String>,
 }
 
+/// Largest rule or list file read (a list of ten million long paths fits): `--files-from
+/// /dev/zero` must not take all memory.
+const LIST_BYTES_MAX: u64 = 1 << 30;
+
 fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     let mut data = Vec::new();
     let res = if path.as_os_str() == "-" {
-        std::io::stdin().lock().read_to_end(&mut data).map(drop)
+        std::io::stdin()
+            .lock()
+            .take(LIST_BYTES_MAX + 1)
+            .read_to_end(&mut data)
+            .map(drop)
     } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut data).map(drop))
+        std::fs::File::open(path).and_then(|f| f.take(LIST_BYTES_MAX + 1).read_to_end(&mut data).map(drop))
     };
     res.map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if data.len() as u64 > LIST_BYTES_MAX {
+        return Err(format!(
+            "{what} {}: longer than {} GiB",
+            path.display(),
+            LIST_BYTES_MAX >> 30
+        ));
+    }
     Ok(data)
 }
 
@@ -508,6 +523,16 @@ impl Filter {
             Some(false) => Verdict::Skip,
             _ => by_list,
         }
+    }
+
+    /// Whether the entries of the directory at `path` (on device `dev`; SRC's root is on
+    /// `root_dev`) are walked: not across a filesystem boundary under `-x`, nor below a
+    /// directory the filter takes without its contents.
+    pub fn descends(&self, path: &[u8], dev: u64, root_dev: u64) -> bool {
+        if self.one_file_system && dev != root_dev {
+            return false;
+        }
+        !self.needs_paths() || self.verdict(path, true, false) == Verdict::Take { descend: true }
     }
 
     /// Listed `--files-from` paths that the walk of SRC did not find.

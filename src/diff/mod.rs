@@ -157,22 +157,6 @@ pub fn walk_threads(threads: usize) -> usize {
     threads.max(1).saturating_mul(4).min(64)
 }
 
-/// Run `f` with an empty directory standing for a tree that does not exist yet (a dry run
-/// into a missing target compares against it). The directory is made under the system's
-/// temporary directory, never near the target, and removed afterwards.
-pub fn with_empty_dir<T>(f: impl FnOnce(&Path) -> T) -> Result<T, String> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let empty = std::env::temp_dir().join(format!(
-        ".ringsync-empty.{}.{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir(&empty).map_err(|e| format!("create {}: {e}", empty.display()))?;
-    let out = f(&empty);
-    let _ = std::fs::remove_dir(&empty);
-    Ok(out)
-}
-
 /// Join a relative path and a name.
 pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
@@ -314,7 +298,15 @@ struct Found {
 }
 
 /// Walk OLD and NEW and return every difference (unsorted; see [`sort`]).
-pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog) -> std::io::Result<Diff> {
+///
+/// `old_root: None` stands for a tree that does not exist yet: everything in NEW is created
+/// (a dry run into a missing target), and nothing is made to stand for it.
+pub fn walk(
+    old_root: Option<&Path>,
+    new_root: &Path,
+    opts: &WalkOpts,
+    errors: &ErrorLog,
+) -> std::io::Result<Diff> {
     let noatime = rustix::process::geteuid().is_root();
     let open_root = |p: &Path| -> std::io::Result<OwnedFd> {
         rustix::fs::open(p, dir_flags(noatime) & !OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
@@ -324,11 +316,12 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
             )
         })
     };
-    let old_fd = Arc::new(open_root(old_root)?);
+    let old_fd = old_root.map(open_root).transpose()?.map(Arc::new);
     let new_fd = Arc::new(open_root(new_root)?);
     let ctx = Ctx {
         opts,
-        old_root,
+        // Without an OLD tree nothing is ever opened or reported on its side.
+        old_root: old_root.unwrap_or(Path::new("")),
         new_root,
         errors,
         queue: Queue {
@@ -360,20 +353,21 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
         })?;
         Ok(Meta::from_statx(&stx))
     };
-    let (om, nm) = (root_meta(&old_fd, old_root)?, root_meta(&new_fd, new_root)?);
-    ctx.versions
-        .store(opts.renames && om.ino == nm.ino, Ordering::Relaxed);
+    let nm = root_meta(&new_fd, new_root)?;
     ctx.new_dev.store(nm.dev, Ordering::Relaxed);
     let mut found = Found::default();
-    {
+    if let (Some(old_fd), Some(old_root)) = (&old_fd, old_root) {
+        let om = root_meta(old_fd, old_root)?;
+        ctx.versions
+            .store(opts.renames && om.ino == nm.ino, Ordering::Relaxed);
         let mut w = Walker::new(&ctx)?;
-        let cmp = w.compare(&old_fd, &new_fd, c".", c".", &om, &nm, b"");
+        let cmp = w.compare(old_fd, &new_fd, c".", c".", &om, &nm, b"");
         if let Some(c) = cmp.filter(|_| !opts.copy_view) {
             found.changes.push(c);
         }
     }
     ctx.queue.push(Pair {
-        old: Some(DirRef::Open(old_fd.clone())),
+        old: old_fd.clone().map(DirRef::Open),
         new: Some(DirRef::Open(new_fd.clone())),
         path: Vec::new(),
         old_path: Vec::new(),
@@ -414,7 +408,10 @@ pub fn walk(old_root: &Path, new_root: &Path, opts: &WalkOpts, errors: &ErrorLog
         if !opts.renames || crate::signals::interrupted().is_some() {
             break;
         }
-        let (pairs, renamed_dirs) = match_renames(&ctx, &old_fd, &new_fd, &mut found.changes, &mut dead);
+        let Some(old_fd) = &old_fd else {
+            break;
+        };
+        let (pairs, renamed_dirs) = match_renames(&ctx, old_fd, &new_fd, &mut found.changes, &mut dead);
         // A renamed directory is compared as a pair: what listing either side found is void.
         for (old, new) in &renamed_dirs {
             for &i in &listed {
@@ -752,10 +749,25 @@ impl<'a> Walker<'a> {
             if new.is_some_and(|m| filter.verdict(&path, is_dir(&m), true) == Verdict::Skip) {
                 new = None;
             }
+            // The copy view is what `copy` does, and copy protects nothing in its target.
             if !filter.delete_excluded
+                && !opts.copy_view
                 && old.is_some_and(|m| filter.verdict(&old_path, is_dir(&m), false) == Verdict::Skip)
             {
                 old = None;
+                if let Some(nm) = new.take() {
+                    // A protected entry stands where NEW has one of another type (a dir-only
+                    // rule, say): replacing it would delete what the filters protect.
+                    self.ctx.errors.report(EntryError::msg(
+                        "mirror",
+                        full(self.ctx.old_root, &old_path),
+                        format!(
+                            "an excluded entry stands where the source has a {}; left alone \
+                             (--delete-excluded replaces it)",
+                            type_name(nm.file_type())
+                        ),
+                    ));
+                }
             }
         }
         if opts.skip_new_sockets && new.is_some_and(|m| m.file_type() == FileType::Socket) {
@@ -836,14 +848,10 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Whether the entries of NEW directory `path` are walked: not across a filesystem
-    /// boundary under `-x`, nor below a directory the filter takes without its contents.
+    /// Whether the entries of NEW directory `path` are walked.
     fn descends(&self, path: &[u8], m: &Meta) -> bool {
-        let f = &self.ctx.opts.filter;
-        if f.one_file_system && m.dev != self.ctx.new_dev.load(Ordering::Relaxed) {
-            return false;
-        }
-        !f.needs_paths() || f.verdict(path, true, false) == crate::filter::Verdict::Take { descend: true }
+        let root_dev = self.ctx.new_dev.load(Ordering::Relaxed);
+        self.ctx.opts.filter.descends(path, m.dev, root_dev)
     }
 
     fn link_entry(&mut self, path: &[u8], old: Option<&Meta>, new: &Meta) {

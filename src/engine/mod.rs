@@ -252,7 +252,7 @@ impl Shared {
 
     /// Say that `name` in `node` was made (`+`) or replaced (`M`, `T`), for `-v` and the log.
     fn note_change(&self, marker: char, node: &DirNode, name: &CStr) {
-        if !self.cfg.list_changes || !self.cfg.report.wants_changes() {
+        if !self.listing_changes() {
             return;
         }
         use std::os::unix::ffi::OsStrExt;
@@ -269,13 +269,8 @@ impl Shared {
     /// boundary under `-x`, nor below a directory the filter takes without its contents.
     fn descends(&self, node: &DirNode) -> bool {
         use std::os::unix::ffi::OsStrExt;
-        let f = &self.cfg.filter;
-        if f.one_file_system && node.meta.dev != self.src_dev {
-            return false;
-        }
-        !f.needs_paths()
-            || f.verdict(node.rel.as_os_str().as_bytes(), true, false)
-                == crate::filter::Verdict::Take { descend: true }
+        let rel = node.rel.as_os_str().as_bytes();
+        self.cfg.filter.descends(rel, node.meta.dev, self.src_dev)
     }
 
     /// A directory scan is queued (see `scans_left`).
@@ -904,13 +899,17 @@ impl Worker {
                 self.shared.scan_done();
                 parent
             }
+            // The first path of a hardlink group: its waiters are released unlinked.
             Job::File {
+                parent, name, meta, ..
+            }
+            | Job::Inline {
                 parent, name, meta, ..
             } => {
                 resolve_links(self, &parent, &name, &meta, false);
                 parent
             }
-            Job::Inline { parent, .. } | Job::Attrs { parent, .. } | Job::Link { parent, .. } => parent,
+            Job::Attrs { parent, .. } | Job::Link { parent, .. } => parent,
         };
         self.shared.child_done(parent);
         self.shared.queue.job_done();

@@ -143,8 +143,7 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
                 Counters::add(&c.files_found, 1);
                 Counters::add(&c.bytes_found, item.meta.size);
             }
-            Action::Subtree => shared.scan_queued(),
-            Action::Inline | Action::Attrs => {}
+            Action::Inline | Action::Attrs | Action::Subtree => {}
         }
     }
     for l in &plan.links {
@@ -157,11 +156,11 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
     }
     for item in plan.items {
         let Some(node) = nodes[item.dir].clone() else {
-            if item.action == Action::Subtree {
-                shared.scan_done();
-            }
             continue;
         };
+        if item.action == Action::Subtree {
+            shared.scan_queued();
+        }
         let (parent, name, meta, from) = (node.clone(), item.name, item.meta, item.from);
         let job = match item.action {
             Action::Copy => Job::File {

@@ -208,12 +208,14 @@ fn register_link(w: &mut Worker, node: &Arc<DirNode>, name: &CString, m: &Meta) 
         }
         Some(Link::Failed) => {
             drop(links);
-            let path = w.shared.dst_path(&node.child_rel(name));
-            w.report(EntryError::msg(
-                "link",
-                path,
-                "the first path of this hardlinked file failed to copy",
-            ));
+            if crate::signals::interrupted().is_none() {
+                let path = w.shared.dst_path(&node.child_rel(name));
+                w.report(EntryError::msg(
+                    "link",
+                    path,
+                    "the first path of this hardlinked file failed to copy",
+                ));
+            }
             w.shared.child_done(node.clone());
             false
         }

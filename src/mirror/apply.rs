@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags, RawDir};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
 use super::plan::Step;
@@ -22,59 +22,39 @@ fn cname(b: &[u8]) -> CString {
 /// Remove `name` in `dir` and, if it is a directory, everything below it. A missing entry is
 /// fine (already gone).
 pub fn remove_tree(dir: &OwnedFd, name: &CStr, is_root: bool) -> Result<(), Errno> {
+    remove_below(dir, name, is_root, None).map(drop)
+}
+
+/// What a filtered removal keeps: entries the filter skips, at paths below DST's root.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    filter: &'a Filter,
+    /// `name`'s path below DST's root.
+    rel: &'a [u8],
+}
+
+/// [`remove_tree`], but with `keep` the entries the filter protects stay (a mirror never deletes
+/// an excluded entry without `--delete-excluded`), and so does every directory holding one,
+/// with its mode as it was. Returns whether anything was kept.
+fn remove_below(dir: &OwnedFd, name: &CStr, is_root: bool, keep: Option<Keep>) -> Result<bool, Errno> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Ok(()) | Err(Errno::NOENT) => return Ok(false),
         Err(Errno::ISDIR) => {}
         Err(e) => return Err(e),
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
-    if !is_root {
-        // Emptying a read-only directory needs write permission on it.
-        let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
-    }
-    let mut names = Vec::new();
-    {
-        let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 << 10];
-        let mut it = RawDir::new(&fd, &mut buf);
-        while let Some(e) = it.next() {
-            let e = e?;
-            let n = e.file_name();
-            if n != c"." && n != c".." {
-                names.push(n.to_owned());
-            }
+    // Emptying a read-only directory needs write permission on it; a kept one gets its mode back.
+    let mode = match is_root {
+        true => None,
+        false => {
+            let m = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
+            (m & 0o700 != 0o700)
+                .then(|| rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700)).ok())
+                .flatten()
+                .map(|()| m)
         }
-    }
-    for n in names {
-        remove_tree(&fd, &n, is_root)?;
-    }
-    drop(fd);
-    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Remove `name` (at `rel` below DST's root) in `dir` like [`remove_tree`], but keep what the
-/// filter protects (excluded entries are never deleted without `--delete-excluded`): a
-/// directory holding protected entries stays, with them, as rsync leaves it.
-fn remove_unprotected(
-    dir: &OwnedFd,
-    name: &CStr,
-    rel: &[u8],
-    filter: &Filter,
-    is_root: bool,
-) -> Result<(), Errno> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        // Not a directory (or gone): nothing below it to protect.
-        Err(Errno::NOTDIR | Errno::LOOP | Errno::NOENT) => return remove_tree(dir, name, is_root),
-        Err(e) => return Err(e),
     };
-    if !is_root {
-        let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
-    }
     let mut names = Vec::new();
     {
         let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 << 10];
@@ -82,35 +62,42 @@ fn remove_unprotected(
         while let Some(e) = it.next() {
             let e = e?;
             let n = e.file_name();
-            if n != c"." && n != c".." {
-                let is_dir = match e.file_type() {
-                    rustix::fs::FileType::Unknown => rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok_and(|st| {
-                            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
-                        }),
-                    t => t == rustix::fs::FileType::Directory,
-                };
-                names.push((n.to_owned(), is_dir));
+            if n == c"." || n == c".." {
+                continue;
             }
+            let is_dir = match (keep, e.file_type()) {
+                (None, _) => false,
+                (Some(_), FileType::Unknown) => rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                (Some(_), t) => t == FileType::Directory,
+            };
+            names.push((n.to_owned(), is_dir));
         }
     }
     let mut kept = false;
     for (n, is_dir) in names {
-        let child = join(rel, n.as_bytes());
-        if filter.verdict(&child, is_dir, false) == Verdict::Skip {
-            kept = true;
-            continue;
+        kept |= match keep {
+            None => remove_below(&fd, &n, is_root, None)?,
+            Some(k) => {
+                let rel = join(k.rel, n.as_bytes());
+                if k.filter.verdict(&rel, is_dir, false) == Verdict::Skip {
+                    true
+                } else {
+                    let below = Keep { rel: &rel, ..k };
+                    remove_below(&fd, &n, is_root, Some(below))?
+                }
+            }
+        };
+    }
+    if kept {
+        if let Some(m) = mode {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(m))?;
         }
-        remove_unprotected(&fd, &n, &child, filter, is_root)?;
-        // A child directory that kept protected entries is still there.
-        kept |= rustix::fs::statat(&fd, n.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok();
+        return Ok(true);
     }
     drop(fd);
-    if kept {
-        return Ok(());
-    }
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Ok(()) | Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -190,16 +177,19 @@ pub fn run_steps(
                 }
             }
             Step::Remove(rel) => {
-                // Below the staging directory, paths are not DST's: nothing there is protected.
-                let filtered = protects && !rel.starts_with(staging);
+                // Protected entries are looked for in DST's own paths. (Staged paths occur only
+                // with --prev, which filters that protect anything turn off.)
+                let keep = protects.then_some(Keep { filter, rel });
                 let res = parent_of(root, rel).and_then(|(pfd, name)| {
-                    writable(&pfd, is_root, || match filtered {
-                        true => remove_unprotected(&pfd, &name, rel, filter, is_root),
-                        false => remove_tree(&pfd, &name, is_root),
-                    })
+                    writable(&pfd, is_root, || remove_below(&pfd, &name, is_root, keep))
                 });
                 match res {
-                    Ok(()) | Err(Errno::NOENT) => {}
+                    Ok(false) | Err(Errno::NOENT) => {}
+                    Ok(true) => errors.warn(format!(
+                        "{}: not deleted: it holds entries the filters exclude (--delete-excluded \
+                         deletes them)",
+                        full(dst, rel).display()
+                    )),
                     Err(e) => fail("remove", rel, e),
                 }
             }

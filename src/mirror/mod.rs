@@ -110,7 +110,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         seen: Default::default(),
     };
     let errors = ErrorLog::new(cfg.quiet);
-    let mut d = match diff::walk(&cfg.old, &cfg.new, &opts, &errors) {
+    let mut d = match diff::walk(Some(&cfg.old), &cfg.new, &opts, &errors) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("ringsync: diff: {e}");
@@ -151,6 +151,29 @@ fn fail(msg: String) -> i32 {
 pub fn mirror(cfg: &MirrorConfig) -> i32 {
     let start = Instant::now();
     let started = guard::now();
+    // Usage checks first: a refused run creates nothing, not even its log file.
+    let c = &cfg.copy;
+    match std::fs::metadata(&c.src) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            eprintln!(
+                "ringsync: mirror {}: SRC is not a directory (mirror makes a directory equal to \
+                 another; to copy one file, use copy)",
+                c.src.display()
+            );
+            return exit::USAGE;
+        }
+        Err(e) => return fail(format!("open source directory {}: {e}", c.src.display())),
+    }
+    if let Some(p) = &cfg.prev {
+        if !p.is_dir() {
+            return fail(format!("--prev {}: not a directory", p.display()));
+        }
+    }
+    if let Err(e) = crate::roots::refuse_overlap("mirror", &c.src, &c.dst) {
+        eprintln!("ringsync: {e}");
+        return exit::USAGE;
+    }
     let mut cfg = cfg.clone();
     match crate::filter::Filter::load(&cfg.copy.filter_spec) {
         Ok(f) => cfg.copy.filter = std::sync::Arc::new(f),
@@ -188,27 +211,6 @@ fn c_lines(cfg: &MirrorConfig) -> bool {
 fn mirror_checked(cfg: &MirrorConfig, start: Instant, started: (i64, i64)) -> i32 {
     let c = &cfg.copy;
     engine::raise_nofile_limit();
-    match std::fs::metadata(&c.src) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            eprintln!(
-                "ringsync: mirror {}: SRC is not a directory (mirror makes a directory equal to \
-                 another; to copy one file, use copy)",
-                c.src.display()
-            );
-            return exit::USAGE;
-        }
-        Err(e) => return fail(format!("open source directory {}: {e}", c.src.display())),
-    }
-    if let Some(p) = &cfg.prev {
-        if !p.is_dir() {
-            return fail(format!("--prev {}: not a directory", p.display()));
-        }
-    }
-    if let Err(e) = crate::roots::refuse_overlap("mirror", &c.src, &c.dst) {
-        eprintln!("ringsync: {e}");
-        return exit::USAGE;
-    }
     // Before anything is written: a signal from here on stops the run cleanly.
     if let Err(e) = crate::signals::install(|_| {}) {
         return fail(format!("cannot watch for signals: {e}"));
@@ -236,7 +238,7 @@ fn mirror_checked(cfg: &MirrorConfig, start: Instant, started: (i64, i64)) -> i3
 
 /// `--dry-run` into a DST that does not exist: everything would be created.
 fn dry_run_into_nothing(cfg: &MirrorConfig, src: &Path) -> i32 {
-    diff::with_empty_dir(|empty| walk_and_print(cfg, empty, src, None, false)).unwrap_or_else(fail)
+    walk_and_print(cfg, None, src, None, false)
 }
 
 fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool) -> WalkOpts {
@@ -261,7 +263,13 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
     }
 }
 
-fn walk_and_print(cfg: &MirrorConfig, old: &Path, src: &Path, since: Option<Timespec>, renames: bool) -> i32 {
+fn walk_and_print(
+    cfg: &MirrorConfig,
+    old: Option<&Path>,
+    src: &Path,
+    since: Option<Timespec>,
+    renames: bool,
+) -> i32 {
     let engine = match engine::choose_engine(cfg.copy.engine, cfg.copy.quiet) {
         Ok(k) => k,
         Err(e) => return fail(e.to_string()),
@@ -326,14 +334,21 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         Err(e) => return fail(format!("{}: {e}", src.display())),
     };
 
+    // Runs under other filters were not about the entries these take.
+    let same_filter = record
+        .as_ref()
+        .is_some_and(|r| r.filter.as_deref() == c.filter.digest());
     // What to compare SRC with.
     let mut old_root: PathBuf = dst.to_path_buf();
     let mut mode = "compare";
     if let Some(p) = &cfg.prev {
-        let same_filter = record
-            .as_ref()
-            .is_some_and(|r| r.filter.as_deref() == c.filter.digest());
         let why = match (&record, guard::source_id(p)) {
+            // --prev never looks at DST, so it cannot see what the filters protect there.
+            _ if c.filter.needs_paths() && !c.filter.delete_excluded => Some(
+                "filters protect excluded entries in DST, and --prev does not look at DST \
+                 (with --delete-excluded it can)"
+                    .to_string(),
+            ),
             (Some(r), _) if r.is_clean() && !same_filter => Some(
                 "DST was last mirrored with other filters (--exclude, --include, --files-from, -x)"
                     .to_string(),
@@ -375,11 +390,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     // Entries a run with other filters left alone were not compared by it.
     let since = match &record {
         Some(r)
-            if mode == "compare"
-                && r.is_clean()
-                && r.is_from(&src_id)
-                && !cfg.checksum
-                && r.filter.as_deref() == c.filter.digest() =>
+            if mode == "compare" && r.is_clean() && r.is_from(&src_id) && !cfg.checksum && same_filter =>
         {
             r.started.map(|(s, ns)| Timespec {
                 tv_sec: s - 1,
@@ -389,7 +400,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         _ => None,
     };
     if cfg.dry_run {
-        return walk_and_print(cfg, &old_root, src, since, mode == "prev");
+        return walk_and_print(cfg, Some(&old_root), src, since, mode == "prev");
     }
     let guard = guard.expect("not a dry run");
 
@@ -407,7 +418,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
             ..Default::default()
         },
     );
-    let walked = diff::walk(&old_root, src, &opts, &errors);
+    let walked = diff::walk(Some(&old_root), src, &opts, &errors);
     line.finish();
     let mut d = match walked {
         Ok(d) => d,
@@ -429,15 +440,16 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         filter: c.filter.digest().map(String::from),
     };
     if d.changes.is_empty() {
-        // Nothing created: the walk has seen every listed path there is.
+        // Nothing to change, so nothing is written but the record, which moves forward after a
+        // walk without errors (after one with errors it stays as it was: DST did not change).
+        // The walk has seen every listed path there is.
         crate::filter::report_unseen(&c.filter, src, &errors);
-    }
-    if d.changes.is_empty() && errors.errors() == 0 {
-        // Nothing to change: only the record moves forward.
         let mut code = errors.exit_code();
-        if let Err(e) = guard.write(&clean(guard::now())) {
-            eprintln!("ringsync: {e}");
-            code = exit::PARTIAL;
+        if errors.errors() == 0 {
+            if let Err(e) = guard.write(&clean(guard::now())) {
+                eprintln!("ringsync: {e}");
+                code = exit::PARTIAL;
+            }
         }
         let report = Report {
             mode,
@@ -500,10 +512,8 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         );
         return exit::INTERRUPTED;
     }
-    if !d.changes.is_empty() {
-        // New directories were walked by the engine's scans: listed paths are all seen now.
-        crate::filter::report_unseen(&c.filter, src, &errors);
-    }
+    // New directories were walked by the engine's scans: listed paths are all seen now.
+    crate::filter::report_unseen(&c.filter, src, &errors);
     let total_errors = errors.errors() + outcome.errors;
     let mut code = if total_errors > 0 {
         exit::PARTIAL
