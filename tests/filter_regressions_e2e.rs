@@ -10,16 +10,6 @@ use std::process::Command;
 
 use common::*;
 
-fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {}", describe(&out));
-}
-
 fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }

@@ -1688,16 +1688,6 @@ fn mirror_vanishing_source_entries_exit_5_and_next_run_converges() {
 // ---------------------------------------------------------------------------
 // Regressions from the review of the first mirror implementation.
 
-fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {}", describe(&out));
-}
-
 #[test]
 fn mirror_refuses_target_inside_source_through_a_bind_mount() {
     let tmp = scratch("mirror-bind");

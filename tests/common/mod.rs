@@ -69,6 +69,17 @@ fn tail(s: &str, n: usize) -> String {
     format!("...{}", &s[i..])
 }
 
+/// Run a shell script (`sh -ec`) in `dir`; it must succeed.
+pub fn sh(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("spawn sh");
+    assert!(out.status.success(), "{script}: {}", describe(&out));
+}
+
 /// Byte path helper.
 pub fn bpath(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(OsStr::from_bytes(rel))
