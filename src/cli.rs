@@ -55,6 +55,15 @@ Examples:
   ringsync diff --checksum /data /backup/data         # compare bytes, not size and mtime
   ringsync diff --json /a /b | jq -r 'select(.change==\"deleted\") | .path'";
 
+const DUMP_HELP: &str = "Lines: SEQUENCE, OFFSET, TYPE, then key=value fields (names escaped as \
+in diff). Exit status: 0 the stream verified to END; 1 damaged, truncated (the last good \
+checkpoint is named) or unreadable; 2 usage.
+
+Examples:
+  ringsync dump backup.stream
+  ringsync dump --json backup.stream | jq -r 'select(.type==\"FILE\") | .name'
+  ringsync dump < backup.stream > /dev/null && echo intact";
+
 const COMPLETIONS_HELP: &str = "Examples:
   ringsync completions bash > /etc/bash_completion.d/ringsync
   ringsync completions zsh > \"${fpath[1]}/_ringsync\"
@@ -91,6 +100,16 @@ pub enum Command {
     /// threads. Makes (and removes) its own test files.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// List and verify a record stream (docs/stream.md): one line per record; every CRC, the
+    /// chain hash and END are checked, and a defect is reported with its offset and sequence.
+    #[command(after_help = DUMP_HELP)]
+    Dump {
+        /// The stream [default: standard input].
+        file: Option<PathBuf>,
+        /// One JSON object per record.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script on stdout.
     #[command(after_help = COMPLETIONS_HELP)]
     Completions {

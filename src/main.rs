@@ -91,6 +91,7 @@ fn main() {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::mirror::diff(&cfg)
         }
+        Command::Dump { file, json } => ringsync::dump::dump(file.as_deref(), json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command(), "ringsync", &mut std::io::stdout());
             exit::OK

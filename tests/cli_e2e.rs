@@ -10,7 +10,7 @@ fn run_args(args: &[&str]) -> std::process::Output {
     Command::new(bin()).args(args).output().expect("spawn ringsync")
 }
 
-const SUBCOMMANDS: [&str; 6] = ["copy", "mirror", "diff", "bench", "completions", "man"];
+const SUBCOMMANDS: [&str; 7] = ["copy", "mirror", "diff", "bench", "dump", "completions", "man"];
 
 #[test]
 fn every_subcommand_help_ends_with_examples() {

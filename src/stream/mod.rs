@@ -1,0 +1,419 @@
+//! The record stream's codec (docs/stream.md): the stream header, record framing, record
+//! payloads, the chain hash, and the structural rules a stream must follow.
+//!
+//! Pure: encode into and decode from byte slices. No I/O, no filesystem (that is the sender's
+//! and receiver's job, and the transport's). Every length read from a stream is checked
+//! against a bound before anything is allocated for it; every decode error says what was wrong
+//! and where (sequence number); nothing here panics on any input.
+
+mod header;
+mod record;
+mod rules;
+
+pub use header::{
+    StreamHeader, FEATURE_INCREMENTAL, FEATURE_XATTRS, HEADER_BYTES, MAGIC, OPT_ESTIMATE, VERSION_MAJOR,
+    VERSION_MINOR,
+};
+pub use record::{
+    Meta, Record, RecordHeader, RecordType, FLAG_MUST_UNDERSTAND, NAME_BYTES_MAX, RECORD_HEADER_BYTES,
+    SYMLINK_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
+};
+pub use rules::Rules;
+
+/// Largest max-payload a stream may declare (and so the largest single allocation a reader
+/// makes for one record): 16 MiB.
+pub const PAYLOAD_BYTES_CAP: u32 = 1 << 24;
+
+/// What is wrong with a stream, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamError {
+    /// Sequence number of the record at fault (0: the stream header).
+    pub seq: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            0 => write!(f, "stream header: {}", self.what),
+            s => write!(f, "record {s}: {}", self.what),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+pub(crate) fn err(seq: u64, what: impl Into<String>) -> StreamError {
+    StreamError {
+        seq,
+        what: what.into(),
+    }
+}
+
+/// CRC-32 (IEEE, zlib's) of `b`.
+pub fn crc(b: &[u8]) -> u32 {
+    crc32fast::hash(b)
+}
+
+/// Builds a stream: the header, then records with their sequence numbers, CRCs and the chain
+/// hash kept for CHECKPOINT and END. Encoding cannot fail; what it is given must be valid
+/// (names, lengths): those are programmer errors, and are asserted.
+pub struct Encoder {
+    seq: u64,
+    chain: blake3::Hasher,
+    offset: u64,
+    max_payload: u32,
+}
+
+impl Encoder {
+    /// Start a stream: `out` receives the header.
+    pub fn new(header: &StreamHeader, out: &mut Vec<u8>) -> Encoder {
+        let bytes = header.encode();
+        let mut chain = blake3::Hasher::new();
+        chain.update(&bytes);
+        out.extend_from_slice(&bytes);
+        Encoder {
+            seq: 0,
+            chain,
+            offset: HEADER_BYTES as u64,
+            max_payload: header.max_payload,
+        }
+    }
+
+    /// The chain hash of everything encoded so far.
+    pub fn chain(&self) -> [u8; 32] {
+        *self.chain.finalize().as_bytes()
+    }
+
+    /// Stream bytes encoded so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Records encoded so far.
+    pub fn records(&self) -> u64 {
+        self.seq
+    }
+
+    /// Append one record. CHECKPOINT and END are filled in here (offset, chain, counts):
+    /// pass them with any values.
+    pub fn push(&mut self, record: &Record, out: &mut Vec<u8>) {
+        if let Record::Data { offset, data } = record {
+            return self.push_data(*offset, data, out);
+        }
+        let filled;
+        let record = match record {
+            Record::Checkpoint { .. } => {
+                filled = Record::Checkpoint {
+                    offset: self.offset,
+                    chain: self.chain(),
+                };
+                &filled
+            }
+            Record::End { .. } => {
+                filled = Record::End {
+                    records: self.seq,
+                    bytes: self.offset,
+                    chain: self.chain(),
+                };
+                &filled
+            }
+            r => r,
+        };
+        let mut payload = Vec::new();
+        record.encode_payload(&mut payload);
+        self.push_raw(record.record_type() as u16, 0, &payload, out);
+    }
+
+    /// Append a DATA record straight from the file's bytes (no intermediate copy).
+    pub fn push_data(&mut self, offset: u64, data: &[u8], out: &mut Vec<u8>) {
+        let len = 8 + data.len();
+        assert!(
+            len <= self.max_payload as usize,
+            "DATA of {len} bytes over the stream's max payload of {}",
+            self.max_payload
+        );
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&offset.to_le_bytes());
+        crc.update(data);
+        self.seq += 1;
+        let h = RecordHeader {
+            rtype: RecordType::Data as u16,
+            flags: 0,
+            length: len as u32,
+            seq: self.seq,
+            payload_crc: crc.finalize(),
+        };
+        let hb = h.encode();
+        self.chain.update(&hb);
+        out.reserve(RECORD_HEADER_BYTES + len);
+        out.extend_from_slice(&hb);
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(data);
+        self.offset += (RECORD_HEADER_BYTES + len) as u64;
+    }
+
+    /// Append a record from its parts (tests craft unknown types and flags with it).
+    pub fn push_raw(&mut self, rtype: u16, flags: u16, payload: &[u8], out: &mut Vec<u8>) {
+        assert!(
+            payload.len() <= self.max_payload as usize,
+            "payload of {} bytes over the stream's max of {}",
+            payload.len(),
+            self.max_payload
+        );
+        self.seq += 1;
+        let h = RecordHeader {
+            rtype,
+            flags,
+            length: payload.len() as u32,
+            seq: self.seq,
+            payload_crc: crc(payload),
+        };
+        let hb = h.encode();
+        self.chain.update(&hb);
+        if rtype != RecordType::Data as u16 {
+            self.chain.update(payload);
+        }
+        out.extend_from_slice(&hb);
+        out.extend_from_slice(payload);
+        self.offset += (hb.len() + payload.len()) as u64;
+    }
+}
+
+/// Checks a stream record by record, in the order docs/stream.md gives: header CRC, flags,
+/// length bound, sequence, then (with the payload) its CRC, its decoding, the chain at
+/// CHECKPOINT and END, and the structural rules. Holds no payload: the caller reads the
+/// `length` bytes [`Decoder::header`] allowed into its own bounded buffer.
+pub struct Decoder {
+    header: StreamHeader,
+    seq: u64,
+    chain: blake3::Hasher,
+    offset: u64,
+    rules: Rules,
+    ended: bool,
+    /// Where the last verified CHECKPOINT was (its offset, its sequence).
+    pub last_checkpoint: Option<(u64, u64)>,
+}
+
+impl Decoder {
+    /// Check the stream header (`bytes` holds all of it: its size is at `bytes[12..16]`, at
+    /// least [`HEADER_BYTES`]); `cap` is the largest max payload this reader accepts.
+    pub fn new(bytes: &[u8], cap: u32) -> Result<Decoder, StreamError> {
+        let header = StreamHeader::decode(bytes, cap)?;
+        let size = header.header_bytes as usize;
+        let mut chain = blake3::Hasher::new();
+        chain.update(&bytes[..size]);
+        Ok(Decoder {
+            rules: Rules::new(header.required & FEATURE_INCREMENTAL != 0),
+            header,
+            seq: 0,
+            chain,
+            offset: size as u64,
+            ended: false,
+            last_checkpoint: None,
+        })
+    }
+
+    pub fn stream_header(&self) -> &StreamHeader {
+        &self.header
+    }
+
+    /// Offset in the stream of the next record.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Records accepted so far.
+    pub fn records(&self) -> u64 {
+        self.seq
+    }
+
+    /// Whether END was accepted (the stream is complete and verified).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Check a record header; on success the caller reads `length` payload bytes (at most the
+    /// stream's max payload) and passes them to [`Decoder::payload`].
+    pub fn header(&mut self, bytes: &[u8; RECORD_HEADER_BYTES]) -> Result<RecordHeader, StreamError> {
+        let next = self.seq + 1;
+        if self.ended {
+            return Err(err(next, "data after END"));
+        }
+        let h = RecordHeader::decode(bytes).map_err(|w| err(next, w))?;
+        if h.length > self.header.max_payload {
+            return Err(err(
+                next,
+                format!(
+                    "payload of {} bytes over the stream's max of {}",
+                    h.length, self.header.max_payload
+                ),
+            ));
+        }
+        if h.seq != next {
+            return Err(err(
+                next,
+                format!("sequence {} where {next} was due (a record lost, repeated, reordered or from another stream)", h.seq),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Check the payload of the record whose header [`Decoder::header`] accepted, and decode it.
+    /// `None`: a record of an unknown type without MUST_UNDERSTAND, skipped.
+    pub fn payload(
+        &mut self,
+        h: &RecordHeader,
+        hb: &[u8; RECORD_HEADER_BYTES],
+        payload: &[u8],
+    ) -> Result<Option<Record>, StreamError> {
+        Ok(match self.payload_ref(h, hb, payload)? {
+            Some(Decoded::Data { offset, data }) => Some(Record::Data {
+                offset,
+                data: data.to_vec(),
+            }),
+            Some(Decoded::Record(r)) => Some(r),
+            None => None,
+        })
+    }
+
+    /// As [`Decoder::payload`], but DATA comes back as a view into `payload` (no copy).
+    pub fn payload_ref<'a>(
+        &mut self,
+        h: &RecordHeader,
+        hb: &[u8; RECORD_HEADER_BYTES],
+        payload: &'a [u8],
+    ) -> Result<Option<Decoded<'a>>, StreamError> {
+        let seq = h.seq;
+        if payload.len() != h.length as usize || seq != self.seq + 1 {
+            return Err(err(seq, "payload does not belong to the header just checked"));
+        }
+        if crc(payload) != h.payload_crc {
+            return Err(err(seq, "payload CRC mismatch"));
+        }
+        if h.rtype == RecordType::Data as u16 {
+            let Some((off, data)) = payload.split_first_chunk::<8>() else {
+                return Err(err(seq, "payload too short for offset"));
+            };
+            let offset = u64::from_le_bytes(*off);
+            self.rules
+                .data(offset, data.len() as u64)
+                .map_err(|w| err(seq, w))?;
+            self.chain.update(hb);
+            self.seq = seq;
+            self.offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
+            return Ok(Some(Decoded::Data { offset, data }));
+        }
+        let record = match RecordType::from_u16(h.rtype) {
+            Some(t) => Some(Record::decode(t, payload).map_err(|w| err(seq, w))?),
+            None if h.flags & FLAG_MUST_UNDERSTAND != 0 => {
+                return Err(err(
+                    seq,
+                    format!("unknown record type {} marked must-understand", h.rtype),
+                ))
+            }
+            None => None,
+        };
+        match &record {
+            Some(Record::Checkpoint { offset, chain }) => {
+                if *offset != self.offset {
+                    return Err(err(
+                        seq,
+                        format!("checkpoint says offset {offset}, it is at {}", self.offset),
+                    ));
+                }
+                if *chain != *self.chain.finalize().as_bytes() {
+                    return Err(err(seq, "chain hash mismatch at checkpoint: records before it were damaged, lost or reordered"));
+                }
+            }
+            Some(Record::End {
+                records,
+                bytes,
+                chain,
+            }) => {
+                if *records != self.seq || *bytes != self.offset {
+                    return Err(err(
+                        seq,
+                        format!(
+                            "END counts {records} records and {bytes} bytes, the stream had {} and {}",
+                            self.seq, self.offset
+                        ),
+                    ));
+                }
+                if *chain != *self.chain.finalize().as_bytes() {
+                    return Err(err(seq, "chain hash mismatch at END"));
+                }
+            }
+            _ => {}
+        }
+        if let Some(r) = &record {
+            self.rules.check(r).map_err(|w| err(seq, w))?;
+        }
+        self.chain.update(hb);
+        if h.rtype != RecordType::Data as u16 {
+            self.chain.update(payload);
+        }
+        self.seq = seq;
+        self.offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
+        match &record {
+            Some(Record::Checkpoint { offset, .. }) => self.last_checkpoint = Some((*offset, seq)),
+            Some(Record::End { .. }) => self.ended = true,
+            _ => {}
+        }
+        Ok(record.map(Decoded::Record))
+    }
+}
+
+/// A record as [`Decoder::payload_ref`] gives it: DATA borrowed from the payload buffer.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    Data { offset: u64, data: &'a [u8] },
+    Record(Record),
+}
+
+/// Decode a whole stream held in memory (dump, tests, fuzzing): every record, or the first
+/// error. Truncation is an error too (`END` missing).
+pub fn decode_all(bytes: &[u8], cap: u32) -> Result<Vec<Record>, StreamError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(err(
+            0,
+            format!(
+                "truncated: {} bytes, the header alone is {HEADER_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut d = Decoder::new(bytes, cap)?;
+    let mut at = d.stream_header().header_bytes as usize;
+    let mut out = Vec::new();
+    while !d.ended() {
+        let Some(hb) = bytes.get(at..at + RECORD_HEADER_BYTES) else {
+            let what = if at == bytes.len() {
+                "truncated: END missing".to_string()
+            } else {
+                format!("truncated inside a record header at offset {at}")
+            };
+            return Err(err(d.records() + 1, what));
+        };
+        let hb: [u8; RECORD_HEADER_BYTES] = hb.try_into().expect("slice of header size");
+        let h = d.header(&hb)?;
+        let start = at + RECORD_HEADER_BYTES;
+        let Some(payload) = bytes.get(start..start + h.length as usize) else {
+            return Err(err(
+                h.seq,
+                format!("truncated inside the payload at offset {start}"),
+            ));
+        };
+        if let Some(r) = d.payload(&h, &hb, payload)? {
+            out.push(r);
+        }
+        at = start + h.length as usize;
+    }
+    if at != bytes.len() {
+        return Err(err(d.records() + 1, "data after END"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
