@@ -589,3 +589,22 @@ fn checkpoints_check_offset_and_chain() {
     b[at + 20..at + 24].copy_from_slice(&hc.to_le_bytes());
     assert!(decode_err(&b).what.contains("checkpoint says offset"));
 }
+
+#[test]
+fn reseal_keeps_a_valid_stream_and_repairs_checksums_only() {
+    let bytes = full_stream();
+    assert_eq!(reseal(&bytes), bytes);
+    // A changed DATA byte: the CRC (and chain) mismatch go away, the content change stays.
+    let at = record_offsets(&bytes)[6] + RECORD_HEADER_BYTES + 8;
+    let mut b = bytes.clone();
+    b[at] ^= 1;
+    assert!(decode_all(&b, CAP).is_err());
+    let fixed = reseal(&b);
+    assert_eq!(fixed[at], b[at]);
+    assert!(decode_all(&fixed, CAP).is_ok());
+    // A bad name is still refused once its checksums are right.
+    let at = record_offsets(&bytes)[2] + RECORD_HEADER_BYTES + 10;
+    let mut b = bytes.clone();
+    b[at] = b'/';
+    assert!(decode_all(&reseal(&b), CAP).unwrap_err().what.contains("name"));
+}
