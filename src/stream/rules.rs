@@ -7,6 +7,10 @@ use super::record::Record;
 /// state for 5 GiB of directory records, and no tree that fits a filesystem needs more).
 pub const DIRS_MAX: u64 = 1 << 26;
 
+/// Directories open (made, not yet ended) at once: a sender walking depth first has as many as
+/// the tree is deep; a receiver holds a descriptor for each.
+pub const OPEN_DIRS_MAX: usize = 4096;
+
 const OPEN: u8 = 1;
 const ENDED: u8 = 2;
 
@@ -30,6 +34,8 @@ pub struct Rules {
     xattr_ok: bool,
     /// The root's DIR_END came: only CHECKPOINT and END may follow.
     root_done: bool,
+    /// Directories open now, the root included.
+    open: usize,
 }
 
 impl Rules {
@@ -42,6 +48,7 @@ impl Rules {
             // XATTRs at the very start belong to the root.
             xattr_ok: true,
             root_done: false,
+            open: 1,
         }
     }
 
@@ -125,11 +132,16 @@ impl Rules {
                 if self.dirs.len() as u64 >= DIRS_MAX {
                     return Err(format!("more than {DIRS_MAX} directories"));
                 }
+                if self.open >= OPEN_DIRS_MAX {
+                    return Err(format!("more than {OPEN_DIRS_MAX} directories open at once"));
+                }
                 self.dirs.push(OPEN);
+                self.open += 1;
             }
             Record::DirEnd { dir, .. } => {
                 self.open_dir(*dir, t)?;
                 self.dirs[*dir as usize] = ENDED;
+                self.open -= 1;
                 self.root_done = *dir == 0;
             }
             Record::File {

@@ -550,6 +550,15 @@ fn structural_rules() {
     };
     assert!(rule(vec![file(0, "f", 1, 0), data(0, 1), x.clone()]).contains("XATTR"));
     assert!(rule(vec![file(0, "f", 0, 0), file_end(), x]).contains("XATTR"));
+    // Too many directories open at once (a chain 4096 deep below the root).
+    let deep: Vec<Record> = (0..rules::OPEN_DIRS_MAX as u64)
+        .map(|i| Record::Dir {
+            parent: i,
+            name: b"d".to_vec(),
+            meta: meta(DIR),
+        })
+        .collect();
+    assert!(rule(deep).contains("open at once"));
     // END with a directory never ended.
     assert!(rule(vec![end()]).contains("never ended"));
     // A good one.
