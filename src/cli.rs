@@ -64,6 +64,35 @@ Examples:
   ringsync dump --json backup.stream | jq -r 'select(.type==\"FILE\") | .name'
   ringsync dump < backup.stream > /dev/null && echo intact";
 
+const SEND_HELP: &str = "The stream goes to standard output (never to a terminal) or to -o FILE. \
+Records come in a fixed order (names sorted in every directory), with a CHECKPOINT every 64 MiB \
+or 4096 entries and END last. An entry that cannot be read (or a file that changed while it was \
+read) is sent as SKIPPED: the receiver keeps what it has under that name. Exit status: 0; 1 \
+fatal (the stream ends without END); 2 usage; 3 some entries skipped; 5 source entries \
+vanished; 130 interrupted.
+
+Examples:
+  ringsync send /data | ringsync receive /backup/data
+  ringsync send /data -o data.stream && ringsync dump data.stream > /dev/null
+  ringsync send /data | ssh host ringsync receive /backup/data
+  ringsync send --bwlimit 20M /data > /mnt/tape/data.stream";
+
+const RECEIVE_HELP: &str = "Safe with a stream from a stranger: every name is one component \
+resolved beneath DST through held directory descriptors, never through a symlink; nothing \
+is published before its checkpoint verified; file data goes to temporary names chosen here. \
+As root, owners, devices and all xattrs are applied (an exact replica needs them): use \
+--drop-privileged for a stream you do not trust. DST is locked (a second receive exits 4) \
+and marked dirty until the stream was applied to END. Exit status: 0 DST is what the stream \
+describes; 1 the stream was damaged, truncated or refused (nothing after its last good \
+checkpoint was published), or DST could not be set up; 2 usage; 3 some entries could not be \
+applied or were skipped by the sender; 4 busy; 130 interrupted. Format and trust model: \
+docs/stream.md.
+
+Examples:
+  ringsync send /data | ringsync receive /backup/data
+  ringsync receive -i data.stream /restore/data
+  ssh host ringsync send /data | ringsync receive --drop-privileged /backup/data";
+
 const COMPLETIONS_HELP: &str = "Examples:
   ringsync completions bash > /etc/bash_completion.d/ringsync
   ringsync completions zsh > \"${fpath[1]}/_ringsync\"
@@ -100,6 +129,15 @@ pub enum Command {
     /// threads. Makes (and removes) its own test files.
     #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// Write SRC as a record stream (docs/stream.md) on stdout or into a file: every entry,
+    /// its data (holes not sent), owner, mode, ns times, xattrs and hardlinks, checksummed.
+    #[command(after_help = SEND_HELP)]
+    Send(SendArgs),
+    /// Make DST what a record stream describes (stdin, or -i FILE). A full stream into a
+    /// non-empty DST behaves like mirror: extraneous entries are deleted. Files are written
+    /// to temporary names and renamed into place only after their hash verified.
+    #[command(after_help = RECEIVE_HELP)]
+    Receive(ReceiveArgs),
     /// List and verify a record stream (docs/stream.md): one line per record; every CRC, the
     /// chain hash and END are checked, and a defect is reported with its offset and sequence.
     #[command(after_help = DUMP_HELP)]
@@ -478,6 +516,102 @@ pub enum RenamesArg {
     Never,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct SendArgs {
+    /// The directory to send.
+    pub src: PathBuf,
+    /// Write the stream to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// I/O engine for reading files.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    pub engine: EngineArg,
+    /// Cap on read-buffer memory (same units as copy's --memory).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Limit the stream to RATE bytes per second (wire bytes; units as copy's --bwlimit).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// No progress line or warnings; errors are still printed.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Show progress even when stderr is not a terminal (a plain line every second).
+    #[arg(long)]
+    pub progress: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReceiveArgs {
+    /// The target directory (created if missing).
+    pub dst: PathBuf,
+    /// Read the stream from FILE instead of standard input.
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Apply no owners, no setuid/setgid bits, no devices and only user.* xattrs: for a
+    /// stream from someone you do not trust with root's powers.
+    #[arg(long)]
+    pub drop_privileged: bool,
+    /// Do not make data durable before publishing it at each checkpoint (faster; a crash may
+    /// then leave empty or torn files under final names).
+    #[arg(long)]
+    pub no_fsync: bool,
+    /// No progress line or warnings; errors are still printed.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Show progress even when stderr is not a terminal (a plain line every second).
+    #[arg(long)]
+    pub progress: bool,
+}
+
+impl SendArgs {
+    pub fn validate(&self) -> Result<crate::send::SendConfig, String> {
+        check_memory(self.memory)?;
+        let engine = crate::engine::choose_engine(engine(self.engine), self.quiet).map_err(|e| e.0)?;
+        Ok(crate::send::SendConfig {
+            src: self.src.clone(),
+            out: self.output.clone(),
+            engine,
+            memory: self.memory,
+            bwlimit: self.bwlimit,
+            progress: crate::progress::mode(self.quiet, self.progress),
+            quiet: self.quiet,
+        })
+    }
+}
+
+impl ReceiveArgs {
+    pub fn validate(&self) -> Result<crate::receive::ReceiveConfig, String> {
+        Ok(crate::receive::ReceiveConfig {
+            dst: self.dst.clone(),
+            input: self.input.clone(),
+            drop_privileged: self.drop_privileged,
+            fsync: !self.no_fsync,
+            progress: crate::progress::mode(self.quiet, self.progress),
+            quiet: self.quiet,
+        })
+    }
+}
+
+/// `--memory` bounds shared by every command with a buffer pool.
+fn check_memory(memory: u64) -> Result<(), String> {
+    if memory < MEMORY_BYTES_MIN {
+        return Err(format!("--memory must be at least {}M", MEMORY_BYTES_MIN >> 20));
+    }
+    let ram = physical_memory_bytes();
+    if memory > ram / 2 {
+        return Err(format!(
+            "--memory {}: more than half of this machine's memory ({} of {}); the buffer \
+             pool is allocated and pinned up front, so this would starve the system \
+             (the default, {}, is plenty: bigger pools do not copy faster)",
+            crate::progress::human_bytes(memory as f64),
+            crate::progress::human_bytes((ram / 2) as f64),
+            crate::progress::human_bytes(ram as f64),
+            crate::progress::human_bytes(MEMORY_BYTES_DEFAULT as f64),
+        ));
+    }
+    Ok(())
+}
+
 /// Options of every command that moves data.
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
@@ -674,21 +808,7 @@ impl DiffArgs {
 impl DataArgs {
     fn validate(&self, src: &std::path::Path, dst: &std::path::Path) -> Result<CopyConfig, String> {
         let threads = threads(self.threads)?;
-        if self.memory < MEMORY_BYTES_MIN {
-            return Err(format!("--memory must be at least {}M", MEMORY_BYTES_MIN >> 20));
-        }
-        let ram = physical_memory_bytes();
-        if self.memory > ram / 2 {
-            return Err(format!(
-                "--memory {}: more than half of this machine's memory ({} of {}); the buffer \
-                 pool is allocated and pinned up front, so this would starve the system \
-                 (the default, {}, is plenty: bigger pools do not copy faster)",
-                crate::progress::human_bytes(self.memory as f64),
-                crate::progress::human_bytes((ram / 2) as f64),
-                crate::progress::human_bytes(ram as f64),
-                crate::progress::human_bytes(MEMORY_BYTES_DEFAULT as f64),
-            ));
-        }
+        check_memory(self.memory)?;
         if matches!(self.data_path, DataPathArg::Cfr) && matches!(self.reflink, ReflinkArg::Never) {
             return Err(
                 "--data-path cfr cannot honour --reflink never: copy_file_range clones extents on \

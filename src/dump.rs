@@ -121,6 +121,11 @@ fn fields(r: &Record) -> Vec<(&'static str, String)> {
             f.push(("parent", parent.to_string()));
             f.push(("name", escape(name)));
         }
+        Record::Skipped { parent, name, reason } => {
+            f.push(("parent", parent.to_string()));
+            f.push(("name", escape(name)));
+            f.push(("reason", escape(reason)));
+        }
         Record::Checkpoint { offset, chain } => {
             f.push(("offset", offset.to_string()));
             f.push(("chain", hex(chain)));

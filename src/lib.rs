@@ -4,7 +4,8 @@
 //! - [`cli`]: arguments → typed [`config`];
 //! - [`ring`]: the only `unsafe`: io_uring and sync backends, the buffer pool;
 //! - [`engine`]: pinned workers, directory scans, file copy state machines;
-//! - [`stream`]: the record stream's codec (docs/stream.md), no I/O;
+//! - [`stream`]: the record stream's codec (docs/stream.md), no I/O; [`stream_io`] moves its
+//!   bytes; [`send`] and [`receive`] make and apply streams;
 //! - [`filter`]: which entries a run takes (rsync's include/exclude rules, `--files-from`, `-x`);
 //! - [`meta`]: metadata read from statx and applied to targets;
 //! - [`roots`]: SRC and DST checked before a run (overlap, single-entry sources);
@@ -25,9 +26,11 @@ pub mod filter;
 pub mod meta;
 pub mod mirror;
 pub mod progress;
+pub mod receive;
 pub mod report;
 pub mod ring;
 pub mod roots;
+pub mod send;
 pub mod signals;
 pub mod stream;
 pub mod stream_io;

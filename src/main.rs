@@ -40,7 +40,7 @@ fn man(sub: Option<&str>, dir: Option<&std::path::Path>) -> i32 {
                 .map_err(|e| e.to_string()),
             None => {
                 eprintln!(
-                    "ringsync: man: no subcommand '{name}' (copy, mirror, diff, bench, completions, man)"
+                    "ringsync: man: no subcommand '{name}' (copy, mirror, diff, send, receive, dump, bench, completions, man)"
                 );
                 return exit::USAGE;
             }
@@ -90,6 +90,14 @@ fn main() {
         Command::Diff(args) => {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::mirror::diff(&cfg)
+        }
+        Command::Send(args) => {
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            ringsync::send::send(&cfg)
+        }
+        Command::Receive(args) => {
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            ringsync::receive::receive(&cfg)
         }
         Command::Dump { file, json } => ringsync::dump::dump(file.as_deref(), json),
         Command::Completions { shell } => {

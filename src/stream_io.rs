@@ -129,3 +129,117 @@ impl<R: Read> StreamReader<R> {
         Ok(Some((h, at, record)))
     }
 }
+
+/// Where a stream goes: a file or a pipe. Small records are gathered in a buffer; file data is
+/// written straight from the caller's buffer with its frame (one `writev`, no copy). Counts
+/// wire bytes and applies `--bwlimit` to them. Never interprets what it writes.
+pub struct StreamWriter {
+    out: std::fs::File,
+    buf: Vec<u8>,
+    written: u64,
+    limit: Option<crate::bwlimit::Bucket>,
+}
+
+/// Buffered bytes that trigger a write.
+const WRITE_BUF_BYTES: usize = 256 << 10;
+/// Pipe capacity asked for (F_SETPIPE_SZ; the default 64 KiB costs a context switch per 64 KiB).
+pub const PIPE_BYTES: usize = 1 << 20;
+
+/// Raise a pipe's capacity; anything else (a file, a socket) is left alone.
+pub fn raise_pipe(fd: std::os::fd::BorrowedFd) {
+    let is_pipe = rustix::fs::fstat(fd)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo);
+    if is_pipe {
+        // Unprivileged users are capped by /proc/sys/fs/pipe-max-size (1 MiB by default).
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES);
+    }
+}
+
+impl StreamWriter {
+    pub fn new(out: std::fs::File, bwlimit: Option<u64>) -> StreamWriter {
+        use std::os::fd::AsFd;
+        raise_pipe(out.as_fd());
+        StreamWriter {
+            out,
+            buf: Vec::with_capacity(WRITE_BUF_BYTES + 4096),
+            written: 0,
+            limit: bwlimit.map(crate::bwlimit::Bucket::new),
+        }
+    }
+
+    /// The buffer records are encoded into; [`StreamWriter::commit`] after adding to it.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Write the buffer out once it holds enough.
+    pub fn commit(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= WRITE_BUF_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes handed to the output so far (wire bytes).
+    pub fn written(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+
+    fn pace(&self, n: usize) {
+        if let Some(l) = &self.limit {
+            l.take(n as u64);
+        }
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.pace(self.buf.len());
+        self.out.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// A DATA record: its frame, then `data` from where it lies.
+    pub fn data(&mut self, frame: &[u8], data: &[u8]) -> std::io::Result<()> {
+        if data.len() < 64 << 10 {
+            self.buf.extend_from_slice(frame);
+            self.buf.extend_from_slice(data);
+            return self.commit();
+        }
+        self.buf.extend_from_slice(frame);
+        let mut parts = [std::io::IoSlice::new(&self.buf), std::io::IoSlice::new(data)];
+        let total = self.buf.len() + data.len();
+        self.pace(total);
+        let mut slices: &mut [std::io::IoSlice] = &mut parts;
+        let mut left = total;
+        while left > 0 {
+            use std::io::Write;
+            match self.out.write_vectored(slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    left -= n;
+                    std::io::IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.written += total as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Flush and, for a regular file, make it durable.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.flush()?;
+        let is_file = self.out.metadata().is_ok_and(|m| m.is_file());
+        if is_file {
+            self.out.sync_all()?;
+        }
+        Ok(())
+    }
+}

@@ -37,6 +37,10 @@ pub struct Record {
     /// A run with other filters trusts neither `--prev` nor the ctime shortcut.
     #[serde(default)]
     pub filter: Option<String>,
+    /// The target id (hex) of the record stream `receive` last applied to END: DST equals
+    /// that state of the sender's source. Cleared by anything else that changes DST.
+    #[serde(default)]
+    pub stream_target: Option<String>,
 }
 
 impl Record {

@@ -9,8 +9,8 @@
 //! Must not: write to DST before the dirty mark is set (except creating DST itself), or trust
 //! `--prev` or the ctime shortcut when the record is dirty or from another source.
 
-mod apply;
-mod guard;
+pub mod apply;
+pub mod guard;
 mod plan;
 
 use std::io::Write;
@@ -438,6 +438,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         started: Some(started),
         finished: Some(finished),
         filter: c.filter.digest().map(String::from),
+        stream_target: None,
     };
     if d.changes.is_empty() {
         // Nothing to change, so nothing is written but the record, which moves forward after a

@@ -15,8 +15,8 @@ pub use header::{
     VERSION_MINOR,
 };
 pub use record::{
-    Meta, Record, RecordHeader, RecordType, FLAG_MUST_UNDERSTAND, NAME_BYTES_MAX, RECORD_HEADER_BYTES,
-    SYMLINK_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
+    Meta, Record, RecordHeader, RecordType, FLAG_MUST_UNDERSTAND, NAME_BYTES_MAX, REASON_BYTES_MAX,
+    RECORD_HEADER_BYTES, SYMLINK_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
 };
 pub use rules::Rules;
 
@@ -127,6 +127,15 @@ impl Encoder {
 
     /// Append a DATA record straight from the file's bytes (no intermediate copy).
     pub fn push_data(&mut self, offset: u64, data: &[u8], out: &mut Vec<u8>) {
+        let frame = self.data_frame(offset, data);
+        out.reserve(frame.len() + data.len());
+        out.extend_from_slice(&frame);
+        out.extend_from_slice(data);
+    }
+
+    /// Frame a DATA record of `data` at `offset` without copying the data: returns the record
+    /// header and the offset field, to be written just before `data` itself.
+    pub fn data_frame(&mut self, offset: u64, data: &[u8]) -> [u8; RECORD_HEADER_BYTES + 8] {
         let len = 8 + data.len();
         assert!(
             len <= self.max_payload as usize,
@@ -146,11 +155,11 @@ impl Encoder {
         };
         let hb = h.encode();
         self.chain.update(&hb);
-        out.reserve(RECORD_HEADER_BYTES + len);
-        out.extend_from_slice(&hb);
-        out.extend_from_slice(&offset.to_le_bytes());
-        out.extend_from_slice(data);
         self.offset += (RECORD_HEADER_BYTES + len) as u64;
+        let mut f = [0u8; RECORD_HEADER_BYTES + 8];
+        f[..RECORD_HEADER_BYTES].copy_from_slice(&hb);
+        f[RECORD_HEADER_BYTES..].copy_from_slice(&offset.to_le_bytes());
+        f
     }
 
     /// Append a record from its parts (tests craft unknown types and flags with it).

@@ -9,6 +9,8 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const SYMLINK_BYTES_MAX: usize = 4095;
 /// Longest xattr value Linux stores (XATTR_SIZE_MAX).
 pub const XATTR_VALUE_BYTES_MAX: usize = 65536;
+/// Longest reason a SKIPPED record gives.
+pub const REASON_BYTES_MAX: usize = 1024;
 const META_BYTES: usize = 44;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,7 @@ pub enum RecordType {
     Unlink = 13,
     Checkpoint = 14,
     End = 15,
+    Skipped = 16,
 }
 
 impl RecordType {
@@ -92,6 +95,7 @@ impl RecordType {
             13 => Unlink,
             14 => Checkpoint,
             15 => End,
+            16 => Skipped,
             _ => return None,
         })
     }
@@ -114,6 +118,7 @@ impl RecordType {
             Unlink => "UNLINK",
             Checkpoint => "CHECKPOINT",
             End => "END",
+            Skipped => "SKIPPED",
         }
     }
 }
@@ -202,6 +207,13 @@ pub enum Record {
         records: u64,
         bytes: u64,
         chain: [u8; 32],
+    },
+    /// The sender could not send this entry (unreadable, changed while read): the receiver
+    /// keeps what it has under the name and reports the run as incomplete.
+    Skipped {
+        parent: u64,
+        name: Vec<u8>,
+        reason: Vec<u8>,
     },
 }
 
@@ -355,6 +367,7 @@ impl Record {
             Record::Unlink { .. } => RecordType::Unlink,
             Record::Checkpoint { .. } => RecordType::Checkpoint,
             Record::End { .. } => RecordType::End,
+            Record::Skipped { .. } => RecordType::Skipped,
         }
     }
 
@@ -426,6 +439,11 @@ impl Record {
             Record::Unlink { parent, name } => {
                 u64s(out, &[*parent]);
                 put_name(out, name);
+            }
+            Record::Skipped { parent, name, reason } => {
+                u64s(out, &[*parent]);
+                put_name(out, name);
+                put_bytes16(out, reason);
             }
             Record::Checkpoint { offset, chain } => {
                 u64s(out, &[*offset]);
@@ -519,6 +537,11 @@ impl Record {
             RecordType::Unlink => Record::Unlink {
                 parent: p.u64("parent")?,
                 name: p.name()?,
+            },
+            RecordType::Skipped => Record::Skipped {
+                parent: p.u64("parent")?,
+                name: p.name()?,
+                reason: p.bytes16("reason", REASON_BYTES_MAX)?,
             },
             RecordType::Checkpoint => Record::Checkpoint {
                 offset: p.u64("offset")?,

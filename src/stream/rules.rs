@@ -98,6 +98,7 @@ impl Rules {
                 | Record::Rename { .. }
                 | Record::Unlink { .. }
                 | Record::DirEnd { .. }
+                | Record::Skipped { .. }
         );
         if self.root_done && !matches!(r, Record::Checkpoint { .. } | Record::End { .. }) {
             return Err(format!("{t} after the root directory was ended"));
@@ -123,7 +124,11 @@ impl Rules {
         let mut xattr_next = entry
             && !matches!(
                 r,
-                Record::Rename { .. } | Record::Unlink { .. } | Record::DirEnd { .. } | Record::Link { .. }
+                Record::Rename { .. }
+                    | Record::Unlink { .. }
+                    | Record::DirEnd { .. }
+                    | Record::Link { .. }
+                    | Record::Skipped { .. }
             );
         match r {
             Record::Estimate { .. } => xattr_next = self.xattr_ok,
@@ -188,7 +193,7 @@ impl Rules {
                 self.open_dir(*from_dir, t)?;
                 self.open_dir(*to_dir, t)?;
             }
-            Record::Unlink { parent, .. } => self.open_dir(*parent, t)?,
+            Record::Unlink { parent, .. } | Record::Skipped { parent, .. } => self.open_dir(*parent, t)?,
             // Verified against the chain by the decoder.
             Record::Checkpoint { .. } => xattr_next = self.xattr_ok,
             Record::End { .. } => {

@@ -1,0 +1,1177 @@
+//! `ringsync receive DST`: make DST what a record stream describes.
+//!
+//! The stream is hostile until proven otherwise. The codec checks every record (CRCs, bounds,
+//! sequence, chain, structure) before this module sees it; this module then:
+//! - resolves every name as one component beneath a held directory descriptor, never through a
+//!   symlink (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, an
+//!   `O_NOFOLLOW` open where the kernel lacks it); a symlink or other non-directory found where
+//!   a directory is to be is removed, never followed;
+//! - writes file data only to temporary names it chooses itself (random, per run), checks the
+//!   file's BLAKE3 at FILE_END, and queues the rename;
+//! - publishes queued work (renames, hardlinks, directory attributes, deletion of extraneous
+//!   entries) only at a CHECKPOINT or END whose chain hash verified, after making the staged
+//!   data durable: what comes after the last good checkpoint of a damaged stream never
+//!   reaches a final name;
+//! - locks DST and marks it dirty as `mirror` does; the record notes the stream's target id
+//!   when the stream was applied to END without errors.
+//!
+//! Bounded: one payload buffer (at most the stream's max payload, 16 MiB); one descriptor per
+//! open directory (at most 4096); the publication queue (at most [`PENDING_MAX`] entries);
+//! names seen per directory kept as 64-bit keyed hashes only for directories that existed
+//! before (a new directory cannot hold extraneous entries), at most [`NAMES_MAX`] in all;
+//! hardlink ids as names in a private directory inside DST (on disk, not in memory).
+//!
+//! Must not: write outside DST; publish unverified data; allocate from an unchecked length.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{IsTerminal, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::diff::{escape, join};
+use crate::error::exit;
+use crate::mirror::apply::remove_tree;
+use crate::mirror::guard::{self, Guard, LockError};
+use crate::progress::{self, ProgressLine, Snapshot};
+use crate::stream::{self, Record, StreamHeader};
+use crate::stream_io::{ReadError, StreamReader};
+
+/// Entries queued for publication before a CHECKPOINT must come (a sender checkpoints every
+/// 4096 entries).
+pub const PENDING_MAX: usize = 1 << 16;
+/// Names remembered in directories that existed before the stream (for deleting extraneous
+/// entries): 8 bytes each, 64 MiB at most.
+pub const NAMES_MAX: usize = 1 << 23;
+/// Xattr bytes one entry may carry.
+pub const XATTR_BYTES_PER_ENTRY_MAX: usize = 4 << 20;
+/// The largest max payload accepted (the format's cap).
+const PAYLOAD_CAP: u32 = stream::PAYLOAD_BYTES_CAP;
+
+pub struct ReceiveConfig {
+    pub dst: PathBuf,
+    /// `None`: standard input.
+    pub input: Option<PathBuf>,
+    pub drop_privileged: bool,
+    /// Make staged data durable (syncfs) before each publication.
+    pub fsync: bool,
+    pub progress: progress::Mode,
+    pub quiet: bool,
+}
+
+type Xattrs = Vec<(CString, Vec<u8>)>;
+
+/// A directory made (or found) and not yet ended.
+struct OpenDir {
+    fd: Arc<OwnedFd>,
+    rel: Vec<u8>,
+    /// Keyed hashes of the names the stream made here; `None` for a directory this run
+    /// created (nothing else can be in it).
+    names: Option<HashSet<u64>>,
+    xattrs: Xattrs,
+}
+
+/// Work done at the next verified CHECKPOINT or END, in stream order.
+enum Pending {
+    /// Rename a staged entry to its final name.
+    Place {
+        dir: Arc<OwnedFd>,
+        temp: CString,
+        name: CString,
+        /// In a directory this run created: the name must be new.
+        fresh: bool,
+        rel: Vec<u8>,
+    },
+    /// A directory's entries are all placed: delete extraneous ones, set its attributes.
+    DirDone {
+        fd: Arc<OwnedFd>,
+        meta: stream::Meta,
+        xattrs: Xattrs,
+        names: Option<HashSet<u64>>,
+        rel: Vec<u8>,
+        root: bool,
+    },
+}
+
+/// The file being received.
+struct FileIn {
+    dir: Arc<OwnedFd>,
+    fresh: bool,
+    name: CString,
+    temp: CString,
+    fd: OwnedFd,
+    rel: Vec<u8>,
+    meta: stream::Meta,
+    size: u64,
+    link: u64,
+    xattrs: Xattrs,
+    hasher: blake3::Hasher,
+    /// Bytes hashed so far (data, and holes before it as zeros).
+    hashed: u64,
+    /// A write failed: the file is received (to keep the stream in step) but not published.
+    failed: bool,
+}
+
+/// A symlink or special file made under its temporary name, waiting for its XATTRs.
+struct InlineIn {
+    dir: Arc<OwnedFd>,
+    fresh: bool,
+    name: CString,
+    temp: CString,
+    rel: Vec<u8>,
+    meta: stream::Meta,
+    xattrs: Xattrs,
+}
+
+/// What XATTR records attach to.
+enum Last {
+    Nothing,
+    Root,
+    Dir(u64),
+    File,
+    Inline(InlineIn),
+}
+
+/// Why the receive stopped.
+enum Stop {
+    /// The stream is damaged, breaks a rule or cannot be applied: nothing more is published.
+    Stream(String),
+    Interrupted(i32),
+}
+
+#[derive(Default)]
+struct Counts {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    bytes_total: AtomicU64,
+    entries_total: AtomicU64,
+}
+
+struct Receiver<'a> {
+    dst: &'a Path,
+    root: Arc<OwnedFd>,
+    dirs: HashMap<u64, OpenDir>,
+    next_dir: u64,
+    file: Option<FileIn>,
+    last: Last,
+    pending: Vec<Pending>,
+    /// Staged names not yet placed (removed if the run stops).
+    staged: usize,
+    names_total: usize,
+    keys: std::collections::hash_map::RandomState,
+    /// Random part of this run's temporary names.
+    tag: String,
+    counter: u64,
+    links_dir: Option<(OwnedFd, CString)>,
+    root_xattrs: Xattrs,
+    root_fresh: bool,
+    is_root_user: bool,
+    cfg: &'a ReceiveConfig,
+    errors: u64,
+    skipped: u64,
+    counts: Arc<Counts>,
+}
+
+fn cname(b: &[u8]) -> CString {
+    CString::new(b).expect("the codec refuses names with NUL")
+}
+
+/// Open directory `name` in `dir` for use as a parent, never through a symlink.
+fn open_dir_beneath(dir: &OwnedFd, name: &CStr) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(dir, name, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS) => rustix::fs::openat(dir, name, flags, Mode::empty()),
+        r => r,
+    }
+}
+
+fn is_empty_dir(dir: &OwnedFd) -> Result<bool, Errno> {
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut it = RawDir::new(dir, &mut buf);
+    while let Some(e) = it.next() {
+        let e = e?;
+        if e.file_name() != c"." && e.file_name() != c".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+impl Receiver<'_> {
+    fn shown(&self, rel: &[u8]) -> String {
+        crate::diff::full(self.dst, rel).display().to_string()
+    }
+
+    /// A per-entry failure: reported, counted, the run goes on.
+    fn fail(&mut self, rel: &[u8], op: &str, e: impl std::fmt::Display) {
+        self.errors += 1;
+        eprintln!("ringsync: receive: {}: {op}: {e}", self.shown(rel));
+    }
+
+    fn key(&self, name: &[u8]) -> u64 {
+        let mut h = self.keys.build_hasher();
+        h.write(name);
+        h.finish()
+    }
+
+    fn dir(&self, id: u64) -> Result<&OpenDir, Stop> {
+        // The codec checked the id is open; the map agrees unless making it failed.
+        self.dirs
+            .get(&id)
+            .ok_or_else(|| Stop::Stream(format!("directory {id} could not be made here")))
+    }
+
+    /// Note that the stream makes `name` in directory `id`; a second time is refused.
+    fn claim(&mut self, id: u64, name: &[u8]) -> Result<(), Stop> {
+        let k = self.key(name);
+        let total = self.names_total;
+        let shown = self.shown(&self.dirs[&id].rel);
+        let d = self.dirs.get_mut(&id).expect("checked by dir()");
+        if let Some(set) = &mut d.names {
+            if total >= NAMES_MAX {
+                return Err(Stop::Stream(format!(
+                    "more than {NAMES_MAX} names in directories that existed before the stream \
+                     (receive into an empty directory instead)"
+                )));
+            }
+            if !set.insert(k) {
+                return Err(Stop::Stream(format!("'{}' made twice in {shown}", escape(name))));
+            }
+            self.names_total += 1;
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, p: Pending) -> Result<(), Stop> {
+        if self.pending.len() >= PENDING_MAX {
+            return Err(Stop::Stream(format!(
+                "more than {PENDING_MAX} entries without a CHECKPOINT"
+            )));
+        }
+        self.pending.push(p);
+        Ok(())
+    }
+
+    /// A fresh temporary name in `dir`, created by `make` (which must fail with EEXIST when
+    /// the name is taken).
+    fn stage<T>(
+        &mut self,
+        dir: &OwnedFd,
+        mut make: impl FnMut(&OwnedFd, &CStr) -> Result<T, Errno>,
+    ) -> Result<(CString, T), Errno> {
+        loop {
+            self.counter += 1;
+            let temp = CString::new(format!(".ringsync-rcv.{}.{}", self.tag, self.counter)).expect("no NUL");
+            match make(dir, &temp) {
+                Ok(t) => {
+                    self.staged += 1;
+                    return Ok((temp, t));
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn privileged_ok(&self) -> bool {
+        self.is_root_user && !self.cfg.drop_privileged
+    }
+
+    fn xattr_wanted(&self, name: &[u8]) -> bool {
+        if name == crate::meta::RECORD_XATTR.to_bytes() {
+            return false;
+        }
+        if self.cfg.drop_privileged {
+            return name.starts_with(b"user.");
+        }
+        crate::meta::xattr_wanted(
+            name,
+            crate::meta::Preserve {
+                owner: self.is_root_user,
+                all_xattrs: self.is_root_user,
+            },
+        )
+    }
+
+    /// Permission bits to apply: without privilege, no setuid/setgid.
+    fn perm(&self, m: &stream::Meta) -> u32 {
+        let p = m.mode & 0o7777;
+        if self.cfg.drop_privileged {
+            p & !0o6000
+        } else {
+            p
+        }
+    }
+
+    /// Owner, xattrs, mode, times on an open file or directory.
+    fn apply_fd(&self, fd: &OwnedFd, m: &stream::Meta, xattrs: &Xattrs, prune: bool) -> Result<(), String> {
+        if self.privileged_ok() {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(m.uid)),
+                Some(rustix::fs::Gid::from_raw(m.gid)),
+            )
+            .map_err(|e| format!("chown: {e}"))?;
+        }
+        if prune {
+            self.prune_xattrs(fd, xattrs)?;
+        }
+        for (n, v) in xattrs {
+            if self.xattr_wanted(n.as_bytes()) {
+                rustix::fs::fsetxattr(fd, n, v, rustix::fs::XattrFlags::empty())
+                    .map_err(|e| format!("setxattr {}: {e}", escape(n.as_bytes())))?;
+            }
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(self.perm(m))).map_err(|e| format!("chmod: {e}"))?;
+        rustix::fs::futimens(fd, &times(m)).map_err(|e| format!("utimens: {e}"))?;
+        Ok(())
+    }
+
+    /// Remove xattrs an existing directory has that the stream does not give it.
+    fn prune_xattrs(&self, fd: &OwnedFd, keep: &Xattrs) -> Result<(), String> {
+        let list = crate::meta::xattrs_at(
+            fd.as_fd(),
+            c".",
+            crate::meta::Preserve {
+                owner: true,
+                all_xattrs: true,
+            },
+        )
+        .map_err(|e| format!("listxattr: {e}"))?;
+        for (n, _) in list {
+            if self.xattr_wanted(n.as_bytes()) && !keep.iter().any(|(k, _)| *k == n) {
+                rustix::fs::fremovexattr(fd, &n)
+                    .map_err(|e| format!("removexattr {}: {e}", escape(n.as_bytes())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner, xattrs, mode, times on a symlink or special file by name (never followed).
+    fn apply_at(&self, dir: &OwnedFd, name: &CStr, m: &stream::Meta, xattrs: &Xattrs) -> Result<(), String> {
+        if self.privileged_ok() {
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(m.uid)),
+                Some(rustix::fs::Gid::from_raw(m.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| format!("chown: {e}"))?;
+        }
+        let is_link = m.mode & libc::S_IFMT == libc::S_IFLNK;
+        if !xattrs.is_empty() || !is_link {
+            // Pin the entry itself: l*xattr and chmod through /proc on an O_PATH descriptor.
+            let pinned = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| format!("open: {e}"))?;
+            let path = CString::new(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&pinned)
+            ))
+            .expect("no NUL");
+            for (n, v) in xattrs {
+                if self.xattr_wanted(n.as_bytes()) {
+                    rustix::fs::lsetxattr(path.as_c_str(), n, v, rustix::fs::XattrFlags::empty())
+                        .map_err(|e| format!("setxattr {}: {e}", escape(n.as_bytes())))?;
+                }
+            }
+            if !is_link {
+                rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(self.perm(m)))
+                    .map_err(|e| format!("chmod: {e}"))?;
+            }
+        }
+        rustix::fs::utimensat(dir, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| format!("utimens: {e}"))?;
+        Ok(())
+    }
+
+    /// The symlink or special file waiting for XATTRs is complete: apply its attributes and
+    /// queue its placement.
+    fn finish_last(&mut self) -> Result<(), Stop> {
+        if let Last::Inline(i) = std::mem::replace(&mut self.last, Last::Nothing) {
+            if let Err(e) = self.apply_at(&i.dir, &i.temp, &i.meta, &i.xattrs) {
+                self.fail(&i.rel, "set attributes", e);
+                let _ = rustix::fs::unlinkat(&*i.dir, &i.temp, AtFlags::empty());
+                self.staged -= 1;
+                return Ok(());
+            }
+            self.queue(Pending::Place {
+                dir: i.dir,
+                temp: i.temp,
+                name: i.name,
+                fresh: i.fresh,
+                rel: i.rel,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, r: Record) -> Result<(), Stop> {
+        if !matches!(r, Record::Xattr { .. }) {
+            self.finish_last()?;
+        }
+        match r {
+            Record::Estimate { bytes, entries } => {
+                self.counts.bytes_total.store(bytes, Ordering::Relaxed);
+                self.counts.entries_total.store(entries, Ordering::Relaxed);
+                if matches!(self.last, Last::Nothing) {
+                    self.last = Last::Root;
+                }
+            }
+            Record::Xattr { name, value } => {
+                let list = match &mut self.last {
+                    Last::Root | Last::Nothing => &mut self.root_xattrs,
+                    Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
+                    Last::File => &mut self.file.as_mut().expect("open").xattrs,
+                    Last::Inline(i) => &mut i.xattrs,
+                };
+                let bytes: usize = list.iter().map(|(n, v)| n.as_bytes().len() + v.len()).sum();
+                if bytes + name.len() + value.len() > XATTR_BYTES_PER_ENTRY_MAX {
+                    return Err(Stop::Stream(format!(
+                        "more than {} MiB of xattrs for one entry",
+                        XATTR_BYTES_PER_ENTRY_MAX >> 20
+                    )));
+                }
+                list.push((cname(&name), value));
+            }
+            Record::Dir {
+                parent,
+                name,
+                meta: _,
+            } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+                self.next_dir += 1;
+                let id = self.next_dir;
+                let p = self.dirs.get(&parent).expect("checked");
+                let (pfd, fresh_parent) = (p.fd.clone(), p.names.is_none());
+                let rel = join(&p.rel, &name);
+                let n = cname(&name);
+                let made = self.make_dir(&pfd, &n, fresh_parent).map_err(|e| match e {
+                    Errno::EXIST if fresh_parent => Stop::Stream(format!(
+                        "'{}' made twice in {}",
+                        escape(&name),
+                        self.shown(&p_rel(&rel))
+                    )),
+                    e => Stop::Stream(format!("{}: make directory: {e}", self.shown(&rel))),
+                })?;
+                let (fd, fresh) = made;
+                self.dirs.insert(
+                    id,
+                    OpenDir {
+                        fd: Arc::new(fd),
+                        rel,
+                        names: (!fresh).then(HashSet::new),
+                        xattrs: Vec::new(),
+                    },
+                );
+                self.counts.entries.fetch_add(1, Ordering::Relaxed);
+                self.last = Last::Dir(id);
+            }
+            Record::DirEnd { dir, meta } => {
+                let d = self
+                    .dirs
+                    .remove(&dir)
+                    .ok_or_else(|| Stop::Stream(format!("directory {dir} could not be made here")))?;
+                let root = dir == 0;
+                let xattrs = if root {
+                    std::mem::take(&mut self.root_xattrs)
+                } else {
+                    d.xattrs
+                };
+                if let Some(n) = &d.names {
+                    self.names_total -= n.len();
+                }
+                self.queue(Pending::DirDone {
+                    fd: d.fd,
+                    meta,
+                    xattrs,
+                    names: d.names,
+                    rel: d.rel,
+                    root,
+                })?;
+                self.last = Last::Nothing;
+            }
+            Record::File {
+                parent,
+                name,
+                meta,
+                size,
+                link,
+            } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+                let p = self.dirs.get(&parent).expect("checked");
+                let (pfd, fresh, rel) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name));
+                let created = self.stage(&pfd, |d, t| {
+                    rustix::fs::openat(
+                        d,
+                        t,
+                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                });
+                let (temp, fd) = match created {
+                    Ok(x) => x,
+                    Err(e) => {
+                        return Err(Stop::Stream(format!(
+                            "{}: create a temporary file: {e}",
+                            self.shown(&rel)
+                        )))
+                    }
+                };
+                let mut failed = false;
+                if size > 0 {
+                    if let Err(e) = rustix::fs::ftruncate(&fd, size) {
+                        self.fail(&rel, "set size", e);
+                        failed = true;
+                    }
+                }
+                self.file = Some(FileIn {
+                    dir: pfd,
+                    fresh,
+                    name: cname(&name),
+                    temp,
+                    fd,
+                    rel,
+                    meta,
+                    size,
+                    link,
+                    xattrs: Vec::new(),
+                    hasher: blake3::Hasher::new(),
+                    hashed: 0,
+                    failed,
+                });
+                self.last = Last::File;
+            }
+            Record::Data { offset, data } => self.data(offset, &data)?,
+            Record::FileEnd { hash } => self.file_end(hash)?,
+            Record::Symlink {
+                parent,
+                name,
+                meta,
+                target,
+            } => {
+                let t = cname(&target);
+                self.inline(parent, name, meta, |d, n| {
+                    rustix::fs::symlinkat(t.as_c_str(), d, n)
+                })?;
+            }
+            Record::Special { parent, name, meta } => {
+                let kind = meta.mode & libc::S_IFMT;
+                let device = kind == libc::S_IFCHR || kind == libc::S_IFBLK;
+                if device && !self.privileged_ok() {
+                    self.dir(parent)?;
+                    self.claim(parent, &name)?;
+                    let rel = join(&self.dir(parent)?.rel, &name);
+                    let why = if self.cfg.drop_privileged {
+                        "--drop-privileged"
+                    } else {
+                        "not running as root"
+                    };
+                    self.fail(&rel, "mknod", format!("device not made ({why})"));
+                    return Ok(());
+                }
+                let ftype = FileType::from_raw_mode(kind);
+                let dev = meta.rdev;
+                self.inline(parent, name, meta, |d, n| {
+                    rustix::fs::mknodat(d, n, ftype, Mode::from_raw_mode(0o600), dev)
+                })?;
+            }
+            Record::Link { parent, name, link } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+                let p = self.dirs.get(&parent).expect("checked");
+                let (pfd, fresh, rel) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name));
+                let id = CString::new(link.to_string()).expect("digits");
+                let Some((links, _)) = &self.links_dir else {
+                    self.fail(&rel, "link", "its first name could not be received");
+                    return Ok(());
+                };
+                let links = links.try_clone().map_err(|e| Stop::Stream(format!("dup: {e}")))?;
+                match self.stage(&pfd, |d, t| {
+                    rustix::fs::linkat(&links, id.as_c_str(), d, t, AtFlags::empty())
+                }) {
+                    Ok((temp, ())) => self.queue(Pending::Place {
+                        dir: pfd,
+                        temp,
+                        name: cname(&name),
+                        fresh,
+                        rel,
+                    })?,
+                    Err(Errno::NOENT) => self.fail(&rel, "link", "its first name could not be received"),
+                    Err(e) => self.fail(&rel, "link", e),
+                }
+                self.counts.entries.fetch_add(1, Ordering::Relaxed);
+            }
+            Record::Skipped { parent, name, reason } => {
+                self.dir(parent)?;
+                let rel = join(&self.dir(parent)?.rel, &name);
+                // Right after its FILE_END: the staged copy of a file that changed while the
+                // sender read it is dropped, never published.
+                if let Some(Pending::Place { name: n, dir, .. }) = self.pending.last() {
+                    if n.as_bytes() == name.as_slice() && Arc::ptr_eq(dir, &self.dirs[&parent].fd) {
+                        if let Some(Pending::Place { dir, temp, .. }) = self.pending.pop() {
+                            let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                            self.staged -= 1;
+                        }
+                    } else {
+                        self.claim(parent, &name)?;
+                    }
+                } else {
+                    self.claim(parent, &name)?;
+                }
+                self.skipped += 1;
+                eprintln!(
+                    "ringsync: receive: {}: not sent ({}); what DST has there is kept",
+                    self.shown(&rel),
+                    escape(&reason)
+                );
+            }
+            Record::Checkpoint { .. } => self.publish()?,
+            Record::End { .. } => self.publish()?,
+            Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
+                return Err(Stop::Stream("incremental records in a full stream".into()))
+            }
+        }
+        Ok(())
+    }
+
+    /// Make directory `name` in `parent`, or use the one there; anything else there (a file,
+    /// a symlink) is removed first. Returns the directory and whether this run made it.
+    fn make_dir(&self, parent: &OwnedFd, name: &CStr, fresh_parent: bool) -> Result<(OwnedFd, bool), Errno> {
+        if !fresh_parent {
+            match open_dir_beneath(parent, name) {
+                Ok(fd) => {
+                    if !self.is_root_user {
+                        // Entries go in before its own mode is set (at its DIR_END).
+                        let m = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
+                        if m & 0o700 != 0o700 {
+                            rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700))?;
+                        }
+                    }
+                    return Ok((fd, false));
+                }
+                Err(Errno::NOENT) => {}
+                // A symlink (ELOOP, EXDEV under RESOLVE_NO_SYMLINKS) or a non-directory:
+                // replaced, never followed.
+                Err(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => remove_tree(parent, name, false)?,
+                Err(e) => return Err(e),
+            }
+        }
+        rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
+        Ok((open_dir_beneath(parent, name)?, true))
+    }
+
+    /// Make a symlink or special file under a temporary name; attributes once its XATTRs came.
+    fn inline(
+        &mut self,
+        parent: u64,
+        name: Vec<u8>,
+        meta: stream::Meta,
+        make: impl Fn(&OwnedFd, &CStr) -> Result<(), Errno>,
+    ) -> Result<(), Stop> {
+        self.dir(parent)?;
+        self.claim(parent, &name)?;
+        let p = self.dirs.get(&parent).expect("checked");
+        let (pfd, fresh, rel) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name));
+        self.counts.entries.fetch_add(1, Ordering::Relaxed);
+        match self.stage(&pfd, |d, t| make(d, t)) {
+            Ok((temp, ())) => {
+                self.last = Last::Inline(InlineIn {
+                    dir: pfd,
+                    fresh,
+                    name: cname(&name),
+                    temp,
+                    rel,
+                    meta,
+                    xattrs: Vec::new(),
+                });
+            }
+            Err(e) => self.fail(&rel, "create", e),
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, offset: u64, data: &[u8]) -> Result<(), Stop> {
+        let f = self
+            .file
+            .as_mut()
+            .expect("the codec checked DATA is inside a file");
+        crate::send::hash_zeros(&mut f.hasher, offset - f.hashed);
+        f.hasher.update(data);
+        f.hashed = offset + data.len() as u64;
+        if !f.failed {
+            if let Err(e) = write_all_at(&f.fd, data, offset) {
+                let rel = f.rel.clone();
+                f.failed = true;
+                self.fail(&rel, "write", e);
+            }
+        }
+        self.counts.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn file_end(&mut self, hash: [u8; 32]) -> Result<(), Stop> {
+        let mut f = self
+            .file
+            .take()
+            .expect("the codec checked FILE_END closes a file");
+        crate::send::hash_zeros(&mut f.hasher, f.size - f.hashed);
+        self.counts.entries.fetch_add(1, Ordering::Relaxed);
+        let drop_temp = |me: &mut Self, f: &FileIn| {
+            let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
+            me.staged -= 1;
+        };
+        if *f.hasher.finalize().as_bytes() != hash {
+            drop_temp(self, &f);
+            return Err(Stop::Stream(format!(
+                "{}: content hash mismatch (the data received is not what was sent)",
+                self.shown(&f.rel)
+            )));
+        }
+        if f.failed {
+            drop_temp(self, &f);
+            return Ok(());
+        }
+        if let Err(e) = self.apply_fd(&f.fd, &f.meta, &f.xattrs, false) {
+            self.fail(&f.rel, "set attributes", e);
+            drop_temp(self, &f);
+            return Ok(());
+        }
+        if f.link != 0 {
+            self.remember_link(&f)?;
+        }
+        let FileIn {
+            dir,
+            fresh,
+            name,
+            temp,
+            rel,
+            ..
+        } = f;
+        self.queue(Pending::Place {
+            dir,
+            temp,
+            name,
+            fresh,
+            rel,
+        })
+    }
+
+    /// Keep a name for a file later LINK records refer to, in a private directory in DST.
+    fn remember_link(&mut self, f: &FileIn) -> Result<(), Stop> {
+        if self.links_dir.is_none() {
+            let root = self.root.clone();
+            let made = self.stage(&root, |d, t| {
+                rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
+                open_dir_beneath(d, t)
+            });
+            match made {
+                Ok((name, fd)) => {
+                    self.staged -= 1;
+                    self.links_dir = Some((fd, name));
+                }
+                Err(e) => {
+                    return Err(Stop::Stream(format!(
+                        "{}: make a directory for hardlinks: {e}",
+                        self.shown(b"")
+                    )))
+                }
+            }
+        }
+        let (links, _) = self.links_dir.as_ref().expect("made");
+        let id = CString::new(f.link.to_string()).expect("digits");
+        rustix::fs::linkat(&*f.dir, &f.temp, links, id.as_c_str(), AtFlags::empty())
+            .map_err(|e| Stop::Stream(format!("{}: link for later names: {e}", self.shown(&f.rel))))
+    }
+
+    /// Make staged data durable, then do the queued work in stream order.
+    fn publish(&mut self) -> Result<(), Stop> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.cfg.fsync {
+            rustix::fs::syncfs(&*self.root)
+                .map_err(|e| Stop::Stream(format!("syncfs {}: {e}", self.dst.display())))?;
+        }
+        for p in std::mem::take(&mut self.pending) {
+            match p {
+                Pending::Place {
+                    dir,
+                    temp,
+                    name,
+                    fresh,
+                    rel,
+                } => {
+                    self.staged -= 1;
+                    if let Err(e) = place(&dir, &temp, &name, fresh) {
+                        let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                        if fresh && e == Errno::EXIST {
+                            return Err(Stop::Stream(format!("{}: made twice", self.shown(&rel))));
+                        }
+                        self.fail(&rel, "rename into place", e);
+                    }
+                }
+                Pending::DirDone {
+                    fd,
+                    meta,
+                    xattrs,
+                    names,
+                    rel,
+                    root,
+                } => {
+                    if let Some(names) = &names {
+                        self.delete_extraneous(&fd, names, &rel);
+                    }
+                    if root {
+                        self.remove_links_dir();
+                    }
+                    if let Err(e) = self.apply_fd(&fd, &meta, &xattrs, names.is_some()) {
+                        self.fail(&rel, "set directory attributes", e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_links_dir(&mut self) {
+        if let Some((fd, name)) = self.links_dir.take() {
+            drop(fd);
+            if let Err(e) = remove_tree(&self.root, &name, true) {
+                self.fail(name.as_bytes(), "remove the hardlink directory", e);
+            }
+        }
+    }
+
+    /// Delete what a directory that existed before holds and the stream did not make.
+    fn delete_extraneous(&mut self, fd: &OwnedFd, names: &HashSet<u64>, rel: &[u8]) {
+        let mut extra = Vec::new();
+        // From the start: the descriptor may have been read before (the root's emptiness).
+        if let Err(e) = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0)) {
+            self.fail(rel, "read directory", e);
+            return;
+        }
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
+        let mut it = RawDir::new(fd, &mut buf);
+        let links = self.links_dir.as_ref().map(|(_, n)| n.clone());
+        while let Some(e) = it.next() {
+            match e {
+                Ok(e) => {
+                    let n = e.file_name();
+                    if n == c"." || n == c".." || names.contains(&self.key(n.to_bytes())) {
+                        continue;
+                    }
+                    if rel.is_empty() && links.as_deref() == Some(n) {
+                        continue;
+                    }
+                    extra.push(n.to_owned());
+                }
+                Err(e) => {
+                    self.fail(rel, "read directory", e);
+                    return;
+                }
+            }
+        }
+        for n in extra {
+            if let Err(e) = remove_tree(fd, &n, false) {
+                self.fail(&join(rel, n.as_bytes()), "delete", e);
+            }
+        }
+    }
+
+    /// Remove what was staged and not published (the run stopped).
+    fn discard(&mut self) {
+        if let Some(f) = self.file.take() {
+            let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
+        }
+        if let Last::Inline(i) = std::mem::replace(&mut self.last, Last::Nothing) {
+            let _ = rustix::fs::unlinkat(&*i.dir, &i.temp, AtFlags::empty());
+        }
+        for p in std::mem::take(&mut self.pending) {
+            if let Pending::Place { dir, temp, .. } = p {
+                let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+            }
+        }
+        self.remove_links_dir();
+    }
+}
+
+fn p_rel(rel: &[u8]) -> Vec<u8> {
+    crate::diff::split(rel).0.to_vec()
+}
+
+fn times(m: &stream::Meta) -> rustix::fs::Timestamps {
+    let ts = |(s, ns): (i64, u32)| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: ts(m.atime),
+        last_modification: ts(m.mtime),
+    }
+}
+
+fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match rustix::io::pwrite(fd, data, offset) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Rename a staged entry to its final name. In a directory this run made, the name must be
+/// new; elsewhere an entry there is replaced (a directory there is removed first).
+fn place(dir: &OwnedFd, temp: &CStr, name: &CStr, fresh: bool) -> Result<(), Errno> {
+    if fresh {
+        return rustix::fs::renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE);
+    }
+    match rustix::fs::renameat(dir, temp, dir, name) {
+        Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
+            remove_tree(dir, name, false)?;
+            rustix::fs::renameat(dir, temp, dir, name)
+        }
+        r => r,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Create DST if missing (its parent must exist), as copy does.
+fn make_dst(dst: &Path) -> Result<PathBuf, String> {
+    match std::fs::create_dir(dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("create {}: {e}", dst.display())),
+    }
+    let canon = std::fs::canonicalize(dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+    if !canon.is_dir() {
+        return Err(format!("{}: not a directory", dst.display()));
+    }
+    Ok(canon)
+}
+
+/// Run `ringsync receive`; returns the exit status.
+pub fn receive(cfg: &ReceiveConfig) -> i32 {
+    let input: Box<dyn Read> = match &cfg.input {
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("ringsync: receive: open {}: {e}", p.display());
+                return exit::FATAL;
+            }
+        },
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("ringsync: receive: standard input is a terminal, not a stream; pipe one in (ringsync send SRC | ringsync receive DST) or use -i FILE");
+                return exit::USAGE;
+            }
+            crate::stream_io::raise_pipe(std::io::stdin().as_fd());
+            Box::new(std::io::stdin().lock())
+        }
+    };
+    let dst = match make_dst(&cfg.dst) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ringsync: receive: {e}");
+            return exit::FATAL;
+        }
+    };
+    let guard = match Guard::lock(&dst) {
+        Ok(g) => g,
+        Err(LockError::Busy) => {
+            eprintln!(
+                "ringsync: receive: {} is busy: another mirror or receive runs into it",
+                dst.display()
+            );
+            return exit::BUSY;
+        }
+        Err(LockError::Other(e)) => {
+            eprintln!("ringsync: receive: {e}");
+            return exit::FATAL;
+        }
+    };
+    crate::engine::raise_nofile_limit();
+    let _ = crate::signals::install(|_| {});
+    // Nothing is written to DST before the stream header checked out.
+    let mut reader = match StreamReader::new(input, PAYLOAD_CAP) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringsync: receive: {}", describe(&e));
+            return exit::FATAL;
+        }
+    };
+    let header: StreamHeader = reader.decoder().stream_header().clone();
+    if header.required & stream::FEATURE_INCREMENTAL != 0 {
+        eprintln!("ringsync: receive: this is an incremental stream; this receiver applies full streams only (incremental receive is not built yet)");
+        return exit::FATAL;
+    }
+    let root = match guard.root().try_clone() {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            eprintln!("ringsync: receive: {}: {e}", dst.display());
+            return exit::FATAL;
+        }
+    };
+    let mut record = guard.read().ok().flatten().unwrap_or_default();
+    record.version = 1;
+    record.state = "dirty".into();
+    if let Err(e) = guard.write(&record) {
+        eprintln!("ringsync: receive: {e}");
+        return exit::FATAL;
+    }
+    let root_fresh = is_empty_dir(&root).unwrap_or(false);
+    let tag = {
+        let mut b = [0u8; 6];
+        let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+        hex(&b)
+    };
+    let counts = Arc::new(Counts::default());
+    let line = {
+        let c = counts.clone();
+        ProgressLine::start(cfg.progress, move || Snapshot {
+            bytes_done: c.bytes.load(Ordering::Relaxed),
+            bytes_total: c.bytes_total.load(Ordering::Relaxed),
+            files_done: c.entries.load(Ordering::Relaxed),
+            files_total: c.entries_total.load(Ordering::Relaxed),
+            ..Default::default()
+        })
+    };
+    let mut rx = Receiver {
+        dst: &dst,
+        root: root.clone(),
+        dirs: HashMap::new(),
+        next_dir: 0,
+        file: None,
+        last: Last::Nothing,
+        pending: Vec::new(),
+        staged: 0,
+        names_total: 0,
+        keys: Default::default(),
+        tag,
+        counter: 0,
+        links_dir: None,
+        root_xattrs: Vec::new(),
+        root_fresh,
+        is_root_user: rustix::process::geteuid().is_root(),
+        cfg,
+        errors: 0,
+        skipped: 0,
+        counts,
+    };
+    rx.dirs.insert(
+        0,
+        OpenDir {
+            fd: root,
+            rel: Vec::new(),
+            names: (!rx.root_fresh).then(HashSet::new),
+            xattrs: Vec::new(),
+        },
+    );
+    let res = (|| -> Result<(), Stop> {
+        loop {
+            if let Some(s) = crate::signals::interrupted() {
+                return Err(Stop::Interrupted(s));
+            }
+            match reader.next_record() {
+                Ok(Some((_, _, Some(r)))) => rx.record(r)?,
+                Ok(Some((_, _, None))) => {}
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Stop::Stream(describe_at(&e, reader.decoder()))),
+            }
+        }
+    })();
+    line.finish();
+    let res = res.and_then(|()| {
+        if cfg.fsync {
+            rustix::fs::syncfs(&*rx.root)
+                .map_err(|e| Stop::Stream(format!("syncfs {}: {e}", dst.display())))?;
+        }
+        Ok(())
+    });
+    match res {
+        Ok(()) => {
+            let (errors, skipped) = (rx.errors, rx.skipped);
+            if errors == 0 && skipped == 0 {
+                record.state = "clean".into();
+                record.source = None;
+                record.source_ino = None;
+                record.source_btime = None;
+                record.filter = None;
+                record.started = None;
+                record.finished = Some(guard::now());
+                record.stream_target = Some(hex(&header.target_id));
+                if let Err(e) = guard.write(&record) {
+                    eprintln!("ringsync: receive: {e}");
+                    return exit::FATAL;
+                }
+                return exit::OK;
+            }
+            eprintln!(
+                "ringsync: receive: {errors} entries could not be applied, {skipped} were not sent; {} stays marked dirty",
+                dst.display()
+            );
+            exit::PARTIAL
+        }
+        Err(stop) => {
+            rx.discard();
+            match stop {
+                Stop::Interrupted(s) => {
+                    eprintln!(
+                        "ringsync: receive: stopped by {}; what the last checkpoint published stays, {} is marked dirty",
+                        crate::signals::name(s),
+                        dst.display()
+                    );
+                    exit::INTERRUPTED
+                }
+                Stop::Stream(m) => {
+                    eprintln!("ringsync: receive: {m}");
+                    eprintln!(
+                        "ringsync: receive: stopped: nothing after the last verified checkpoint was published; {} is marked dirty",
+                        dst.display()
+                    );
+                    exit::FATAL
+                }
+            }
+        }
+    }
+}
+
+fn describe(e: &ReadError) -> String {
+    match e {
+        ReadError::Truncated { seq: 0, .. } => "the stream is empty or shorter than its header".into(),
+        e => format!("{e}"),
+    }
+}
+
+/// A read error with where the stream last verified.
+fn describe_at(e: &ReadError, d: &stream::Decoder) -> String {
+    let at = match d.last_checkpoint {
+        Some((off, seq)) => format!("the last good checkpoint is record {seq} at offset {off}"),
+        None => "no checkpoint verified".into(),
+    };
+    format!("{}; {at}", describe(e))
+}

@@ -1,0 +1,841 @@
+//! `ringsync send SRC`: the tree as a record stream (docs/stream.md) on stdout or into a file.
+//!
+//! One walk, depth first, names sorted bytewise in every directory, so the same tree always
+//! gives the same records (resume depends on it). File data is read through the engine's ring
+//! backend (io_uring or the pread fallback) into its bounded buffer pool, several reads in
+//! flight per file, and written to the output straight from the pool buffers with their frames.
+//! Holes are found with SEEK_DATA/SEEK_HOLE and not sent. A CHECKPOINT goes out between
+//! entries every [`CHECKPOINT_BYTES`] of stream or [`CHECKPOINT_ENTRIES`] entries.
+//!
+//! An entry that cannot be read is sent as SKIPPED (the receiver keeps what it has under that
+//! name and reports the run as incomplete); so is a file that changed while it was read
+//! (size, mtime or ctime differ after the read): its staged copy is discarded by the receiver,
+//! never published as a mix of two versions.
+//!
+//! Must not: write anything but the stream to its output; follow a symlink below SRC.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{CStr, CString};
+use std::io::IsTerminal;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, StatxFlags};
+use rustix::io::Errno;
+
+use crate::diff::{escape, join};
+use crate::error::exit;
+use crate::meta::{self, Preserve};
+use crate::progress::{self, ProgressLine, Snapshot};
+use crate::ring::{self, Backend, EngineKind, Op, RingConfig};
+use crate::stream::{self, Encoder, Record, StreamHeader};
+use crate::stream_io::StreamWriter;
+
+/// File data per DATA record and per read.
+pub const DATA_BYTES: usize = 4 << 20;
+/// The max payload a sent stream declares: a full DATA record, or the largest XATTR.
+pub const MAX_PAYLOAD: u32 = (DATA_BYTES + 4096) as u32;
+/// Stream bytes between checkpoints.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Entries between checkpoints (a receiver publishes what came at each one).
+pub const CHECKPOINT_ENTRIES: u64 = 4096;
+/// Reads in flight for one file.
+const READS_IN_FLIGHT: usize = 8;
+/// Pool unit of the sender's ring.
+const UNIT_BYTES: usize = 1 << 20;
+
+pub struct SendConfig {
+    pub src: PathBuf,
+    /// `None`: standard output.
+    pub out: Option<PathBuf>,
+    pub engine: EngineKind,
+    /// Buffer pool bytes.
+    pub memory: u64,
+    pub bwlimit: Option<u64>,
+    pub progress: progress::Mode,
+    pub quiet: bool,
+}
+
+fn meta_of(m: &meta::Meta) -> stream::Meta {
+    stream::Meta {
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        atime: (m.atime.tv_sec, m.atime.tv_nsec as u32),
+        mtime: (m.mtime.tv_sec, m.mtime.tv_nsec as u32),
+        rdev: if matches!(m.file_type(), FileType::CharacterDevice | FileType::BlockDevice) {
+            m.rdev
+        } else {
+            0
+        },
+    }
+}
+
+fn statx_at(dir: &OwnedFd, name: &CStr) -> Result<meta::Meta, Errno> {
+    let s = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    Ok(meta::Meta::from_statx(&s))
+}
+
+fn fstatx(fd: &OwnedFd) -> Result<meta::Meta, Errno> {
+    let s = rustix::fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+    )?;
+    Ok(meta::Meta::from_statx(&s))
+}
+
+/// The names in a directory, sorted bytewise (the stream's order).
+pub fn sorted_names(dir: &OwnedFd) -> Result<Vec<CString>, Errno> {
+    // From the start, whoever read this descriptor before.
+    rustix::fs::seek(dir, SeekFrom::Start(0))?;
+    let mut names = Vec::new();
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
+    let mut it = RawDir::new(dir, &mut buf);
+    while let Some(e) = it.next() {
+        let e = e?;
+        let n = e.file_name();
+        if n != c"." && n != c".." {
+            names.push(n.to_owned());
+        }
+    }
+    names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn open_flags(noatime: bool) -> OFlags {
+    let f = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if noatime {
+        f | OFlags::NOATIME
+    } else {
+        f
+    }
+}
+
+/// Open `name` for reading without following a symlink and without touching its atime where
+/// allowed (root, or the file's owner); O_NOATIME is refused with EPERM otherwise.
+fn open_entry(dir: &OwnedFd, name: &CStr, extra: OFlags) -> Result<OwnedFd, Errno> {
+    match rustix::fs::openat(dir, name, open_flags(true) | extra, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, name, open_flags(false) | extra, Mode::empty()),
+        r => r,
+    }
+}
+
+/// The next run of data at or after `pos` (`[start, end)`), from SEEK_DATA/SEEK_HOLE; the
+/// whole rest when the file is not sparse or the filesystem cannot say.
+fn next_data(fd: &OwnedFd, pos: u64, size: u64, sparse: bool) -> Option<(u64, u64)> {
+    if pos >= size {
+        return None;
+    }
+    if !sparse {
+        return Some((pos, size));
+    }
+    let start = match rustix::fs::seek(fd, SeekFrom::Data(pos)) {
+        Ok(s) => s,
+        Err(Errno::NXIO) => return None,
+        Err(_) => return Some((pos, size)),
+    };
+    if start >= size {
+        return None;
+    }
+    let end = rustix::fs::seek(fd, SeekFrom::Hole(start)).unwrap_or(size);
+    Some((start, end.min(size)))
+}
+
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Feed `n` zero bytes to `h` (holes hash as zeros).
+pub fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Counts shared with the progress line.
+#[derive(Default)]
+struct Counts {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    bytes_total: AtomicU64,
+    entries_total: AtomicU64,
+}
+
+/// A directory being walked.
+struct Frame {
+    fd: Arc<OwnedFd>,
+    id: u64,
+    rel: Vec<u8>,
+    names: Vec<CString>,
+    next: usize,
+    meta: stream::Meta,
+}
+
+/// A hardlinked inode seen under its first name.
+struct LinkSeen {
+    id: u64,
+    /// Names not yet seen.
+    left: u32,
+    /// Its content could not be sent: its other names are skipped too.
+    skipped: bool,
+}
+
+enum Failure {
+    /// Writing the stream failed: nothing more can be sent.
+    Output(std::io::Error),
+    Interrupted(i32),
+    Fatal(String),
+}
+
+struct Sender<'a> {
+    src: &'a Path,
+    enc: Encoder,
+    out: StreamWriter,
+    ring: Box<dyn Backend>,
+    links: HashMap<(u64, u64), LinkSeen>,
+    next_link: u64,
+    next_dir: u64,
+    ckpt_offset: u64,
+    ckpt_entries: u64,
+    counts: Arc<Counts>,
+    errors: u64,
+    vanished: u64,
+    quiet: bool,
+    preserve: Preserve,
+}
+
+impl Sender<'_> {
+    fn put(&mut self, r: &Record) -> Result<(), Failure> {
+        self.enc.push(r, self.out.buf());
+        self.out.commit().map_err(Failure::Output)
+    }
+
+    fn warn(&mut self, rel: &[u8], what: &str) {
+        self.errors += 1;
+        eprintln!(
+            "ringsync: send: {}: {what}",
+            crate::diff::full(self.src, rel).display()
+        );
+    }
+
+    fn skip(&mut self, parent: u64, rel: &[u8], name: &CStr, reason: String) -> Result<(), Failure> {
+        self.warn(
+            rel,
+            &format!("{reason} (skipped: the receiver keeps what it has)"),
+        );
+        let mut reason = reason.into_bytes();
+        reason.retain(|b| *b != 0);
+        reason.truncate(stream::REASON_BYTES_MAX);
+        if reason.is_empty() {
+            reason.push(b'?');
+        }
+        self.put(&Record::Skipped {
+            parent,
+            name: name.to_bytes().to_vec(),
+            reason,
+        })
+    }
+
+    fn xattrs(&mut self, dir: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<(), Failure> {
+        match meta::xattrs_at(dir.as_fd(), name, self.preserve) {
+            Ok(list) => {
+                for (n, v) in list {
+                    if v.len() > stream::XATTR_VALUE_BYTES_MAX || n.as_bytes().len() > stream::NAME_BYTES_MAX
+                    {
+                        self.warn(
+                            rel,
+                            &format!("xattr {} too big for a stream, not sent", escape(n.as_bytes())),
+                        );
+                        continue;
+                    }
+                    self.put(&Record::Xattr {
+                        name: n.as_bytes().to_vec(),
+                        value: v,
+                    })?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.warn(rel, &format!("listxattr: {e}; xattrs not sent"));
+                Ok(())
+            }
+        }
+    }
+
+    /// A CHECKPOINT, when enough has gone by since the last one. Called between entries only.
+    fn maybe_checkpoint(&mut self) -> Result<(), Failure> {
+        self.ckpt_entries += 1;
+        if self.enc.offset() - self.ckpt_offset >= CHECKPOINT_BYTES || self.ckpt_entries >= CHECKPOINT_ENTRIES
+        {
+            self.checkpoint()?;
+        }
+        if let Some(s) = crate::signals::interrupted() {
+            return Err(Failure::Interrupted(s));
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), Failure> {
+        self.put(&Record::Checkpoint {
+            offset: 0,
+            chain: [0; 32],
+        })?;
+        self.ckpt_offset = self.enc.offset();
+        self.ckpt_entries = 0;
+        Ok(())
+    }
+
+    fn run(&mut self, root: Arc<OwnedFd>) -> Result<(), Failure> {
+        let root_meta =
+            fstatx(&root).map_err(|e| Failure::Fatal(format!("statx {}: {e}", self.src.display())))?;
+        self.xattrs(&root, c".", b"")?;
+        let names = sorted_names(&root)
+            .map_err(|e| Failure::Fatal(format!("read directory {}: {e}", self.src.display())))?;
+        let mut stack = vec![Frame {
+            fd: root,
+            id: 0,
+            rel: Vec::new(),
+            names,
+            next: 0,
+            meta: meta_of(&root_meta),
+        }];
+        while let Some(top) = stack.last_mut() {
+            if top.next == top.names.len() {
+                let f = stack.pop().expect("non-empty");
+                self.put(&Record::DirEnd {
+                    dir: f.id,
+                    meta: f.meta,
+                })?;
+                self.maybe_checkpoint()?;
+                continue;
+            }
+            let name = std::mem::take(&mut top.names[top.next]);
+            top.next += 1;
+            let (dir, parent, rel) = (top.fd.clone(), top.id, join(&top.rel, name.as_bytes()));
+            if let Some(frame) = self.entry(&dir, parent, &name, rel)? {
+                stack.push(frame);
+            }
+            self.maybe_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Send one entry; a directory comes back as the frame to walk next.
+    fn entry(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        parent: u64,
+        name: &CStr,
+        rel: Vec<u8>,
+    ) -> Result<Option<Frame>, Failure> {
+        let m = match statx_at(dir, name) {
+            Ok(m) => m,
+            Err(Errno::NOENT) => {
+                self.vanished += 1;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.skip(parent, &rel, name, format!("statx: {e}"))?;
+                return Ok(None);
+            }
+        };
+        let sm = meta_of(&m);
+        let bytes = name.to_bytes().to_vec();
+        self.counts.entries.fetch_add(1, Ordering::Relaxed);
+        match m.file_type() {
+            FileType::Directory => {
+                let fd = match open_entry(dir, name, OFlags::DIRECTORY) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        self.skip(parent, &rel, name, format!("open directory: {e}"))?;
+                        return Ok(None);
+                    }
+                };
+                if !same_inode(&fd, &m) {
+                    self.skip(parent, &rel, name, "replaced while being read".into())?;
+                    return Ok(None);
+                }
+                let names = match sorted_names(&fd) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.skip(parent, &rel, name, format!("read directory: {e}"))?;
+                        return Ok(None);
+                    }
+                };
+                self.next_dir += 1;
+                self.put(&Record::Dir {
+                    parent,
+                    name: bytes,
+                    meta: sm,
+                })?;
+                self.xattrs(dir, name, &rel)?;
+                Ok(Some(Frame {
+                    fd: Arc::new(fd),
+                    id: self.next_dir,
+                    rel,
+                    names,
+                    next: 0,
+                    meta: sm,
+                }))
+            }
+            FileType::RegularFile => {
+                self.file(dir, parent, name, rel, &m)?;
+                Ok(None)
+            }
+            FileType::Symlink => {
+                let target = match rustix::fs::readlinkat(dir, name, Vec::new()) {
+                    Ok(t) => t.into_bytes(),
+                    Err(e) => {
+                        self.skip(parent, &rel, name, format!("readlink: {e}"))?;
+                        return Ok(None);
+                    }
+                };
+                if target.is_empty() || target.len() > stream::SYMLINK_BYTES_MAX {
+                    self.skip(
+                        parent,
+                        &rel,
+                        name,
+                        format!("symlink target of {} bytes", target.len()),
+                    )?;
+                    return Ok(None);
+                }
+                self.put(&Record::Symlink {
+                    parent,
+                    name: bytes,
+                    meta: sm,
+                    target,
+                })?;
+                self.xattrs(dir, name, &rel)?;
+                Ok(None)
+            }
+            FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+                self.put(&Record::Special {
+                    parent,
+                    name: bytes,
+                    meta: sm,
+                })?;
+                self.xattrs(dir, name, &rel)?;
+                Ok(None)
+            }
+            _ => {
+                if !self.quiet {
+                    eprintln!(
+                        "ringsync: send: {}: socket skipped (sockets cannot be copied)",
+                        crate::diff::full(self.src, &rel).display()
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn file(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        parent: u64,
+        name: &CStr,
+        rel: Vec<u8>,
+        m: &meta::Meta,
+    ) -> Result<(), Failure> {
+        let key = (m.dev, m.ino);
+        if m.nlink > 1 {
+            if let Some(seen) = self.links.get_mut(&key) {
+                seen.left = seen.left.saturating_sub(1);
+                let (id, skipped) = (seen.id, seen.skipped);
+                if seen.left == 0 {
+                    self.links.remove(&key);
+                }
+                if skipped {
+                    return self.skip(
+                        parent,
+                        &rel,
+                        name,
+                        "another name of this file could not be sent".into(),
+                    );
+                }
+                return self.put(&Record::Link {
+                    parent,
+                    name: name.to_bytes().to_vec(),
+                    link: id,
+                });
+            }
+        }
+        let fd = match open_entry(dir, name, OFlags::empty()) {
+            Ok(fd) => Arc::new(fd),
+            Err(Errno::NOENT) => {
+                self.vanished += 1;
+                return Ok(());
+            }
+            Err(e) => return self.skip(parent, &rel, name, format!("open: {e}")),
+        };
+        if !same_inode(&fd, m) {
+            return self.skip(parent, &rel, name, "replaced while being read".into());
+        }
+        let link = if m.nlink > 1 {
+            self.next_link += 1;
+            self.links.insert(
+                key,
+                LinkSeen {
+                    id: self.next_link,
+                    left: m.nlink - 1,
+                    skipped: false,
+                },
+            );
+            self.next_link
+        } else {
+            0
+        };
+        self.put(&Record::File {
+            parent,
+            name: name.to_bytes().to_vec(),
+            meta: meta_of(m),
+            size: m.size,
+            link,
+        })?;
+        self.xattrs(dir, name, &rel)?;
+        let mut hasher = blake3::Hasher::new();
+        let read = self.data(&fd, m, &mut hasher);
+        let changed = match read {
+            Ok(()) => match fstatx(&fd) {
+                Ok(after) => (after.size != m.size || after.mtime != m.mtime || after.ctime != m.ctime)
+                    .then(|| "changed while being read".to_string()),
+                Err(e) => Some(format!("statx after reading: {e}")),
+            },
+            Err(ReadFail::Changed) => Some("changed while being read (it shrank)".into()),
+            Err(ReadFail::Io(e)) => Some(format!("read: {e}")),
+            Err(ReadFail::Out(f)) => return Err(f),
+        };
+        self.put(&Record::FileEnd {
+            hash: *hasher.finalize().as_bytes(),
+        })?;
+        if let Some(reason) = changed {
+            if let Some(seen) = self.links.get_mut(&key) {
+                seen.skipped = true;
+            }
+            return self.skip(parent, &rel, name, reason);
+        }
+        Ok(())
+    }
+
+    /// Read the file's data runs through the ring and send them as DATA records, hashing the
+    /// whole content (holes as zeros) into `h`.
+    fn data(&mut self, fd: &Arc<OwnedFd>, m: &meta::Meta, h: &mut blake3::Hasher) -> Result<(), ReadFail> {
+        let size = m.size;
+        let sparse = m.maybe_sparse();
+        let units = DATA_BYTES / UNIT_BYTES;
+        // Reads pushed and not yet sent, in file order: (token, offset, len).
+        let mut queue: VecDeque<(u64, u64, u32)> = VecDeque::new();
+        let mut done: HashMap<u64, ring::Completion> = HashMap::new();
+        let mut token = 0u64;
+        let mut pos = 0u64; // next byte to request
+        let mut run = next_data(fd, 0, size, sparse);
+        let mut hashed = 0u64;
+        let mut completions = Vec::new();
+        loop {
+            // Fill the window.
+            while queue.len() < READS_IN_FLIGHT {
+                let Some((start, end)) = run else { break };
+                let from = pos.max(start);
+                if from >= end {
+                    run = next_data(fd, end, size, sparse);
+                    continue;
+                }
+                let Some(lease) = self.ring.pool().acquire(units) else {
+                    break;
+                };
+                let len = (end - from).min(DATA_BYTES as u64) as u32;
+                token += 1;
+                self.ring.push(token, Op::read(fd.clone(), lease, from, len));
+                queue.push_back((token, from, len));
+                pos = from + len as u64;
+            }
+            let Some(&(front, offset, len)) = queue.front() else {
+                break;
+            };
+            while !done.contains_key(&front) {
+                completions.clear();
+                self.ring.wait(1, &mut completions).map_err(ReadFail::Io)?;
+                for c in completions.drain(..) {
+                    done.insert(c.token, c);
+                }
+            }
+            queue.pop_front();
+            let c = done.remove(&front).expect("present");
+            let lease = c.op.into_lease().expect("a read holds a lease");
+            let res = match c.result {
+                Ok(n) if n == len => {
+                    let data = &self.ring.pool().bytes(&lease)[..n as usize];
+                    hash_zeros(h, offset - hashed);
+                    h.update(data);
+                    hashed = offset + n as u64;
+                    let frame = self.enc.data_frame(offset, data);
+                    // The pool is the ring's; borrow the bytes again for the write.
+                    let data = &self.ring.pool().bytes(&lease)[..n as usize];
+                    let w = self
+                        .out
+                        .data(&frame, data)
+                        .map_err(|e| ReadFail::Out(Failure::Output(e)));
+                    self.counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    w
+                }
+                Ok(_) => Err(ReadFail::Changed),
+                Err(e) => Err(ReadFail::Io(e.into())),
+            };
+            self.ring.pool().release(lease);
+            if let Err(e) = res {
+                self.drain(&mut queue, &mut done);
+                return Err(e);
+            }
+        }
+        hash_zeros(h, size - hashed);
+        Ok(())
+    }
+
+    /// Collect the reads still in flight after a failure, returning their buffers.
+    fn drain(&mut self, queue: &mut VecDeque<(u64, u64, u32)>, done: &mut HashMap<u64, ring::Completion>) {
+        let mut completions = Vec::new();
+        while self.ring.in_flight() > 0 {
+            completions.clear();
+            if self.ring.wait(1, &mut completions).is_err() {
+                break;
+            }
+            for c in completions.drain(..) {
+                done.insert(c.token, c);
+            }
+        }
+        queue.clear();
+        for (_, c) in done.drain() {
+            if let Some(l) = c.op.into_lease() {
+                self.ring.pool().release(l);
+            }
+        }
+    }
+}
+
+enum ReadFail {
+    /// A read came back short: the file shrank.
+    Changed,
+    Io(std::io::Error),
+    Out(Failure),
+}
+
+fn same_inode(fd: &OwnedFd, m: &meta::Meta) -> bool {
+    fstatx(fd).is_ok_and(|n| n.dev == m.dev && n.ino == m.ino)
+}
+
+/// Entries and regular-file bytes below `dir` (each hardlinked inode once), for ESTIMATE.
+fn estimate(root: &OwnedFd) -> (u64, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut stack: Vec<OwnedFd> = Vec::new();
+    let mut walk = |dir: &OwnedFd, stack: &mut Vec<OwnedFd>| {
+        let Ok(names) = sorted_names(dir) else { return };
+        for n in names {
+            let Ok(m) = statx_at(dir, &n) else { continue };
+            entries += 1;
+            match m.file_type() {
+                FileType::Directory => {
+                    if let Ok(fd) = open_entry(dir, &n, OFlags::DIRECTORY) {
+                        stack.push(fd);
+                    }
+                }
+                FileType::RegularFile if m.nlink <= 1 || seen.insert((m.dev, m.ino)) => bytes += m.size,
+                _ => {}
+            }
+        }
+    };
+    walk(root, &mut stack);
+    while let Some(d) = stack.pop() {
+        walk(&d, &mut stack);
+    }
+    (bytes, entries)
+}
+
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty()).is_err() {
+        // No getrandom: time and pid are unique enough for an id that is not a secret.
+        let mut h = blake3::Hasher::new();
+        h.update(&format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).into_bytes());
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    }
+    id
+}
+
+/// Run `ringsync send`; returns the exit status.
+pub fn send(cfg: &SendConfig) -> i32 {
+    let out = match &cfg.out {
+        Some(p) => match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("ringsync: send: create {}: {e}", p.display());
+                return exit::FATAL;
+            }
+        },
+        None => {
+            if std::io::stdout().is_terminal() {
+                eprintln!(
+                    "ringsync: send: refusing to write a binary stream to a terminal; redirect it \
+                     (ringsync send SRC > FILE, | ringsync receive DST) or use -o FILE"
+                );
+                return exit::USAGE;
+            }
+            let fd = std::io::stdout().as_fd().try_clone_to_owned();
+            match fd {
+                Ok(fd) => std::fs::File::from(fd),
+                Err(e) => {
+                    eprintln!("ringsync: send: standard output: {e}");
+                    return exit::FATAL;
+                }
+            }
+        }
+    };
+    let root = match rustix::fs::open(
+        &cfg.src,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            let what = if e == Errno::NOTDIR {
+                "not a directory (send takes a directory)".to_string()
+            } else {
+                e.to_string()
+            };
+            eprintln!("ringsync: send: open {}: {what}", cfg.src.display());
+            return exit::FATAL;
+        }
+    };
+    let _ = crate::signals::install(|_| {});
+    let units = (cfg.memory as usize / UNIT_BYTES)
+        .clamp(DATA_BYTES / UNIT_BYTES, READS_IN_FLIGHT * DATA_BYTES / UNIT_BYTES);
+    let ring = match ring::build(
+        cfg.engine,
+        RingConfig {
+            sq_entries: 32,
+            pool_units: units,
+            pool_unit_bytes: UNIT_BYTES,
+            buffers: ring::Buffers::Fixed,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringsync: send: set up the {:?} engine: {e}", cfg.engine);
+            return exit::FATAL;
+        }
+    };
+    let counts = Arc::new(Counts::default());
+    let line = {
+        let c = counts.clone();
+        ProgressLine::start(cfg.progress, move || Snapshot {
+            bytes_done: c.bytes.load(Ordering::Relaxed),
+            bytes_total: c.bytes_total.load(Ordering::Relaxed),
+            files_done: c.entries.load(Ordering::Relaxed),
+            files_total: c.entries_total.load(Ordering::Relaxed),
+            scanning: c.entries_total.load(Ordering::Relaxed) == 0,
+            activity: "counting",
+            ..Default::default()
+        })
+    };
+    let (est_bytes, est_entries) = estimate(&root);
+    counts.bytes_total.store(est_bytes, Ordering::Relaxed);
+    counts.entries_total.store(est_entries.max(1), Ordering::Relaxed);
+    let header = StreamHeader {
+        minor: stream::VERSION_MINOR,
+        required: stream::FEATURE_XATTRS,
+        optional: stream::OPT_ESTIMATE,
+        stream_id: random_id(),
+        base_id: [0; 16],
+        target_id: random_id(),
+        max_payload: MAX_PAYLOAD,
+        created_s: crate::mirror::guard::now().0 as u64,
+        header_bytes: stream::HEADER_BYTES as u32,
+    };
+    let mut w = StreamWriter::new(out, cfg.bwlimit);
+    let enc = Encoder::new(&header, w.buf());
+    let mut s = Sender {
+        src: &cfg.src,
+        enc,
+        out: w,
+        ring,
+        links: HashMap::new(),
+        next_link: 0,
+        next_dir: 0,
+        ckpt_offset: 0,
+        ckpt_entries: 0,
+        counts: counts.clone(),
+        errors: 0,
+        vanished: 0,
+        quiet: cfg.quiet,
+        preserve: Preserve {
+            owner: true,
+            all_xattrs: true,
+        },
+    };
+    let res = s
+        .put(&Record::Estimate {
+            bytes: est_bytes,
+            entries: est_entries,
+        })
+        .and_then(|()| s.run(root))
+        .and_then(|()| {
+            s.put(&Record::End {
+                records: 0,
+                bytes: 0,
+                chain: [0; 32],
+            })
+        });
+    line.finish();
+    let Sender {
+        out,
+        errors,
+        vanished,
+        ..
+    } = s;
+    let flushed = match &res {
+        Ok(()) => out.finish().map_err(Failure::Output),
+        Err(_) => Ok(()),
+    };
+    match res.and(flushed) {
+        Ok(()) if errors > 0 => {
+            eprintln!("ringsync: send: {errors} entries could not be sent (SKIPPED in the stream); exit 3");
+            exit::PARTIAL
+        }
+        Ok(()) if vanished > 0 => exit::VANISHED,
+        Ok(()) => exit::OK,
+        Err(Failure::Interrupted(sig)) => {
+            eprintln!(
+                "ringsync: send: stopped by {}; the stream ends without END",
+                crate::signals::name(sig)
+            );
+            exit::INTERRUPTED
+        }
+        Err(Failure::Output(e)) => {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("ringsync: send: write the stream: {e}");
+            } else {
+                eprintln!("ringsync: send: the reader of the stream went away (broken pipe)");
+            }
+            exit::FATAL
+        }
+        Err(Failure::Fatal(m)) => {
+            eprintln!("ringsync: send: {m}");
+            exit::FATAL
+        }
+    }
+}
