@@ -65,6 +65,7 @@ fn main() {
         target_id: [2; 16],
         max_payload: 2 << 20,
         created_s: 0,
+        resume_offset: 0,
         header_bytes: HEADER_BYTES as u32,
     };
     let file_bytes = 256usize << 20;

@@ -538,6 +538,11 @@ pub struct SendArgs {
     /// Show progress even when stderr is not a terminal (a plain line every second).
     #[arg(long)]
     pub progress: bool,
+    /// Continue an interrupted stream from the receiver's token (`ringsync receive --token
+    /// DST`): the same stream is made again, and data before the token's checkpoint is not
+    /// sent. Refused when SRC changed since.
+    #[arg(long, value_name = "TOKEN")]
+    pub resume: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -551,6 +556,9 @@ pub struct ReceiveArgs {
     /// stream from someone you do not trust with root's powers.
     #[arg(long)]
     pub drop_privileged: bool,
+    /// Print DST's resume token (left by an interrupted receive) and exit; exit 1 when none.
+    #[arg(long)]
+    pub token: bool,
     /// Do not make data durable before publishing it at each checkpoint (faster; a crash may
     /// then leave empty or torn files under final names).
     #[arg(long)]
@@ -575,6 +583,12 @@ impl SendArgs {
             bwlimit: self.bwlimit,
             progress: crate::progress::mode(self.quiet, self.progress),
             quiet: self.quiet,
+            resume: self
+                .resume
+                .as_deref()
+                .map(crate::stream::ResumeToken::decode)
+                .transpose()
+                .map_err(|e| format!("--resume: {e}"))?,
         })
     }
 }

@@ -95,6 +95,7 @@ fn main() {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::send::send(&cfg)
         }
+        Command::Receive(args) if args.token => ringsync::receive::print_token(&args.dst),
         Command::Receive(args) => {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::receive::receive(&cfg)

@@ -40,7 +40,7 @@ use crate::error::exit;
 use crate::mirror::apply::remove_tree;
 use crate::mirror::guard::{self, Guard, LockError};
 use crate::progress::{self, ProgressLine, Snapshot};
-use crate::stream::{self, Record, StreamHeader};
+use crate::stream::{self, Record, ResumeToken, StreamHeader};
 use crate::stream_io::{ReadError, StreamReader};
 
 /// Entries queued for publication before a CHECKPOINT must come (a sender checkpoints every
@@ -173,6 +173,14 @@ struct Receiver<'a> {
     root_fresh: bool,
     is_root_user: bool,
     cfg: &'a ReceiveConfig,
+    guard: &'a Guard,
+    /// DST's record, written dirty at the start; tokens go in it.
+    state: guard::Record,
+    /// Resuming: records before the token's offset were applied by the interrupted run and
+    /// are only followed (directories opened, names noted), not applied again.
+    replay: Option<ResumeToken>,
+    /// The stream's identity, for the tokens written at checkpoints.
+    header: StreamHeader,
     errors: u64,
     skipped: u64,
     counts: Arc<Counts>,
@@ -419,7 +427,29 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    fn record(&mut self, r: Record) -> Result<(), Stop> {
+    /// Apply a record; `at` is its offset in the stream, `seq` its sequence number.
+    fn record(&mut self, r: Record, at: u64, seq: u64) -> Result<(), Stop> {
+        if let Some(t) = &self.replay {
+            if at < t.offset {
+                return self.replay_record(r);
+            }
+            // The first record at the resume offset is its CHECKPOINT (the decoder checked
+            // that); its chain must be the one the interrupted run verified.
+            let Record::Checkpoint { chain, .. } = &r else {
+                return Err(Stop::Stream(
+                    "the resumed stream has no CHECKPOINT at the token's offset".into(),
+                ));
+            };
+            if *chain != t.chain || seq != t.seq {
+                return Err(Stop::Stream(
+                    "the resumed stream is not the interrupted one (its chain hash at the resume \
+                     checkpoint differs: the source changed); send a full stream"
+                        .into(),
+                ));
+            }
+            self.replay = None;
+            return Ok(());
+        }
         if !matches!(r, Record::Xattr { .. }) {
             self.finish_last()?;
         }
@@ -641,13 +671,120 @@ impl Receiver<'_> {
                     escape(&reason)
                 );
             }
-            Record::Checkpoint { .. } => self.publish()?,
+            Record::Checkpoint { chain, .. } => {
+                self.publish()?;
+                self.save_token(at, seq, chain);
+            }
             Record::End { .. } => self.publish()?,
             Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
                 return Err(Stop::Stream("incremental records in a full stream".into()))
             }
         }
         Ok(())
+    }
+
+    /// A record before the resume offset: the interrupted run applied it. Directories are
+    /// opened (their names and xattrs noted: they end after the offset), names are noted so
+    /// extraneous entries can be told apart, hardlink ids are pointed at the published names.
+    fn replay_record(&mut self, r: Record) -> Result<(), Stop> {
+        match r {
+            Record::Xattr { name, value } => {
+                let list = match &self.last {
+                    Last::Root | Last::Nothing => &mut self.root_xattrs,
+                    Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
+                    _ => return Ok(()),
+                };
+                list.push((cname(&name), value));
+            }
+            Record::Estimate { .. } => {
+                if matches!(self.last, Last::Nothing) {
+                    self.last = Last::Root;
+                }
+            }
+            Record::Dir { parent, name, .. } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+                self.next_dir += 1;
+                let p = &self.dirs[&parent];
+                let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
+                let (fd, _) = self
+                    .make_dir(&pfd, &cname(&name), false)
+                    .map_err(|e| Stop::Stream(format!("{}: open directory: {e}", self.shown(&rel))))?;
+                self.dirs.insert(
+                    self.next_dir,
+                    OpenDir {
+                        fd: Arc::new(fd),
+                        rel,
+                        names: Some(HashSet::new()),
+                        xattrs: Vec::new(),
+                    },
+                );
+                self.last = Last::Dir(self.next_dir);
+                return Ok(());
+            }
+            Record::DirEnd { dir, .. } => {
+                if let Some(d) = self.dirs.remove(&dir) {
+                    if let Some(n) = &d.names {
+                        self.names_total -= n.len();
+                    }
+                }
+            }
+            Record::File {
+                parent, name, link, ..
+            } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+                if link != 0 {
+                    let p = &self.dirs[&parent];
+                    let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
+                    self.links_dir()?;
+                    let (links, _) = self.links_dir.as_ref().expect("made");
+                    let id = CString::new(link.to_string()).expect("digits");
+                    if let Err(e) =
+                        rustix::fs::linkat(&*pfd, cname(&name), links, id.as_c_str(), AtFlags::empty())
+                    {
+                        // Its later names will fail and be reported.
+                        if e != Errno::NOENT {
+                            self.fail(&rel, "link for later names", e);
+                        }
+                    }
+                }
+            }
+            Record::Symlink { parent, name, .. }
+            | Record::Special { parent, name, .. }
+            | Record::Link { parent, name, .. }
+            | Record::Skipped { parent, name, .. } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+            }
+            Record::Data { .. } | Record::FileEnd { .. } | Record::Checkpoint { .. } => {}
+            Record::End { .. } | Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
+                return Err(Stop::Stream("unexpected record before the resume offset".into()))
+            }
+        }
+        self.last = Last::Nothing;
+        Ok(())
+    }
+
+    /// Note in DST's record that everything before the CHECKPOINT at `at` is published, so an
+    /// interrupted receive can be resumed from there. Only between files.
+    fn save_token(&mut self, at: u64, seq: u64, chain: [u8; 32]) {
+        if self.file.is_some() {
+            return;
+        }
+        let t = ResumeToken {
+            stream_id: self.header.stream_id,
+            target_id: self.header.target_id,
+            created_s: self.header.created_s,
+            offset: at,
+            seq,
+            chain,
+        };
+        self.state.resume = Some(t.encode());
+        if let Err(e) = self.guard.write(&self.state) {
+            // Not fatal: a later resume starts from an older token, or cannot.
+            eprintln!("ringsync: receive: note the resume token: {e}");
+        }
     }
 
     /// Make directory `name` in `parent`, or use the one there; anything else there (a file,
@@ -774,6 +911,15 @@ impl Receiver<'_> {
 
     /// Keep a name for a file later LINK records refer to, in a private directory in DST.
     fn remember_link(&mut self, f: &FileIn) -> Result<(), Stop> {
+        self.links_dir()?;
+        let (links, _) = self.links_dir.as_ref().expect("made");
+        let id = CString::new(f.link.to_string()).expect("digits");
+        rustix::fs::linkat(&*f.dir, &f.temp, links, id.as_c_str(), AtFlags::empty())
+            .map_err(|e| Stop::Stream(format!("{}: link for later names: {e}", self.shown(&f.rel))))
+    }
+
+    /// The private directory in DST's root that holds a name per hardlink id.
+    fn links_dir(&mut self) -> Result<(), Stop> {
         if self.links_dir.is_none() {
             let root = self.root.clone();
             let made = self.stage(&root, |d, t| {
@@ -793,10 +939,7 @@ impl Receiver<'_> {
                 }
             }
         }
-        let (links, _) = self.links_dir.as_ref().expect("made");
-        let id = CString::new(f.link.to_string()).expect("digits");
-        rustix::fs::linkat(&*f.dir, &f.temp, links, id.as_c_str(), AtFlags::empty())
-            .map_err(|e| Stop::Stream(format!("{}: link for later names: {e}", self.shown(&f.rel))))
+        Ok(())
     }
 
     /// Make staged data durable, then do the queued work in stream order.
@@ -1037,13 +1180,31 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
         }
     };
     let mut record = guard.read().ok().flatten().unwrap_or_default();
+    let replay = if header.required & stream::FEATURE_RESUMED != 0 {
+        match check_resumed(&header, record.resume.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "ringsync: receive: {}: refusing the resumed stream: {e}",
+                    dst.display()
+                );
+                return exit::FATAL;
+            }
+        }
+    } else {
+        None
+    };
     record.version = 1;
     record.state = "dirty".into();
+    record.stream_target = None;
+    if replay.is_none() {
+        record.resume = None;
+    }
     if let Err(e) = guard.write(&record) {
         eprintln!("ringsync: receive: {e}");
         return exit::FATAL;
     }
-    let root_fresh = is_empty_dir(&root).unwrap_or(false);
+    let root_fresh = replay.is_none() && is_empty_dir(&root).unwrap_or(false);
     let tag = {
         let mut b = [0u8; 6];
         let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
@@ -1078,6 +1239,10 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
         root_fresh,
         is_root_user: rustix::process::geteuid().is_root(),
         cfg,
+        guard: &guard,
+        state: record,
+        replay,
+        header: header.clone(),
         errors: 0,
         skipped: 0,
         counts,
@@ -1097,7 +1262,7 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
                 return Err(Stop::Interrupted(s));
             }
             match reader.next_record() {
-                Ok(Some((_, _, Some(r)))) => rx.record(r)?,
+                Ok(Some((h, at, Some(r)))) => rx.record(r, at, h.seq)?,
                 Ok(Some((_, _, None))) => {}
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Stop::Stream(describe_at(&e, reader.decoder()))),
@@ -1115,6 +1280,7 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
     match res {
         Ok(()) => {
             let (errors, skipped) = (rx.errors, rx.skipped);
+            let mut record = std::mem::take(&mut rx.state);
             if errors == 0 && skipped == 0 {
                 record.state = "clean".into();
                 record.source = None;
@@ -1122,6 +1288,7 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
                 record.source_btime = None;
                 record.filter = None;
                 record.started = None;
+                record.resume = None;
                 record.finished = Some(guard::now());
                 record.stream_target = Some(hex(&header.target_id));
                 if let Err(e) = guard.write(&record) {
@@ -1129,6 +1296,11 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
                     return exit::FATAL;
                 }
                 return exit::OK;
+            }
+            // Applied to the end, not exactly: nothing to resume.
+            record.resume = None;
+            if let Err(e) = guard.write(&record) {
+                eprintln!("ringsync: receive: {e}");
             }
             eprintln!(
                 "ringsync: receive: {errors} entries could not be applied, {skipped} were not sent; {} stays marked dirty",
@@ -1138,10 +1310,14 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
         }
         Err(stop) => {
             rx.discard();
+            let resumable = match &rx.state.resume {
+                Some(_) => "; resume it with: ringsync send --resume \"$(ringsync receive --token DST)\" SRC",
+                None => "",
+            };
             match stop {
                 Stop::Interrupted(s) => {
                     eprintln!(
-                        "ringsync: receive: stopped by {}; what the last checkpoint published stays, {} is marked dirty",
+                        "ringsync: receive: stopped by {}; what the last checkpoint published stays, {} is marked dirty{resumable}",
                         crate::signals::name(s),
                         dst.display()
                     );
@@ -1150,12 +1326,46 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
                 Stop::Stream(m) => {
                     eprintln!("ringsync: receive: {m}");
                     eprintln!(
-                        "ringsync: receive: stopped: nothing after the last verified checkpoint was published; {} is marked dirty",
+                        "ringsync: receive: stopped: nothing after the last verified checkpoint was published; {} is marked dirty{resumable}",
                         dst.display()
                     );
                     exit::FATAL
                 }
             }
+        }
+    }
+}
+
+/// The token a resumed stream must match: the one DST's record holds, same stream, same
+/// target, same start, resuming at its offset.
+fn check_resumed(h: &StreamHeader, stored: Option<&str>) -> Result<ResumeToken, String> {
+    let stored = stored.ok_or("DST holds no resume token (no interrupted receive to resume)")?;
+    let t = ResumeToken::decode(stored).map_err(|e| format!("DST's own token: {e}"))?;
+    if t.stream_id != h.stream_id || t.target_id != h.target_id || t.created_s != h.created_s {
+        return Err("it resumes another stream than the one DST's token names".into());
+    }
+    if t.offset != h.resume_offset {
+        return Err(format!(
+            "it resumes at offset {}, DST's token is at {}",
+            h.resume_offset, t.offset
+        ));
+    }
+    Ok(t)
+}
+
+/// `ringsync receive --token DST`: print the resume token of an interrupted receive.
+pub fn print_token(dst: &Path) -> i32 {
+    match Guard::peek(dst).and_then(|r| r.resume) {
+        Some(t) => {
+            println!("{t}");
+            exit::OK
+        }
+        None => {
+            eprintln!(
+                "ringsync: receive: {}: no resume token (no interrupted receive)",
+                dst.display()
+            );
+            exit::FATAL
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::error::exit;
 use crate::meta::{self, Preserve};
 use crate::progress::{self, ProgressLine, Snapshot};
 use crate::ring::{self, Backend, EngineKind, Op, RingConfig};
-use crate::stream::{self, Encoder, Record, StreamHeader};
+use crate::stream::{self, Encoder, Record, ResumeToken, StreamHeader};
 use crate::stream_io::StreamWriter;
 
 /// File data per DATA record and per read.
@@ -57,6 +57,8 @@ pub struct SendConfig {
     pub bwlimit: Option<u64>,
     pub progress: progress::Mode,
     pub quiet: bool,
+    /// Resume the stream a receiver's token names (docs/stream.md, section 7).
+    pub resume: Option<ResumeToken>,
 }
 
 fn meta_of(m: &meta::Meta) -> stream::Meta {
@@ -212,12 +214,29 @@ struct Sender<'a> {
     vanished: u64,
     quiet: bool,
     preserve: Preserve,
+    /// Resuming: data before the token's offset is not sent, and the stream must reach a
+    /// CHECKPOINT at that offset with the token's chain hash.
+    resume: Option<ResumeToken>,
 }
 
 impl Sender<'_> {
     fn put(&mut self, r: &Record) -> Result<(), Failure> {
         self.enc.push(r, self.out.buf());
+        self.check_resume()?;
         self.out.commit().map_err(Failure::Output)
+    }
+
+    /// Resuming: the stream went past the token's offset without a CHECKPOINT there.
+    fn check_resume(&self) -> Result<(), Failure> {
+        match &self.resume {
+            Some(t) if self.enc.offset() > t.offset => Err(Failure::Fatal(format!(
+                "--resume: offset {} of this stream is not a checkpoint: {} changed since the \
+                 interrupted stream (or the token is from another source); send a full stream",
+                t.offset,
+                self.src.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn warn(&mut self, rel: &[u8], what: &str) {
@@ -286,6 +305,18 @@ impl Sender<'_> {
     }
 
     fn checkpoint(&mut self) -> Result<(), Failure> {
+        if let Some(t) = &self.resume {
+            if self.enc.offset() == t.offset {
+                if self.enc.chain() != t.chain {
+                    return Err(Failure::Fatal(format!(
+                        "--resume: {} changed since the interrupted stream (its records up to the \
+                         token's checkpoint differ); send a full stream",
+                        self.src.display()
+                    )));
+                }
+                self.resume = None;
+            }
+        }
         self.put(&Record::Checkpoint {
             offset: 0,
             chain: [0; 32],
@@ -578,13 +609,20 @@ impl Sender<'_> {
                     hash_zeros(h, offset - hashed);
                     h.update(data);
                     hashed = offset + n as u64;
+                    let at = self.enc.offset();
                     let frame = self.enc.data_frame(offset, data);
                     // The pool is the ring's; borrow the bytes again for the write.
                     let data = &self.ring.pool().bytes(&lease)[..n as usize];
-                    let w = self
-                        .out
-                        .data(&frame, data)
-                        .map_err(|e| ReadFail::Out(Failure::Output(e)));
+                    let w = match &self.resume {
+                        // Before the resume offset: the frame only (docs/stream.md, section 7).
+                        Some(t) if at < t.offset => {
+                            self.out.buf().extend_from_slice(&frame);
+                            self.check_resume()
+                                .and_then(|()| self.out.commit().map_err(Failure::Output))
+                        }
+                        _ => self.out.data(&frame, data).map_err(Failure::Output),
+                    }
+                    .map_err(ReadFail::Out);
                     self.counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     w
                 }
@@ -755,7 +793,7 @@ pub fn send(cfg: &SendConfig) -> i32 {
     let (est_bytes, est_entries) = estimate(&root);
     counts.bytes_total.store(est_bytes, Ordering::Relaxed);
     counts.entries_total.store(est_entries.max(1), Ordering::Relaxed);
-    let header = StreamHeader {
+    let mut header = StreamHeader {
         minor: stream::VERSION_MINOR,
         required: stream::FEATURE_XATTRS,
         optional: stream::OPT_ESTIMATE,
@@ -764,8 +802,17 @@ pub fn send(cfg: &SendConfig) -> i32 {
         target_id: random_id(),
         max_payload: MAX_PAYLOAD,
         created_s: crate::mirror::guard::now().0 as u64,
+        resume_offset: 0,
         header_bytes: stream::HEADER_BYTES as u32,
     };
+    if let Some(t) = &cfg.resume {
+        // The interrupted stream's identity; its chain covers the header as it was then.
+        header.stream_id = t.stream_id;
+        header.target_id = t.target_id;
+        header.created_s = t.created_s;
+        header.required |= stream::FEATURE_RESUMED;
+        header.resume_offset = t.offset;
+    }
     let mut w = StreamWriter::new(out, cfg.bwlimit);
     let enc = Encoder::new(&header, w.buf());
     let mut s = Sender {
@@ -786,6 +833,7 @@ pub fn send(cfg: &SendConfig) -> i32 {
             owner: true,
             all_xattrs: true,
         },
+        resume: cfg.resume.clone(),
     };
     let res = s
         .put(&Record::Estimate {
@@ -793,6 +841,15 @@ pub fn send(cfg: &SendConfig) -> i32 {
             entries: est_entries,
         })
         .and_then(|()| s.run(root))
+        .and_then(|()| match &s.resume {
+            Some(t) => Err(Failure::Fatal(format!(
+                "--resume: the stream ended before the token's offset {}: {} changed since the \
+                 interrupted stream; send a full stream",
+                t.offset,
+                cfg.src.display()
+            ))),
+            None => Ok(()),
+        })
         .and_then(|()| {
             s.put(&Record::End {
                 records: 0,

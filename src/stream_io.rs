@@ -117,6 +117,26 @@ impl<R: Read> StreamReader<R> {
             return Err(ReadError::Truncated { seq, at });
         }
         let h = self.decoder.header(&hb).map_err(ReadError::Stream)?;
+        if self.decoder.elided(&h) {
+            // A resumed stream: this DATA lies before the resume offset; only its offset field
+            // was sent.
+            let mut off = [0u8; 8];
+            if !read_exact_or_end(&mut self.src, &mut off).map_err(truncated)? {
+                return Err(ReadError::Truncated { seq, at });
+            }
+            let (offset, _) = self
+                .decoder
+                .elided_payload(&h, &hb, off)
+                .map_err(ReadError::Stream)?;
+            return Ok(Some((
+                h,
+                at,
+                Some(Record::Data {
+                    offset,
+                    data: Vec::new(),
+                }),
+            )));
+        }
         // Bounded by the check just made: at most the stream's max payload.
         self.payload.resize(h.length as usize, 0);
         if !read_exact_or_end(&mut self.src, &mut self.payload).map_err(truncated)? && h.length > 0 {

@@ -32,6 +32,7 @@ fn stream() -> (Vec<u8>, Vec<usize>) {
         target_id: [2; 16],
         max_payload: 1 << 20,
         created_s: 0,
+        resume_offset: 0,
         header_bytes: HEADER_BYTES as u32,
     };
     let content = b"0123456789".repeat(100);

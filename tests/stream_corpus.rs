@@ -31,6 +31,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         target_id: [2; 16],
         max_payload: 4096,
         created_s: 0,
+        resume_offset: 0,
         header_bytes: HEADER_BYTES as u32,
     };
     let dir = meta(libc::S_IFDIR | 0o755);

@@ -41,6 +41,9 @@ pub struct Record {
     /// that state of the sender's source. Cleared by anything else that changes DST.
     #[serde(default)]
     pub stream_target: Option<String>,
+    /// While a receive is unfinished: its resume token (`ringsync receive --token`).
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 impl Record {

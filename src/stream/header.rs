@@ -15,7 +15,10 @@ pub const VERSION_MINOR: u16 = 0;
 pub const FEATURE_INCREMENTAL: u64 = 1 << 0;
 /// Required feature: XATTR records occur.
 pub const FEATURE_XATTRS: u64 = 1 << 1;
-const REQUIRED_KNOWN: u64 = FEATURE_INCREMENTAL | FEATURE_XATTRS;
+/// Required feature: a resumed stream (docs/stream.md, section 7): DATA records before
+/// `resume_offset` carry only their offset field.
+pub const FEATURE_RESUMED: u64 = 1 << 2;
+const REQUIRED_KNOWN: u64 = FEATURE_INCREMENTAL | FEATURE_XATTRS | FEATURE_RESUMED;
 /// Optional feature: an ESTIMATE record comes first.
 pub const OPT_ESTIMATE: u64 = 1 << 0;
 
@@ -29,6 +32,9 @@ pub struct StreamHeader {
     pub target_id: [u8; 16],
     pub max_payload: u32,
     pub created_s: u64,
+    /// With [`FEATURE_RESUMED`]: the stream offset this resumed stream sends data from (the
+    /// offset of the CHECKPOINT the receiver's token names); zero otherwise.
+    pub resume_offset: u64,
     /// Size of the header as read (a later 1.x may append fields); encoding writes 128.
     pub header_bytes: u32,
 }
@@ -59,6 +65,7 @@ impl StreamHeader {
         b[64..80].copy_from_slice(&self.target_id);
         b[80..84].copy_from_slice(&self.max_payload.to_le_bytes());
         b[84..92].copy_from_slice(&self.created_s.to_le_bytes());
+        b[92..100].copy_from_slice(&self.resume_offset.to_le_bytes());
         let c = crc(&b[..124]);
         b[124..128].copy_from_slice(&c.to_le_bytes());
         b
@@ -116,7 +123,14 @@ impl StreamHeader {
                 cap.min(PAYLOAD_BYTES_CAP)
             ));
         }
-        if bytes[92..124].iter().any(|b| *b != 0) {
+        let resume_offset = u64_at(bytes, 92);
+        if (required & FEATURE_RESUMED != 0) != (resume_offset != 0) {
+            return bad("RESUMED feature and resume offset disagree".into());
+        }
+        if resume_offset != 0 && resume_offset < size as u64 {
+            return bad(format!("resume offset {resume_offset} inside the header"));
+        }
+        if bytes[100..124].iter().any(|b| *b != 0) {
             return bad("reserved header bytes are not zero".into());
         }
         let id = |at: usize| -> [u8; 16] { bytes[at..at + 16].try_into().expect("16 bytes") };
@@ -129,7 +143,22 @@ impl StreamHeader {
             target_id: id(64),
             max_payload,
             created_s: u64_at(bytes, 84),
+            resume_offset,
             header_bytes: size as u32,
         })
+    }
+
+    /// The header bytes the chain hash covers: those of the original stream, i.e. with the
+    /// RESUMED bit clear, the resume offset zero and the CRC made again. A resumed stream and
+    /// the stream it resumes have the same chain.
+    pub fn chain_bytes(bytes: &[u8]) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        let size = b.len();
+        let required = u64_at(&b, 16) & !FEATURE_RESUMED;
+        b[16..24].copy_from_slice(&required.to_le_bytes());
+        b[92..100].fill(0);
+        let c = crc(&b[..size - 4]);
+        b[size - 4..].copy_from_slice(&c.to_le_bytes());
+        b
     }
 }

@@ -9,16 +9,18 @@
 mod header;
 mod record;
 mod rules;
+mod token;
 
 pub use header::{
-    StreamHeader, FEATURE_INCREMENTAL, FEATURE_XATTRS, HEADER_BYTES, MAGIC, OPT_ESTIMATE, VERSION_MAJOR,
-    VERSION_MINOR,
+    StreamHeader, FEATURE_INCREMENTAL, FEATURE_RESUMED, FEATURE_XATTRS, HEADER_BYTES, MAGIC, OPT_ESTIMATE,
+    VERSION_MAJOR, VERSION_MINOR,
 };
 pub use record::{
     Meta, Record, RecordHeader, RecordType, FLAG_MUST_UNDERSTAND, NAME_BYTES_MAX, REASON_BYTES_MAX,
     RECORD_HEADER_BYTES, SYMLINK_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
 };
 pub use rules::Rules;
+pub use token::ResumeToken;
 
 /// Largest max-payload a stream may declare (and so the largest single allocation a reader
 /// makes for one record): 16 MiB.
@@ -55,6 +57,52 @@ pub fn crc(b: &[u8]) -> u32 {
     crc32fast::hash(b)
 }
 
+/// Add a record to the chain hash (docs/stream.md, section 3): a DATA record's header as it
+/// is; for every other type the header with its two CRCs counted as zeros (they cover the
+/// atime, see [`chain_payload`]), then the payload.
+fn chain_record(chain: &mut blake3::Hasher, hb: &[u8; RECORD_HEADER_BYTES], payload: &[u8]) {
+    let rtype = u16::from_le_bytes([hb[0], hb[1]]);
+    if rtype == RecordType::Data as u16 {
+        chain.update(hb);
+        return;
+    }
+    chain.update(&hb[..16]);
+    chain.update(&[0u8; 8]);
+    chain_payload(chain, rtype, payload);
+}
+
+/// Add a record's payload to the chain hash, with the `atime` of its `meta` counted as zeros
+/// (docs/stream.md, section 3): atimes are what other readers of the source change, and a
+/// resumed stream must still have the chain of the stream it resumes. A payload too short to
+/// hold its meta (a damaged one, refused anyway) is hashed as it is.
+fn chain_payload(chain: &mut blake3::Hasher, rtype: u16, payload: &[u8]) {
+    const ATIME: std::ops::Range<usize> = 12..24;
+    let named = [
+        RecordType::Dir,
+        RecordType::File,
+        RecordType::Symlink,
+        RecordType::Special,
+        RecordType::Attrs,
+    ];
+    let meta_at = if rtype == RecordType::DirEnd as u16 {
+        Some(8)
+    } else if named.iter().any(|t| *t as u16 == rtype) && payload.len() >= 10 {
+        Some(10 + u16::from_le_bytes([payload[8], payload[9]]) as usize)
+    } else {
+        None
+    };
+    match meta_at {
+        Some(m) if payload.len() >= m + ATIME.end => {
+            chain.update(&payload[..m + ATIME.start]);
+            chain.update(&[0u8; ATIME.end - ATIME.start]);
+            chain.update(&payload[m + ATIME.end..]);
+        }
+        _ => {
+            chain.update(payload);
+        }
+    }
+}
+
 /// Builds a stream: the header, then records with their sequence numbers, CRCs and the chain
 /// hash kept for CHECKPOINT and END. Encoding cannot fail; what it is given must be valid
 /// (names, lengths): those are programmer errors, and are asserted.
@@ -70,7 +118,7 @@ impl Encoder {
     pub fn new(header: &StreamHeader, out: &mut Vec<u8>) -> Encoder {
         let bytes = header.encode();
         let mut chain = blake3::Hasher::new();
-        chain.update(&bytes);
+        chain.update(&StreamHeader::chain_bytes(&bytes));
         out.extend_from_slice(&bytes);
         Encoder {
             seq: 0,
@@ -179,10 +227,7 @@ impl Encoder {
             payload_crc: crc(payload),
         };
         let hb = h.encode();
-        self.chain.update(&hb);
-        if rtype != RecordType::Data as u16 {
-            self.chain.update(payload);
-        }
+        chain_record(&mut self.chain, &hb, payload);
         out.extend_from_slice(&hb);
         out.extend_from_slice(payload);
         self.offset += (hb.len() + payload.len()) as u64;
@@ -211,7 +256,7 @@ impl Decoder {
         let header = StreamHeader::decode(bytes, cap)?;
         let size = header.header_bytes as usize;
         let mut chain = blake3::Hasher::new();
-        chain.update(&bytes[..size]);
+        chain.update(&StreamHeader::chain_bytes(&bytes[..size]));
         Ok(Decoder {
             rules: Rules::new(header.required & FEATURE_INCREMENTAL != 0),
             header,
@@ -265,6 +310,21 @@ impl Decoder {
                 format!("sequence {} where {next} was due (a record lost, repeated, reordered or from another stream)", h.seq),
             ));
         }
+        let resume = self.header.resume_offset;
+        if resume != 0 {
+            if self.offset == resume && h.rtype != RecordType::Checkpoint as u16 {
+                return Err(err(
+                    next,
+                    format!("the resume offset {resume} is not a CHECKPOINT"),
+                ));
+            }
+            if self.offset < resume && self.offset + (RECORD_HEADER_BYTES as u64) + h.length as u64 > resume {
+                return Err(err(
+                    next,
+                    format!("the resume offset {resume} is not a record boundary"),
+                ));
+            }
+        }
         Ok(h)
     }
 
@@ -284,6 +344,45 @@ impl Decoder {
             Some(Decoded::Record(r)) => Some(r),
             None => None,
         })
+    }
+
+    /// Whether the record whose header was just accepted is a DATA record a resumed stream
+    /// sends without its data (it lies before the resume offset): only its 8-byte offset
+    /// field follows the header.
+    pub fn elided(&self, h: &RecordHeader) -> bool {
+        h.rtype == RecordType::Data as u16
+            && self.header.required & FEATURE_RESUMED != 0
+            && self.offset < self.header.resume_offset
+    }
+
+    /// Accept an elided DATA record (see [`Decoder::elided`]) from its offset field: its
+    /// position and length are checked as for a whole one; its payload CRC cannot be.
+    /// Returns the offset and length of the data it stands for.
+    pub fn elided_payload(
+        &mut self,
+        h: &RecordHeader,
+        hb: &[u8; RECORD_HEADER_BYTES],
+        offset_field: [u8; 8],
+    ) -> Result<(u64, u64), StreamError> {
+        let seq = h.seq;
+        if seq != self.seq + 1 || !self.elided(h) {
+            return Err(err(
+                seq,
+                "elided payload does not belong to the header just checked",
+            ));
+        }
+        let len = (h.length as u64)
+            .checked_sub(8)
+            .ok_or_else(|| err(seq, "payload too short for offset"))?;
+        let offset = u64::from_le_bytes(offset_field);
+        self.rules.data(offset, len).map_err(|w| err(seq, w))?;
+        self.chain.update(hb);
+        self.seq = seq;
+        self.offset += (RECORD_HEADER_BYTES + h.length as usize) as u64;
+        if self.offset > self.header.resume_offset {
+            return Err(err(seq, "an elided DATA record runs past the resume offset"));
+        }
+        Ok((offset, len))
     }
 
     /// As [`Decoder::payload`], but DATA comes back as a view into `payload` (no copy).
@@ -358,10 +457,7 @@ impl Decoder {
         if let Some(r) = &record {
             self.rules.check(r).map_err(|w| err(seq, w))?;
         }
-        self.chain.update(hb);
-        if h.rtype != RecordType::Data as u16 {
-            self.chain.update(payload);
-        }
+        chain_record(&mut self.chain, hb, payload);
         self.seq = seq;
         self.offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
         match &record {
@@ -465,10 +561,8 @@ pub fn reseal(data: &[u8]) -> Vec<u8> {
         b[at + 16..at + 20].copy_from_slice(&pc.to_le_bytes());
         let hc = crc(&b[at..at + 20]);
         b[at + 20..at + 24].copy_from_slice(&hc.to_le_bytes());
-        chain.update(&b[at..start]);
-        if rtype != RecordType::Data as u16 {
-            chain.update(&b[start..end]);
-        }
+        let hb: [u8; RECORD_HEADER_BYTES] = b[at..start].try_into().expect("header size");
+        chain_record(&mut chain, &hb, &b[start..end]);
         at = end;
     }
     b

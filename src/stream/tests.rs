@@ -14,6 +14,7 @@ fn header(required: u64) -> StreamHeader {
         target_id: [9; 16],
         max_payload: 1 << 16,
         created_s: 1_764_763_200,
+        resume_offset: 0,
         header_bytes: HEADER_BYTES as u32,
     }
 }
