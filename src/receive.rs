@@ -153,35 +153,52 @@ struct Counts {
     entries_total: AtomicU64,
 }
 
-struct Receiver<'a> {
-    dst: &'a Path,
+/// What setting attributes and publishing need: shared by the receiving thread and the
+/// thread publishing the previous checkpoint's batch.
+struct Apply {
+    dst: PathBuf,
     root: Arc<OwnedFd>,
+    fsync: bool,
+    keys: std::collections::hash_map::RandomState,
+    is_root_user: bool,
+    drop_privileged: bool,
+    errors: AtomicU64,
+    guard: Guard,
+    /// DST's record, written dirty at the start; tokens go in it.
+    state: std::sync::Mutex<guard::Record>,
+}
+
+/// The work of one verified checkpoint.
+struct Batch {
+    items: Vec<Pending>,
+    /// The hardlink directory's name in DST's root (kept from deletion, removed with the root).
+    links: Option<CString>,
+    /// Stored once the batch is published.
+    token: Option<ResumeToken>,
+}
+
+struct Receiver<'a> {
+    ap: Arc<Apply>,
+    /// The thread publishing the previous batch, if any.
+    publishing: Option<std::thread::JoinHandle<Result<(), String>>>,
     dirs: HashMap<u64, OpenDir>,
     next_dir: u64,
     file: Option<FileIn>,
     last: Last,
     pending: Vec<Pending>,
-    /// Staged names not yet placed (removed if the run stops).
-    staged: usize,
     names_total: usize,
-    keys: std::collections::hash_map::RandomState,
     /// Random part of this run's temporary names.
     tag: String,
     counter: u64,
     links_dir: Option<(OwnedFd, CString)>,
     root_xattrs: Xattrs,
     root_fresh: bool,
-    is_root_user: bool,
     cfg: &'a ReceiveConfig,
-    guard: &'a Guard,
-    /// DST's record, written dirty at the start; tokens go in it.
-    state: guard::Record,
     /// Resuming: records before the token's offset were applied by the interrupted run and
     /// are only followed (directories opened, names noted), not applied again.
     replay: Option<ResumeToken>,
     /// The stream's identity, for the tokens written at checkpoints.
     header: StreamHeader,
-    errors: u64,
     skipped: u64,
     counts: Arc<Counts>,
 }
@@ -213,14 +230,14 @@ fn is_empty_dir(dir: &OwnedFd) -> Result<bool, Errno> {
     Ok(true)
 }
 
-impl Receiver<'_> {
+impl Apply {
     fn shown(&self, rel: &[u8]) -> String {
-        crate::diff::full(self.dst, rel).display().to_string()
+        crate::diff::full(&self.dst, rel).display().to_string()
     }
 
     /// A per-entry failure: reported, counted, the run goes on.
-    fn fail(&mut self, rel: &[u8], op: &str, e: impl std::fmt::Display) {
-        self.errors += 1;
+    fn fail(&self, rel: &[u8], op: &str, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
         eprintln!("ringsync: receive: {}: {op}: {e}", self.shown(rel));
     }
 
@@ -230,74 +247,15 @@ impl Receiver<'_> {
         h.finish()
     }
 
-    fn dir(&self, id: u64) -> Result<&OpenDir, Stop> {
-        // The codec checked the id is open; the map agrees unless making it failed.
-        self.dirs
-            .get(&id)
-            .ok_or_else(|| Stop::Stream(format!("directory {id} could not be made here")))
-    }
-
-    /// Note that the stream makes `name` in directory `id`; a second time is refused.
-    fn claim(&mut self, id: u64, name: &[u8]) -> Result<(), Stop> {
-        let k = self.key(name);
-        let total = self.names_total;
-        let shown = self.shown(&self.dirs[&id].rel);
-        let d = self.dirs.get_mut(&id).expect("checked by dir()");
-        if let Some(set) = &mut d.names {
-            if total >= NAMES_MAX {
-                return Err(Stop::Stream(format!(
-                    "more than {NAMES_MAX} names in directories that existed before the stream \
-                     (receive into an empty directory instead)"
-                )));
-            }
-            if !set.insert(k) {
-                return Err(Stop::Stream(format!("'{}' made twice in {shown}", escape(name))));
-            }
-            self.names_total += 1;
-        }
-        Ok(())
-    }
-
-    fn queue(&mut self, p: Pending) -> Result<(), Stop> {
-        if self.pending.len() >= PENDING_MAX {
-            return Err(Stop::Stream(format!(
-                "more than {PENDING_MAX} entries without a CHECKPOINT"
-            )));
-        }
-        self.pending.push(p);
-        Ok(())
-    }
-
-    /// A fresh temporary name in `dir`, created by `make` (which must fail with EEXIST when
-    /// the name is taken).
-    fn stage<T>(
-        &mut self,
-        dir: &OwnedFd,
-        mut make: impl FnMut(&OwnedFd, &CStr) -> Result<T, Errno>,
-    ) -> Result<(CString, T), Errno> {
-        loop {
-            self.counter += 1;
-            let temp = CString::new(format!(".ringsync-rcv.{}.{}", self.tag, self.counter)).expect("no NUL");
-            match make(dir, &temp) {
-                Ok(t) => {
-                    self.staged += 1;
-                    return Ok((temp, t));
-                }
-                Err(Errno::EXIST) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     fn privileged_ok(&self) -> bool {
-        self.is_root_user && !self.cfg.drop_privileged
+        self.is_root_user && !self.drop_privileged
     }
 
     fn xattr_wanted(&self, name: &[u8]) -> bool {
         if name == crate::meta::RECORD_XATTR.to_bytes() {
             return false;
         }
-        if self.cfg.drop_privileged {
+        if self.drop_privileged {
             return name.starts_with(b"user.");
         }
         crate::meta::xattr_wanted(
@@ -312,7 +270,7 @@ impl Receiver<'_> {
     /// Permission bits to apply: without privilege, no setuid/setgid.
     fn perm(&self, m: &stream::Meta) -> u32 {
         let p = m.mode & 0o7777;
-        if self.cfg.drop_privileged {
+        if self.drop_privileged {
             p & !0o6000
         } else {
             p
@@ -405,15 +363,187 @@ impl Receiver<'_> {
             .map_err(|e| format!("utimens: {e}"))?;
         Ok(())
     }
+}
+
+impl Apply {
+    /// Make a batch's staged data durable, then do its work in stream order, then store its
+    /// resume token.
+    fn publish(&self, batch: Batch) -> Result<(), String> {
+        if batch.items.is_empty() && batch.token.is_none() {
+            return Ok(());
+        }
+        if self.fsync && !batch.items.is_empty() {
+            rustix::fs::syncfs(&*self.root).map_err(|e| format!("syncfs {}: {e}", self.dst.display()))?;
+        }
+        for p in batch.items {
+            match p {
+                Pending::Place {
+                    dir,
+                    temp,
+                    name,
+                    fresh,
+                    rel,
+                } => {
+                    if let Err(e) = place(&dir, &temp, &name, fresh) {
+                        let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                        if fresh && e == Errno::EXIST {
+                            return Err(format!("{}: made twice", self.shown(&rel)));
+                        }
+                        self.fail(&rel, "rename into place", e);
+                    }
+                }
+                Pending::DirDone {
+                    fd,
+                    meta,
+                    xattrs,
+                    names,
+                    rel,
+                    root,
+                } => {
+                    if let Some(names) = &names {
+                        self.delete_extraneous(&fd, names, &rel, batch.links.as_deref());
+                    }
+                    if root {
+                        if let Some(l) = &batch.links {
+                            self.remove_links_dir(l);
+                        }
+                    }
+                    if let Err(e) = self.apply_fd(&fd, &meta, &xattrs, names.is_some()) {
+                        self.fail(&rel, "set directory attributes", e);
+                    }
+                }
+            }
+        }
+        if let Some(t) = batch.token {
+            let mut state = self.state.lock().expect("record lock");
+            state.resume = Some(t.encode());
+            if let Err(e) = self.guard.write(&state) {
+                // Not fatal: a later resume starts from an older token, or cannot.
+                eprintln!("ringsync: receive: note the resume token: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_links_dir(&self, name: &CStr) {
+        if let Err(e) = remove_tree(&self.root, name, true) {
+            self.fail(name.to_bytes(), "remove the hardlink directory", e);
+        }
+    }
+
+    /// Delete what a directory that existed before holds and the stream did not make (never
+    /// the hardlink directory `links` in the root).
+    fn delete_extraneous(&self, fd: &OwnedFd, names: &HashSet<u64>, rel: &[u8], links: Option<&CStr>) {
+        let mut extra = Vec::new();
+        // From the start: the descriptor may have been read before (the root's emptiness).
+        if let Err(e) = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0)) {
+            self.fail(rel, "read directory", e);
+            return;
+        }
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
+        let mut it = RawDir::new(fd, &mut buf);
+        while let Some(e) = it.next() {
+            match e {
+                Ok(e) => {
+                    let n = e.file_name();
+                    if n == c"." || n == c".." || names.contains(&self.key(n.to_bytes())) {
+                        continue;
+                    }
+                    if rel.is_empty() && links == Some(n) {
+                        continue;
+                    }
+                    extra.push(n.to_owned());
+                }
+                Err(e) => {
+                    self.fail(rel, "read directory", e);
+                    return;
+                }
+            }
+        }
+        for n in extra {
+            if let Err(e) = remove_tree(fd, &n, false) {
+                self.fail(&join(rel, n.as_bytes()), "delete", e);
+            }
+        }
+    }
+}
+
+impl Receiver<'_> {
+    fn shown(&self, rel: &[u8]) -> String {
+        self.ap.shown(rel)
+    }
+
+    fn fail(&self, rel: &[u8], op: &str, e: impl std::fmt::Display) {
+        self.ap.fail(rel, op, e)
+    }
+
+    fn key(&self, name: &[u8]) -> u64 {
+        self.ap.key(name)
+    }
+
+    fn dir(&self, id: u64) -> Result<&OpenDir, Stop> {
+        // The codec checked the id is open; the map agrees unless making it failed.
+        self.dirs
+            .get(&id)
+            .ok_or_else(|| Stop::Stream(format!("directory {id} could not be made here")))
+    }
+
+    /// Note that the stream makes `name` in directory `id`; a second time is refused.
+    fn claim(&mut self, id: u64, name: &[u8]) -> Result<(), Stop> {
+        let k = self.key(name);
+        let total = self.names_total;
+        let shown = self.shown(&self.dirs[&id].rel);
+        let d = self.dirs.get_mut(&id).expect("checked by dir()");
+        if let Some(set) = &mut d.names {
+            if total >= NAMES_MAX {
+                return Err(Stop::Stream(format!(
+                    "more than {NAMES_MAX} names in directories that existed before the stream \
+                     (receive into an empty directory instead)"
+                )));
+            }
+            if !set.insert(k) {
+                return Err(Stop::Stream(format!("'{}' made twice in {shown}", escape(name))));
+            }
+            self.names_total += 1;
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, p: Pending) -> Result<(), Stop> {
+        if self.pending.len() >= PENDING_MAX {
+            return Err(Stop::Stream(format!(
+                "more than {PENDING_MAX} entries without a CHECKPOINT"
+            )));
+        }
+        self.pending.push(p);
+        Ok(())
+    }
+
+    /// A fresh temporary name in `dir`, created by `make` (which must fail with EEXIST when
+    /// the name is taken).
+    fn stage<T>(
+        &mut self,
+        dir: &OwnedFd,
+        mut make: impl FnMut(&OwnedFd, &CStr) -> Result<T, Errno>,
+    ) -> Result<(CString, T), Errno> {
+        loop {
+            self.counter += 1;
+            let temp = CString::new(format!(".ringsync-rcv.{}.{}", self.tag, self.counter)).expect("no NUL");
+            match make(dir, &temp) {
+                Ok(t) => return Ok((temp, t)),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 
     /// The symlink or special file waiting for XATTRs is complete: apply its attributes and
     /// queue its placement.
     fn finish_last(&mut self) -> Result<(), Stop> {
         if let Last::Inline(i) = std::mem::replace(&mut self.last, Last::Nothing) {
-            if let Err(e) = self.apply_at(&i.dir, &i.temp, &i.meta, &i.xattrs) {
+            if let Err(e) = self.ap.apply_at(&i.dir, &i.temp, &i.meta, &i.xattrs) {
                 self.fail(&i.rel, "set attributes", e);
                 let _ = rustix::fs::unlinkat(&*i.dir, &i.temp, AtFlags::empty());
-                self.staged -= 1;
                 return Ok(());
             }
             self.queue(Pending::Place {
@@ -603,7 +733,7 @@ impl Receiver<'_> {
             Record::Special { parent, name, meta } => {
                 let kind = meta.mode & libc::S_IFMT;
                 let device = kind == libc::S_IFCHR || kind == libc::S_IFBLK;
-                if device && !self.privileged_ok() {
+                if device && !self.ap.privileged_ok() {
                     self.dir(parent)?;
                     self.claim(parent, &name)?;
                     let rel = join(&self.dir(parent)?.rel, &name);
@@ -656,7 +786,6 @@ impl Receiver<'_> {
                     if n.as_bytes() == name.as_slice() && Arc::ptr_eq(dir, &self.dirs[&parent].fd) {
                         if let Some(Pending::Place { dir, temp, .. }) = self.pending.pop() {
                             let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
-                            self.staged -= 1;
                         }
                     } else {
                         self.claim(parent, &name)?;
@@ -672,10 +801,10 @@ impl Receiver<'_> {
                 );
             }
             Record::Checkpoint { chain, .. } => {
-                self.publish()?;
-                self.save_token(at, seq, chain);
+                let token = self.token(at, seq, chain);
+                self.publish(token, false)?;
             }
-            Record::End { .. } => self.publish()?,
+            Record::End { .. } => self.publish(None, true)?,
             Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
                 return Err(Stop::Stream("incremental records in a full stream".into()))
             }
@@ -766,25 +895,17 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    /// Note in DST's record that everything before the CHECKPOINT at `at` is published, so an
-    /// interrupted receive can be resumed from there. Only between files.
-    fn save_token(&mut self, at: u64, seq: u64, chain: [u8; 32]) {
-        if self.file.is_some() {
-            return;
-        }
-        let t = ResumeToken {
+    /// The resume token of the CHECKPOINT at `at`, stored once its batch is published (only
+    /// between files: a token never points inside one).
+    fn token(&self, at: u64, seq: u64, chain: [u8; 32]) -> Option<ResumeToken> {
+        self.file.is_none().then_some(ResumeToken {
             stream_id: self.header.stream_id,
             target_id: self.header.target_id,
             created_s: self.header.created_s,
             offset: at,
             seq,
             chain,
-        };
-        self.state.resume = Some(t.encode());
-        if let Err(e) = self.guard.write(&self.state) {
-            // Not fatal: a later resume starts from an older token, or cannot.
-            eprintln!("ringsync: receive: note the resume token: {e}");
-        }
+        })
     }
 
     /// Make directory `name` in `parent`, or use the one there; anything else there (a file,
@@ -793,7 +914,7 @@ impl Receiver<'_> {
         if !fresh_parent {
             match open_dir_beneath(parent, name) {
                 Ok(fd) => {
-                    if !self.is_root_user {
+                    if !self.ap.is_root_user {
                         // Entries go in before its own mode is set (at its DIR_END).
                         let m = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
                         if m & 0o700 != 0o700 {
@@ -844,10 +965,9 @@ impl Receiver<'_> {
     }
 
     fn data(&mut self, offset: u64, data: &[u8]) -> Result<(), Stop> {
-        let f = self
-            .file
-            .as_mut()
-            .expect("the codec checked DATA is inside a file");
+        let Some(f) = self.file.as_mut() else {
+            return Err(Stop::Stream("DATA for a file this receiver did not begin".into()));
+        };
         crate::send::hash_zeros(&mut f.hasher, offset - f.hashed);
         f.hasher.update(data);
         f.hashed = offset + data.len() as u64;
@@ -863,30 +983,30 @@ impl Receiver<'_> {
     }
 
     fn file_end(&mut self, hash: [u8; 32]) -> Result<(), Stop> {
-        let mut f = self
-            .file
-            .take()
-            .expect("the codec checked FILE_END closes a file");
+        let Some(mut f) = self.file.take() else {
+            return Err(Stop::Stream(
+                "FILE_END for a file this receiver did not begin".into(),
+            ));
+        };
         crate::send::hash_zeros(&mut f.hasher, f.size - f.hashed);
         self.counts.entries.fetch_add(1, Ordering::Relaxed);
-        let drop_temp = |me: &mut Self, f: &FileIn| {
+        let drop_temp = |f: &FileIn| {
             let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
-            me.staged -= 1;
         };
         if *f.hasher.finalize().as_bytes() != hash {
-            drop_temp(self, &f);
+            drop_temp(&f);
             return Err(Stop::Stream(format!(
                 "{}: content hash mismatch (the data received is not what was sent)",
                 self.shown(&f.rel)
             )));
         }
         if f.failed {
-            drop_temp(self, &f);
+            drop_temp(&f);
             return Ok(());
         }
-        if let Err(e) = self.apply_fd(&f.fd, &f.meta, &f.xattrs, false) {
+        if let Err(e) = self.ap.apply_fd(&f.fd, &f.meta, &f.xattrs, false) {
             self.fail(&f.rel, "set attributes", e);
-            drop_temp(self, &f);
+            drop_temp(&f);
             return Ok(());
         }
         if f.link != 0 {
@@ -921,14 +1041,13 @@ impl Receiver<'_> {
     /// The private directory in DST's root that holds a name per hardlink id.
     fn links_dir(&mut self) -> Result<(), Stop> {
         if self.links_dir.is_none() {
-            let root = self.root.clone();
+            let root = self.ap.root.clone();
             let made = self.stage(&root, |d, t| {
                 rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
                 open_dir_beneath(d, t)
             });
             match made {
                 Ok((name, fd)) => {
-                    self.staged -= 1;
                     self.links_dir = Some((fd, name));
                 }
                 Err(e) => {
@@ -942,103 +1061,43 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    /// Make staged data durable, then do the queued work in stream order.
-    fn publish(&mut self) -> Result<(), Stop> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Wait for the previous batch's publication.
+    fn published(&mut self) -> Result<(), Stop> {
+        match self.publishing.take().map(|h| h.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(Stop::Stream(e)),
+            Some(Err(_)) => Err(Stop::Stream("the publishing thread failed".into())),
         }
-        if self.cfg.fsync {
-            rustix::fs::syncfs(&*self.root)
-                .map_err(|e| Stop::Stream(format!("syncfs {}: {e}", self.dst.display())))?;
+    }
+
+    /// Hand what came since the last checkpoint to a thread that makes it durable and puts it
+    /// in place, while this one receives the next batch (one batch at a time); `wait`: do it
+    /// now (END).
+    fn publish(&mut self, token: Option<ResumeToken>, wait: bool) -> Result<(), Stop> {
+        self.published()?;
+        let batch = Batch {
+            items: std::mem::take(&mut self.pending),
+            links: self.links_dir.as_ref().map(|(_, n)| n.clone()),
+            token,
+        };
+        let ap = self.ap.clone();
+        if wait {
+            return ap.publish(batch).map_err(Stop::Stream);
         }
-        for p in std::mem::take(&mut self.pending) {
-            match p {
-                Pending::Place {
-                    dir,
-                    temp,
-                    name,
-                    fresh,
-                    rel,
-                } => {
-                    self.staged -= 1;
-                    if let Err(e) = place(&dir, &temp, &name, fresh) {
-                        let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
-                        if fresh && e == Errno::EXIST {
-                            return Err(Stop::Stream(format!("{}: made twice", self.shown(&rel))));
-                        }
-                        self.fail(&rel, "rename into place", e);
-                    }
-                }
-                Pending::DirDone {
-                    fd,
-                    meta,
-                    xattrs,
-                    names,
-                    rel,
-                    root,
-                } => {
-                    if let Some(names) = &names {
-                        self.delete_extraneous(&fd, names, &rel);
-                    }
-                    if root {
-                        self.remove_links_dir();
-                    }
-                    if let Err(e) = self.apply_fd(&fd, &meta, &xattrs, names.is_some()) {
-                        self.fail(&rel, "set directory attributes", e);
-                    }
-                }
-            }
-        }
+        let h = std::thread::Builder::new()
+            .name("ringsync-publish".into())
+            .spawn(move || ap.publish(batch))
+            .map_err(|e| Stop::Stream(format!("start a publishing thread: {e}")))?;
+        self.publishing = Some(h);
         Ok(())
-    }
-
-    fn remove_links_dir(&mut self) {
-        if let Some((fd, name)) = self.links_dir.take() {
-            drop(fd);
-            if let Err(e) = remove_tree(&self.root, &name, true) {
-                self.fail(name.as_bytes(), "remove the hardlink directory", e);
-            }
-        }
-    }
-
-    /// Delete what a directory that existed before holds and the stream did not make.
-    fn delete_extraneous(&mut self, fd: &OwnedFd, names: &HashSet<u64>, rel: &[u8]) {
-        let mut extra = Vec::new();
-        // From the start: the descriptor may have been read before (the root's emptiness).
-        if let Err(e) = rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0)) {
-            self.fail(rel, "read directory", e);
-            return;
-        }
-        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
-        let mut it = RawDir::new(fd, &mut buf);
-        let links = self.links_dir.as_ref().map(|(_, n)| n.clone());
-        while let Some(e) = it.next() {
-            match e {
-                Ok(e) => {
-                    let n = e.file_name();
-                    if n == c"." || n == c".." || names.contains(&self.key(n.to_bytes())) {
-                        continue;
-                    }
-                    if rel.is_empty() && links.as_deref() == Some(n) {
-                        continue;
-                    }
-                    extra.push(n.to_owned());
-                }
-                Err(e) => {
-                    self.fail(rel, "read directory", e);
-                    return;
-                }
-            }
-        }
-        for n in extra {
-            if let Err(e) = remove_tree(fd, &n, false) {
-                self.fail(&join(rel, n.as_bytes()), "delete", e);
-            }
-        }
     }
 
     /// Remove what was staged and not published (the run stopped).
     fn discard(&mut self) {
+        // What the last verified checkpoint handed over is published (its token stored).
+        if let Err(Stop::Stream(e)) = self.published() {
+            eprintln!("ringsync: receive: {e}");
+        }
         if let Some(f) = self.file.take() {
             let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
         }
@@ -1050,7 +1109,10 @@ impl Receiver<'_> {
                 let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
             }
         }
-        self.remove_links_dir();
+        if let Some((fd, name)) = self.links_dir.take() {
+            drop(fd);
+            self.ap.remove_links_dir(&name);
+        }
     }
 }
 
@@ -1136,6 +1198,16 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
             Box::new(std::io::stdin().lock())
         }
     };
+    let _ = crate::signals::install(|_| {});
+    apply_stream(std::io::BufReader::with_capacity(READ_BUF_BYTES, input), cfg)
+}
+
+/// Bytes read from the stream at a time (records are read out of this buffer).
+const READ_BUF_BYTES: usize = 1 << 20;
+
+/// Apply the stream `input` to `cfg.dst` (what `receive` does once its input is open; the
+/// receive fuzz target calls it directly). Returns the exit status.
+pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     let dst = match make_dst(&cfg.dst) {
         Ok(d) => d,
         Err(e) => {
@@ -1158,7 +1230,6 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
         }
     };
     crate::engine::raise_nofile_limit();
-    let _ = crate::signals::install(|_| {});
     // Nothing is written to DST before the stream header checked out.
     let mut reader = match StreamReader::new(input, PAYLOAD_CAP) {
         Ok(r) => r,
@@ -1221,29 +1292,34 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
             ..Default::default()
         })
     };
-    let mut rx = Receiver {
-        dst: &dst,
+    let ap = Arc::new(Apply {
+        dst: dst.clone(),
         root: root.clone(),
+        fsync: cfg.fsync,
+        keys: Default::default(),
+        is_root_user: rustix::process::geteuid().is_root(),
+        drop_privileged: cfg.drop_privileged,
+        errors: AtomicU64::new(0),
+        guard,
+        state: std::sync::Mutex::new(record),
+    });
+    let mut rx = Receiver {
+        ap: ap.clone(),
+        publishing: None,
         dirs: HashMap::new(),
         next_dir: 0,
         file: None,
         last: Last::Nothing,
         pending: Vec::new(),
-        staged: 0,
         names_total: 0,
-        keys: Default::default(),
         tag,
         counter: 0,
         links_dir: None,
         root_xattrs: Vec::new(),
         root_fresh,
-        is_root_user: rustix::process::geteuid().is_root(),
         cfg,
-        guard: &guard,
-        state: record,
         replay,
         header: header.clone(),
-        errors: 0,
         skipped: 0,
         counts,
     };
@@ -1271,16 +1347,17 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
     })();
     line.finish();
     let res = res.and_then(|()| {
+        rx.published()?;
         if cfg.fsync {
-            rustix::fs::syncfs(&*rx.root)
+            rustix::fs::syncfs(&*ap.root)
                 .map_err(|e| Stop::Stream(format!("syncfs {}: {e}", dst.display())))?;
         }
         Ok(())
     });
     match res {
         Ok(()) => {
-            let (errors, skipped) = (rx.errors, rx.skipped);
-            let mut record = std::mem::take(&mut rx.state);
+            let (errors, skipped) = (ap.errors.load(Ordering::Relaxed), rx.skipped);
+            let mut record = ap.state.lock().expect("record lock").clone();
             if errors == 0 && skipped == 0 {
                 record.state = "clean".into();
                 record.source = None;
@@ -1291,7 +1368,7 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
                 record.resume = None;
                 record.finished = Some(guard::now());
                 record.stream_target = Some(hex(&header.target_id));
-                if let Err(e) = guard.write(&record) {
+                if let Err(e) = ap.guard.write(&record) {
                     eprintln!("ringsync: receive: {e}");
                     return exit::FATAL;
                 }
@@ -1299,7 +1376,7 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
             }
             // Applied to the end, not exactly: nothing to resume.
             record.resume = None;
-            if let Err(e) = guard.write(&record) {
+            if let Err(e) = ap.guard.write(&record) {
                 eprintln!("ringsync: receive: {e}");
             }
             eprintln!(
@@ -1310,7 +1387,7 @@ pub fn receive(cfg: &ReceiveConfig) -> i32 {
         }
         Err(stop) => {
             rx.discard();
-            let resumable = match &rx.state.resume {
+            let resumable = match &ap.state.lock().expect("record lock").resume {
                 Some(_) => "; resume it with: ringsync send --resume \"$(ringsync receive --token DST)\" SRC",
                 None => "",
             };
@@ -1384,4 +1461,53 @@ fn describe_at(e: &ReadError, d: &stream::Decoder) -> String {
         None => "no checkpoint verified".into(),
     };
     format!("{}; {at}", describe(e))
+}
+
+/// What the receive fuzz target (fuzz/) and its corpus replay (tests/stream_corpus.rs) run on
+/// every input: `data`, and `data` with every checksum made right (so the records reach the
+/// receiver's rules), applied to a fresh DST inside `scratch`, next to a directory `outside`
+/// that must stay as it was. Panics (a finding) when anything but DST and its record file
+/// appears in `scratch`, or `outside` changes.
+pub fn check_fuzz_input(data: &[u8], scratch: &Path) {
+    let outside = scratch.join("outside");
+    let marker = outside.join("keep");
+    if !marker.exists() {
+        std::fs::create_dir_all(&outside).expect("make the outside directory");
+        std::fs::write(&marker, b"untouched").expect("write the marker");
+    }
+    let dst = scratch.join("dst");
+    for input in [data.to_vec(), stream::reseal(data)] {
+        if dst.exists() {
+            let _ = std::process::Command::new("chmod")
+                .arg("-R")
+                .arg("u+rwx")
+                .arg(&dst)
+                .status();
+            std::fs::remove_dir_all(&dst).expect("clean DST");
+        }
+        std::fs::create_dir(&dst).expect("make DST");
+        let cfg = ReceiveConfig {
+            dst: dst.clone(),
+            input: None,
+            drop_privileged: true,
+            fsync: false,
+            progress: progress::Mode::Off,
+            quiet: true,
+        };
+        let _ = apply_stream(&input[..], &cfg);
+        let names: Vec<_> = std::fs::read_dir(scratch)
+            .expect("list scratch")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        for n in &names {
+            let n = n.to_string_lossy();
+            assert!(
+                n == "dst" || n == "outside" || n == ".dst.ringsync-mirror",
+                "receive wrote {n} outside DST"
+            );
+        }
+        let outside_names: Vec<_> = std::fs::read_dir(&outside).expect("list outside").collect();
+        assert_eq!(outside_names.len(), 1, "receive wrote into the outside directory");
+        assert_eq!(std::fs::read(&marker).expect("read marker"), b"untouched");
+    }
 }

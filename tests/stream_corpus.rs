@@ -1,7 +1,7 @@
-//! Replays the decoder fuzz corpus (fuzz/corpus/decode, and any crash artifacts in
-//! fuzz/artifacts/decode) through the same check the fuzz target runs, so `cargo test` keeps
-//! every input the fuzzer found interesting. `RINGSYNC_WRITE_SEEDS=1` (re)writes the seed
-//! streams the corpus starts from.
+//! Replays the fuzz corpora (fuzz/corpus/decode and fuzz/corpus/receive, and any crash
+//! artifacts in fuzz/artifacts/) through the same checks the fuzz targets run, so `cargo test`
+//! keeps every input the fuzzer found interesting. `RINGSYNC_WRITE_SEEDS=1` (re)writes the seed
+//! streams the corpora start from.
 
 use std::path::Path;
 
@@ -159,6 +159,86 @@ fn the_fuzz_corpus_replays_without_a_panic() {
     assert!(
         n >= 2,
         "the corpus in {} is missing (seeds alone are 2 files)",
+        corpus.display()
+    );
+}
+
+/// Streams `ringsync send` makes of a small tree holding every kind of entry.
+fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("d/e")).unwrap();
+    std::fs::write(src.join("d/f"), b"hello").unwrap();
+    std::fs::write(src.join("d/e/g"), vec![7u8; 70_000]).unwrap();
+    std::fs::hard_link(src.join("d/f"), src.join("h")).unwrap();
+    std::os::unix::fs::symlink("d/f", src.join("s")).unwrap();
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(1 << 20).unwrap();
+    drop(f);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringsync"))
+        .arg("send")
+        .arg("-q")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Vec<(&'static str, Vec<u8>)> = seeds();
+    v.push(("seed-send", out.stdout));
+    v
+}
+
+fn replay_receive(dir: &Path, scratch: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries {
+        let p = e.unwrap().path();
+        let data = std::fs::read(&p).unwrap();
+        let r = std::panic::catch_unwind(|| ringsync::receive::check_fuzz_input(&data, scratch));
+        assert!(
+            r.is_ok(),
+            "corpus input {} panics receive or escapes DST",
+            p.display()
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn the_receive_fuzz_corpus_replays_without_a_panic_or_an_escape() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let corpus = root.join("corpus/receive");
+    let seeds = receive_seeds();
+    if std::env::var_os("RINGSYNC_WRITE_SEEDS").is_some() {
+        std::fs::create_dir_all(&corpus).unwrap();
+        for (name, bytes) in &seeds {
+            std::fs::write(corpus.join(name), bytes).unwrap();
+        }
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    for (_, bytes) in &seeds {
+        ringsync::receive::check_fuzz_input(bytes, scratch.path());
+    }
+    let n = replay_receive(&corpus, scratch.path())
+        + replay_receive(&root.join("artifacts/receive"), scratch.path());
+    assert!(
+        n >= 3,
+        "the corpus in {} is missing (seeds alone are 3 files)",
         corpus.display()
     );
 }

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# send | receive against copy, tar and btrfs send | receive (issue 13's performance goals).
+# Every round runs each command once (order rotating), each into a fresh destination; the
+# report gives medians, min..max, and the median of the paired ratios to `ringsync copy`.
+# Run as root (drop_caches, loop mounts).
+#
+#   [RINGSYNC_BIN=target/release/ringsync] [ROUNDS=5] [DATASETS="mixed big"]
+#   [BENCH_DIR=/var/tmp/ringsync-bench] [BTRFS=1] tools/bench-stream.sh > perf/report.md
+#
+# Commands per dataset (warm source, page cache holding it):
+#   copy         ringsync copy SRC DST                       (default: durable at exit)
+#   pipe         ringsync send SRC | ringsync receive DST    (default: durable at each checkpoint)
+#   pipe-nofsync ringsync send SRC | ringsync receive --no-fsync DST
+#   tar+sync     tar -C SRC -cf - . | tar -C DST -xpf - ; sync -f DST   (durable, like for like)
+#   tar          tar -C SRC -cf - . | tar -C DST -xpf -                 (tar's default)
+# Then, cold (caches dropped before each): send SRC > /dev/null against `cat` of every file
+# (the read bound). With BTRFS=1, on a loop btrfs holding a read-only snapshot of the
+# dataset: btrfs send | btrfs receive against ringsync send | ringsync receive (both with and
+# without a final sync).
+# The datasets are the ones tools/bench-copy.sh makes (run it once first). Destinations are
+# removed after each block and caches dropped, so ext4's slow reuse of freshly freed inodes
+# (recently_deleted) does not land inside a timed run.
+set -euo pipefail
+TOOL=bench-stream
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+tool_args "$@"
+record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR BTRFS
+RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
+ROUNDS=${ROUNDS:-5}
+DATASETS=${DATASETS:-mixed big}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/ringsync-bench}
+BTRFS=${BTRFS:-1}
+DATA=$BENCH_DIR/data-full
+OUT=$BENCH_DIR/stream-dst
+WORK=$(mktemp -d "$BENCH_DIR/stream-bin.XXXXXX")
+private_binary "$WORK"
+[[ $(id -u) == 0 ]] || die "run as root (drop_caches, loop mounts)"
+for ds in $DATASETS; do [[ -d $DATA/$ds ]] || die "$DATA/$ds missing: run tools/bench-copy.sh once"; done
+
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+now() { date +%s.%N; }
+warm() { find "$1" -type f -exec cat {} + > /dev/null 2>&1 || true; }
+
+# run_cmd NAME SRC DST: one timed command; prints seconds.
+run_cmd() {
+    local name=$1 src=$2 dst=$3 s e
+    s=$(now)
+    case $name in
+        copy) "$RS" copy -q "$src" "$dst" ;;
+        pipe) "$RS" send -q "$src" | "$RS" receive -q "$dst" ;;
+        pipe-nofsync) "$RS" send -q "$src" | "$RS" receive -q --no-fsync "$dst" ;;
+        tar+sync) mkdir "$dst"; tar -C "$src" -cf - . | tar -C "$dst" -xpf -; sync -f "$dst" ;;
+        tar) mkdir "$dst"; tar -C "$src" -cf - . | tar -C "$dst" -xpf - ;;
+        btrfs) mkdir "$dst"; btrfs send -q "$src" | btrfs receive -q "$dst" ;;
+        btrfs+sync) mkdir "$dst"; btrfs send -q "$src" | btrfs receive -q "$dst"; sync -f "$dst" ;;
+        *) die "unknown command $name" ;;
+    esac
+    e=$(now)
+    echo "$e - $s" | bc -l
+}
+
+# clean DIR: remove it, deleting the (read-only) subvolumes btrfs receive made in it first.
+clean() {
+    local d
+    if [[ -d $1 && $(findmnt -no FSTYPE --target "$1") == btrfs ]]; then
+        for d in "$1"/*/*; do
+            [[ -d $d && $(stat -c %i "$d") == 256 ]] && btrfs -q subvolume delete "$d"
+        done
+    fi
+    rm -rf "$1"
+}
+
+# block TITLE SRC OUTDIR BASE CMDS...: ROUNDS rounds of every command, order rotating; a table
+# row per command with median, min..max and the median paired ratio to BASE.
+block() {
+    local title=$1 src=$2 out=$3 base=$4
+    shift 4
+    local cmds=("$@") n=${#@} r i k c
+    declare -A times=()
+    clean "$out"; mkdir -p "$out"; drop; warm "$src"
+    for r in $(seq 1 "$ROUNDS"); do
+        for i in $(seq 0 $((n - 1))); do
+            k=$(( (i + r) % n )); c=${cmds[$k]}
+            sync
+            times[$c]+="$(run_cmd "$c" "$src" "$out/$c-$r") "
+        done
+    done
+    echo
+    echo "### $title"
+    echo
+    echo "| command | median s | min..max s | median of paired ratios to $base |"
+    echo "|---|---:|---|---:|"
+    local bt=(${times[$base]})
+    for c in "${cmds[@]}"; do
+        local t=(${times[$c]}) ratios=()
+        for i in "${!t[@]}"; do ratios+=("$(echo "${t[$i]} / ${bt[$i]}" | bc -l)"); done
+        printf '| %s | %.2f | %.2f..%.2f | %.2f |\n' "$c" \
+            "$(printf '%s\n' "${t[@]}" | median)" \
+            "$(printf '%s\n' "${t[@]}" | sort -g | head -1)" "$(printf '%s\n' "${t[@]}" | sort -g | tail -1)" \
+            "$(printf '%s\n' "${ratios[@]}" | median)"
+    done
+    clean "$out"; drop
+}
+
+report_head "send | receive against copy, tar and btrfs send | receive" "fewer rounds"
+echo "Binary: $RS_DESC. $(nproc) CPUs, $(uname -r), $(findmnt -no FSTYPE --target "$BENCH_DIR") on $(findmnt -no SOURCE --target "$BENCH_DIR"); $ROUNDS rounds, order rotating, warm source."
+for ds in $DATASETS; do
+    src=$DATA/$ds
+    echo
+    echo "## $ds ($(du -sh --apparent-size "$src" | cut -f1), $(find "$src" | wc -l) entries)"
+    block "$ds: warm source, fresh destination on the same disk" "$src" "$OUT" copy \
+        copy pipe pipe-nofsync tar+sync tar
+    # Cold reads: send to /dev/null against cat of every file.
+    ts=(); tc=()
+    for r in $(seq 1 "$ROUNDS"); do
+        drop; s=$(now); "$RS" send -q "$src" > /dev/null; e=$(now); ts+=("$(echo "$e - $s" | bc -l)")
+        drop; s=$(now); find "$src" -type f -exec cat {} + > /dev/null; e=$(now); tc+=("$(echo "$e - $s" | bc -l)")
+    done
+    bytes=$(du -sb --apparent-size "$src" | cut -f1)
+    ms=$(printf '%s\n' "${ts[@]}" | median); mc=$(printf '%s\n' "${tc[@]}" | median)
+    echo
+    echo "Cold read: \`send > /dev/null\` median $(printf %.2f "$ms") s ($(echo "$bytes / $ms / 1000000" | bc) MB/s), \`cat\` of every file median $(printf %.2f "$mc") s ($(echo "$bytes / $mc / 1000000" | bc) MB/s): send at $(echo "100 * $mc / $ms" | bc)% of the read bound."
+done
+
+if [[ $BTRFS == 1 ]]; then
+    img=$BENCH_DIR/stream-btrfs.img; mnt=$BENCH_DIR/stream-btrfs
+    umount "$mnt" 2>/dev/null || true
+    rm -f "$img"; truncate -s 16G "$img"; mkfs.btrfs -q "$img"; mkdir -p "$mnt"; mount -o loop "$img" "$mnt"
+    trap 'umount "$mnt" 2>/dev/null; rm -f "$img"; rm -rf "$WORK"' EXIT
+    for ds in $DATASETS; do
+        btrfs -q subvolume create "$mnt/$ds-sub"
+        "$RS" copy -q "$DATA/$ds" "$mnt/$ds-sub"
+        btrfs -q subvolume snapshot -r "$mnt/$ds-sub" "$mnt/$ds-snap"
+        echo
+        echo "## $ds on a loop btrfs (source: a read-only snapshot; destination on the same btrfs)"
+        block "$ds: btrfs send | btrfs receive against ringsync" "$mnt/$ds-snap" "$mnt/out" pipe \
+            pipe pipe-nofsync btrfs btrfs+sync
+    done
+else
+    rm -rf "$WORK"
+fi
