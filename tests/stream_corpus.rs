@@ -177,7 +177,7 @@ fn receive_seeds() -> Vec<(&'static str, Vec<u8>)> {
     drop(f);
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("fifo"),
+        src.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
