@@ -111,9 +111,7 @@ struct FileIn {
     size: u64,
     link: u64,
     xattrs: Xattrs,
-    hasher: blake3::Hasher,
-    /// Bytes hashed so far (data, and holes before it as zeros).
-    hashed: u64,
+    hasher: stream::FileHash,
     /// A write failed: the file is received (to keep the stream in step) but not published.
     failed: bool,
 }
@@ -492,7 +490,6 @@ impl Receiver<'_> {
     fn claim(&mut self, id: u64, name: &[u8]) -> Result<(), Stop> {
         let k = self.key(name);
         let total = self.names_total;
-        let shown = self.shown(&self.dirs[&id].rel);
         let d = self.dirs.get_mut(&id).expect("checked by dir()");
         if let Some(set) = &mut d.names {
             if total >= NAMES_MAX {
@@ -502,7 +499,8 @@ impl Receiver<'_> {
                 )));
             }
             if !set.insert(k) {
-                return Err(Stop::Stream(format!("'{}' made twice in {shown}", escape(name))));
+                let rel = d.rel.clone();
+                return Err(Stop::Stream(format!("'{}' made twice in {}", escape(name), self.shown(&rel))));
             }
             self.names_total += 1;
         }
@@ -711,8 +709,7 @@ impl Receiver<'_> {
                     size,
                     link,
                     xattrs: Vec::new(),
-                    hasher: blake3::Hasher::new(),
-                    hashed: 0,
+                    hasher: stream::FileHash::new(),
                     failed,
                 });
                 self.last = Last::File;
@@ -968,9 +965,7 @@ impl Receiver<'_> {
         let Some(f) = self.file.as_mut() else {
             return Err(Stop::Stream("DATA for a file this receiver did not begin".into()));
         };
-        crate::send::hash_zeros(&mut f.hasher, offset - f.hashed);
-        f.hasher.update(data);
-        f.hashed = offset + data.len() as u64;
+        f.hasher.data(offset, data);
         if !f.failed {
             if let Err(e) = write_all_at(&f.fd, data, offset) {
                 let rel = f.rel.clone();
@@ -988,12 +983,12 @@ impl Receiver<'_> {
                 "FILE_END for a file this receiver did not begin".into(),
             ));
         };
-        crate::send::hash_zeros(&mut f.hasher, f.size - f.hashed);
         self.counts.entries.fetch_add(1, Ordering::Relaxed);
         let drop_temp = |f: &FileIn| {
             let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
         };
-        if *f.hasher.finalize().as_bytes() != hash {
+        let (hasher, size) = (std::mem::take(&mut f.hasher), f.size);
+        if hasher.finish(size) != hash {
             drop_temp(&f);
             return Err(Stop::Stream(format!(
                 "{}: content hash mismatch (the data received is not what was sent)",

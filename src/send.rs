@@ -153,17 +153,6 @@ fn next_data(fd: &OwnedFd, pos: u64, size: u64, sparse: bool) -> Option<(u64, u6
     Some((start, end.min(size)))
 }
 
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-
-/// Feed `n` zero bytes to `h` (holes hash as zeros).
-pub fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..k]);
-        n -= k as u64;
-    }
-}
-
 /// Counts shared with the progress line.
 #[derive(Default)]
 struct Counts {
@@ -534,7 +523,7 @@ impl Sender<'_> {
             link,
         })?;
         self.xattrs(dir, name, &rel)?;
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = stream::FileHash::new();
         let read = self.data(&fd, m, &mut hasher);
         let changed = match read {
             Ok(()) => match fstatx(&fd) {
@@ -547,7 +536,7 @@ impl Sender<'_> {
             Err(ReadFail::Out(f)) => return Err(f),
         };
         self.put(&Record::FileEnd {
-            hash: *hasher.finalize().as_bytes(),
+            hash: hasher.finish(m.size),
         })?;
         if let Some(reason) = changed {
             if let Some(seen) = self.links.get_mut(&key) {
@@ -559,8 +548,8 @@ impl Sender<'_> {
     }
 
     /// Read the file's data runs through the ring and send them as DATA records, hashing the
-    /// whole content (holes as zeros) into `h`.
-    fn data(&mut self, fd: &Arc<OwnedFd>, m: &meta::Meta, h: &mut blake3::Hasher) -> Result<(), ReadFail> {
+    /// data runs into the file hash `h`.
+    fn data(&mut self, fd: &Arc<OwnedFd>, m: &meta::Meta, h: &mut stream::FileHash) -> Result<(), ReadFail> {
         let size = m.size;
         let sparse = m.maybe_sparse();
         let units = DATA_BYTES / UNIT_BYTES;
@@ -570,7 +559,6 @@ impl Sender<'_> {
         let mut token = 0u64;
         let mut pos = 0u64; // next byte to request
         let mut run = next_data(fd, 0, size, sparse);
-        let mut hashed = 0u64;
         let mut completions = Vec::new();
         loop {
             // Fill the window.
@@ -606,9 +594,7 @@ impl Sender<'_> {
             let res = match c.result {
                 Ok(n) if n == len => {
                     let data = &self.ring.pool().bytes(&lease)[..n as usize];
-                    hash_zeros(h, offset - hashed);
-                    h.update(data);
-                    hashed = offset + n as u64;
+                    h.data(offset, data);
                     let at = self.enc.offset();
                     let frame = self.enc.data_frame(offset, data);
                     // The pool is the ring's; borrow the bytes again for the write.
@@ -635,7 +621,6 @@ impl Sender<'_> {
                 return Err(e);
             }
         }
-        hash_zeros(h, size - hashed);
         Ok(())
     }
 

@@ -57,6 +57,35 @@ pub fn crc(b: &[u8]) -> u32 {
     crc32fast::hash(b)
 }
 
+/// The FILE_END hash of a file (docs/stream.md, section 2.2): BLAKE3 over each DATA record's
+/// offset and length (u64 LE each) and bytes, in order, then the file's size (u64 LE). Holes
+/// are not hashed: the cost follows the data sent, not the size a stream claims (a file of
+/// 2^62 bytes with one DATA record is hashed as fast as a small one).
+pub struct FileHash(blake3::Hasher);
+
+impl Default for FileHash {
+    fn default() -> Self {
+        FileHash::new()
+    }
+}
+
+impl FileHash {
+    pub fn new() -> FileHash {
+        FileHash(blake3::Hasher::new())
+    }
+
+    pub fn data(&mut self, offset: u64, bytes: &[u8]) {
+        self.0.update(&offset.to_le_bytes());
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    pub fn finish(mut self, size: u64) -> [u8; 32] {
+        self.0.update(&size.to_le_bytes());
+        *self.0.finalize().as_bytes()
+    }
+}
+
 /// Add a record to the chain hash (docs/stream.md, section 3): a DATA record's header as it
 /// is; for every other type the header with its two CRCs counted as zeros (they cover the
 /// atime, see [`chain_payload`]), then the payload.
