@@ -43,12 +43,20 @@ fn fields(r: &Record) -> Vec<(&'static str, String)> {
             f.push(("bytes", bytes.to_string()));
             f.push(("entries", entries.to_string()));
         }
-        Record::Dir {
+        Record::Special {
             parent,
             name,
             meta: m,
+            link,
+        } => {
+            f.push(("parent", parent.to_string()));
+            f.push(("name", escape(name)));
+            if *link != 0 {
+                f.push(("link", link.to_string()));
+            }
+            meta(m, &mut f);
         }
-        | Record::Special {
+        Record::Dir {
             parent,
             name,
             meta: m,
@@ -90,10 +98,14 @@ fn fields(r: &Record) -> Vec<(&'static str, String)> {
             parent,
             name,
             meta: m,
+            link,
             target,
         } => {
             f.push(("parent", parent.to_string()));
             f.push(("name", escape(name)));
+            if *link != 0 {
+                f.push(("link", link.to_string()));
+            }
             f.push(("target", escape(target)));
             meta(m, &mut f);
         }

@@ -226,7 +226,7 @@ pub fn copy_xattrs_fd(
 
 /// Path through which an entry that cannot be opened (symlink, fifo, device) is reached for
 /// the l*xattr calls, relative to its directory descriptor and so free of PATH_MAX.
-fn proc_path(dir: BorrowedFd, name: &CStr) -> CString {
+pub fn proc_path(dir: BorrowedFd, name: &CStr) -> CString {
     use std::os::fd::AsRawFd;
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name.to_bytes());
@@ -349,7 +349,7 @@ pub fn apply_at(
 }
 
 /// chmod `name` in `dir` without following it if it is a symlink (ELOOP then).
-fn chmod_nofollow(dir: BorrowedFd, name: &CStr, mode: Mode) -> Result<(), Errno> {
+pub fn chmod_nofollow(dir: BorrowedFd, name: &CStr, mode: Mode) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
     let fd = rustix::fs::openat(
         dir,
@@ -377,6 +377,15 @@ pub fn has_default_acl(dir: BorrowedFd) -> bool {
         rustix::fs::fgetxattr(dir, c"system.posix_acl_default", &mut b[..]),
         Ok(_) | Err(Errno::RANGE)
     )
+}
+
+/// The names of the xattrs an open entry has (none where the filesystem takes none).
+pub fn xattr_names_fd(fd: BorrowedFd) -> Result<Vec<CString>, Errno> {
+    match list_xattrs(|b| rustix::fs::flistxattr(fd, &mut b[..])) {
+        Ok(l) => Ok(names(&l).map(CStr::to_owned).collect()),
+        Err(e) if unsupported(e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The xattrs of `name` in `dir` that a copy carries (see [`xattr_wanted`]), sorted by name, for

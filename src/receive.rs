@@ -75,6 +75,8 @@ struct OpenDir {
     /// created (nothing else can be in it).
     names: Option<HashSet<u64>>,
     xattrs: Xattrs,
+    /// It has a default ACL: entries made in it inherit ACL xattrs, to be pruned.
+    acl: bool,
 }
 
 /// Work done at the next verified CHECKPOINT or END, in stream order.
@@ -114,6 +116,8 @@ struct FileIn {
     hasher: stream::FileHash,
     /// A write failed: the file is received (to keep the stream in step) but not published.
     failed: bool,
+    /// Made in a directory with a default ACL.
+    acl: bool,
 }
 
 /// A symlink or special file made under its temporary name, waiting for its XATTRs.
@@ -124,7 +128,10 @@ struct InlineIn {
     temp: CString,
     rel: Vec<u8>,
     meta: stream::Meta,
+    link: u64,
     xattrs: Xattrs,
+    /// Made in a directory with a default ACL.
+    acl: bool,
 }
 
 /// What XATTR records attach to.
@@ -299,18 +306,11 @@ impl Apply {
         Ok(())
     }
 
-    /// Remove xattrs an existing directory has that the stream does not give it.
+    /// Remove the xattrs an entry has that the stream does not give it: those of a directory
+    /// that existed, or inherited from a parent's default ACL.
     fn prune_xattrs(&self, fd: &OwnedFd, keep: &Xattrs) -> Result<(), String> {
-        let list = crate::meta::xattrs_at(
-            fd.as_fd(),
-            c".",
-            crate::meta::Preserve {
-                owner: true,
-                all_xattrs: true,
-            },
-        )
-        .map_err(|e| format!("listxattr: {e}"))?;
-        for (n, _) in list {
+        let list = crate::meta::xattr_names_fd(fd.as_fd()).map_err(|e| format!("listxattr: {e}"))?;
+        for n in list {
             if self.xattr_wanted(n.as_bytes()) && !keep.iter().any(|(k, _)| *k == n) {
                 rustix::fs::fremovexattr(fd, &n)
                     .map_err(|e| format!("removexattr {}: {e}", escape(n.as_bytes())))?;
@@ -319,8 +319,31 @@ impl Apply {
         Ok(())
     }
 
+    fn prune_xattrs_at(&self, dir: &OwnedFd, name: &CStr, keep: &Xattrs) -> Result<(), String> {
+        let all = crate::meta::Preserve {
+            owner: true,
+            all_xattrs: true,
+        };
+        let list = crate::meta::xattrs_at(dir.as_fd(), name, all).map_err(|e| format!("listxattr: {e}"))?;
+        let path = crate::meta::proc_path(dir.as_fd(), name);
+        for (n, _) in list {
+            if self.xattr_wanted(n.as_bytes()) && !keep.iter().any(|(k, _)| *k == n) {
+                rustix::fs::lremovexattr(path.as_c_str(), &n)
+                    .map_err(|e| format!("removexattr {}: {e}", escape(n.as_bytes())))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Owner, xattrs, mode, times on a symlink or special file by name (never followed).
-    fn apply_at(&self, dir: &OwnedFd, name: &CStr, m: &stream::Meta, xattrs: &Xattrs) -> Result<(), String> {
+    fn apply_at(
+        &self,
+        dir: &OwnedFd,
+        name: &CStr,
+        m: &stream::Meta,
+        xattrs: &Xattrs,
+        prune: bool,
+    ) -> Result<(), String> {
         if self.privileged_ok() {
             rustix::fs::chownat(
                 dir,
@@ -331,31 +354,25 @@ impl Apply {
             )
             .map_err(|e| format!("chown: {e}"))?;
         }
-        let is_link = m.mode & libc::S_IFMT == libc::S_IFLNK;
-        if !xattrs.is_empty() || !is_link {
-            // Pin the entry itself: l*xattr and chmod through /proc on an O_PATH descriptor.
-            let pinned = rustix::fs::openat(
-                dir,
-                name,
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| format!("open: {e}"))?;
-            let path = CString::new(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&pinned)
-            ))
-            .expect("no NUL");
-            for (n, v) in xattrs {
-                if self.xattr_wanted(n.as_bytes()) {
-                    rustix::fs::lsetxattr(path.as_c_str(), n, v, rustix::fs::XattrFlags::empty())
-                        .map_err(|e| format!("setxattr {}: {e}", escape(n.as_bytes())))?;
-                }
+        // l*setxattr through /proc/self/fd/DIR/NAME: the directory is the one held, the
+        // entry itself is not followed (a symlink gets the xattr, not its target).
+        if prune {
+            self.prune_xattrs_at(dir, name, xattrs)?;
+        }
+        let wanted: Vec<_> = xattrs
+            .iter()
+            .filter(|(n, _)| self.xattr_wanted(n.as_bytes()))
+            .collect();
+        if !wanted.is_empty() {
+            let path = crate::meta::proc_path(dir.as_fd(), name);
+            for (n, v) in wanted {
+                rustix::fs::lsetxattr(path.as_c_str(), n, v, rustix::fs::XattrFlags::empty())
+                    .map_err(|e| format!("setxattr {}: {e}", escape(n.as_bytes())))?;
             }
-            if !is_link {
-                rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(self.perm(m)))
-                    .map_err(|e| format!("chmod: {e}"))?;
-            }
+        }
+        if m.mode & libc::S_IFMT != libc::S_IFLNK {
+            crate::meta::chmod_nofollow(dir.as_fd(), name, Mode::from_raw_mode(self.perm(m)))
+                .map_err(|e| format!("chmod: {e}"))?;
         }
         rustix::fs::utimensat(dir, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| format!("utimens: {e}"))?;
@@ -406,7 +423,8 @@ impl Apply {
                             self.remove_links_dir(l);
                         }
                     }
-                    if let Err(e) = self.apply_fd(&fd, &meta, &xattrs, names.is_some()) {
+                    // Pruned: an existing directory's, or inherited from a default ACL.
+                    if let Err(e) = self.apply_fd(&fd, &meta, &xattrs, true) {
                         self.fail(&rel, "set directory attributes", e);
                     }
                 }
@@ -500,7 +518,11 @@ impl Receiver<'_> {
             }
             if !set.insert(k) {
                 let rel = d.rel.clone();
-                return Err(Stop::Stream(format!("'{}' made twice in {}", escape(name), self.shown(&rel))));
+                return Err(Stop::Stream(format!(
+                    "'{}' made twice in {}",
+                    escape(name),
+                    self.shown(&rel)
+                )));
             }
             self.names_total += 1;
         }
@@ -539,10 +561,18 @@ impl Receiver<'_> {
     /// queue its placement.
     fn finish_last(&mut self) -> Result<(), Stop> {
         if let Last::Inline(i) = std::mem::replace(&mut self.last, Last::Nothing) {
-            if let Err(e) = self.ap.apply_at(&i.dir, &i.temp, &i.meta, &i.xattrs) {
+            if let Err(e) = self.ap.apply_at(&i.dir, &i.temp, &i.meta, &i.xattrs, i.acl) {
                 self.fail(&i.rel, "set attributes", e);
                 let _ = rustix::fs::unlinkat(&*i.dir, &i.temp, AtFlags::empty());
                 return Ok(());
+            }
+            if i.link != 0 {
+                if let Err(e) = self.remember_link(&i.dir, &i.temp, i.link) {
+                    return Err(Stop::Stream(format!(
+                        "{}: link for later names: {e}",
+                        self.shown(&i.rel)
+                    )));
+                }
             }
             self.queue(Pending::Place {
                 dir: i.dir,
@@ -578,23 +608,27 @@ impl Receiver<'_> {
             self.replay = None;
             return Ok(());
         }
-        if !matches!(r, Record::Xattr { .. }) {
+        // XATTRs go with the entry before them; a CHECKPOINT or ESTIMATE between changes
+        // nothing (the root's XATTRs follow ESTIMATE).
+        if !matches!(
+            r,
+            Record::Xattr { .. } | Record::Checkpoint { .. } | Record::Estimate { .. }
+        ) {
             self.finish_last()?;
         }
         match r {
             Record::Estimate { bytes, entries } => {
                 self.counts.bytes_total.store(bytes, Ordering::Relaxed);
                 self.counts.entries_total.store(entries, Ordering::Relaxed);
-                if matches!(self.last, Last::Nothing) {
-                    self.last = Last::Root;
-                }
             }
             Record::Xattr { name, value } => {
                 let list = match &mut self.last {
-                    Last::Root | Last::Nothing => &mut self.root_xattrs,
+                    Last::Root => &mut self.root_xattrs,
                     Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
                     Last::File => &mut self.file.as_mut().expect("open").xattrs,
                     Last::Inline(i) => &mut i.xattrs,
+                    // Those of an entry that was not made (a failure already reported).
+                    Last::Nothing => return Ok(()),
                 };
                 let bytes: usize = list.iter().map(|(n, v)| n.as_bytes().len() + v.len()).sum();
                 if bytes + name.len() + value.len() > XATTR_BYTES_PER_ENTRY_MAX {
@@ -618,18 +652,11 @@ impl Receiver<'_> {
                 let (pfd, fresh_parent) = (p.fd.clone(), p.names.is_none());
                 let rel = join(&p.rel, &name);
                 let n = cname(&name);
-                let made = self.make_dir(&pfd, &n, fresh_parent).map_err(|e| match e {
-                    Errno::EXIST if fresh_parent => Stop::Stream(format!(
-                        "'{}' made twice in {}",
-                        escape(&name),
-                        self.shown(&p_rel(&rel))
-                    )),
-                    e => Stop::Stream(format!("{}: make directory: {e}", self.shown(&rel))),
-                })?;
-                let (fd, fresh) = made;
+                let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, &rel)?;
                 self.dirs.insert(
                     id,
                     OpenDir {
+                        acl: crate::meta::has_default_acl(fd.as_fd()),
                         fd: Arc::new(fd),
                         rel,
                         names: (!fresh).then(HashSet::new),
@@ -673,7 +700,7 @@ impl Receiver<'_> {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
                 let p = self.dirs.get(&parent).expect("checked");
-                let (pfd, fresh, rel) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name));
+                let (pfd, fresh, rel, acl) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name), p.acl);
                 let created = self.stage(&pfd, |d, t| {
                     rustix::fs::openat(
                         d,
@@ -711,6 +738,7 @@ impl Receiver<'_> {
                     xattrs: Vec::new(),
                     hasher: stream::FileHash::new(),
                     failed,
+                    acl,
                 });
                 self.last = Last::File;
             }
@@ -720,14 +748,20 @@ impl Receiver<'_> {
                 parent,
                 name,
                 meta,
+                link,
                 target,
             } => {
                 let t = cname(&target);
-                self.inline(parent, name, meta, |d, n| {
+                self.inline(parent, name, meta, link, |d, n| {
                     rustix::fs::symlinkat(t.as_c_str(), d, n)
                 })?;
             }
-            Record::Special { parent, name, meta } => {
+            Record::Special {
+                parent,
+                name,
+                meta,
+                link,
+            } => {
                 let kind = meta.mode & libc::S_IFMT;
                 let device = kind == libc::S_IFCHR || kind == libc::S_IFBLK;
                 if device && !self.ap.privileged_ok() {
@@ -744,7 +778,7 @@ impl Receiver<'_> {
                 }
                 let ftype = FileType::from_raw_mode(kind);
                 let dev = meta.rdev;
-                self.inline(parent, name, meta, |d, n| {
+                self.inline(parent, name, meta, link, |d, n| {
                     rustix::fs::mknodat(d, n, ftype, Mode::from_raw_mode(0o600), dev)
                 })?;
             }
@@ -816,29 +850,24 @@ impl Receiver<'_> {
         match r {
             Record::Xattr { name, value } => {
                 let list = match &self.last {
-                    Last::Root | Last::Nothing => &mut self.root_xattrs,
+                    Last::Root => &mut self.root_xattrs,
                     Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
                     _ => return Ok(()),
                 };
                 list.push((cname(&name), value));
             }
-            Record::Estimate { .. } => {
-                if matches!(self.last, Last::Nothing) {
-                    self.last = Last::Root;
-                }
-            }
+            Record::Estimate { .. } | Record::Checkpoint { .. } => return Ok(()),
             Record::Dir { parent, name, .. } => {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
                 self.next_dir += 1;
                 let p = &self.dirs[&parent];
                 let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
-                let (fd, _) = self
-                    .make_dir(&pfd, &cname(&name), false)
-                    .map_err(|e| Stop::Stream(format!("{}: open directory: {e}", self.shown(&rel))))?;
+                let (fd, _) = self.make_dir(&pfd, &cname(&name), false, &rel)?;
                 self.dirs.insert(
                     self.next_dir,
                     OpenDir {
+                        acl: crate::meta::has_default_acl(fd.as_fd()),
                         fd: Arc::new(fd),
                         rel,
                         names: Some(HashSet::new()),
@@ -857,33 +886,31 @@ impl Receiver<'_> {
             }
             Record::File {
                 parent, name, link, ..
+            }
+            | Record::Symlink {
+                parent, name, link, ..
+            }
+            | Record::Special {
+                parent, name, link, ..
             } => {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
                 if link != 0 {
                     let p = &self.dirs[&parent];
                     let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
-                    self.links_dir()?;
-                    let (links, _) = self.links_dir.as_ref().expect("made");
-                    let id = CString::new(link.to_string()).expect("digits");
-                    if let Err(e) =
-                        rustix::fs::linkat(&*pfd, cname(&name), links, id.as_c_str(), AtFlags::empty())
-                    {
-                        // Its later names will fail and be reported.
+                    // Its later names will fail and be reported if it is not there.
+                    if let Err(e) = self.remember_link(&pfd, &cname(&name), link) {
                         if e != Errno::NOENT {
                             self.fail(&rel, "link for later names", e);
                         }
                     }
                 }
             }
-            Record::Symlink { parent, name, .. }
-            | Record::Special { parent, name, .. }
-            | Record::Link { parent, name, .. }
-            | Record::Skipped { parent, name, .. } => {
+            Record::Link { parent, name, .. } | Record::Skipped { parent, name, .. } => {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
             }
-            Record::Data { .. } | Record::FileEnd { .. } | Record::Checkpoint { .. } => {}
+            Record::Data { .. } | Record::FileEnd { .. } => {}
             Record::End { .. } | Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
                 return Err(Stop::Stream("unexpected record before the resume offset".into()))
             }
@@ -905,30 +932,62 @@ impl Receiver<'_> {
         })
     }
 
-    /// Make directory `name` in `parent`, or use the one there; anything else there (a file,
-    /// a symlink) is removed first. Returns the directory and whether this run made it.
-    fn make_dir(&self, parent: &OwnedFd, name: &CStr, fresh_parent: bool) -> Result<(OwnedFd, bool), Errno> {
-        if !fresh_parent {
-            match open_dir_beneath(parent, name) {
-                Ok(fd) => {
-                    if !self.ap.is_root_user {
-                        // Entries go in before its own mode is set (at its DIR_END).
-                        let m = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
-                        if m & 0o700 != 0o700 {
-                            rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700))?;
-                        }
-                    }
-                    return Ok((fd, false));
-                }
-                Err(Errno::NOENT) => {}
-                // A symlink (ELOOP, EXDEV under RESOLVE_NO_SYMLINKS) or a non-directory:
-                // replaced, never followed.
-                Err(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => remove_tree(parent, name, false)?,
-                Err(e) => return Err(e),
-            }
+    /// Directory `name` in `parent` for the stream's entries: the one there, if it is a
+    /// directory (never through a symlink); else a new one. In a directory this run made, the
+    /// new one gets its name at once (nothing else can be there, and the parent itself is not
+    /// yet published); elsewhere it is made under a temporary name and placed at the next
+    /// verified checkpoint, replacing what had that name only then. Returns the directory and
+    /// whether it is new.
+    fn make_dir(
+        &mut self,
+        parent: &Arc<OwnedFd>,
+        name: &CStr,
+        fresh_parent: bool,
+        rel: &[u8],
+    ) -> Result<(OwnedFd, bool), Stop> {
+        let fail = |me: &Self, e: Errno| Stop::Stream(format!("{}: make directory: {e}", me.shown(rel)));
+        if fresh_parent {
+            return match rustix::fs::mkdirat(&**parent, name, Mode::from_raw_mode(0o700)) {
+                Ok(()) => Ok((open_dir_beneath(parent, name).map_err(|e| fail(self, e))?, true)),
+                Err(Errno::EXIST) => Err(Stop::Stream(format!(
+                    "'{}' made twice in {}",
+                    escape(name.to_bytes()),
+                    self.shown(&p_rel(rel))
+                ))),
+                Err(e) => Err(fail(self, e)),
+            };
         }
-        rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
-        Ok((open_dir_beneath(parent, name)?, true))
+        match open_dir_beneath(parent, name) {
+            Ok(fd) => {
+                if !self.ap.is_root_user {
+                    // Entries go in before its own mode is set (at its DIR_END).
+                    let m = rustix::fs::fstat(&fd).map_err(|e| fail(self, e))?.st_mode & 0o7777;
+                    if m & 0o700 != 0o700 {
+                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700)).map_err(|e| fail(self, e))?;
+                    }
+                }
+                Ok((fd, false))
+            }
+            // Missing, a symlink (ELOOP, or EXDEV under RESOLVE_NO_SYMLINKS) or not a directory:
+            // a new one, staged; what is there now stays until the checkpoint.
+            Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {
+                let (temp, fd) = self
+                    .stage(parent, |d, t| {
+                        rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
+                        open_dir_beneath(d, t)
+                    })
+                    .map_err(|e| fail(self, e))?;
+                self.queue(Pending::Place {
+                    dir: parent.clone(),
+                    temp,
+                    name: name.to_owned(),
+                    fresh: false,
+                    rel: rel.to_vec(),
+                })?;
+                Ok((fd, true))
+            }
+            Err(e) => Err(fail(self, e)),
+        }
     }
 
     /// Make a symlink or special file under a temporary name; attributes once its XATTRs came.
@@ -937,12 +996,13 @@ impl Receiver<'_> {
         parent: u64,
         name: Vec<u8>,
         meta: stream::Meta,
+        link: u64,
         make: impl Fn(&OwnedFd, &CStr) -> Result<(), Errno>,
     ) -> Result<(), Stop> {
         self.dir(parent)?;
         self.claim(parent, &name)?;
         let p = self.dirs.get(&parent).expect("checked");
-        let (pfd, fresh, rel) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name));
+        let (pfd, fresh, rel, acl) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name), p.acl);
         self.counts.entries.fetch_add(1, Ordering::Relaxed);
         match self.stage(&pfd, |d, t| make(d, t)) {
             Ok((temp, ())) => {
@@ -953,7 +1013,9 @@ impl Receiver<'_> {
                     temp,
                     rel,
                     meta,
+                    link,
                     xattrs: Vec::new(),
+                    acl,
                 });
             }
             Err(e) => self.fail(&rel, "create", e),
@@ -999,13 +1061,18 @@ impl Receiver<'_> {
             drop_temp(&f);
             return Ok(());
         }
-        if let Err(e) = self.ap.apply_fd(&f.fd, &f.meta, &f.xattrs, false) {
+        if let Err(e) = self.ap.apply_fd(&f.fd, &f.meta, &f.xattrs, f.acl) {
             self.fail(&f.rel, "set attributes", e);
             drop_temp(&f);
             return Ok(());
         }
         if f.link != 0 {
-            self.remember_link(&f)?;
+            if let Err(e) = self.remember_link(&f.dir, &f.temp, f.link) {
+                return Err(Stop::Stream(format!(
+                    "{}: link for later names: {e}",
+                    self.shown(&f.rel)
+                )));
+            }
         }
         let FileIn {
             dir,
@@ -1025,12 +1092,11 @@ impl Receiver<'_> {
     }
 
     /// Keep a name for a file later LINK records refer to, in a private directory in DST.
-    fn remember_link(&mut self, f: &FileIn) -> Result<(), Stop> {
-        self.links_dir()?;
+    fn remember_link(&mut self, dir: &OwnedFd, name: &CStr, link: u64) -> Result<(), Errno> {
+        self.links_dir().map_err(|_| Errno::IO)?;
         let (links, _) = self.links_dir.as_ref().expect("made");
-        let id = CString::new(f.link.to_string()).expect("digits");
-        rustix::fs::linkat(&*f.dir, &f.temp, links, id.as_c_str(), AtFlags::empty())
-            .map_err(|e| Stop::Stream(format!("{}: link for later names: {e}", self.shown(&f.rel))))
+        let id = CString::new(link.to_string()).expect("digits");
+        rustix::fs::linkat(dir, name, links, id.as_c_str(), AtFlags::empty())
     }
 
     /// The private directory in DST's root that holds a name per hardlink id.
@@ -1101,7 +1167,8 @@ impl Receiver<'_> {
         }
         for p in std::mem::take(&mut self.pending) {
             if let Pending::Place { dir, temp, .. } = p {
-                let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                // A staged directory goes with what was staged in it.
+                let _ = remove_tree(&dir, &temp, false);
             }
         }
         if let Some((fd, name)) = self.links_dir.take() {
@@ -1304,7 +1371,8 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         dirs: HashMap::new(),
         next_dir: 0,
         file: None,
-        last: Last::Nothing,
+        // XATTRs before the first entry belong to the root.
+        last: Last::Root,
         pending: Vec::new(),
         names_total: 0,
         tag,
@@ -1321,6 +1389,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     rx.dirs.insert(
         0,
         OpenDir {
+            acl: crate::meta::has_default_acl(root.as_fd()),
             fd: root,
             rel: Vec::new(),
             names: (!rx.root_fresh).then(HashSet::new),

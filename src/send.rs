@@ -413,6 +413,9 @@ impl Sender<'_> {
                 Ok(None)
             }
             FileType::Symlink => {
+                if self.linked(parent, &rel, name, &m)? {
+                    return Ok(None);
+                }
                 let target = match rustix::fs::readlinkat(dir, name, Vec::new()) {
                     Ok(t) => t.into_bytes(),
                     Err(e) => {
@@ -429,20 +432,27 @@ impl Sender<'_> {
                     )?;
                     return Ok(None);
                 }
+                let link = self.new_link(&m);
                 self.put(&Record::Symlink {
                     parent,
                     name: bytes,
                     meta: sm,
+                    link,
                     target,
                 })?;
                 self.xattrs(dir, name, &rel)?;
                 Ok(None)
             }
             FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+                if self.linked(parent, &rel, name, &m)? {
+                    return Ok(None);
+                }
+                let link = self.new_link(&m);
                 self.put(&Record::Special {
                     parent,
                     name: bytes,
                     meta: sm,
+                    link,
                 })?;
                 self.xattrs(dir, name, &rel)?;
                 Ok(None)
@@ -459,6 +469,55 @@ impl Sender<'_> {
         }
     }
 
+    /// A later name of a hardlinked inode already sent: sent as LINK (or SKIPPED, when the
+    /// inode could not be sent). Returns whether it was.
+    fn linked(&mut self, parent: u64, rel: &[u8], name: &CStr, m: &meta::Meta) -> Result<bool, Failure> {
+        let key = (m.dev, m.ino);
+        if m.nlink <= 1 {
+            return Ok(false);
+        }
+        let Some(seen) = self.links.get_mut(&key) else {
+            return Ok(false);
+        };
+        seen.left = seen.left.saturating_sub(1);
+        let (id, skipped) = (seen.id, seen.skipped);
+        if seen.left == 0 {
+            self.links.remove(&key);
+        }
+        if skipped {
+            self.skip(
+                parent,
+                rel,
+                name,
+                "another name of this file could not be sent".into(),
+            )?;
+        } else {
+            self.put(&Record::Link {
+                parent,
+                name: name.to_bytes().to_vec(),
+                link: id,
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// The link id for the first name of an inode with other names (0: it has none).
+    fn new_link(&mut self, m: &meta::Meta) -> u64 {
+        if m.nlink <= 1 {
+            return 0;
+        }
+        self.next_link += 1;
+        self.links.insert(
+            (m.dev, m.ino),
+            LinkSeen {
+                id: self.next_link,
+                left: m.nlink - 1,
+                skipped: false,
+            },
+        );
+        self.next_link
+    }
+
     fn file(
         &mut self,
         dir: &Arc<OwnedFd>,
@@ -468,27 +527,8 @@ impl Sender<'_> {
         m: &meta::Meta,
     ) -> Result<(), Failure> {
         let key = (m.dev, m.ino);
-        if m.nlink > 1 {
-            if let Some(seen) = self.links.get_mut(&key) {
-                seen.left = seen.left.saturating_sub(1);
-                let (id, skipped) = (seen.id, seen.skipped);
-                if seen.left == 0 {
-                    self.links.remove(&key);
-                }
-                if skipped {
-                    return self.skip(
-                        parent,
-                        &rel,
-                        name,
-                        "another name of this file could not be sent".into(),
-                    );
-                }
-                return self.put(&Record::Link {
-                    parent,
-                    name: name.to_bytes().to_vec(),
-                    link: id,
-                });
-            }
+        if self.linked(parent, &rel, name, m)? {
+            return Ok(());
         }
         let fd = match open_entry(dir, name, OFlags::empty()) {
             Ok(fd) => Arc::new(fd),
@@ -501,20 +541,7 @@ impl Sender<'_> {
         if !same_inode(&fd, m) {
             return self.skip(parent, &rel, name, "replaced while being read".into());
         }
-        let link = if m.nlink > 1 {
-            self.next_link += 1;
-            self.links.insert(
-                key,
-                LinkSeen {
-                    id: self.next_link,
-                    left: m.nlink - 1,
-                    skipped: false,
-                },
-            );
-            self.next_link
-        } else {
-            0
-        };
+        let link = self.new_link(m);
         self.put(&Record::File {
             parent,
             name: name.to_bytes().to_vec(),

@@ -68,6 +68,7 @@ fn stream() -> (Vec<u8>, Vec<usize>) {
             parent: 1,
             name: b"l".to_vec(),
             meta: meta(libc::S_IFLNK | 0o777),
+            link: 0,
             target: b"f".to_vec(),
         },
         Record::DirEnd {

@@ -168,12 +168,15 @@ pub enum Record {
         parent: u64,
         name: Vec<u8>,
         meta: Meta,
+        /// Non-zero: names this inode for later LINK records (as FILE's `link`).
+        link: u64,
         target: Vec<u8>,
     },
     Special {
         parent: u64,
         name: Vec<u8>,
         meta: Meta,
+        link: u64,
     },
     Link {
         parent: u64,
@@ -376,9 +379,18 @@ impl Record {
             |out: &mut Vec<u8>, v: &[u64]| v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
         match self {
             Record::Estimate { bytes, entries } => u64s(out, &[*bytes, *entries]),
-            Record::Dir { parent, name, meta }
-            | Record::Special { parent, name, meta }
-            | Record::Attrs { parent, name, meta } => {
+            Record::Special {
+                parent,
+                name,
+                meta,
+                link,
+            } => {
+                u64s(out, &[*parent]);
+                put_name(out, name);
+                put_meta(out, meta);
+                u64s(out, &[*link]);
+            }
+            Record::Dir { parent, name, meta } | Record::Attrs { parent, name, meta } => {
                 u64s(out, &[*parent]);
                 put_name(out, name);
                 put_meta(out, meta);
@@ -408,11 +420,13 @@ impl Record {
                 parent,
                 name,
                 meta,
+                link,
                 target,
             } => {
                 u64s(out, &[*parent]);
                 put_name(out, name);
                 put_meta(out, meta);
+                u64s(out, &[*link]);
                 put_bytes16(out, target);
             }
             Record::Link { parent, name, link } => {
@@ -498,12 +512,14 @@ impl Record {
                 parent: p.u64("parent")?,
                 name: p.name()?,
                 meta: p.meta()?,
+                link: p.u64("link")?,
                 target: p.bytes16("symlink target", SYMLINK_BYTES_MAX)?,
             },
             RecordType::Special => Record::Special {
                 parent: p.u64("parent")?,
                 name: p.name()?,
                 meta: p.meta()?,
+                link: p.u64("link")?,
             },
             RecordType::Link => Record::Link {
                 parent: p.u64("parent")?,

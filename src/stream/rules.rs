@@ -85,6 +85,18 @@ impl Rules {
         Ok(())
     }
 
+    /// A FILE, SYMLINK or SPECIAL naming its inode with link id `link` (0: none): ids count
+    /// up from 1 in order of appearance.
+    fn new_link(&mut self, link: u64) -> Result<(), String> {
+        if link != 0 {
+            if link != self.links + 1 {
+                return Err(format!("link id {link} where {} was due", self.links + 1));
+            }
+            self.links = link;
+        }
+        Ok(())
+    }
+
     pub fn check(&mut self, r: &Record) -> Result<(), String> {
         let t = r.record_type().name();
         let entry = matches!(
@@ -153,12 +165,7 @@ impl Rules {
                 parent, size, link, ..
             } => {
                 self.open_dir(*parent, t)?;
-                if *link != 0 {
-                    if *link != self.links + 1 {
-                        return Err(format!("link id {link} where {} was due", self.links + 1));
-                    }
-                    self.links = *link;
-                }
+                self.new_link(*link)?;
                 self.file = Some(OpenFile {
                     size: *size,
                     next: 0,
@@ -171,9 +178,11 @@ impl Rules {
                     return Err("FILE_END without a FILE".into());
                 }
             }
-            Record::Symlink { parent, .. }
-            | Record::Special { parent, .. }
-            | Record::Attrs { parent, .. } => {
+            Record::Symlink { parent, link, .. } | Record::Special { parent, link, .. } => {
+                self.open_dir(*parent, t)?;
+                self.new_link(*link)?;
+            }
+            Record::Attrs { parent, .. } => {
                 self.open_dir(*parent, t)?;
             }
             Record::Link { parent, link, .. } => {

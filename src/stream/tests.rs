@@ -89,12 +89,14 @@ fn full_records() -> Vec<Record> {
             parent: 1,
             name: b"l".to_vec(),
             meta: meta(LNK),
+            link: 0,
             target: b"../f".to_vec(),
         },
         Record::Special {
             parent: 1,
             name: b"p".to_vec(),
             meta: meta(FIFO),
+            link: 0,
         },
         Record::DirEnd {
             dir: 1,
