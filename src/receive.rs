@@ -17,8 +17,7 @@
 //!
 //! Bounded: one payload buffer (at most the stream's max payload, 16 MiB); one descriptor per
 //! open directory (at most 4096); the publication queue (at most [`PENDING_MAX`] entries);
-//! names seen per directory kept as 64-bit keyed hashes only for directories that existed
-//! before (a new directory cannot hold extraneous entries), at most [`NAMES_MAX`] in all;
+//! names seen in each open directory kept as 64-bit keyed hashes, at most [`NAMES_MAX`] in all;
 //! hardlink ids as names in a private directory inside DST (on disk, not in memory).
 //!
 //! Must not: write outside DST; publish unverified data; allocate from an unchecked length.
@@ -46,11 +45,14 @@ use crate::stream_io::{ReadError, StreamReader};
 /// Entries queued for publication before a CHECKPOINT must come (a sender checkpoints every
 /// 4096 entries).
 pub const PENDING_MAX: usize = 1 << 16;
-/// Names remembered in directories that existed before the stream (for deleting extraneous
-/// entries): 8 bytes each, 64 MiB at most.
-pub const NAMES_MAX: usize = 1 << 23;
+/// Names remembered in the open directories (a name made twice is refused; in directories
+/// that existed before the stream they tell extraneous entries apart): 8-byte keyed hashes,
+/// some 40 MiB at most.
+pub const NAMES_MAX: usize = 1 << 21;
 /// Xattr bytes one entry may carry.
 pub const XATTR_BYTES_PER_ENTRY_MAX: usize = 4 << 20;
+/// Xattr bytes of directories (open, or ended and not yet published) held at once.
+pub const XATTR_BYTES_HELD_MAX: usize = 16 << 20;
 /// The largest max payload accepted (the format's cap).
 const PAYLOAD_CAP: u32 = stream::PAYLOAD_BYTES_CAP;
 
@@ -71,12 +73,18 @@ type Xattrs = Vec<(CString, Vec<u8>)>;
 struct OpenDir {
     fd: Arc<OwnedFd>,
     rel: Vec<u8>,
-    /// Keyed hashes of the names the stream made here; `None` for a directory this run
-    /// created (nothing else can be in it).
+    /// Keyed hashes of the names the stream made here: a name made twice is refused when it
+    /// comes, before anything is published (always `Some` here; a batch's DirDone holds
+    /// `None` for a directory this run made, which has no extraneous entries).
     names: Option<HashSet<u64>>,
     xattrs: Xattrs,
     /// It has a default ACL: entries made in it inherit ACL xattrs, to be pruned.
     acl: bool,
+    /// Made by this run and not yet published (under a temporary name, or inside such a
+    /// directory): new directories in it can have their names at once.
+    hidden: bool,
+    /// Made by this run: nothing else is in it (no extraneous entries to delete).
+    fresh: bool,
 }
 
 /// Work done at the next verified CHECKPOINT or END, in stream order.
@@ -192,6 +200,8 @@ struct Receiver<'a> {
     last: Last,
     pending: Vec<Pending>,
     names_total: usize,
+    /// Bytes of directory xattrs held until their publication (see [`XATTR_BYTES_HELD_MAX`]).
+    held_xattrs: usize,
     /// Random part of this run's temporary names.
     tag: String,
     counter: u64,
@@ -390,7 +400,8 @@ impl Apply {
         if self.fsync && !batch.items.is_empty() {
             rustix::fs::syncfs(&*self.root).map_err(|e| format!("syncfs {}: {e}", self.dst.display()))?;
         }
-        for p in batch.items {
+        let mut items = batch.items.into_iter();
+        while let Some(p) = items.next() {
             match p {
                 Pending::Place {
                     dir,
@@ -400,8 +411,15 @@ impl Apply {
                     rel,
                 } => {
                     if let Err(e) = place(&dir, &temp, &name, fresh) {
-                        let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                        let _ = remove_tree(&dir, &temp, false);
                         if fresh && e == Errno::EXIST {
+                            // The stream breaks a rule: nothing more of it is published, and
+                            // what it staged goes.
+                            for rest in items {
+                                if let Pending::Place { dir, temp, .. } = rest {
+                                    let _ = remove_tree(&dir, &temp, false);
+                                }
+                            }
                             return Err(format!("{}: made twice", self.shown(&rel)));
                         }
                         self.fail(&rel, "rename into place", e);
@@ -512,8 +530,8 @@ impl Receiver<'_> {
         if let Some(set) = &mut d.names {
             if total >= NAMES_MAX {
                 return Err(Stop::Stream(format!(
-                    "more than {NAMES_MAX} names in directories that existed before the stream \
-                     (receive into an empty directory instead)"
+                    "more than {NAMES_MAX} names in the directories open at once (a directory \
+                     of more entries cannot be received yet)"
                 )));
             }
             if !set.insert(k) {
@@ -608,12 +626,9 @@ impl Receiver<'_> {
             self.replay = None;
             return Ok(());
         }
-        // XATTRs go with the entry before them; a CHECKPOINT or ESTIMATE between changes
-        // nothing (the root's XATTRs follow ESTIMATE).
-        if !matches!(
-            r,
-            Record::Xattr { .. } | Record::Checkpoint { .. } | Record::Estimate { .. }
-        ) {
+        // XATTRs go with the entry before them (the root's follow ESTIMATE); any other record
+        // completes that entry (a CHECKPOINT publishes it: no XATTR may follow one).
+        if !matches!(r, Record::Xattr { .. } | Record::Estimate { .. }) {
             self.finish_last()?;
         }
         match r {
@@ -621,24 +636,7 @@ impl Receiver<'_> {
                 self.counts.bytes_total.store(bytes, Ordering::Relaxed);
                 self.counts.entries_total.store(entries, Ordering::Relaxed);
             }
-            Record::Xattr { name, value } => {
-                let list = match &mut self.last {
-                    Last::Root => &mut self.root_xattrs,
-                    Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
-                    Last::File => &mut self.file.as_mut().expect("open").xattrs,
-                    Last::Inline(i) => &mut i.xattrs,
-                    // Those of an entry that was not made (a failure already reported).
-                    Last::Nothing => return Ok(()),
-                };
-                let bytes: usize = list.iter().map(|(n, v)| n.as_bytes().len() + v.len()).sum();
-                if bytes + name.len() + value.len() > XATTR_BYTES_PER_ENTRY_MAX {
-                    return Err(Stop::Stream(format!(
-                        "more than {} MiB of xattrs for one entry",
-                        XATTR_BYTES_PER_ENTRY_MAX >> 20
-                    )));
-                }
-                list.push((cname(&name), value));
-            }
+            Record::Xattr { name, value } => self.add_xattr(name, value, false)?,
             Record::Dir {
                 parent,
                 name,
@@ -649,18 +647,20 @@ impl Receiver<'_> {
                 self.next_dir += 1;
                 let id = self.next_dir;
                 let p = self.dirs.get(&parent).expect("checked");
-                let (pfd, fresh_parent) = (p.fd.clone(), p.names.is_none());
+                let (pfd, fresh_parent, hidden_parent) = (p.fd.clone(), p.fresh, p.hidden);
                 let rel = join(&p.rel, &name);
                 let n = cname(&name);
-                let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, &rel)?;
+                let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, hidden_parent, &rel)?;
                 self.dirs.insert(
                     id,
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
+                        hidden: fresh,
                         fd: Arc::new(fd),
                         rel,
-                        names: (!fresh).then(HashSet::new),
+                        names: Some(HashSet::new()),
                         xattrs: Vec::new(),
+                        fresh,
                     },
                 );
                 self.counts.entries.fetch_add(1, Ordering::Relaxed);
@@ -684,7 +684,7 @@ impl Receiver<'_> {
                     fd: d.fd,
                     meta,
                     xattrs,
-                    names: d.names,
+                    names: if d.fresh { None } else { d.names },
                     rel: d.rel,
                     root,
                 })?;
@@ -700,7 +700,7 @@ impl Receiver<'_> {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
                 let p = self.dirs.get(&parent).expect("checked");
-                let (pfd, fresh, rel, acl) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name), p.acl);
+                let (pfd, fresh, rel, acl) = (p.fd.clone(), p.fresh, join(&p.rel, &name), p.acl);
                 let created = self.stage(&pfd, |d, t| {
                     rustix::fs::openat(
                         d,
@@ -786,7 +786,7 @@ impl Receiver<'_> {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
                 let p = self.dirs.get(&parent).expect("checked");
-                let (pfd, fresh, rel) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name));
+                let (pfd, fresh, rel) = (p.fd.clone(), p.fresh, join(&p.rel, &name));
                 let id = CString::new(link.to_string()).expect("digits");
                 let Some((links, _)) = &self.links_dir else {
                     self.fail(&rel, "link", "its first name could not be received");
@@ -848,14 +848,8 @@ impl Receiver<'_> {
     /// extraneous entries can be told apart, hardlink ids are pointed at the published names.
     fn replay_record(&mut self, r: Record) -> Result<(), Stop> {
         match r {
-            Record::Xattr { name, value } => {
-                let list = match &self.last {
-                    Last::Root => &mut self.root_xattrs,
-                    Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
-                    _ => return Ok(()),
-                };
-                list.push((cname(&name), value));
-            }
+            // Directories' xattrs are set at their DIR_END, which comes after the offset.
+            Record::Xattr { name, value } => return self.add_xattr(name, value, true),
             Record::Estimate { .. } | Record::Checkpoint { .. } => return Ok(()),
             Record::Dir { parent, name, .. } => {
                 self.dir(parent)?;
@@ -863,15 +857,17 @@ impl Receiver<'_> {
                 self.next_dir += 1;
                 let p = &self.dirs[&parent];
                 let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
-                let (fd, _) = self.make_dir(&pfd, &cname(&name), false, &rel)?;
+                let (fd, _) = self.make_dir(&pfd, &cname(&name), false, false, &rel)?;
                 self.dirs.insert(
                     self.next_dir,
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
+                        hidden: false,
                         fd: Arc::new(fd),
                         rel,
                         names: Some(HashSet::new()),
                         xattrs: Vec::new(),
+                        fresh: false,
                     },
                 );
                 self.last = Last::Dir(self.next_dir);
@@ -919,6 +915,41 @@ impl Receiver<'_> {
         Ok(())
     }
 
+    /// Keep an XATTR for the entry it belongs to (when replaying, only a directory's or the
+    /// root's: they are set at DIR_END). Bounded per entry, and for directories, whose xattrs
+    /// wait for their DIR_END's publication, in all.
+    fn add_xattr(&mut self, name: Vec<u8>, value: Vec<u8>, replay: bool) -> Result<(), Stop> {
+        let held = matches!(self.last, Last::Root | Last::Dir(_));
+        let list = match &mut self.last {
+            Last::Root => &mut self.root_xattrs,
+            Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
+            _ if replay => return Ok(()),
+            Last::File => &mut self.file.as_mut().expect("open").xattrs,
+            Last::Inline(i) => &mut i.xattrs,
+            // Those of an entry that was not made (a failure already reported).
+            Last::Nothing => return Ok(()),
+        };
+        let n = name.len() + value.len();
+        let bytes: usize = list.iter().map(|(n, v)| n.as_bytes().len() + v.len()).sum();
+        if bytes + n > XATTR_BYTES_PER_ENTRY_MAX {
+            return Err(Stop::Stream(format!(
+                "more than {} MiB of xattrs for one entry",
+                XATTR_BYTES_PER_ENTRY_MAX >> 20
+            )));
+        }
+        list.push((cname(&name), value));
+        if held {
+            self.held_xattrs += n;
+            if self.held_xattrs > XATTR_BYTES_HELD_MAX {
+                return Err(Stop::Stream(format!(
+                    "more than {} MiB of directory xattrs waiting for their checkpoint",
+                    XATTR_BYTES_HELD_MAX >> 20
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The resume token of the CHECKPOINT at `at`, stored once its batch is published (only
     /// between files: a token never points inside one).
     fn token(&self, at: u64, seq: u64, chain: [u8; 32]) -> Option<ResumeToken> {
@@ -932,21 +963,22 @@ impl Receiver<'_> {
         })
     }
 
-    /// Directory `name` in `parent` for the stream's entries: the one there, if it is a
-    /// directory (never through a symlink); else a new one. In a directory this run made, the
-    /// new one gets its name at once (nothing else can be there, and the parent itself is not
-    /// yet published); elsewhere it is made under a temporary name and placed at the next
-    /// verified checkpoint, replacing what had that name only then. Returns the directory and
-    /// whether it is new.
+    /// Directory `name` in `parent` for the stream's entries: the one there, if `parent`
+    /// existed before and it is a directory (never through a symlink); else a new one. Inside
+    /// a directory not yet published (`hidden`) the new one gets its name at once: nothing
+    /// can see it yet. Elsewhere it is made under a temporary name and placed at the next
+    /// verified checkpoint, replacing what had that name only then. Returns the directory
+    /// and whether it is new (and so hidden).
     fn make_dir(
         &mut self,
         parent: &Arc<OwnedFd>,
         name: &CStr,
-        fresh_parent: bool,
+        parent_fresh: bool,
+        parent_hidden: bool,
         rel: &[u8],
     ) -> Result<(OwnedFd, bool), Stop> {
         let fail = |me: &Self, e: Errno| Stop::Stream(format!("{}: make directory: {e}", me.shown(rel)));
-        if fresh_parent {
+        if parent_hidden {
             return match rustix::fs::mkdirat(&**parent, name, Mode::from_raw_mode(0o700)) {
                 Ok(()) => Ok((open_dir_beneath(parent, name).map_err(|e| fail(self, e))?, true)),
                 Err(Errno::EXIST) => Err(Stop::Stream(format!(
@@ -957,37 +989,40 @@ impl Receiver<'_> {
                 Err(e) => Err(fail(self, e)),
             };
         }
-        match open_dir_beneath(parent, name) {
-            Ok(fd) => {
-                if !self.ap.is_root_user {
-                    // Entries go in before its own mode is set (at its DIR_END).
-                    let m = rustix::fs::fstat(&fd).map_err(|e| fail(self, e))?.st_mode & 0o7777;
-                    if m & 0o700 != 0o700 {
-                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700)).map_err(|e| fail(self, e))?;
+        if !parent_fresh {
+            match open_dir_beneath(parent, name) {
+                Ok(fd) => {
+                    if !self.ap.is_root_user {
+                        // Entries go in before its own mode is set (at its DIR_END).
+                        let m = rustix::fs::fstat(&fd).map_err(|e| fail(self, e))?.st_mode & 0o7777;
+                        if m & 0o700 != 0o700 {
+                            rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700))
+                                .map_err(|e| fail(self, e))?;
+                        }
                     }
+                    return Ok((fd, false));
                 }
-                Ok((fd, false))
+                // Missing, a symlink (ELOOP, or EXDEV under RESOLVE_NO_SYMLINKS) or not a
+                // directory: a new one, staged; what is there now stays until the checkpoint.
+                Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {}
+                Err(e) => return Err(fail(self, e)),
             }
-            // Missing, a symlink (ELOOP, or EXDEV under RESOLVE_NO_SYMLINKS) or not a directory:
-            // a new one, staged; what is there now stays until the checkpoint.
-            Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {
-                let (temp, fd) = self
-                    .stage(parent, |d, t| {
-                        rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
-                        open_dir_beneath(d, t)
-                    })
-                    .map_err(|e| fail(self, e))?;
-                self.queue(Pending::Place {
-                    dir: parent.clone(),
-                    temp,
-                    name: name.to_owned(),
-                    fresh: false,
-                    rel: rel.to_vec(),
-                })?;
-                Ok((fd, true))
-            }
-            Err(e) => Err(fail(self, e)),
         }
+        let (temp, fd) = self
+            .stage(parent, |d, t| {
+                rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
+                open_dir_beneath(d, t)
+            })
+            .map_err(|e| fail(self, e))?;
+        self.queue(Pending::Place {
+            dir: parent.clone(),
+            temp,
+            name: name.to_owned(),
+            // In a new directory the name must be new (a second DIR of it is refused then).
+            fresh: parent_fresh,
+            rel: rel.to_vec(),
+        })?;
+        Ok((fd, true))
     }
 
     /// Make a symlink or special file under a temporary name; attributes once its XATTRs came.
@@ -1002,7 +1037,7 @@ impl Receiver<'_> {
         self.dir(parent)?;
         self.claim(parent, &name)?;
         let p = self.dirs.get(&parent).expect("checked");
-        let (pfd, fresh, rel, acl) = (p.fd.clone(), p.names.is_none(), join(&p.rel, &name), p.acl);
+        let (pfd, fresh, rel, acl) = (p.fd.clone(), p.fresh, join(&p.rel, &name), p.acl);
         self.counts.entries.fetch_add(1, Ordering::Relaxed);
         match self.stage(&pfd, |d, t| make(d, t)) {
             Ok((temp, ())) => {
@@ -1136,6 +1171,17 @@ impl Receiver<'_> {
     /// now (END).
     fn publish(&mut self, token: Option<ResumeToken>, wait: bool) -> Result<(), Stop> {
         self.published()?;
+        // What is handed over now becomes visible: directories made in the open ones from
+        // now on are staged.
+        for d in self.dirs.values_mut() {
+            d.hidden = false;
+        }
+        for p in &self.pending {
+            if let Pending::DirDone { xattrs, .. } = p {
+                let n: usize = xattrs.iter().map(|(n, v)| n.as_bytes().len() + v.len()).sum();
+                self.held_xattrs = self.held_xattrs.saturating_sub(n);
+            }
+        }
         let batch = Batch {
             items: std::mem::take(&mut self.pending),
             links: self.links_dir.as_ref().map(|(_, n)| n.clone()),
@@ -1375,6 +1421,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         last: Last::Root,
         pending: Vec::new(),
         names_total: 0,
+        held_xattrs: 0,
         tag,
         counter: 0,
         links_dir: None,
@@ -1390,10 +1437,12 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         0,
         OpenDir {
             acl: crate::meta::has_default_acl(root.as_fd()),
+            hidden: false,
             fd: root,
             rel: Vec::new(),
-            names: (!rx.root_fresh).then(HashSet::new),
+            names: Some(HashSet::new()),
             xattrs: Vec::new(),
+            fresh: rx.root_fresh,
         },
     );
     let res = (|| -> Result<(), Stop> {

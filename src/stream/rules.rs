@@ -203,8 +203,9 @@ impl Rules {
                 self.open_dir(*to_dir, t)?;
             }
             Record::Unlink { parent, .. } | Record::Skipped { parent, .. } => self.open_dir(*parent, t)?,
-            // Verified against the chain by the decoder.
-            Record::Checkpoint { .. } => xattr_next = self.xattr_ok,
+            // Verified against the chain by the decoder. It ends the entry before it: no XATTR
+            // follows a CHECKPOINT (a receiver publishes that entry there).
+            Record::Checkpoint { .. } => xattr_next = false,
             Record::End { .. } => {
                 if let Some(open) = self.dirs.iter().position(|s| *s == OPEN) {
                     return Err(format!("END while directory {open} was never ended"));
