@@ -451,6 +451,7 @@ fn payload_fields_are_bounded() {
     .contains("mode"));
     // Symlink target with a NUL.
     let mut tail = meta_bytes(LNK);
+    tail.extend_from_slice(&0u64.to_le_bytes()); // link id
     tail.extend_from_slice(&3u16.to_le_bytes());
     tail.extend_from_slice(b"a\0b");
     assert!(decode_err(&with_raw(
