@@ -5,7 +5,7 @@
 # Run as root (drop_caches, loop mounts).
 #
 #   [RINGSYNC_BIN=target/release/ringsync] [ROUNDS=5] [DATASETS="mixed big"]
-#   [BENCH_DIR=/var/tmp/ringsync-bench] [BTRFS=1] tools/bench-stream.sh > perf/report.md
+#   [BENCH_DIR=/var/tmp/ringsync-bench] [PARTS="disk btrfs"] tools/bench-stream.sh > perf/report.md
 #
 # Commands per dataset (warm source, page cache holding it):
 #   copy         ringsync copy SRC DST                       (default: durable at exit)
@@ -14,7 +14,7 @@
 #   tar+sync     tar -C SRC -cf - . | tar -C DST -xpf - ; sync -f DST   (durable, like for like)
 #   tar          tar -C SRC -cf - . | tar -C DST -xpf -                 (tar's default)
 # Then, cold (caches dropped before each): send SRC > /dev/null against `cat` of every file
-# (the read bound). With BTRFS=1, on a loop btrfs holding a read-only snapshot of the
+# (the read bound). With btrfs in PARTS, on a loop btrfs (a sparse 64 GiB image) holding a read-only snapshot of the
 # dataset: btrfs send | btrfs receive against ringsync send | ringsync receive (both with and
 # without a final sync).
 # The datasets are the ones tools/bench-copy.sh makes (run it once first). Destinations are
@@ -24,12 +24,12 @@ set -euo pipefail
 TOOL=bench-stream
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 tool_args "$@"
-record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR BTRFS
+record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR PARTS
 RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
 ROUNDS=${ROUNDS:-5}
 DATASETS=${DATASETS:-mixed big}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ringsync-bench}
-BTRFS=${BTRFS:-1}
+PARTS=${PARTS:-disk btrfs}
 DATA=$BENCH_DIR/data-full
 OUT=$BENCH_DIR/stream-dst
 WORK=$(mktemp -d "$BENCH_DIR/stream-bin.XXXXXX")
@@ -106,6 +106,7 @@ block() {
 report_head "send | receive against copy, tar and btrfs send | receive" "fewer rounds"
 echo "Binary: $RS_DESC. $(nproc) CPUs, $(uname -r), $(findmnt -no FSTYPE --target "$BENCH_DIR") on $(findmnt -no SOURCE --target "$BENCH_DIR"); $ROUNDS rounds, order rotating, warm source."
 for ds in $DATASETS; do
+    [[ " $PARTS " == *" disk "* ]] || break
     src=$DATA/$ds
     echo
     echo "## $ds ($(du -sh --apparent-size "$src" | cut -f1), $(find "$src" | wc -l) entries)"
@@ -123,10 +124,10 @@ for ds in $DATASETS; do
     echo "Cold read: \`send > /dev/null\` median $(printf %.2f "$ms") s ($(echo "$bytes / $ms / 1000000" | bc) MB/s), \`cat\` of every file median $(printf %.2f "$mc") s ($(echo "$bytes / $mc / 1000000" | bc) MB/s): send at $(echo "100 * $mc / $ms" | bc)% of the read bound."
 done
 
-if [[ $BTRFS == 1 ]]; then
+if [[ " $PARTS " == *" btrfs "* ]]; then
     img=$BENCH_DIR/stream-btrfs.img; mnt=$BENCH_DIR/stream-btrfs
     umount "$mnt" 2>/dev/null || true
-    rm -f "$img"; truncate -s 16G "$img"; mkfs.btrfs -q "$img"; mkdir -p "$mnt"; mount -o loop "$img" "$mnt"
+    rm -f "$img"; truncate -s 64G "$img"; mkfs.btrfs -q "$img"; mkdir -p "$mnt"; mount -o loop "$img" "$mnt"
     trap 'umount "$mnt" 2>/dev/null; rm -f "$img"; rm -rf "$WORK"' EXIT
     for ds in $DATASETS; do
         btrfs -q subvolume create "$mnt/$ds-sub"
