@@ -1128,31 +1128,21 @@ impl Receiver<'_> {
 
     /// Keep a name for a file later LINK records refer to, in a private directory in DST.
     fn remember_link(&mut self, dir: &OwnedFd, name: &CStr, link: u64) -> Result<(), Errno> {
-        self.links_dir().map_err(|_| Errno::IO)?;
+        self.links_dir()?;
         let (links, _) = self.links_dir.as_ref().expect("made");
         let id = CString::new(link.to_string()).expect("digits");
         rustix::fs::linkat(dir, name, links, id.as_c_str(), AtFlags::empty())
     }
 
     /// The private directory in DST's root that holds a name per hardlink id.
-    fn links_dir(&mut self) -> Result<(), Stop> {
+    fn links_dir(&mut self) -> Result<(), Errno> {
         if self.links_dir.is_none() {
             let root = self.ap.root.clone();
-            let made = self.stage(&root, |d, t| {
+            let (name, fd) = self.stage(&root, |d, t| {
                 rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
                 open_dir_beneath(d, t)
-            });
-            match made {
-                Ok((name, fd)) => {
-                    self.links_dir = Some((fd, name));
-                }
-                Err(e) => {
-                    return Err(Stop::Stream(format!(
-                        "{}: make a directory for hardlinks: {e}",
-                        self.shown(b"")
-                    )))
-                }
-            }
+            })?;
+            self.links_dir = Some((fd, name));
         }
         Ok(())
     }
