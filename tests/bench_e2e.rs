@@ -81,6 +81,7 @@ fn spawn_bench(args: &[OsString], cwd: Option<&Path>) -> Running {
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
+    default_signals(&mut cmd);
     let t0 = Instant::now();
     let mut child = cmd.spawn().expect("spawn ringsync bench");
     let pid = child.id();

@@ -13,7 +13,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,24 +118,7 @@ fn spawn(args: &[OsString], logs: &Path) -> Spawned {
         .stdout(File::create(&out).expect("create stdout log"))
         .stderr(File::create(&err).expect("create stderr log"))
         .env("RUST_BACKTRACE", "1");
-    // SAFETY: the closure runs in the forked child before exec and only calls `signal`,
-    // `sigemptyset` and `sigprocmask`, which are async-signal-safe; it touches no memory of the
-    // parent other than its own stack variable and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    default_signals(&mut cmd);
     let child = cmd.spawn().expect("spawn ringsync");
     Spawned {
         what,

@@ -222,3 +222,28 @@ pub fn read_record_json(dst: &Path) -> Option<serde_json::Value> {
         })
     })
 }
+
+/// Start the command with SIGINT, SIGTERM and SIGHUP at their defaults and none blocked: a
+/// background job of a non-interactive shell (how CI may run the tests) inherits SIGINT
+/// ignored, and a test that sends Ctrl-C must not depend on how it was started.
+pub fn default_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls `signal`,
+    // `sigemptyset` and `sigprocmask`, which are async-signal-safe; it touches no memory of the
+    // parent other than its own stack variable and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
