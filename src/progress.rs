@@ -365,3 +365,32 @@ mod tests {
         assert!(l.contains("100%") && l.contains("5.0 MiB / 5.0 MiB"), "{l}");
     }
 }
+
+/// Bytes and entries a stream has moved, against the totals its ESTIMATE gave: what `send`
+/// and `receive` show (both sides count the same way).
+#[derive(Default)]
+pub struct StreamCounts {
+    pub bytes: AtomicU64,
+    pub entries: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub entries_total: AtomicU64,
+}
+
+impl StreamCounts {
+    /// Draw these counts; `scanning` while no total is known yet.
+    pub fn line(self: &Arc<Self>, mode: Mode) -> ProgressLine {
+        let c = self.clone();
+        ProgressLine::start(mode, move || {
+            let entries_total = c.entries_total.load(Ordering::Relaxed);
+            Snapshot {
+                bytes_done: c.bytes.load(Ordering::Relaxed),
+                bytes_total: c.bytes_total.load(Ordering::Relaxed),
+                files_done: c.entries.load(Ordering::Relaxed),
+                files_total: entries_total,
+                scanning: entries_total == 0,
+                activity: "counting",
+                ..Default::default()
+            }
+        })
+    }
+}

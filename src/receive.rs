@@ -38,7 +38,7 @@ use crate::diff::{escape, join};
 use crate::error::exit;
 use crate::mirror::apply::remove_tree;
 use crate::mirror::guard::{self, Guard, LockError};
-use crate::progress::{self, ProgressLine, Snapshot};
+use crate::progress::{self, StreamCounts};
 use crate::stream::{self, Record, ResumeToken, StreamHeader};
 use crate::stream_io::{ReadError, StreamReader};
 
@@ -158,14 +158,6 @@ enum Stop {
     Interrupted(i32),
 }
 
-#[derive(Default)]
-struct Counts {
-    bytes: AtomicU64,
-    entries: AtomicU64,
-    bytes_total: AtomicU64,
-    entries_total: AtomicU64,
-}
-
 /// What setting attributes and publishing need: shared by the receiving thread and the
 /// thread publishing the previous checkpoint's batch.
 struct Apply {
@@ -215,7 +207,7 @@ struct Receiver<'a> {
     /// The stream's identity, for the tokens written at checkpoints.
     header: StreamHeader,
     skipped: u64,
-    counts: Arc<Counts>,
+    counts: Arc<StreamCounts>,
 }
 
 fn cname(b: &[u8]) -> CString {
@@ -1379,17 +1371,8 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
         hex(&b)
     };
-    let counts = Arc::new(Counts::default());
-    let line = {
-        let c = counts.clone();
-        ProgressLine::start(cfg.progress, move || Snapshot {
-            bytes_done: c.bytes.load(Ordering::Relaxed),
-            bytes_total: c.bytes_total.load(Ordering::Relaxed),
-            files_done: c.entries.load(Ordering::Relaxed),
-            files_total: c.entries_total.load(Ordering::Relaxed),
-            ..Default::default()
-        })
-    };
+    let counts = Arc::new(StreamCounts::default());
+    let line = counts.line(cfg.progress);
     let ap = Arc::new(Apply {
         dst: dst.clone(),
         root: root.clone(),

@@ -20,7 +20,7 @@ use std::io::IsTerminal;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, StatxFlags};
@@ -29,7 +29,7 @@ use rustix::io::Errno;
 use crate::diff::{escape, join};
 use crate::error::exit;
 use crate::meta::{self, Preserve};
-use crate::progress::{self, ProgressLine, Snapshot};
+use crate::progress::{self, StreamCounts};
 use crate::ring::{self, Backend, EngineKind, Op, RingConfig};
 use crate::stream::{self, Encoder, Record, ResumeToken, StreamHeader};
 use crate::stream_io::StreamWriter;
@@ -153,15 +153,6 @@ fn next_data(fd: &OwnedFd, pos: u64, size: u64, sparse: bool) -> Option<(u64, u6
     Some((start, end.min(size)))
 }
 
-/// Counts shared with the progress line.
-#[derive(Default)]
-struct Counts {
-    bytes: AtomicU64,
-    entries: AtomicU64,
-    bytes_total: AtomicU64,
-    entries_total: AtomicU64,
-}
-
 /// A directory being walked.
 struct Frame {
     fd: Arc<OwnedFd>,
@@ -198,7 +189,7 @@ struct Sender<'a> {
     next_dir: u64,
     ckpt_offset: u64,
     ckpt_entries: u64,
-    counts: Arc<Counts>,
+    counts: Arc<StreamCounts>,
     errors: u64,
     vanished: u64,
     quiet: bool,
@@ -789,19 +780,8 @@ pub fn send(cfg: &SendConfig) -> i32 {
             return exit::FATAL;
         }
     };
-    let counts = Arc::new(Counts::default());
-    let line = {
-        let c = counts.clone();
-        ProgressLine::start(cfg.progress, move || Snapshot {
-            bytes_done: c.bytes.load(Ordering::Relaxed),
-            bytes_total: c.bytes_total.load(Ordering::Relaxed),
-            files_done: c.entries.load(Ordering::Relaxed),
-            files_total: c.entries_total.load(Ordering::Relaxed),
-            scanning: c.entries_total.load(Ordering::Relaxed) == 0,
-            activity: "counting",
-            ..Default::default()
-        })
-    };
+    let counts = Arc::new(StreamCounts::default());
+    let line = counts.line(cfg.progress);
     let (est_bytes, est_entries) = estimate(&root);
     counts.bytes_total.store(est_bytes, Ordering::Relaxed);
     counts.entries_total.store(est_entries.max(1), Ordering::Relaxed);
