@@ -53,6 +53,11 @@ pub const NAMES_MAX: usize = 1 << 21;
 pub const XATTR_BYTES_PER_ENTRY_MAX: usize = 4 << 20;
 /// Xattr bytes of directories (open, or ended and not yet published) held at once.
 pub const XATTR_BYTES_HELD_MAX: usize = 16 << 20;
+/// RENAME and UNLINK records one incremental stream may hold.
+pub const OVER_MAX: usize = 1 << 20;
+/// Directories an incremental stream may hold in its holding directory at once (the receiver
+/// keeps a descriptor of each until the stream ends).
+pub const HELD_DIRS_MAX: usize = 1 << 16;
 /// The largest max payload accepted (the format's cap).
 const PAYLOAD_CAP: u32 = stream::PAYLOAD_BYTES_CAP;
 
@@ -85,10 +90,46 @@ struct OpenDir {
     hidden: bool,
     /// Made by this run: nothing else is in it (no extraneous entries to delete).
     fresh: bool,
+    /// Device and inode: what incremental records did to its names is kept by it.
+    key: (u64, u64),
+}
+
+/// What an incremental stream's records before the next publication did to a name (they run
+/// only then): a DIR of that name must not open what is there now.
+enum Over {
+    /// UNLINKed or taken to the holding directory: a DIR of that name makes a new one.
+    Gone,
+    /// Brought from the holding directory: the directory that will be there (`None`: not a
+    /// directory).
+    Incoming(Option<Arc<OwnedFd>>),
 }
 
 /// Work done at the next verified CHECKPOINT or END, in stream order.
 enum Pending {
+    /// Incremental: move an entry to or from the holding directory.
+    Move {
+        from: Arc<OwnedFd>,
+        from_name: CString,
+        to: Arc<OwnedFd>,
+        to_name: CString,
+        /// Into the holding directory: the name there must be new.
+        to_hold: bool,
+        rel: Vec<u8>,
+    },
+    /// Incremental: remove an entry and all below it.
+    Unlink {
+        dir: Arc<OwnedFd>,
+        name: CString,
+        rel: Vec<u8>,
+    },
+    /// Incremental: set an existing entry's attributes (and exactly these xattrs).
+    Attrs {
+        dir: Arc<OwnedFd>,
+        name: CString,
+        meta: stream::Meta,
+        xattrs: Xattrs,
+        rel: Vec<u8>,
+    },
     /// Rename a staged entry to its final name.
     Place {
         dir: Arc<OwnedFd>,
@@ -142,6 +183,15 @@ struct InlineIn {
     acl: bool,
 }
 
+/// An ATTRS record waiting for its XATTRs.
+struct AttrsIn {
+    dir: Arc<OwnedFd>,
+    name: CString,
+    meta: stream::Meta,
+    xattrs: Xattrs,
+    rel: Vec<u8>,
+}
+
 /// What XATTR records attach to.
 enum Last {
     Nothing,
@@ -149,6 +199,7 @@ enum Last {
     Dir(u64),
     File,
     Inline(InlineIn),
+    Attrs(AttrsIn),
 }
 
 /// Why the receive stopped.
@@ -178,6 +229,8 @@ struct Batch {
     items: Vec<Pending>,
     /// The hardlink directory's name in DST's root (kept from deletion, removed with the root).
     links: Option<CString>,
+    /// The holding directory's name in DST's root (incremental; removed with the root).
+    hold: Option<CString>,
     /// Stored once the batch is published.
     token: Option<ResumeToken>,
 }
@@ -198,6 +251,16 @@ struct Receiver<'a> {
     tag: String,
     counter: u64,
     links_dir: Option<(OwnedFd, CString)>,
+    /// Directories waiting in the holding directory (see [`HELD_DIRS_MAX`]).
+    held_dirs: usize,
+    /// Incremental: the holding directory (made at the first RENAME into it).
+    hold: Option<(Arc<OwnedFd>, CString)>,
+    /// Incremental: what records waiting for publication did to names, per directory.
+    /// Names as keyed hashes (see [`Apply::key`]).
+    over: HashMap<(u64, u64), HashMap<u64, Over>>,
+    over_count: usize,
+    /// The stream is incremental: existing entries not named are kept; no claims.
+    incremental: bool,
     root_xattrs: Xattrs,
     root_fresh: bool,
     cfg: &'a ReceiveConfig,
@@ -417,6 +480,40 @@ impl Apply {
                         self.fail(&rel, "rename into place", e);
                     }
                 }
+                Pending::Move {
+                    from,
+                    from_name,
+                    to,
+                    to_name,
+                    to_hold,
+                    rel,
+                } => {
+                    let r = if to_hold {
+                        rustix::fs::renameat_with(&*from, &from_name, &*to, &to_name, RenameFlags::NOREPLACE)
+                    } else {
+                        move_over(&from, &from_name, &to, &to_name)
+                    };
+                    if let Err(e) = r {
+                        self.fail(&rel, "rename", e);
+                    }
+                }
+                Pending::Unlink { dir, name, rel } => match remove_tree(&dir, &name, false) {
+                    // Gone already: what the stream wants.
+                    Ok(()) => {}
+                    Err(Errno::NOENT) => {}
+                    Err(e) => self.fail(&rel, "delete", e),
+                },
+                Pending::Attrs {
+                    dir,
+                    name,
+                    meta,
+                    xattrs,
+                    rel,
+                } => {
+                    if let Err(e) = self.attrs_at(&dir, &name, &meta, &xattrs) {
+                        self.fail(&rel, "set attributes", e);
+                    }
+                }
                 Pending::DirDone {
                     fd,
                     meta,
@@ -431,6 +528,10 @@ impl Apply {
                     if root {
                         if let Some(l) = &batch.links {
                             self.remove_links_dir(l);
+                        }
+                        // What an incremental stream took away and did not bring back.
+                        if let Some(h) = &batch.hold {
+                            self.remove_private_dir(h, "remove the holding directory");
                         }
                     }
                     // Pruned: an existing directory's, or inherited from a default ACL.
@@ -452,9 +553,28 @@ impl Apply {
     }
 
     fn remove_links_dir(&self, name: &CStr) {
+        self.remove_private_dir(name, "remove the hardlink directory");
+    }
+
+    fn remove_private_dir(&self, name: &CStr, what: &str) {
         if let Err(e) = remove_tree(&self.root, name, true) {
-            self.fail(name.to_bytes(), "remove the hardlink directory", e);
+            self.fail(name.to_bytes(), what, e);
         }
+    }
+
+    /// An existing entry's attributes: a directory's on its descriptor (opened beneath
+    /// `dir`), anything else's by name, never followed.
+    fn attrs_at(&self, dir: &OwnedFd, name: &CStr, m: &stream::Meta, xattrs: &Xattrs) -> Result<(), String> {
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| format!("stat: {e}"))?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir != (m.mode & libc::S_IFMT == libc::S_IFDIR) {
+            return Err("another type of entry is there".into());
+        }
+        if is_dir {
+            let fd = open_dir_beneath(dir, name).map_err(|e| format!("open: {e}"))?;
+            return self.apply_fd(&fd, m, xattrs, true);
+        }
+        self.apply_at(dir, name, m, xattrs, true)
     }
 
     /// Delete what a directory that existed before holds and the stream did not make (never
@@ -570,7 +690,17 @@ impl Receiver<'_> {
     /// The symlink or special file waiting for XATTRs is complete: apply its attributes and
     /// queue its placement.
     fn finish_last(&mut self) -> Result<(), Stop> {
-        if let Last::Inline(i) = std::mem::replace(&mut self.last, Last::Nothing) {
+        let last = std::mem::replace(&mut self.last, Last::Nothing);
+        if let Last::Attrs(a) = last {
+            return self.queue(Pending::Attrs {
+                dir: a.dir,
+                name: a.name,
+                meta: a.meta,
+                xattrs: a.xattrs,
+                rel: a.rel,
+            });
+        }
+        if let Last::Inline(i) = last {
             if let Err(e) = self.ap.apply_at(&i.dir, &i.temp, &i.meta, &i.xattrs, i.acl) {
                 self.fail(&i.rel, "set attributes", e);
                 let _ = rustix::fs::unlinkat(&*i.dir, &i.temp, AtFlags::empty());
@@ -642,15 +772,27 @@ impl Receiver<'_> {
                 let (pfd, fresh_parent, hidden_parent) = (p.fd.clone(), p.fresh, p.hidden);
                 let rel = join(&p.rel, &name);
                 let n = cname(&name);
-                let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, hidden_parent, &rel)?;
+                // Incremental: what records before it did to the name decides what it is.
+                let (fd, fresh) = match self.over.get(&p.key).and_then(|m| m.get(&self.ap.key(&name))) {
+                    Some(Over::Incoming(Some(fd))) => (fd.clone(), false),
+                    Some(_) => {
+                        let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, hidden_parent, &rel, false)?;
+                        (Arc::new(fd), fresh)
+                    }
+                    None => {
+                        let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, hidden_parent, &rel, true)?;
+                        (Arc::new(fd), fresh)
+                    }
+                };
                 self.dirs.insert(
                     id,
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
                         hidden: fresh,
-                        fd: Arc::new(fd),
+                        key: dir_key(&fd).map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
+                        fd,
                         rel,
-                        names: Some(HashSet::new()),
+                        names: (!self.incremental).then(HashSet::new),
                         xattrs: Vec::new(),
                         fresh,
                     },
@@ -828,11 +970,122 @@ impl Receiver<'_> {
                 self.publish(token, false)?;
             }
             Record::End { .. } => self.publish(None, true)?,
-            Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
-                return Err(Stop::Stream("incremental records in a full stream".into()))
+            Record::Attrs { parent, name, meta } => {
+                let p = self.dir(parent)?;
+                self.last = Last::Attrs(AttrsIn {
+                    dir: p.fd.clone(),
+                    rel: join(&p.rel, &name),
+                    name: cname(&name),
+                    meta,
+                    xattrs: Vec::new(),
+                });
+                self.counts.entries.fetch_add(1, Ordering::Relaxed);
             }
+            Record::Unlink { parent, name } => {
+                let p = self.dir(parent)?;
+                let (dir, key, rel) = (p.fd.clone(), p.key, join(&p.rel, &name));
+                self.set_over(key, &name, Over::Gone)?;
+                self.queue(Pending::Unlink {
+                    dir,
+                    name: cname(&name),
+                    rel,
+                })?;
+            }
+            Record::Rename {
+                from_dir,
+                from,
+                to_dir,
+                to,
+            } => self.rename(from_dir, from, to_dir, to)?,
         }
         Ok(())
+    }
+
+    /// Note what a record waiting for publication does to `name` in the directory `key`.
+    fn set_over(&mut self, key: (u64, u64), name: &[u8], o: Over) -> Result<(), Stop> {
+        if self.over_count >= OVER_MAX {
+            return Err(Stop::Stream(format!(
+                "more than {OVER_MAX} RENAME and UNLINK records in one stream"
+            )));
+        }
+        self.over_count += 1;
+        let k = self.key(name);
+        self.over.entry(key).or_default().insert(k, o);
+        Ok(())
+    }
+
+    /// The holding directory (made in DST's root at its first use).
+    fn hold(&mut self) -> Result<(Arc<OwnedFd>, (u64, u64)), Stop> {
+        if self.hold.is_none() {
+            let root = self.ap.root.clone();
+            let (name, fd) = self
+                .stage(&root, |d, t| {
+                    rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
+                    open_dir_beneath(d, t)
+                })
+                .map_err(|e| Stop::Stream(format!("make the holding directory in {}: {e}", self.shown(b""))))?;
+            self.hold = Some((Arc::new(fd), name));
+        }
+        let fd = self.hold.as_ref().expect("made").0.clone();
+        let key = dir_key(&fd).map_err(|e| Stop::Stream(format!("stat the holding directory: {e}")))?;
+        Ok((fd, key))
+    }
+
+    /// RENAME: take an entry to the holding directory, or bring one back to its new name
+    /// (the rules checked that exactly one side is the holding directory).
+    fn rename(&mut self, from_dir: u64, from: Vec<u8>, to_dir: u64, to: Vec<u8>) -> Result<(), Stop> {
+        let (hold, hold_key) = self.hold()?;
+        if to_dir == stream::HOLD_DIR {
+            let p = self.dir(from_dir)?;
+            let (pfd, key, rel) = (p.fd.clone(), p.key, join(&p.rel, &from));
+            // The directory it is, for a DIR of its new name later (nothing is moved yet).
+            let held = match self.over.get(&key).and_then(|m| m.get(&self.ap.key(&from))) {
+                Some(Over::Incoming(fd)) => fd.clone(),
+                Some(Over::Gone) => None,
+                None => match open_dir_beneath(&pfd, &cname(&from)) {
+                    Ok(fd) => Some(Arc::new(fd)),
+                    // Not a directory (or not there: its move will fail and be reported).
+                    Err(Errno::NOTDIR | Errno::LOOP | Errno::XDEV | Errno::NOENT) => None,
+                    Err(e) => return Err(Stop::Stream(format!("{}: open: {e}", self.shown(&rel)))),
+                },
+            };
+            if held.is_some() {
+                self.held_dirs += 1;
+                if self.held_dirs > HELD_DIRS_MAX {
+                    return Err(Stop::Stream(format!(
+                        "more than {HELD_DIRS_MAX} directories taken to the holding directory"
+                    )));
+                }
+            }
+            self.set_over(key, &from, Over::Gone)?;
+            self.set_over(hold_key, &to, Over::Incoming(held))?;
+            self.queue(Pending::Move {
+                from: pfd,
+                from_name: cname(&from),
+                to: hold,
+                to_name: cname(&to),
+                to_hold: true,
+                rel,
+            })
+        } else {
+            let p = self.dir(to_dir)?;
+            let (pfd, key, rel) = (p.fd.clone(), p.key, join(&p.rel, &to));
+            let k = self.ap.key(&from);
+            let held = match self.over.get_mut(&hold_key).and_then(|m| m.remove(&k)) {
+                Some(Over::Incoming(fd)) => fd,
+                _ => None,
+            };
+            self.set_over(key, &to, Over::Incoming(held))?;
+            self.counts.entries.fetch_add(1, Ordering::Relaxed);
+            self.queue(Pending::Move {
+                from: hold,
+                from_name: cname(&from),
+                to: pfd,
+                to_name: cname(&to),
+                to_hold: false,
+                rel,
+            })
+        }
     }
 
     /// A record before the resume offset: the interrupted run applied it. Directories are
@@ -849,12 +1102,13 @@ impl Receiver<'_> {
                 self.next_dir += 1;
                 let p = &self.dirs[&parent];
                 let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
-                let (fd, _) = self.make_dir(&pfd, &cname(&name), false, false, &rel)?;
+                let (fd, _) = self.make_dir(&pfd, &cname(&name), false, false, &rel, true)?;
                 self.dirs.insert(
                     self.next_dir,
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
                         hidden: false,
+                        key: dir_key(&fd).map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
                         fd: Arc::new(fd),
                         rel,
                         names: Some(HashSet::new()),
@@ -911,13 +1165,15 @@ impl Receiver<'_> {
     /// root's: they are set at DIR_END). Bounded per entry, and for directories, whose xattrs
     /// wait for their DIR_END's publication, in all.
     fn add_xattr(&mut self, name: Vec<u8>, value: Vec<u8>, replay: bool) -> Result<(), Stop> {
-        let held = matches!(self.last, Last::Root | Last::Dir(_));
+        // Held until their publication: directories' and ATTRS'.
+        let held = matches!(self.last, Last::Root | Last::Dir(_) | Last::Attrs(_));
         let list = match &mut self.last {
             Last::Root => &mut self.root_xattrs,
             Last::Dir(id) => &mut self.dirs.get_mut(id).expect("open").xattrs,
             _ if replay => return Ok(()),
             Last::File => &mut self.file.as_mut().expect("open").xattrs,
             Last::Inline(i) => &mut i.xattrs,
+            Last::Attrs(a) => &mut a.xattrs,
             // Those of an entry that was not made (a failure already reported).
             Last::Nothing => return Ok(()),
         };
@@ -945,7 +1201,8 @@ impl Receiver<'_> {
     /// The resume token of the CHECKPOINT at `at`, stored once its batch is published (only
     /// between files: a token never points inside one).
     fn token(&self, at: u64, seq: u64, chain: [u8; 32]) -> Option<ResumeToken> {
-        self.file.is_none().then_some(ResumeToken {
+        // An incremental stream cannot be resumed yet (docs/stream.md, section 7).
+        (self.file.is_none() && !self.incremental).then_some(ResumeToken {
             stream_id: self.header.stream_id,
             target_id: self.header.target_id,
             created_s: self.header.created_s,
@@ -968,6 +1225,7 @@ impl Receiver<'_> {
         parent_fresh: bool,
         parent_hidden: bool,
         rel: &[u8],
+        open_existing: bool,
     ) -> Result<(OwnedFd, bool), Stop> {
         let fail = |me: &Self, e: Errno| Stop::Stream(format!("{}: make directory: {e}", me.shown(rel)));
         if parent_hidden {
@@ -981,7 +1239,7 @@ impl Receiver<'_> {
                 Err(e) => Err(fail(self, e)),
             };
         }
-        if !parent_fresh {
+        if !parent_fresh && open_existing {
             match open_dir_beneath(parent, name) {
                 Ok(fd) => {
                     if !self.ap.is_root_user {
@@ -1159,7 +1417,7 @@ impl Receiver<'_> {
             d.hidden = false;
         }
         for p in &self.pending {
-            if let Pending::DirDone { xattrs, .. } = p {
+            if let Pending::DirDone { xattrs, .. } | Pending::Attrs { xattrs, .. } = p {
                 let n: usize = xattrs.iter().map(|(n, v)| n.as_bytes().len() + v.len()).sum();
                 self.held_xattrs = self.held_xattrs.saturating_sub(n);
             }
@@ -1167,6 +1425,7 @@ impl Receiver<'_> {
         let batch = Batch {
             items: std::mem::take(&mut self.pending),
             links: self.links_dir.as_ref().map(|(_, n)| n.clone()),
+            hold: self.hold.as_ref().map(|(_, n)| n.clone()),
             token,
         };
         let ap = self.ap.clone();
@@ -1203,7 +1462,20 @@ impl Receiver<'_> {
             drop(fd);
             self.ap.remove_links_dir(&name);
         }
+        // What an unfinished incremental stream took away and did not bring back goes (DST
+        // stays dirty: the next full stream or mirror puts it back).
+        if let Some((fd, name)) = self.hold.take() {
+            drop(fd);
+            self.over.clear();
+            self.ap.remove_private_dir(&name, "remove the holding directory");
+        }
     }
+}
+
+/// A directory's device and inode.
+fn dir_key(fd: &OwnedFd) -> Result<(u64, u64), Errno> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 fn p_rel(rel: &[u8]) -> Vec<u8> {
@@ -1246,6 +1518,18 @@ fn place(dir: &OwnedFd, temp: &CStr, name: &CStr, fresh: bool) -> Result<(), Err
         Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
             remove_tree(dir, name, false)?;
             rustix::fs::renameat(dir, temp, dir, name)
+        }
+        r => r,
+    }
+}
+
+/// Move an entry out of the holding directory to its new name, replacing what is there (a
+/// directory there is removed first).
+fn move_over(from: &OwnedFd, from_name: &CStr, to: &OwnedFd, to_name: &CStr) -> Result<(), Errno> {
+    match rustix::fs::renameat(from, from_name, to, to_name) {
+        Err(Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => {
+            remove_tree(to, to_name, false)?;
+            rustix::fs::renameat(from, from_name, to, to_name)
         }
         r => r,
     }
@@ -1329,10 +1613,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         }
     };
     let header: StreamHeader = reader.decoder().stream_header().clone();
-    if header.required & stream::FEATURE_INCREMENTAL != 0 {
-        eprintln!("ringsync: receive: this is an incremental stream; this receiver applies full streams only (incremental receive is not built yet)");
-        return exit::FATAL;
-    }
+    let incremental = header.required & stream::FEATURE_INCREMENTAL != 0;
     let root = match guard.root().try_clone() {
         Ok(fd) => Arc::new(fd),
         Err(e) => {
@@ -1341,6 +1622,15 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         }
     };
     let mut record = guard.read().ok().flatten().unwrap_or_default();
+    if incremental {
+        if let Err(e) = check_base(&header, &record) {
+            eprintln!(
+                "ringsync: receive: {}: refusing the incremental stream: {e}; nothing was changed",
+                dst.display()
+            );
+            return exit::FATAL;
+        }
+    }
     let replay = if header.required & stream::FEATURE_RESUMED != 0 {
         match check_resumed(&header, record.resume.as_deref()) {
             Ok(t) => Some(t),
@@ -1365,7 +1655,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         eprintln!("ringsync: receive: {e}");
         return exit::FATAL;
     }
-    let root_fresh = replay.is_none() && is_empty_dir(&root).unwrap_or(false);
+    let root_fresh = replay.is_none() && !incremental && is_empty_dir(&root).unwrap_or(false);
     let tag = {
         let mut b = [0u8; 6];
         let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
@@ -1398,6 +1688,11 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         tag,
         counter: 0,
         links_dir: None,
+        hold: None,
+        over: HashMap::new(),
+        over_count: 0,
+        held_dirs: 0,
+        incremental,
         root_xattrs: Vec::new(),
         root_fresh,
         cfg,
@@ -1406,14 +1701,22 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         skipped: 0,
         counts,
     };
+    let root_key = match dir_key(&root) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("ringsync: receive: stat {}: {e}", dst.display());
+            return exit::FATAL;
+        }
+    };
     rx.dirs.insert(
         0,
         OpenDir {
             acl: crate::meta::has_default_acl(root.as_fd()),
             hidden: false,
+            key: root_key,
             fd: root,
             rel: Vec::new(),
-            names: Some(HashSet::new()),
+            names: (!incremental).then(HashSet::new),
             xattrs: Vec::new(),
             fresh: rx.root_fresh,
         },
@@ -1496,6 +1799,31 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// An incremental stream applies only to the state it was made from: DST's record must be
+/// clean and name the stream's base as the target of the last stream applied.
+fn check_base(h: &StreamHeader, r: &guard::Record) -> Result<(), String> {
+    if h.required & stream::FEATURE_RESUMED != 0 {
+        return Err("an incremental stream cannot be resumed yet (send it again in full, or send the incremental again after a full stream)".into());
+    }
+    let base = hex(&h.base_id);
+    match r.stream_target.as_deref() {
+        _ if r.state.is_empty() => Err(format!(
+            "DST has no record of a stream applied to it, and this stream applies only to the state {base}"
+        )),
+        _ if !r.is_clean() => Err(
+            "DST is marked dirty (a run into it did not finish), so it is not the state the stream applies to; send a full stream"
+                .into(),
+        ),
+        Some(t) if t == base => Ok(()),
+        Some(t) => Err(format!(
+            "the stream applies to the state {base}, and DST is the state {t}"
+        )),
+        None => Err(format!(
+            "DST was last changed by a mirror or copy, not by a stream, and this stream applies only to the state {base}"
+        )),
     }
 }
 

@@ -34,7 +34,7 @@ const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 
 /// Whether inode identity means the same file in OLD and NEW: one filesystem, or btrfs
 /// snapshots (each subvolume has its own device number).
-fn inode_identity_holds(a: &Path, b: &Path) -> bool {
+pub(crate) fn inode_identity_holds(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let same_dev = match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev(),

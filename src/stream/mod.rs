@@ -19,7 +19,7 @@ pub use record::{
     Meta, Record, RecordHeader, RecordType, FLAG_MUST_UNDERSTAND, NAME_BYTES_MAX, REASON_BYTES_MAX,
     RECORD_HEADER_BYTES, SYMLINK_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
 };
-pub use rules::Rules;
+pub use rules::{Rules, HOLD_DIR};
 pub use token::ResumeToken;
 
 /// Largest max-payload a stream may declare (and so the largest single allocation a reader

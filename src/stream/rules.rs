@@ -11,6 +11,11 @@ pub const DIRS_MAX: u64 = 1 << 26;
 /// the tree is deep; a receiver holds a descriptor for each.
 pub const OPEN_DIRS_MAX: usize = 4096;
 
+/// The holding directory of an incremental stream (docs/stream.md, section 2.3): a RENAME
+/// takes an entry there and brings it back to its new place. Always open in an incremental
+/// stream, and usable by RENAME only.
+pub const HOLD_DIR: u64 = u64::MAX;
+
 const OPEN: u8 = 1;
 const ENDED: u8 = 2;
 
@@ -199,8 +204,16 @@ impl Rules {
                 xattr_next = true;
             }
             Record::Rename { from_dir, to_dir, .. } => {
-                self.open_dir(*from_dir, t)?;
-                self.open_dir(*to_dir, t)?;
+                // Exactly one side is the holding directory.
+                match (*from_dir == HOLD_DIR, *to_dir == HOLD_DIR) {
+                    (true, false) => self.open_dir(*to_dir, t)?,
+                    (false, true) => self.open_dir(*from_dir, t)?,
+                    _ => {
+                        return Err(
+                            "RENAME must take an entry to or from the holding directory".into()
+                        )
+                    }
+                }
             }
             Record::Unlink { parent, .. } | Record::Skipped { parent, .. } => self.open_dir(*parent, t)?,
             // Verified against the chain by the decoder. It ends the entry before it: no XATTR

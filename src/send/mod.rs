@@ -34,6 +34,8 @@ use crate::ring::{self, Backend, EngineKind, Op, RingConfig};
 use crate::stream::{self, Encoder, Record, ResumeToken, StreamHeader};
 use crate::stream_io::StreamWriter;
 
+mod incremental;
+
 /// File data per DATA record and per read.
 pub const DATA_BYTES: usize = 4 << 20;
 /// The max payload a sent stream declares: a full DATA record, or the largest XATTR.
@@ -59,6 +61,8 @@ pub struct SendConfig {
     pub quiet: bool,
     /// Resume the stream a receiver's token names (docs/stream.md, section 7).
     pub resume: Option<ResumeToken>,
+    /// Send the changes from this earlier state of SRC (an incremental stream).
+    pub from: Option<PathBuf>,
 }
 
 fn meta_of(m: &meta::Meta) -> stream::Meta {
@@ -674,22 +678,92 @@ fn same_inode(fd: &OwnedFd, m: &meta::Meta) -> bool {
     fstatx(fd).is_ok_and(|n| n.dev == m.dev && n.ino == m.ino)
 }
 
-/// Entries and regular-file bytes below `dir` (each hardlinked inode once), for ESTIMATE.
-fn estimate(root: &OwnedFd) -> (u64, u64) {
+/// What a quick walk of a tree found: for ESTIMATE, and the tree's state id.
+pub struct Survey {
+    /// Regular-file bytes (each hardlinked inode once).
+    pub bytes: u64,
+    pub entries: u64,
+    /// The newest ctime of any entry, the root included.
+    pub newest: (i64, u32),
+    /// Nothing could not be read.
+    pub complete: bool,
+}
+
+/// A margin well above the kernel's timestamp granularity (a clock tick): an entry changed
+/// after a survey began has a ctime newer than any ctime the survey saw, once every ctime
+/// it saw is older than its start by this much.
+const QUIET_NS: i128 = 100_000_000;
+
+/// The state id of the tree at `root` (docs/stream.md, section 2.3): the identity of its root
+/// (inode number and birth time) and what a survey of it saw: entries, bytes and the newest
+/// ctime. Any change to the tree gives a newer ctime (the kernel sets it on every change, and
+/// nothing can set it back), so the id stays the same exactly while the tree does, on any
+/// filesystem. `None` when the tree changed too recently to tell (after waiting briefly for it
+/// to settle) or could not be read in full: a stream of it cannot be the base of an
+/// incremental one. Returns the survey too.
+pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+    };
+    let ns = |t: (i64, u32)| t.0 as i128 * 1_000_000_000 + t.1 as i128;
+    let mut tries = 0;
+    loop {
+        let start = now_ns();
+        let sv = survey(root);
+        let rm = fstatx(root);
+        let quiet = ns(sv.newest) < start - QUIET_NS;
+        if let (true, true, Ok(rm)) = (quiet, sv.complete, &rm) {
+            let mut h = blake3::Hasher::new();
+            h.update(b"ringsync state id 1");
+            h.update(&rm.ino.to_le_bytes());
+            let bt = rm.btime.map_or((0, 0), |t| (t.tv_sec, t.tv_nsec as u32));
+            h.update(&bt.0.to_le_bytes());
+            h.update(&bt.1.to_le_bytes());
+            h.update(&sv.newest.0.to_le_bytes());
+            h.update(&sv.newest.1.to_le_bytes());
+            h.update(&sv.entries.to_le_bytes());
+            h.update(&sv.bytes.to_le_bytes());
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+            return (sv, Some(id));
+        }
+        tries += 1;
+        if tries == 3 || !sv.complete || rm.is_err() {
+            return (sv, None);
+        }
+        // Changed moments ago: wait until that is past the margin (at most a fifth of a
+        // second: a ctime in the future is not waited for), then look again.
+        let wait = (ns(sv.newest) + QUIET_NS - now_ns()).clamp(1_000_000, 200_000_000);
+        std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
+    }
+}
+
+/// Entries, regular-file bytes and the newest ctime below `root` (and of it).
+fn survey(root: &OwnedFd) -> Survey {
     let mut seen = std::collections::HashSet::new();
     let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut newest = fstatx(root).map_or((0, 0), |m| (m.ctime.tv_sec, m.ctime.tv_nsec as u32));
+    let mut complete = true;
     let mut stack: Vec<OwnedFd> = Vec::new();
     let mut walk = |dir: &OwnedFd, stack: &mut Vec<OwnedFd>| {
-        let Ok(names) = sorted_names(dir) else { return };
+        let Ok(names) = sorted_names(dir) else {
+            complete = false;
+            return;
+        };
         for n in names {
-            let Ok(m) = statx_at(dir, &n) else { continue };
+            let Ok(m) = statx_at(dir, &n) else {
+                complete = false;
+                continue;
+            };
             entries += 1;
+            newest = newest.max((m.ctime.tv_sec, m.ctime.tv_nsec as u32));
             match m.file_type() {
-                FileType::Directory => {
-                    if let Ok(fd) = open_entry(dir, &n, OFlags::DIRECTORY) {
-                        stack.push(fd);
-                    }
-                }
+                FileType::Directory => match open_entry(dir, &n, OFlags::DIRECTORY) {
+                    Ok(fd) => stack.push(fd),
+                    Err(_) => complete = false,
+                },
                 FileType::RegularFile if m.nlink <= 1 || seen.insert((m.dev, m.ino)) => bytes += m.size,
                 _ => {}
             }
@@ -699,7 +773,12 @@ fn estimate(root: &OwnedFd) -> (u64, u64) {
     while let Some(d) = stack.pop() {
         walk(&d, &mut stack);
     }
-    (bytes, entries)
+    Survey {
+        bytes,
+        entries,
+        newest,
+        complete,
+    }
 }
 
 fn random_id() -> [u8; 16] {
@@ -782,16 +861,45 @@ pub fn send(cfg: &SendConfig) -> i32 {
     };
     let counts = Arc::new(StreamCounts::default());
     let line = counts.line(cfg.progress);
-    let (est_bytes, est_entries) = estimate(&root);
+    let (sv, state) = state_id(&root);
+    let (mut est_bytes, mut est_entries) = (sv.bytes, sv.entries);
+    if state.is_none() && cfg.resume.is_none() && !cfg.quiet {
+        eprintln!(
+            "ringsync: send: {} is changing (or not all of it could be read), so this stream              cannot be the base of an incremental one (send --from)",
+            cfg.src.display()
+        );
+    }
+    // Incremental: the base's state, and what changed since.
+    let mut plan = None;
+    let mut base_id = [0; 16];
+    if let Some(prev) = &cfg.from {
+        match incremental::prepare(prev, &cfg.src, cfg.engine, cfg.quiet) {
+            Ok((id, p)) => {
+                base_id = id;
+                (est_bytes, est_entries) = p.estimate();
+                plan = Some(p);
+            }
+            Err(e) => {
+                line.finish();
+                eprintln!("ringsync: send: --from {}: {e}", prev.display());
+                return exit::FATAL;
+            }
+        }
+    }
     counts.bytes_total.store(est_bytes, Ordering::Relaxed);
     counts.entries_total.store(est_entries.max(1), Ordering::Relaxed);
     let mut header = StreamHeader {
         minor: stream::VERSION_MINOR,
-        required: stream::FEATURE_XATTRS,
+        required: stream::FEATURE_XATTRS
+            | if plan.is_some() {
+                stream::FEATURE_INCREMENTAL
+            } else {
+                0
+            },
         optional: stream::OPT_ESTIMATE,
         stream_id: random_id(),
-        base_id: [0; 16],
-        target_id: random_id(),
+        base_id,
+        target_id: state.unwrap_or_else(random_id),
         max_payload: MAX_PAYLOAD,
         created_s: crate::mirror::guard::now().0 as u64,
         resume_offset: 0,
@@ -832,7 +940,10 @@ pub fn send(cfg: &SendConfig) -> i32 {
             bytes: est_bytes,
             entries: est_entries,
         })
-        .and_then(|()| s.run(root))
+        .and_then(|()| match plan {
+            Some(p) => p.run(&mut s, root),
+            None => s.run(root),
+        })
         .and_then(|()| match &s.resume {
             Some(t) => Err(Failure::Fatal(format!(
                 "--resume: the stream ended before the token's offset {}: {} changed since the \
