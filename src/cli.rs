@@ -67,12 +67,17 @@ Examples:
 const SEND_HELP: &str = "The stream goes to standard output (never to a terminal) or to -o FILE. \
 Records come in a fixed order (names sorted in every directory), with a CHECKPOINT every 64 MiB \
 or 4096 entries and END last. An entry that cannot be read (or a file that changed while it was \
-read) is sent as SKIPPED: the receiver keeps what it has under that name. Exit status: 0; 1 \
-fatal (the stream ends without END); 2 usage; 3 some entries skipped; 5 source entries \
-vanished; 130 interrupted.
+read) is sent as SKIPPED: the receiver keeps what it has under that name. With --from PREV \
+the stream holds only what changed from PREV to SRC (renames as renames on one filesystem or \
+between btrfs snapshots); the receiver applies it only if the last stream it applied was of \
+PREV, unchanged since: PREV and SRC should be snapshots. Exit status: 0; 1 fatal (the stream \
+ends without END); 2 usage; 3 some entries skipped; 5 source entries vanished; 130 \
+interrupted.
 
 Examples:
   ringsync send /data | ringsync receive /backup/data
+  btrfs subvolume snapshot -r /data /snap/mon && ringsync send /snap/mon | ringsync receive /backup/data
+  btrfs subvolume snapshot -r /data /snap/tue && ringsync send --from /snap/mon /snap/tue | ringsync receive /backup/data
   ringsync send /data -o data.stream && ringsync dump data.stream > /dev/null
   ringsync send /data | ssh host ringsync receive /backup/data
   ringsync send --bwlimit 20M /data > /mnt/tape/data.stream";
@@ -134,8 +139,9 @@ pub enum Command {
     #[command(after_help = SEND_HELP)]
     Send(SendArgs),
     /// Make DST what a record stream describes (stdin, or -i FILE). A full stream into a
-    /// non-empty DST behaves like mirror: extraneous entries are deleted. Files are written
-    /// to temporary names and renamed into place only after their hash verified.
+    /// non-empty DST behaves like mirror: extraneous entries are deleted; an incremental one
+    /// (send --from) is applied only to the state it was made from. Files are written to
+    /// temporary names and renamed into place only after their hash verified.
     #[command(after_help = RECEIVE_HELP)]
     Receive(ReceiveArgs),
     /// List and verify a record stream (docs/stream.md): one line per record; every CRC, the
@@ -609,6 +615,7 @@ impl ReceiveArgs {
             fsync: !self.no_fsync,
             progress: crate::progress::mode(self.quiet, self.progress),
             quiet: self.quiet,
+            check_dst_state: true,
         })
     }
 }

@@ -53,11 +53,6 @@ pub const NAMES_MAX: usize = 1 << 21;
 pub const XATTR_BYTES_PER_ENTRY_MAX: usize = 4 << 20;
 /// Xattr bytes of directories (open, or ended and not yet published) held at once.
 pub const XATTR_BYTES_HELD_MAX: usize = 16 << 20;
-/// RENAME and UNLINK records one incremental stream may hold.
-pub const OVER_MAX: usize = 1 << 20;
-/// Directories an incremental stream may hold in its holding directory at once (the receiver
-/// keeps a descriptor of each until the stream ends).
-pub const HELD_DIRS_MAX: usize = 1 << 16;
 /// The largest max payload accepted (the format's cap).
 const PAYLOAD_CAP: u32 = stream::PAYLOAD_BYTES_CAP;
 
@@ -70,6 +65,10 @@ pub struct ReceiveConfig {
     pub fsync: bool,
     pub progress: progress::Mode,
     pub quiet: bool,
+    /// Before an incremental stream, check that nothing changed DST since the last stream
+    /// (a walk of DST). Only the fuzz harness turns it off: its DSTs are made moments before
+    /// each input, and waiting for their ctimes to settle would slow it a hundredfold.
+    pub check_dst_state: bool,
 }
 
 type Xattrs = Vec<(CString, Vec<u8>)>;
@@ -102,6 +101,40 @@ enum Over {
     /// Brought from the holding directory: the directory that will be there (`None`: not a
     /// directory).
     Incoming(Option<Arc<OwnedFd>>),
+}
+
+/// What the RENAME and UNLINK records of the batch being received, and of the one being
+/// published, did to names (directory key → keyed hash of the name → what). Once a batch is
+/// published the tree itself says it, and its notes go: at most two batches' worth
+/// ([`PENDING_MAX`] records each) are kept.
+#[derive(Default)]
+struct Overlay {
+    cur: HashMap<(u64, u64), HashMap<u64, Over>>,
+    prev: HashMap<(u64, u64), HashMap<u64, Over>>,
+}
+
+impl Overlay {
+    fn get(&self, dir: (u64, u64), name: u64) -> Option<&Over> {
+        self.cur
+            .get(&dir)
+            .and_then(|m| m.get(&name))
+            .or_else(|| self.prev.get(&dir).and_then(|m| m.get(&name)))
+    }
+
+    fn set(&mut self, dir: (u64, u64), name: u64, o: Over) {
+        self.cur.entry(dir).or_default().insert(name, o);
+    }
+
+    /// The batch received so far was handed over for publication, and the one before it is
+    /// published.
+    fn rotate(&mut self) {
+        self.prev = std::mem::take(&mut self.cur);
+    }
+
+    fn clear(&mut self) {
+        self.cur.clear();
+        self.prev.clear();
+    }
 }
 
 /// Work done at the next verified CHECKPOINT or END, in stream order.
@@ -251,14 +284,10 @@ struct Receiver<'a> {
     tag: String,
     counter: u64,
     links_dir: Option<(OwnedFd, CString)>,
-    /// Directories waiting in the holding directory (see [`HELD_DIRS_MAX`]).
-    held_dirs: usize,
     /// Incremental: the holding directory (made at the first RENAME into it).
     hold: Option<(Arc<OwnedFd>, CString)>,
     /// Incremental: what records waiting for publication did to names, per directory.
-    /// Names as keyed hashes (see [`Apply::key`]).
-    over: HashMap<(u64, u64), HashMap<u64, Over>>,
-    over_count: usize,
+    over: Overlay,
     /// The stream is incremental: existing entries not named are kept; no claims.
     incremental: bool,
     root_xattrs: Xattrs,
@@ -565,7 +594,8 @@ impl Apply {
     /// An existing entry's attributes: a directory's on its descriptor (opened beneath
     /// `dir`), anything else's by name, never followed.
     fn attrs_at(&self, dir: &OwnedFd, name: &CStr, m: &stream::Meta, xattrs: &Xattrs) -> Result<(), String> {
-        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| format!("stat: {e}"))?;
+        let st =
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| format!("stat: {e}"))?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if is_dir != (m.mode & libc::S_IFMT == libc::S_IFDIR) {
             return Err("another type of entry is there".into());
@@ -773,10 +803,11 @@ impl Receiver<'_> {
                 let rel = join(&p.rel, &name);
                 let n = cname(&name);
                 // Incremental: what records before it did to the name decides what it is.
-                let (fd, fresh) = match self.over.get(&p.key).and_then(|m| m.get(&self.ap.key(&name))) {
+                let (fd, fresh) = match self.over.get(p.key, self.ap.key(&name)) {
                     Some(Over::Incoming(Some(fd))) => (fd.clone(), false),
                     Some(_) => {
-                        let (fd, fresh) = self.make_dir(&pfd, &n, fresh_parent, hidden_parent, &rel, false)?;
+                        let (fd, fresh) =
+                            self.make_dir(&pfd, &n, fresh_parent, hidden_parent, &rel, false)?;
                         (Arc::new(fd), fresh)
                     }
                     None => {
@@ -789,7 +820,8 @@ impl Receiver<'_> {
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
                         hidden: fresh,
-                        key: dir_key(&fd).map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
+                        key: dir_key(&fd)
+                            .map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
                         fd,
                         rel,
                         names: (!self.incremental).then(HashSet::new),
@@ -1003,14 +1035,8 @@ impl Receiver<'_> {
 
     /// Note what a record waiting for publication does to `name` in the directory `key`.
     fn set_over(&mut self, key: (u64, u64), name: &[u8], o: Over) -> Result<(), Stop> {
-        if self.over_count >= OVER_MAX {
-            return Err(Stop::Stream(format!(
-                "more than {OVER_MAX} RENAME and UNLINK records in one stream"
-            )));
-        }
-        self.over_count += 1;
         let k = self.key(name);
-        self.over.entry(key).or_default().insert(k, o);
+        self.over.set(key, k, o);
         Ok(())
     }
 
@@ -1023,7 +1049,9 @@ impl Receiver<'_> {
                     rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
                     open_dir_beneath(d, t)
                 })
-                .map_err(|e| Stop::Stream(format!("make the holding directory in {}: {e}", self.shown(b""))))?;
+                .map_err(|e| {
+                    Stop::Stream(format!("make the holding directory in {}: {e}", self.shown(b"")))
+                })?;
             self.hold = Some((Arc::new(fd), name));
         }
         let fd = self.hold.as_ref().expect("made").0.clone();
@@ -1039,24 +1067,26 @@ impl Receiver<'_> {
             let p = self.dir(from_dir)?;
             let (pfd, key, rel) = (p.fd.clone(), p.key, join(&p.rel, &from));
             // The directory it is, for a DIR of its new name later (nothing is moved yet).
-            let held = match self.over.get(&key).and_then(|m| m.get(&self.ap.key(&from))) {
+            // A name in the holding directory holds one entry at a time.
+            let taken = match self.over.get(hold_key, self.ap.key(&to)) {
+                Some(Over::Incoming(_)) => true,
+                Some(Over::Gone) => false,
+                None => rustix::fs::statat(&*hold, cname(&to), AtFlags::SYMLINK_NOFOLLOW).is_ok(),
+            };
+            if taken {
+                return Err(Stop::Stream(format!(
+                    "RENAME of {} to '{}' in the holding directory, which holds another entry \
+                     under that name",
+                    self.shown(&rel),
+                    escape(&to)
+                )));
+            }
+            let held = match self.over.get(key, self.ap.key(&from)) {
                 Some(Over::Incoming(fd)) => fd.clone(),
                 Some(Over::Gone) => None,
-                None => match open_dir_beneath(&pfd, &cname(&from)) {
-                    Ok(fd) => Some(Arc::new(fd)),
-                    // Not a directory (or not there: its move will fail and be reported).
-                    Err(Errno::NOTDIR | Errno::LOOP | Errno::XDEV | Errno::NOENT) => None,
-                    Err(e) => return Err(Stop::Stream(format!("{}: open: {e}", self.shown(&rel)))),
-                },
+                None => held_dir(&pfd, &from)
+                    .map_err(|e| Stop::Stream(format!("{}: open: {e}", self.shown(&rel))))?,
             };
-            if held.is_some() {
-                self.held_dirs += 1;
-                if self.held_dirs > HELD_DIRS_MAX {
-                    return Err(Stop::Stream(format!(
-                        "more than {HELD_DIRS_MAX} directories taken to the holding directory"
-                    )));
-                }
-            }
             self.set_over(key, &from, Over::Gone)?;
             self.set_over(hold_key, &to, Over::Incoming(held))?;
             self.queue(Pending::Move {
@@ -1070,11 +1100,15 @@ impl Receiver<'_> {
         } else {
             let p = self.dir(to_dir)?;
             let (pfd, key, rel) = (p.fd.clone(), p.key, join(&p.rel, &to));
-            let k = self.ap.key(&from);
-            let held = match self.over.get_mut(&hold_key).and_then(|m| m.remove(&k)) {
-                Some(Over::Incoming(fd)) => fd,
-                _ => None,
+            let held = match self.over.get(hold_key, self.ap.key(&from)) {
+                Some(Over::Incoming(fd)) => fd.clone(),
+                Some(Over::Gone) => None,
+                // Taken there by a batch already published.
+                None => held_dir(&hold, &from).map_err(|e| {
+                    Stop::Stream(format!("holding directory entry '{}': open: {e}", escape(&from)))
+                })?,
             };
+            self.set_over(hold_key, &from, Over::Gone)?;
             self.set_over(key, &to, Over::Incoming(held))?;
             self.counts.entries.fetch_add(1, Ordering::Relaxed);
             self.queue(Pending::Move {
@@ -1108,7 +1142,8 @@ impl Receiver<'_> {
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
                         hidden: false,
-                        key: dir_key(&fd).map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
+                        key: dir_key(&fd)
+                            .map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
                         fd: Arc::new(fd),
                         rel,
                         names: Some(HashSet::new()),
@@ -1411,6 +1446,8 @@ impl Receiver<'_> {
     /// now (END).
     fn publish(&mut self, token: Option<ResumeToken>, wait: bool) -> Result<(), Stop> {
         self.published()?;
+        // The batch before is published: the tree says what its records did.
+        self.over.rotate();
         // What is handed over now becomes visible: directories made in the open ones from
         // now on are staged.
         for d in self.dirs.values_mut() {
@@ -1476,6 +1513,16 @@ impl Receiver<'_> {
 fn dir_key(fd: &OwnedFd) -> Result<(u64, u64), Errno> {
     let st = rustix::fs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
+}
+
+/// The directory `name` in `dir` is, for a DIR of the name it is moved to (`None`: not a
+/// directory, or not there: its move fails and is reported).
+fn held_dir(dir: &OwnedFd, name: &[u8]) -> Result<Option<Arc<OwnedFd>>, Errno> {
+    match open_dir_beneath(dir, &cname(name)) {
+        Ok(fd) => Ok(Some(Arc::new(fd))),
+        Err(Errno::NOTDIR | Errno::LOOP | Errno::XDEV | Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn p_rel(rel: &[u8]) -> Vec<u8> {
@@ -1623,7 +1670,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     };
     let mut record = guard.read().ok().flatten().unwrap_or_default();
     if incremental {
-        if let Err(e) = check_base(&header, &record) {
+        if let Err(e) = check_base(&header, &record, cfg.check_dst_state.then_some(&*root)) {
             eprintln!(
                 "ringsync: receive: {}: refusing the incremental stream: {e}; nothing was changed",
                 dst.display()
@@ -1648,6 +1695,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     record.version = 1;
     record.state = "dirty".into();
     record.stream_target = None;
+    record.dst_state = None;
     if replay.is_none() {
         record.resume = None;
     }
@@ -1689,9 +1737,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         counter: 0,
         links_dir: None,
         hold: None,
-        over: HashMap::new(),
-        over_count: 0,
-        held_dirs: 0,
+        over: Overlay::default(),
         incremental,
         root_xattrs: Vec::new(),
         root_fresh,
@@ -1757,6 +1803,8 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
                 record.resume = None;
                 record.finished = Some(guard::now());
                 record.stream_target = Some(hex(&header.target_id));
+                // DST's own state now: an incremental stream later checks nothing changed it.
+                record.dst_state = crate::send::tree_id(&ap.root, false).1.map(|id| hex(&id));
                 if let Err(e) = ap.guard.write(&record) {
                     eprintln!("ringsync: receive: {e}");
                     return exit::FATAL;
@@ -1804,7 +1852,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
 
 /// An incremental stream applies only to the state it was made from: DST's record must be
 /// clean and name the stream's base as the target of the last stream applied.
-fn check_base(h: &StreamHeader, r: &guard::Record) -> Result<(), String> {
+fn check_base(h: &StreamHeader, r: &guard::Record, root: Option<&OwnedFd>) -> Result<(), String> {
     if h.required & stream::FEATURE_RESUMED != 0 {
         return Err("an incremental stream cannot be resumed yet (send it again in full, or send the incremental again after a full stream)".into());
     }
@@ -1817,7 +1865,16 @@ fn check_base(h: &StreamHeader, r: &guard::Record) -> Result<(), String> {
             "DST is marked dirty (a run into it did not finish), so it is not the state the stream applies to; send a full stream"
                 .into(),
         ),
-        Some(t) if t == base => Ok(()),
+        Some(t) if t == base => {
+            // And nothing changed DST since (a copy into it, an edit by hand).
+            let Some(root) = root else { return Ok(()) };
+            let now = crate::send::tree_id(root, false).1.map(|id| hex(&id));
+            match (&r.dst_state, now) {
+                (Some(was), Some(now)) if *was == now => Ok(()),
+                (None, _) => Err("DST's record does not say what DST was like after the last stream (an older ringsync applied it); send a full stream".into()),
+                _ => Err("DST was changed since the last stream was applied to it (its entries' ctimes say so), so it is not the state the stream applies to; send a full stream".into()),
+            }
+        }
         Some(t) => Err(format!(
             "the stream applies to the state {base}, and DST is the state {t}"
         )),
@@ -1877,6 +1934,32 @@ fn describe_at(e: &ReadError, d: &stream::Decoder) -> String {
     format!("{}; {at}", describe(e))
 }
 
+/// A DST for an incremental fuzz input: a few entries (one a symlink to the outside
+/// directory) and a clean record naming the stream's base, so the records reach the
+/// incremental receiver.
+fn fuzz_base(dst: &Path, input: &[u8]) {
+    let Ok(h) = StreamHeader::decode(input, PAYLOAD_CAP) else {
+        return;
+    };
+    if h.required & stream::FEATURE_INCREMENTAL == 0 {
+        return;
+    }
+    std::fs::create_dir_all(dst.join("a/b")).expect("make a/b");
+    std::fs::write(dst.join("a/f"), b"base").expect("write a/f");
+    std::fs::write(dst.join("top"), b"top").expect("write top");
+    std::os::unix::fs::symlink("../outside", dst.join("link")).expect("symlink");
+    let Ok(g) = Guard::lock(dst) else {
+        panic!("lock {}", dst.display());
+    };
+    let r = guard::Record {
+        version: 1,
+        state: "clean".into(),
+        stream_target: Some(hex(&h.base_id)),
+        ..Default::default()
+    };
+    g.write(&r).expect("write the record");
+}
+
 /// What the receive fuzz target (fuzz/) and its corpus replay (tests/stream_corpus.rs) run on
 /// every input: `data`, and `data` with every checksum made right (so the records reach the
 /// receiver's rules), applied to a fresh DST inside `scratch`, next to a directory `outside`
@@ -1900,6 +1983,7 @@ pub fn check_fuzz_input(data: &[u8], scratch: &Path) {
             std::fs::remove_dir_all(&dst).expect("clean DST");
         }
         std::fs::create_dir(&dst).expect("make DST");
+        fuzz_base(&dst, &input);
         let cfg = ReceiveConfig {
             dst: dst.clone(),
             input: None,
@@ -1907,6 +1991,7 @@ pub fn check_fuzz_input(data: &[u8], scratch: &Path) {
             fsync: false,
             progress: progress::Mode::Off,
             quiet: true,
+            check_dst_state: false,
         };
         let _ = apply_stream(&input[..], &cfg);
         let names: Vec<_> = std::fs::read_dir(scratch)

@@ -101,6 +101,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         Record::Rename {
             from_dir: 0,
             from: b"a".to_vec(),
+            to_dir: ringsync::stream::HOLD_DIR,
+            to: b"1".to_vec(),
+        },
+        Record::Rename {
+            from_dir: ringsync::stream::HOLD_DIR,
+            from: b"1".to_vec(),
             to_dir: 0,
             to: b"b".to_vec(),
         },

@@ -39,8 +39,8 @@ use common::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use ringsync::stream::{
-    Encoder, Meta, Record, StreamHeader, FEATURE_INCREMENTAL, FEATURE_XATTRS, HEADER_BYTES, OPT_ESTIMATE,
-    RECORD_HEADER_BYTES,
+    Encoder, Meta, Record, StreamHeader, FEATURE_INCREMENTAL, FEATURE_RESUMED, FEATURE_XATTRS, HEADER_BYTES,
+    HOLD_DIR, OPT_ESTIMATE, RECORD_HEADER_BYTES,
 };
 use sha2::{Digest, Sha256};
 
@@ -3291,4 +3291,1318 @@ fn xattrs_of_symlinks_and_special_files_are_applied() {
     }
     fx.check_outside("receive", &mut f);
     fail_if(&f, "xattrs of symlinks and fifos");
+}
+
+// ---------------------------------------------------------------------------
+// Incremental streams (docs/stream.md 1.1, 2.2): UNLINK, ATTRS and RENAME through the
+// receiver's holding directory (HOLD_DIR), applied only to a DST whose record is clean and
+// names the stream's base. DST is brought to the base state by a crafted full stream first.
+
+/// The target id of the full stream that makes the base state.
+const BASE_T: [u8; 16] = [0xb7; 16];
+/// The target id of the incremental streams.
+const INC_T: [u8; 16] = [0xc8; 16];
+
+/// The base state: keep.txt, victim, a/g, a/b/f, d/x, link -> ../outside (DST's sibling),
+/// sub/up -> ../../outside.
+fn base_full_stream() -> Vec<u8> {
+    let mut h = hdr();
+    h.stream_id = [0x11; 16];
+    h.target_id = BASE_T;
+    let mut c = Craft::with(&h);
+    c.file(0, b"keep.txt", b"old keep\n")
+        .file(0, b"victim", b"old victim\n");
+    let a = c.dir(0, b"a");
+    c.file(a, b"g", b"old g\n");
+    let b = c.dir(a, b"b");
+    c.file(b, b"f", b"old f\n").dir_end(b).dir_end(a);
+    let d = c.dir(0, b"d");
+    c.file(d, b"x", b"old x\n").dir_end(d);
+    c.symlink(0, b"link", b"../outside");
+    let s = c.dir(0, b"sub");
+    c.symlink(s, b"up", b"../../outside").dir_end(s);
+    c.close()
+}
+
+fn inc_header(base: [u8; 16]) -> StreamHeader {
+    let mut h = hdr();
+    h.required = FEATURE_INCREMENTAL | FEATURE_XATTRS;
+    h.stream_id = [0x22; 16];
+    h.base_id = base;
+    h.target_id = INC_T;
+    h
+}
+
+/// An incremental stream on the base state.
+fn inc() -> Craft {
+    Craft::with(&inc_header(BASE_T))
+}
+
+impl Craft {
+    fn unlink(&mut self, parent: u64, name: &[u8]) -> &mut Craft {
+        self.push(Record::Unlink {
+            parent,
+            name: name.to_vec(),
+        })
+    }
+
+    fn rename(&mut self, from_dir: u64, from: &[u8], to_dir: u64, to: &[u8]) -> &mut Craft {
+        self.push(Record::Rename {
+            from_dir,
+            from: from.to_vec(),
+            to_dir,
+            to: to.to_vec(),
+        })
+    }
+
+    fn attrs(&mut self, parent: u64, name: &[u8], mode: u32) -> &mut Craft {
+        self.push(Record::Attrs {
+            parent,
+            name: name.to_vec(),
+            meta: meta(mode),
+        })
+    }
+}
+
+/// Make DST the base state: the full stream received into an empty DST (exit 0, record clean
+/// and naming BASE_T).
+fn to_base(fx: &Fx) {
+    fx.reset_dst(None);
+    let r = spawn_receive(&fx.dst, Input::Bytes(base_full_stream()), &["--no-fsync"], false).wait(LIMIT);
+    assert_eq!(r.code, Some(0), "the base full stream: {}", r.show());
+    let rec = read_record_json(&fx.dst).expect("a record after the base stream");
+    assert_eq!(rec["state"], "clean", "record after the base stream: {rec}");
+    assert_eq!(
+        rec["stream_target"].as_str(),
+        Some(hex(&BASE_T).as_str()),
+        "record after the base stream: {rec}"
+    );
+}
+
+fn set_record(dst: &Path, value: &[u8]) {
+    rustix::fs::setxattr(dst, RECORD_XATTR, value, rustix::fs::XattrFlags::empty())
+        .expect("set the record xattr");
+}
+
+fn edit_record(dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let mut v = read_record_json(dst).expect("a record");
+    edit(&mut v);
+    set_record(dst, v.to_string().as_bytes());
+}
+
+fn p(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+/// `q` is `a` or below it.
+fn under(q: &[u8], a: &[u8]) -> bool {
+    q == a || (q.len() > a.len() && q.starts_with(a) && q[a.len()] == b'/')
+}
+
+/// What an incremental run is to leave in DST, against the scan from before it: every entry
+/// not named here is the old one (same type, content, mode, owner, mtime, xattrs).
+#[derive(Default)]
+struct After {
+    /// There, as given.
+    must: Vec<(Vec<u8>, Want)>,
+    /// Tolerated there, as given.
+    may: Vec<(Vec<u8>, Want)>,
+    /// Old entries gone, with everything below them.
+    gone: Vec<Vec<u8>>,
+    /// Old entries that may be gone or changed (with everything below them).
+    may_go: Vec<Vec<u8>>,
+    /// The old subtree at `.0` is now at `.1` (every entry as it was), and gone from `.0`.
+    moved: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn judge_after(d: &Tree, old: &Tree, x: &After) -> Vec<String> {
+    let find = |l: &[(Vec<u8>, Want)], q: &[u8]| l.iter().find(|(k, _)| k == q).map(|(_, w)| w.clone());
+    let moved_from = |q: &[u8]| {
+        x.moved
+            .iter()
+            .find_map(|(f, t)| under(q, t).then(|| [f.as_slice(), &q[t.len()..]].concat()))
+    };
+    let removed = |q: &[u8]| x.gone.iter().any(|g| under(q, g)) || x.moved.iter().any(|(f, _)| under(q, f));
+    let mut out = Vec::new();
+    for (q, de) in &d.entries {
+        if q == b"." {
+            continue;
+        }
+        if is_temp(q) {
+            out.push(format!("{}: temporary left in DST", show(q)));
+            continue;
+        }
+        if let Some(w) = find(&x.must, q) {
+            if !wants(de, &w) {
+                out.push(format!("{}: {:?} in DST, expected {w:?}", show(q), de.kind));
+            }
+            continue;
+        }
+        if let Some(src) = moved_from(q) {
+            if old.entries.get(&src).is_some_and(|o| same_entry(o, de)) {
+                continue;
+            }
+        }
+        if !removed(q) && old.entries.get(q).is_some_and(|o| same_entry(o, de)) {
+            continue;
+        }
+        if find(&x.may, q).is_some_and(|w| wants(de, &w)) {
+            continue;
+        }
+        if x.may_go.iter().any(|g| under(q, g)) && old.entries.get(q).is_some_and(|o| o.kind == de.kind) {
+            continue;
+        }
+        out.push(if removed(q) {
+            format!(
+                "{}: {:?} still in DST, though the stream removed it",
+                show(q),
+                de.kind
+            )
+        } else {
+            match old.entries.get(q) {
+                Some(o) => format!(
+                    "{}: the old {:?} changed into a {:?} the stream never gave there",
+                    show(q),
+                    o.kind,
+                    de.kind
+                ),
+                None => format!("{}: new {:?} the stream never gave there", show(q), de.kind),
+            }
+        });
+    }
+    for (q, oe) in &old.entries {
+        if q == b"."
+            || removed(q)
+            || x.may_go.iter().any(|g| under(q, g))
+            || find(&x.must, q).is_some()
+            || find(&x.may, q).is_some_and(|w| d.entries.get(q).is_some_and(|de| wants(de, &w)))
+        {
+            continue;
+        }
+        if !d.entries.get(q).is_some_and(|de| same_entry(oe, de)) {
+            out.push(format!(
+                "{}: the old {:?} is gone or changed (now {:?}), though the stream kept it",
+                show(q),
+                oe.kind,
+                d.entries.get(q).map(|e| e.kind)
+            ));
+        }
+    }
+    for (f, t) in &x.moved {
+        for (q, oe) in old.entries.range(f.clone()..) {
+            if !under(q, f) {
+                break;
+            }
+            let to = [t.as_slice(), &q[f.len()..]].concat();
+            if !d.entries.get(&to).is_some_and(|de| same_entry(oe, de)) {
+                out.push(format!(
+                    "{}: moved from {}, but {}",
+                    show(&to),
+                    show(q),
+                    match d.entries.get(&to) {
+                        None => "missing".to_string(),
+                        Some(e) => format!("a {:?} that is not the old entry", e.kind),
+                    }
+                ));
+            }
+        }
+    }
+    for (q, w) in &x.must {
+        if !d.entries.contains_key(q) {
+            out.push(format!("{}: missing; the stream gave it ({w:?})", show(q)));
+        }
+    }
+    out
+}
+
+/// DST as it was, every entry (same inode too), but directories' mtimes (temporaries made and
+/// removed in them change those) and the record xattr on the root.
+fn unchanged(before: &Tree, after: &Tree) -> Vec<String> {
+    let norm = |t: &Tree| {
+        let mut t = Tree {
+            entries: t.entries.clone(),
+        };
+        for e in t.entries.values_mut() {
+            if e.kind == Kind::Dir {
+                e.mtime = (0, 0);
+            }
+        }
+        t
+    };
+    let opts = CompareOpts {
+        atime: false,
+        ignore_root_xattrs: vec![RECORD_XATTR.as_bytes().to_vec()],
+        ..CompareOpts::default()
+    };
+    let mut out = compare_scanned(&norm(before), &norm(after), &opts);
+    for (q, b) in &before.entries {
+        if let Some(a) = after.entries.get(q) {
+            if a.ino != b.ino {
+                out.push(format!(
+                    "{}: another inode than before ({} -> {})",
+                    show(q),
+                    b.ino,
+                    a.ino
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[derive(PartialEq)]
+enum Touch {
+    /// Refused before anything was written: DST exactly as before, its record included.
+    Header,
+    /// Refused before any verified checkpoint: DST as before, the record now dirty.
+    Body,
+    /// Judged by the case's `After`.
+    Judged,
+}
+
+type TreeCheck = Box<dyn Fn(&Tree) -> Vec<String>>;
+type Setup = Box<dyn Fn(&Fx)>;
+
+struct Ic {
+    name: String,
+    setup: Option<Setup>,
+    stream: Vec<u8>,
+    /// Accepted exit statuses (the first is the documented one).
+    codes: Vec<i32>,
+    touch: Touch,
+    after: After,
+    /// Words stderr must hold (case-insensitive).
+    says: Vec<&'static str>,
+    post: Option<TreeCheck>,
+    /// Many per-entry failures: stderr may have more than 4 lines.
+    many_lines: bool,
+}
+
+fn ic(name: impl Into<String>, stream: Vec<u8>) -> Ic {
+    Ic {
+        name: name.into(),
+        setup: None,
+        stream,
+        codes: vec![0],
+        touch: Touch::Judged,
+        after: After::default(),
+        says: Vec::new(),
+        post: None,
+        many_lines: false,
+    }
+}
+
+impl Ic {
+    fn code(mut self, c: i32) -> Ic {
+        self.codes = vec![c];
+        self
+    }
+    fn codes(mut self, c: &[i32]) -> Ic {
+        self.codes = c.to_vec();
+        self
+    }
+    /// Refused at the header (exit 1), DST and its record exactly as before.
+    fn refused(mut self) -> Ic {
+        self.codes = vec![1];
+        self.touch = Touch::Header;
+        self
+    }
+    /// Refused before its first checkpoint (exit 1): DST as before.
+    fn refused_body(mut self) -> Ic {
+        self.codes = vec![1];
+        self.touch = Touch::Body;
+        self
+    }
+    fn after(mut self, a: After) -> Ic {
+        self.after = a;
+        self
+    }
+    fn says(mut self, w: &'static str) -> Ic {
+        self.says.push(w);
+        self
+    }
+    fn setup(mut self, f: impl Fn(&Fx) + 'static) -> Ic {
+        self.setup = Some(Box::new(f));
+        self
+    }
+    fn many_lines(mut self) -> Ic {
+        self.many_lines = true;
+        self
+    }
+    fn post(mut self, f: impl Fn(&Tree) -> Vec<String> + 'static) -> Ic {
+        self.post = Some(Box::new(f));
+        self
+    }
+}
+
+/// Run one incremental case on a DST freshly brought to the base state; failures go to `f`,
+/// as "WHAT: finding" (or "finding @@ WHAT" with `group`).
+fn run_ic(fx: &Fx, c: &Ic, group: bool, f: &mut Vec<String>) {
+    let mut mine = Vec::new();
+    to_base(fx);
+    if let Some(s) = &c.setup {
+        s(fx);
+    }
+    let before = scan(&fx.dst);
+    let rec_before = read_record(&fx.dst);
+    let r = spawn_receive(&fx.dst, Input::Bytes(c.stream.clone()), &["--no-fsync"], true).wait(LIMIT);
+    check_sane(&r, rss_bound(&c.stream), "receive", &mut mine);
+    let want = match r.code {
+        Some(x) if c.codes.contains(&x) => x,
+        _ => c.codes[0],
+    };
+    if c.many_lines && r.code == Some(want) {
+        if !r.stderr.starts_with("ringsync: receive: ") {
+            mine.push(format!("expected ringsync's own message: {}", r.show()));
+        }
+    } else {
+        check_exit(&r, want, "receive", &mut mine);
+    }
+    let low = r.stderr.to_lowercase();
+    for w in &c.says {
+        if !low.contains(&w.to_lowercase()) {
+            mine.push(format!("stderr does not say {w:?}: {}", r.show()));
+        }
+    }
+    let d = scan(&fx.dst);
+    match c.touch {
+        Touch::Header | Touch::Body => {
+            for x in unchanged(&before, &d) {
+                mine.push(format!("refused, yet DST changed: {x}"));
+            }
+            let rec = read_record(&fx.dst);
+            if c.touch == Touch::Header && rec != rec_before {
+                mine.push(format!(
+                    "refused at the header, yet the record changed: {:?} -> {:?}",
+                    rec_before.as_deref().map(String::from_utf8_lossy),
+                    rec.as_deref().map(String::from_utf8_lossy)
+                ));
+            }
+            if c.touch == Touch::Body && record_state(&fx.dst).as_deref() != Some("dirty") {
+                mine.push(format!(
+                    "record {:?}, expected state dirty",
+                    read_record_json(&fx.dst)
+                ));
+            }
+        }
+        Touch::Judged => {
+            for x in judge_after(&d, &before, &c.after) {
+                mine.push(x);
+            }
+            let rec = read_record_json(&fx.dst);
+            let state = record_state(&fx.dst);
+            let target = rec
+                .as_ref()
+                .and_then(|v| v["stream_target"].as_str().map(str::to_string));
+            let ok = if r.code == Some(0) {
+                state.as_deref() == Some("clean")
+                    && target.as_deref() == Some(hex(&c.stream[64..80]).as_str())
+            } else {
+                state.as_deref() == Some("dirty") && target.is_none()
+            };
+            if !ok {
+                mine.push(format!("after {}: record {rec:?}", r.show()));
+            }
+        }
+    }
+    if let Some(post) = &c.post {
+        mine.extend(post(&d));
+    }
+    fx.check_outside("receive", &mut mine);
+    for m in mine {
+        f.push(if group {
+            format!("{m} @@ {}", c.name)
+        } else {
+            format!("{}: {m} [{}]", c.name, r.show())
+        });
+    }
+}
+
+fn run_incs(tag: &str, build: impl Fn(&Fx) -> Vec<Ic>) {
+    let fx = Fx::new(tag);
+    let cases = build(&fx);
+    let mut f = Vec::new();
+    for c in &cases {
+        run_ic(&fx, c, false, &mut f);
+    }
+    note(&format!(
+        "{tag}: {} incremental streams, each on the base state",
+        cases.len()
+    ));
+    fail_if(&f, tag);
+}
+
+/// A good incremental stream: keep.txt unlinked, victim replaced, a CHECKPOINT, a moved to a2.
+fn good_inc(h: &StreamHeader) -> Vec<u8> {
+    let mut c = Craft::with(h);
+    c.unlink(0, b"keep.txt")
+        .file(0, b"victim", PWNED)
+        .checkpoint()
+        .rename(0, b"a", HOLD_DIR, b"1")
+        .rename(HOLD_DIR, b"1", 0, b"a2");
+    c.close()
+}
+
+fn good_inc_after() -> After {
+    After {
+        must: vec![w("victim", file(PWNED))],
+        gone: vec![p("keep.txt")],
+        moved: vec![(p("a"), p("a2"))],
+        ..After::default()
+    }
+}
+
+#[test]
+fn incremental_streams_apply_only_to_a_clean_dst_at_their_base() {
+    run_incs("inc-base", |_| {
+        let good = good_inc(&inc_header(BASE_T));
+        let with_base = |b: [u8; 16]| good_inc(&inc_header(b));
+        let mut resumed = inc_header(BASE_T);
+        resumed.required |= FEATURE_RESUMED;
+        resumed.resume_offset = HEADER_BYTES as u64;
+        let hex_t = hex(&BASE_T);
+        let mut truncated_full = base_full_stream();
+        truncated_full.truncate(truncated_full.len() - 60);
+        vec![
+            ic("the right base (the harness itself)", good.clone()).after(good_inc_after()),
+            ic("another base", with_base([0x99; 16]))
+                .refused()
+                .says("applies to the state"),
+            ic("base all zero", with_base([0; 16])).refused(),
+            ic("base one bit off", {
+                let mut b = BASE_T;
+                b[15] ^= 1;
+                with_base(b)
+            })
+            .refused(),
+            ic(
+                "DST dirty (the record's state edited, stream_target kept)",
+                good.clone(),
+            )
+            .setup(|fx| edit_record(&fx.dst, |v| v["state"] = "dirty".into()))
+            .refused()
+            .says("dirty"),
+            ic(
+                "DST dirty after a truncated full stream of the same target",
+                good.clone(),
+            )
+            .setup(move |fx| {
+                let r = spawn_receive(
+                    &fx.dst,
+                    Input::Bytes(truncated_full.clone()),
+                    &["--no-fsync"],
+                    false,
+                )
+                .wait(LIMIT);
+                assert_eq!(r.code, Some(1), "the truncated full stream: {}", r.show());
+                assert_eq!(record_state(&fx.dst).as_deref(), Some("dirty"));
+            })
+            .refused(),
+            ic("DST without a record", good.clone())
+                .setup(|fx| rustix::fs::removexattr(&fx.dst, RECORD_XATTR).expect("remove the record"))
+                .refused(),
+            ic("a record that is not JSON", good.clone())
+                .setup(|fx| set_record(&fx.dst, b"clean stream_target=b7b7"))
+                .refused(),
+            ic("clean, but made by mirror (no stream_target)", good.clone())
+                .setup(|fx| set_record(&fx.dst, br#"{"version":1,"state":"clean"}"#))
+                .refused(),
+            ic("clean, stream_target the base in upper case", good.clone())
+                .setup(move |fx| {
+                    let up = hex_t.to_uppercase();
+                    edit_record(&fx.dst, |v| v["stream_target"] = up.clone().into())
+                })
+                .refused(),
+            ic("RESUMED | INCREMENTAL, right base", {
+                let mut c = Craft::with(&resumed);
+                c.checkpoint().unlink(0, b"keep.txt");
+                c.close()
+            })
+            .refused()
+            .says("resumed"),
+        ]
+    });
+}
+
+/// A verified prefix (victim unlinked, CHECKPOINT), then keep.txt unlinked (pending): what a
+/// stream refused after it leaves.
+fn inc_prefixed() -> Craft {
+    let mut c = inc();
+    c.unlink(0, b"victim").checkpoint().unlink(0, b"keep.txt");
+    c
+}
+
+fn victim_gone() -> After {
+    After {
+        gone: vec![p("victim")],
+        ..After::default()
+    }
+}
+
+#[test]
+fn renames_go_through_the_holding_directory_and_misuse_fails_cleanly() {
+    run_incs("inc-rename", |_| {
+        let h = HOLD_DIR;
+        let mut cases = Vec::new();
+        // Broken rules: refused, only the verified prefix published.
+        for (what, fd, from, td, to) in [
+            ("neither side the holding directory", 0, "a", 0, "a3"),
+            ("both sides the holding directory", h, "1", h, "2"),
+            (
+                "from the holding directory to a directory never made",
+                h,
+                "1",
+                7,
+                "x",
+            ),
+            (
+                "from a directory never made to the holding directory",
+                9,
+                "a",
+                h,
+                "1",
+            ),
+            (
+                "from the holding directory to directory id HOLD_DIR - 1",
+                h,
+                "1",
+                h - 1,
+                "x",
+            ),
+        ] {
+            let mut c = inc_prefixed();
+            c.rename(fd, from.as_bytes(), td, to.as_bytes())
+                .file(0, b"new", PWNED);
+            cases.push(
+                ic(format!("RENAME {what}"), c.close())
+                    .code(1)
+                    .after(victim_gone()),
+            );
+        }
+        // DIR of a name taken to the holding directory, then a RENAME to it of a directory
+        // ended already.
+        let mut c = inc_prefixed();
+        let d = c.dir(0, b"d");
+        c.dir_end(d).rename(h, b"1", d, b"x");
+        cases.push(
+            ic("RENAME into a directory already ended", c.close())
+                .code(1)
+                .after(victim_gone()),
+        );
+
+        // Per-entry failures: reported (exit 3), the rest applied.
+        let mut c = inc();
+        c.rename(h, b"never", 0, b"keep.txt").file(0, b"new", PUB);
+        cases.push(
+            ic(
+                "RENAME from the holding directory of a name never put there, over keep.txt",
+                c.close(),
+            )
+            .code(3)
+            .says("rename")
+            .after(After {
+                must: vec![w("new", file(PUB))],
+                ..After::default()
+            }),
+        );
+        let mut c = inc();
+        c.rename(h, b"never", 0, b"fresh").file(0, b"new", PUB);
+        cases.push(
+            ic(
+                "RENAME from the holding directory of a name never put there, to a new name",
+                c.close(),
+            )
+            .code(3)
+            .after(After {
+                must: vec![w("new", file(PUB))],
+                ..After::default()
+            }),
+        );
+        let mut c = inc();
+        c.rename(0, b"ghost", h, b"1")
+            .rename(h, b"1", 0, b"keep.txt")
+            .file(0, b"new", PUB);
+        cases.push(
+            ic(
+                "RENAME to the holding directory of a name that does not exist, brought back over keep.txt",
+                c.close(),
+            )
+            .code(3)
+            .after(After {
+                must: vec![w("new", file(PUB))],
+                ..After::default()
+            }),
+        );
+        let mut c = inc();
+        c.rename(0, b"ghost", h, b"1");
+        let g = c.dir(0, b"d");
+        c.rename(h, b"1", g, b"ghost2").file(g, b"new", PUB).dir_end(g);
+        cases.push(
+            ic(
+                "RENAME to the holding directory of a name that does not exist, brought into d",
+                c.close(),
+            )
+            .code(3)
+            .after(After {
+                must: vec![w("d/new", file(PUB))],
+                ..After::default()
+            }),
+        );
+        // Two entries taken to the same name k: a name in the holding directory holds one
+        // entry at a time, so the stream is refused there and nothing of its batch is
+        // published (the first move included).
+        let same_name = [
+            (
+                "two entries to the same holding name, never brought back",
+                &[(b"d".as_slice(), b"k".as_slice()), (b"keep.txt", b"k")][..],
+                false,
+            ),
+            (
+                "directory a, then file keep.txt, to the same holding name; brought back as 'moved', entered",
+                &[(b"a".as_slice(), b"k".as_slice()), (b"keep.txt", b"k")][..],
+                true,
+            ),
+            (
+                "file keep.txt, then directory a, to the same holding name; brought back as 'moved', entered",
+                &[(b"keep.txt".as_slice(), b"k".as_slice()), (b"a", b"k")][..],
+                true,
+            ),
+        ];
+        for (what, moves, back) in same_name {
+            let mut c = inc();
+            for (from, to) in moves {
+                c.rename(0, from, h, to);
+            }
+            if back {
+                c.rename(h, b"k", 0, b"moved");
+                let m = c.dir(0, b"moved");
+                c.file(m, b"new", PUB).dir_end(m);
+            }
+            cases.push(
+                ic(what, c.close())
+                    .code(1)
+                    .says("holds another entry")
+                    .after(After::default()),
+            );
+        }
+        // The same name brought back twice: the second finds nothing.
+        let mut c = inc();
+        c.rename(0, b"keep.txt", h, b"k")
+            .rename(h, b"k", 0, b"k1")
+            .rename(h, b"k", 0, b"k2");
+        cases.push(
+            ic("a holding name brought back twice", c.close())
+                .code(3)
+                .after(After {
+                    moved: vec![(p("keep.txt"), p("k1"))],
+                    ..After::default()
+                }),
+        );
+        // A sound use, for contrast: swap two names through the holding directory.
+        let mut c = inc();
+        c.rename(0, b"keep.txt", h, b"1")
+            .rename(0, b"victim", h, b"2")
+            .rename(h, b"1", 0, b"victim")
+            .rename(h, b"2", 0, b"keep.txt");
+        cases.push(ic("keep.txt and victim swapped", c.close()).after(After {
+            moved: vec![(p("keep.txt"), p("victim")), (p("victim"), p("keep.txt"))],
+            ..After::default()
+        }));
+        cases
+    });
+}
+
+#[test]
+fn incremental_records_never_reach_through_a_symlink_out_of_dst() {
+    run_incs("inc-escape", |_| {
+        let h = HOLD_DIR;
+        let mut cases = Vec::new();
+        let link_dir_with_files = |dir: &str| {
+            vec![
+                w(dir, Want::Dir),
+                w(&format!("{dir}/secret.txt"), file(PWNED)),
+                w(&format!("{dir}/pwned"), file(PWNED)),
+            ]
+        };
+        // DIR of the symlink's name: a new directory replaces the symlink.
+        let mut c = inc();
+        let l = c.dir(0, b"link");
+        c.file(l, b"secret.txt", PWNED)
+            .file(l, b"pwned", PWNED)
+            .dir_end(l);
+        cases.push(
+            ic("DIR 'link' (-> ../outside), files in it", c.close()).after(After {
+                must: link_dir_with_files("link"),
+                ..After::default()
+            }),
+        );
+        let mut c = inc();
+        let s = c.dir(0, b"sub");
+        let u = c.dir(s, b"up");
+        c.file(u, b"secret.txt", PWNED)
+            .file(u, b"pwned", PWNED)
+            .dir_end(u)
+            .dir_end(s);
+        cases.push(
+            ic("DIR 'sub/up' (-> ../../outside), files in it", c.close()).after(After {
+                must: link_dir_with_files("sub/up"),
+                ..After::default()
+            }),
+        );
+        // The symlink moved through the holding directory, then entered under its new name.
+        let mut c = inc();
+        c.rename(0, b"link", h, b"1");
+        let d = c.dir(0, b"d");
+        c.rename(h, b"1", d, b"y");
+        let y = c.dir(d, b"y");
+        c.file(y, b"secret.txt", PWNED)
+            .file(y, b"pwned", PWNED)
+            .dir_end(y)
+            .dir_end(d);
+        cases.push(
+            ic("RENAME link -> HOLD 1 -> d/y, DIR d/y, files in it", c.close()).after(After {
+                must: link_dir_with_files("d/y"),
+                gone: vec![p("link")],
+                ..After::default()
+            }),
+        );
+        let mut c = inc();
+        c.rename(0, b"link", h, b"1").rename(h, b"1", 0, b"x");
+        let x = c.dir(0, b"x");
+        c.file(x, b"secret.txt", PWNED)
+            .file(x, b"pwned", PWNED)
+            .dir_end(x);
+        cases.push(
+            ic("RENAME link -> HOLD 1 -> x, DIR x, files in it", c.close()).after(After {
+                must: link_dir_with_files("x"),
+                gone: vec![p("link")],
+                ..After::default()
+            }),
+        );
+        let mut c = inc();
+        let s = c.dir(0, b"sub");
+        c.rename(s, b"up", h, b"1").rename(h, b"1", 0, b"d");
+        c.dir_end(s);
+        let d = c.dir(0, b"d");
+        c.file(d, b"secret.txt", PWNED).dir_end(d);
+        cases.push(
+            ic(
+                "RENAME sub/up -> HOLD 1 -> over the directory d, DIR d, a file in it",
+                c.close(),
+            )
+            .after(After {
+                must: vec![w("d", Want::Dir), w("d/secret.txt", file(PWNED))],
+                gone: vec![p("sub/up"), p("d")],
+                ..After::default()
+            }),
+        );
+        // Through a DIR of the symlink's name: ATTRS, UNLINK, RENAME of what the outside has.
+        let mut c = inc();
+        let l = c.dir(0, b"link");
+        c.attrs(l, b"secret.txt", FILEM | 0o7777)
+            .xattr(b"user.pwned", b"1")
+            .attrs(l, b"sub", DIRM | 0o777)
+            .dir_end(l);
+        cases.push(
+            ic("DIR 'link', ATTRS on link/secret.txt and link/sub", c.close())
+                .code(3)
+                .after(After {
+                    must: vec![w("link", Want::Dir)],
+                    ..After::default()
+                }),
+        );
+        let mut c = inc();
+        let l = c.dir(0, b"link");
+        c.unlink(l, b"secret.txt").unlink(l, b"sub").dir_end(l);
+        cases.push(
+            ic("DIR 'link', UNLINK link/secret.txt and link/sub", c.close()).after(After {
+                must: vec![w("link", Want::Dir)],
+                ..After::default()
+            }),
+        );
+        for (what, name) in [("secret.txt", &b"secret.txt"[..]), ("sub", b"sub")] {
+            let mut c = inc();
+            let l = c.dir(0, b"link");
+            c.rename(l, name, h, b"1")
+                .dir_end(l)
+                .rename(h, b"1", 0, b"stolen");
+            cases.push(
+                ic(
+                    format!("DIR 'link', RENAME link/{what} into DST as 'stolen'"),
+                    c.close(),
+                )
+                .code(3)
+                .after(After {
+                    must: vec![w("link", Want::Dir)],
+                    ..After::default()
+                }),
+            );
+        }
+        // ATTRS on the symlinks themselves: never their targets.
+        for (what, mode, xattr) in [
+            ("as a symlink, mode 0777, a user xattr", LNKM, true),
+            ("as a symlink, no xattr", LNKM, false),
+            ("as a directory, mode 0777, a user xattr", DIRM | 0o777, true),
+            ("as a directory, mode 0777", DIRM | 0o777, false),
+            ("as a file, mode 07777", FILEM | 0o7777, false),
+            ("as a file, mode 07777, a user xattr", FILEM | 0o7777, true),
+        ] {
+            for (at, name) in [("link", &b"link"[..]), ("sub/up", b"up")] {
+                let mut c = inc();
+                let parent = if at == "link" { 0 } else { c.dir(0, b"sub") };
+                c.attrs(parent, name, mode);
+                if xattr {
+                    c.xattr(b"user.pwned", b"1");
+                }
+                if parent != 0 {
+                    c.dir_end(parent);
+                }
+                // The symlink may get its times (and an xattr the filesystem takes); its
+                // target and the outside never.
+                let target = if at == "link" {
+                    "../outside"
+                } else {
+                    "../../outside"
+                };
+                cases.push(
+                    ic(format!("ATTRS on '{at}' {what}"), c.close())
+                        .codes(&[3, 0])
+                        .after(After {
+                            may: vec![w(at, Want::Link(p(target)))],
+                            ..After::default()
+                        }),
+                );
+            }
+        }
+        // UNLINK of the symlinks: only the links go.
+        let mut c = inc();
+        c.unlink(0, b"link");
+        let s = c.dir(0, b"sub");
+        c.unlink(s, b"up").dir_end(s);
+        cases.push(ic("UNLINK 'link' and 'sub/up'", c.close()).after(After {
+            gone: vec![p("link"), p("sub/up")],
+            ..After::default()
+        }));
+        // Taken to the holding directory and left there: removed with it at END.
+        let mut c = inc();
+        c.rename(0, b"link", h, b"1");
+        let s = c.dir(0, b"sub");
+        c.rename(s, b"up", h, b"2").dir_end(s);
+        cases.push(
+            ic("'link' and 'sub/up' left in the holding directory", c.close()).after(After {
+                gone: vec![p("link"), p("sub/up")],
+                ..After::default()
+            }),
+        );
+        // A symlink brought over a directory, then ATTRS on the name as a directory.
+        let mut c = inc();
+        c.rename(0, b"link", h, b"1")
+            .rename(h, b"1", 0, b"d")
+            .attrs(0, b"d", DIRM | 0o777)
+            .xattr(b"user.pwned", b"1");
+        cases.push(
+            ic("'link' brought over d, then ATTRS on d as a directory", c.close())
+                .code(3)
+                .after(After {
+                    gone: vec![p("link"), p("d")],
+                    must: vec![w("d", Want::Link(p("../outside")))],
+                    ..After::default()
+                }),
+        );
+        // ATTRS on a regular file applies (for contrast): mode and exactly the xattrs given.
+        let mut c = inc();
+        c.attrs(0, b"keep.txt", FILEM & !0o777 | 0o600)
+            .xattr(b"user.a", b"1");
+        cases.push(
+            ic("ATTRS on keep.txt: mode 0600, user.a", c.close())
+                .after(After {
+                    may_go: vec![p("keep.txt")],
+                    ..After::default()
+                })
+                .post(|t| {
+                    let e = &t.entries[&b"keep.txt"[..]];
+                    let mut f = Vec::new();
+                    if e.perm != 0o600 || e.xattrs.get(&b"user.a"[..]).map(|v| v.as_slice()) != Some(b"1") {
+                        f.push(format!(
+                            "keep.txt: mode {:o}, xattrs {:?} after ATTRS",
+                            e.perm, e.xattrs
+                        ));
+                    }
+                    if e.hash != Some(Sha256::digest(b"old keep\n").into()) {
+                        f.push("keep.txt: its content changed by ATTRS".into());
+                    }
+                    f
+                }),
+        );
+        cases
+    });
+}
+
+#[test]
+fn a_directory_moved_below_itself_fails_cleanly() {
+    run_incs("inc-loop", |_| {
+        let h = HOLD_DIR;
+        let mut cases = Vec::new();
+        // a/b open, a taken away and brought into a/b (or a itself).
+        for (what, into_b) in [("a/b", true), ("a", false)] {
+            let mut c = inc();
+            let a = c.dir(0, b"a");
+            let b = c.dir(a, b"b");
+            c.rename(0, b"a", h, b"1")
+                .rename(h, b"1", if into_b { b } else { a }, b"x")
+                .file(b, b"new", PUB)
+                .dir_end(b)
+                .dir_end(a);
+            cases.push(
+                ic(format!("a taken away and brought into {what}, open"), c.close())
+                    .code(3)
+                    .says("invalid argument")
+                    .post(move |t| {
+                        note(&format!(
+                            "inc-loop: after a failed move of a into {what}: a is {}",
+                            if t.entries.contains_key(&b"a"[..]) {
+                                "kept"
+                            } else {
+                                "GONE (deleted with the holding directory)"
+                            }
+                        ));
+                        Vec::new()
+                    })
+                    .after(After {
+                        may_go: vec![p("a")],
+                        may: vec![w("a/b/new", file(PUB))],
+                        ..After::default()
+                    }),
+            );
+        }
+        // The same, with a CHECKPOINT between taking it away and bringing it in.
+        let mut c = inc();
+        let a = c.dir(0, b"a");
+        let b = c.dir(a, b"b");
+        c.rename(0, b"a", h, b"1")
+            .checkpoint()
+            .rename(h, b"1", b, b"x")
+            .dir_end(b)
+            .dir_end(a);
+        cases.push(
+            ic("a taken away, CHECKPOINT, brought into a/b", c.close())
+                .code(3)
+                .says("invalid argument")
+                .after(After {
+                    may_go: vec![p("a")],
+                    ..After::default()
+                }),
+        );
+        // a renamed to c first, c entered, c taken away again and brought into c/b.
+        let mut c = inc();
+        c.rename(0, b"a", h, b"1").rename(h, b"1", 0, b"c");
+        let cc = c.dir(0, b"c");
+        let b = c.dir(cc, b"b");
+        c.rename(0, b"c", h, b"2")
+            .rename(h, b"2", b, b"x")
+            .dir_end(b)
+            .dir_end(cc);
+        cases.push(
+            ic("a -> c, c entered, c taken away and brought into c/b", c.close())
+                .code(3)
+                .says("invalid argument")
+                .after(After {
+                    may_go: vec![p("a")],
+                    may: vec![
+                        w("c", Want::Dir),
+                        w("c/g", file(b"old g\n")),
+                        w("c/b", Want::Dir),
+                        w("c/b/f", file(b"old f\n")),
+                    ],
+                    ..After::default()
+                }),
+        );
+        // For contrast: a moved into d, a sound move.
+        let mut c = inc();
+        let d = c.dir(0, b"d");
+        c.rename(0, b"a", h, b"1").rename(h, b"1", d, b"a").dir_end(d);
+        cases.push(ic("a moved into d", c.close()).after(After {
+            moved: vec![(p("a"), p("d/a"))],
+            ..After::default()
+        }));
+        cases
+    });
+}
+
+/// RENAME, UNLINK, ATTRS (with an XATTR), a file in d, a CHECKPOINT; then UNLINK sub/up, a
+/// new file, the END.
+fn damage_stream() -> (Vec<u8>, usize) {
+    let mut c = inc();
+    c.unlink(0, b"keep.txt")
+        .rename(0, b"a", HOLD_DIR, b"1")
+        .rename(HOLD_DIR, b"1", 0, b"a2")
+        .attrs(0, b"victim", FILEM & !0o777 | 0o600)
+        .xattr(b"user.v", b"1")
+        .unlink(0, b"link");
+    let d = c.dir(0, b"d");
+    c.file(d, b"new", PUB).dir_end(d).checkpoint();
+    let s = c.dir(0, b"sub");
+    c.unlink(s, b"up").dir_end(s).file(0, b"later", UNPUB);
+    let b = c.close();
+    let ck = frame(&b)
+        .iter()
+        .position(|r| r.t == T_CHECKPOINT)
+        .expect("a CHECKPOINT");
+    (b, ck)
+}
+
+/// After the damage stream's CHECKPOINT.
+fn damage_after_checkpoint() -> After {
+    After {
+        must: vec![w("d/new", file(PUB))],
+        gone: vec![p("keep.txt"), p("link")],
+        may_go: vec![p("victim")],
+        moved: vec![(p("a"), p("a2"))],
+        ..After::default()
+    }
+}
+
+#[test]
+fn incremental_damage_before_a_checkpoint_publishes_none_of_it() {
+    let fx = Fx::new("inc-damage");
+    let (good, ck) = damage_stream();
+    let recs = frame(&good);
+    let victim_0600 = |t: &Tree| {
+        let e = &t.entries[&b"victim"[..]];
+        if e.perm == 0o600 && e.xattrs.contains_key(&b"user.v"[..]) {
+            Vec::new()
+        } else {
+            vec![format!(
+                "victim: the ATTRS before the verified CHECKPOINT not applied (mode {:o}, xattrs {:?})",
+                e.perm, e.xattrs
+            )]
+        }
+    };
+    let mut cases = vec![ic("the whole stream", good.clone())
+        .after({
+            let mut a = damage_after_checkpoint();
+            a.gone.push(p("sub/up"));
+            a.must.push(w("later", file(UNPUB)));
+            a
+        })
+        .post(victim_0600)];
+    let judged = |name: String, b: Vec<u8>, k_bad: usize| {
+        // The record at k_bad is damaged or missing: published is what precedes it, up to the
+        // last verified CHECKPOINT.
+        let c = ic(name, b);
+        if k_bad > ck {
+            c.code(1).after(damage_after_checkpoint()).post(victim_0600)
+        } else {
+            c.refused_body()
+        }
+    };
+    // Truncation: at every record boundary and inside every record.
+    let mut cuts: Vec<usize> = vec![HEADER_BYTES];
+    for r in &recs[..recs.len() - 1] {
+        cuts.extend([r.off + 10, r.off + RECORD_HEADER_BYTES + 1, r.end]);
+    }
+    cuts.push(good.len() - 1);
+    cuts.sort();
+    cuts.dedup();
+    cuts.retain(|c| *c < good.len());
+    for cut in cuts {
+        let k = frame_prefix_complete(&recs, cut);
+        cases.push(judged(
+            format!("cut at {cut} (after {k} whole records)"),
+            good[..cut].to_vec(),
+            k,
+        ));
+    }
+    // Damage in each record: a payload bit (its CRC not fixed), the header CRC, and a payload
+    // bit with both CRCs made right (only the chain tells).
+    for (i, r) in recs.iter().enumerate() {
+        let what = rec_name_inc(r.t);
+        let mut b = good.clone();
+        b[r.end - 1] ^= 0x01;
+        cases.push(judged(
+            format!("{what} (record {i}): payload bit, CRC not fixed"),
+            b.clone(),
+            i,
+        ));
+        fix_crcs(&mut b, r);
+        cases.push(judged(
+            format!("{what} (record {i}): payload bit, CRCs fixed"),
+            b,
+            i,
+        ));
+        let mut b = good.clone();
+        b[r.off + 20] ^= 0x80;
+        cases.push(judged(format!("{what} (record {i}): header CRC"), b, i));
+    }
+    let mut f = Vec::new();
+    for c in &cases {
+        run_ic(&fx, c, true, &mut f);
+    }
+    note(&format!(
+        "inc-damage: {} damaged incremental streams ({} records, CHECKPOINT at record {ck})",
+        cases.len(),
+        recs.len()
+    ));
+    fail_if(&f, "incremental damage");
+}
+
+fn frame_prefix_complete(recs: &[Rec], cut: usize) -> usize {
+    recs.iter().take_while(|r| r.end <= cut).count()
+}
+
+fn rec_name_inc(t: u16) -> &'static str {
+    match t {
+        11 => "ATTRS",
+        12 => "RENAME",
+        13 => "UNLINK",
+        t => rec_name(t),
+    }
+}
+
+/// `n` UNLINK records of distinct names that are not in DST, a CHECKPOINT every `every` (0:
+/// none), then UNLINK keep.txt and the END.
+fn many_unlinks(n: usize, every: usize) -> Vec<u8> {
+    let mut c = inc();
+    for i in 0..n {
+        c.unlink(0, format!("n{i:07}").as_bytes());
+        if every > 0 && (i + 1) % every == 0 {
+            c.checkpoint();
+        }
+    }
+    c.unlink(0, b"keep.txt");
+    c.close()
+}
+
+#[test]
+fn incremental_records_waiting_for_a_checkpoint_are_bounded() {
+    run_incs("inc-mem", |_| {
+        let mut attrs = inc();
+        for _ in 0..300_000 {
+            attrs.attrs(0, b"victim", FILEM);
+        }
+        vec![
+            ic("300k UNLINK records, no CHECKPOINT", many_unlinks(300_000, 0))
+                .refused_body()
+                .says("without a checkpoint"),
+            ic("300k ATTRS records, no CHECKPOINT", attrs.close())
+                .refused_body()
+                .says("without a checkpoint"),
+            ic(
+                "300k UNLINK records, a CHECKPOINT every 4096",
+                many_unlinks(300_000, 4096),
+            )
+            .after(After {
+                gone: vec![p("keep.txt")],
+                ..After::default()
+            }),
+            // Under the receiver's own per-stream cap (OVER_MAX, 2^20): accepted, and what it
+            // notes per name must not pile up past the memory bound across checkpoints.
+            ic(
+                "2^20 - 64 UNLINK records, a CHECKPOINT every 4096 (as a sender makes them)",
+                many_unlinks((1 << 20) - 64, 4096),
+            )
+            .after(After {
+                gone: vec![p("keep.txt")],
+                ..After::default()
+            }),
+            // docs/stream.md bounds what waits for a checkpoint (65536), not a stream's length.
+            ic(
+                "2^20 + 4096 UNLINK records, a CHECKPOINT every 4096 (as a sender makes them)",
+                many_unlinks((1 << 20) + 4096, 4096),
+            )
+            .after(After {
+                gone: vec![p("keep.txt")],
+                ..After::default()
+            }),
+        ]
+    });
+}
+
+#[test]
+fn xattrs_of_attrs_records_waiting_for_a_checkpoint_are_bounded() {
+    run_incs("inc-xattr", |_| {
+        let value: Vec<u8> = (0..65536u32).map(|i| (i * 13 % 251) as u8).collect();
+        let many = |c: &mut Craft, n: usize| {
+            for i in 0..n {
+                c.xattr(format!("user.m{i:02}").as_bytes(), &value);
+            }
+        };
+        let mut cases = Vec::new();
+        // Five ATTRS of 3.75 MiB of xattrs each, no CHECKPOINT: past 16 MiB held.
+        let mut c = inc();
+        for name in ["keep.txt", "victim", "link", "a", "d"] {
+            c.attrs(0, name.as_bytes(), if name.len() == 1 { DIRM } else { FILEM });
+            many(&mut c, 60);
+        }
+        c.unlink(0, b"keep.txt");
+        cases.push(
+            ic("5 ATTRS with 3.75 MiB of xattrs each, no CHECKPOINT", c.close())
+                .refused_body()
+                .says("MiB"),
+        );
+        let mut c = inc();
+        for _ in 0..6 {
+            c.attrs(0, b"victim", FILEM);
+            many(&mut c, 60);
+        }
+        cases.push(
+            ic(
+                "6 ATTRS of one file with 3.75 MiB of xattrs each, no CHECKPOINT",
+                c.close(),
+            )
+            .refused_body()
+            .says("MiB"),
+        );
+        // Directories' xattrs and ATTRS' together.
+        let mut c = inc();
+        let a = c.dir(0, b"a");
+        many(&mut c, 60);
+        let b = c.dir(a, b"b");
+        many(&mut c, 60);
+        c.dir_end(b).dir_end(a);
+        let d = c.dir(0, b"d");
+        many(&mut c, 60);
+        c.dir_end(d).attrs(0, b"keep.txt", FILEM);
+        many(&mut c, 60);
+        c.attrs(0, b"victim", FILEM);
+        many(&mut c, 60);
+        cases.push(
+            ic(
+                "3 DIRs and 2 ATTRS with 3.75 MiB of xattrs each, no CHECKPOINT",
+                c.close(),
+            )
+            .refused_body()
+            .says("MiB"),
+        );
+        // One ATTRS past 4 MiB.
+        let mut c = inc();
+        c.attrs(0, b"victim", FILEM);
+        many(&mut c, 65);
+        cases.push(
+            ic("one ATTRS with 65 xattrs of 64 KiB", c.close())
+                .refused_body()
+                .says("one entry"),
+        );
+        // With a CHECKPOINT after each: nothing is held past it (the filesystem may refuse
+        // values this big: per-entry failures then).
+        let mut c = inc();
+        for _ in 0..6 {
+            c.attrs(0, b"victim", FILEM);
+            many(&mut c, 60);
+            c.checkpoint();
+        }
+        cases.push(
+            ic(
+                "6 ATTRS with 3.75 MiB of xattrs each, a CHECKPOINT after each",
+                c.close(),
+            )
+            .codes(&[0, 3])
+            .many_lines()
+            .after(After {
+                may_go: vec![p("victim")],
+                ..After::default()
+            }),
+        );
+        cases
+    });
 }

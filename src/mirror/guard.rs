@@ -41,6 +41,11 @@ pub struct Record {
     /// that state of the sender's source. Cleared by anything else that changes DST.
     #[serde(default)]
     pub stream_target: Option<String>,
+    /// DST's own state (hex of `send::tree_id`, without the root's ctime) when the stream
+    /// named by `stream_target` was applied: an incremental stream is applied only while DST
+    /// still has it (nothing changed DST since).
+    #[serde(default)]
+    pub dst_state: Option<String>,
     /// While a receive is unfinished: its resume token (`ringsync receive --token`).
     #[serde(default)]
     pub resume: Option<String>,

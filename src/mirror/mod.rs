@@ -439,6 +439,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         finished: Some(finished),
         filter: c.filter.digest().map(String::from),
         stream_target: None,
+        dst_state: None,
         resume: None,
     };
     if d.changes.is_empty() {

@@ -240,7 +240,10 @@ impl Plan {
                     (None, Some(sd)) => open_entry(sd, &n, OFlags::DIRECTORY).ok(),
                     _ => None,
                 };
-                let (meta, xdir) = match src_child.as_ref().and_then(|_| src.map(|sd| (statx_at(sd, &n), sd))) {
+                let (meta, xdir) = match src_child
+                    .as_ref()
+                    .and_then(|_| src.map(|sd| (statx_at(sd, &n), sd)))
+                {
                     Some((Ok(sm), sd)) if sm.file_type() == FileType::Directory => (meta_of(&sm), sd),
                     _ => (meta_of(&m), fd),
                 };
@@ -277,7 +280,14 @@ impl Plan {
     /// Part 2 in SRC's directory `rel` (open as `fd`, id `id`). `all`: a directory sent
     /// whole: every entry in it is sent (those brought back from the holding directory
     /// excepted).
-    fn new_dir(&self, s: &mut Sender, fd: &Arc<OwnedFd>, id: u64, rel: &[u8], all: bool) -> Result<(), Failure> {
+    fn new_dir(
+        &self,
+        s: &mut Sender,
+        fd: &Arc<OwnedFd>,
+        id: u64,
+        rel: &[u8],
+        all: bool,
+    ) -> Result<(), Failure> {
         let names: Vec<Vec<u8>> = if all {
             match super::sorted_names(fd) {
                 Ok(n) => n.into_iter().map(|c| c.into_bytes()).collect(),
@@ -305,7 +315,9 @@ impl Plan {
                     to_dir: id,
                     to: name.clone(),
                 })?;
-                s.counts.entries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.counts
+                    .entries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let whole = op.whole || (all && op.from_hold.is_none());
             let m = match statx_at(fd, &n) {

@@ -702,6 +702,13 @@ const QUIET_NS: i128 = 100_000_000;
 /// to settle) or could not be read in full: a stream of it cannot be the base of an
 /// incremental one. Returns the survey too.
 pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
+    tree_id(root, true)
+}
+
+/// [`state_id`], or (`root_ctime` false) the same without the root's own ctime, which
+/// changes when a receiver writes its record on the root: what a receiver takes of DST after
+/// applying a stream, to find out later whether anything changed DST since.
+pub fn tree_id(root: &OwnedFd, root_ctime: bool) -> (Survey, Option<[u8; 16]>) {
     let now_ns = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -711,7 +718,7 @@ pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
     let mut tries = 0;
     loop {
         let start = now_ns();
-        let sv = survey(root);
+        let sv = survey(root, root_ctime);
         let rm = fstatx(root);
         let quiet = ns(sv.newest) < start - QUIET_NS;
         if let (true, true, Ok(rm)) = (quiet, sv.complete, &rm) {
@@ -725,6 +732,14 @@ pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
             h.update(&sv.newest.1.to_le_bytes());
             h.update(&sv.entries.to_le_bytes());
             h.update(&sv.bytes.to_le_bytes());
+            if !root_ctime {
+                // What the root's ctime would have told: entries made or removed in it.
+                h.update(&rm.mtime.tv_sec.to_le_bytes());
+                h.update(&(rm.mtime.tv_nsec as u32).to_le_bytes());
+                h.update(&rm.mode.to_le_bytes());
+                h.update(&rm.uid.to_le_bytes());
+                h.update(&rm.gid.to_le_bytes());
+            }
             let mut id = [0u8; 16];
             id.copy_from_slice(&h.finalize().as_bytes()[..16]);
             return (sv, Some(id));
@@ -741,10 +756,13 @@ pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
 }
 
 /// Entries, regular-file bytes and the newest ctime below `root` (and of it).
-fn survey(root: &OwnedFd) -> Survey {
+fn survey(root: &OwnedFd, root_ctime: bool) -> Survey {
     let mut seen = std::collections::HashSet::new();
     let (mut bytes, mut entries) = (0u64, 0u64);
-    let mut newest = fstatx(root).map_or((0, 0), |m| (m.ctime.tv_sec, m.ctime.tv_nsec as u32));
+    let mut newest = match fstatx(root) {
+        Ok(m) if root_ctime => (m.ctime.tv_sec, m.ctime.tv_nsec as u32),
+        _ => (0, 0),
+    };
     let mut complete = true;
     let mut stack: Vec<OwnedFd> = Vec::new();
     let mut walk = |dir: &OwnedFd, stack: &mut Vec<OwnedFd>| {

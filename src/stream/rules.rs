@@ -208,11 +208,7 @@ impl Rules {
                 match (*from_dir == HOLD_DIR, *to_dir == HOLD_DIR) {
                     (true, false) => self.open_dir(*to_dir, t)?,
                     (false, true) => self.open_dir(*from_dir, t)?,
-                    _ => {
-                        return Err(
-                            "RENAME must take an entry to or from the holding directory".into()
-                        )
-                    }
+                    _ => return Err("RENAME must take an entry to or from the holding directory".into()),
                 }
             }
             Record::Unlink { parent, .. } | Record::Skipped { parent, .. } => self.open_dir(*parent, t)?,

@@ -161,6 +161,12 @@ fn incremental_records_round_trip() {
         Record::Rename {
             from_dir: 0,
             from: b"a".to_vec(),
+            to_dir: HOLD_DIR,
+            to: b"1".to_vec(),
+        },
+        Record::Rename {
+            from_dir: HOLD_DIR,
+            from: b"1".to_vec(),
             to_dir: 0,
             to: b"b".to_vec(),
         },
@@ -179,10 +185,30 @@ fn incremental_records_round_trip() {
         },
     ];
     let got = decode_all(&encode(&header(FEATURE_INCREMENTAL), &records), CAP).unwrap();
-    assert_eq!(got[..4], records[..4]);
+    assert_eq!(got[..5], records[..5]);
     // The same records in a full stream are refused.
     let e = decode_err(&encode(&header(0), &records));
     assert!(e.what.contains("not incremental"), "{e}");
+    // A RENAME has the holding directory on exactly one side.
+    for (from_dir, to_dir) in [(0, 0), (HOLD_DIR, HOLD_DIR)] {
+        let mut r = records.clone();
+        r[1] = Record::Rename {
+            from_dir,
+            from: b"a".to_vec(),
+            to_dir,
+            to: b"b".to_vec(),
+        };
+        let e = decode_err(&encode(&header(FEATURE_INCREMENTAL), &r));
+        assert!(e.what.contains("holding directory"), "{e}");
+    }
+    // The holding directory is for RENAME only.
+    let mut r = records.clone();
+    r[3] = Record::Unlink {
+        parent: HOLD_DIR,
+        name: b"c".to_vec(),
+    };
+    let e = decode_err(&encode(&header(FEATURE_INCREMENTAL), &r));
+    assert!(e.what.contains("never made"), "{e}");
 }
 
 #[test]
