@@ -547,12 +547,12 @@ pub struct SendArgs {
     /// Continue an interrupted stream from the receiver's token (`ringsync receive --token
     /// DST`): the same stream is made again, and data before the token's checkpoint is not
     /// sent. Refused when SRC changed since.
-    #[arg(long, value_name = "TOKEN", conflicts_with = "from")]
+    #[arg(long, value_name = "TOKEN")]
     pub resume: Option<String>,
     /// Send an incremental stream from PREV to SRC: what changed since PREV (renames as
     /// renames where inode numbers identify files: one filesystem, or btrfs snapshots). PREV
     /// must be the unchanged directory whose stream the receiver last applied (a snapshot);
-    /// the receiver refuses the stream otherwise.
+    /// the receiver refuses the stream otherwise. With --resume, give the same --from.
     #[arg(long, value_name = "PREV")]
     pub from: Option<PathBuf>,
 }

@@ -156,7 +156,7 @@ fn fields(r: &Record) -> Vec<(&'static str, String)> {
 }
 
 fn header_fields(h: &StreamHeader) -> Vec<(&'static str, String)> {
-    vec![
+    let mut f = vec![
         ("version", format!("{}.{}", crate::stream::VERSION_MAJOR, h.minor)),
         ("stream", hex(&h.stream_id)),
         ("base", hex(&h.base_id)),
@@ -165,7 +165,11 @@ fn header_fields(h: &StreamHeader) -> Vec<(&'static str, String)> {
         ("optional", format!("{:#x}", h.optional)),
         ("max_payload", h.max_payload.to_string()),
         ("created", h.created_s.to_string()),
-    ]
+    ];
+    if h.required & crate::stream::FEATURE_RESUMED != 0 {
+        f.push(("resume", h.resume_offset.to_string()));
+    }
+    f
 }
 
 fn line(

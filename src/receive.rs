@@ -91,6 +91,10 @@ struct OpenDir {
     fresh: bool,
     /// Device and inode: what incremental records did to its names is kept by it.
     key: (u64, u64),
+    /// Resuming an incremental stream: a directory before the resume offset that is not there
+    /// any more (taken away or removed by the part already published). Its records are only
+    /// followed; one after the offset refuses the stream.
+    ghost: bool,
 }
 
 /// What an incremental stream's records before the next publication did to a name (they run
@@ -573,6 +577,8 @@ impl Apply {
         if let Some(t) = batch.token {
             let mut state = self.state.lock().expect("record lock");
             state.resume = Some(t.encode());
+            // Set when this run stops cleanly (see `stopped`).
+            state.stopped = None;
             if let Err(e) = self.guard.write(&state) {
                 // Not fatal: a later resume starts from an older token, or cannot.
                 eprintln!("ringsync: receive: note the resume token: {e}");
@@ -586,8 +592,9 @@ impl Apply {
     }
 
     fn remove_private_dir(&self, name: &CStr, what: &str) {
-        if let Err(e) = remove_tree(&self.root, name, true) {
-            self.fail(name.to_bytes(), what, e);
+        match remove_tree(&self.root, name, true) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => self.fail(name.to_bytes(), what, e),
         }
     }
 
@@ -659,9 +666,17 @@ impl Receiver<'_> {
 
     fn dir(&self, id: u64) -> Result<&OpenDir, Stop> {
         // The codec checked the id is open; the map agrees unless making it failed.
-        self.dirs
+        let d = self
+            .dirs
             .get(&id)
-            .ok_or_else(|| Stop::Stream(format!("directory {id} could not be made here")))
+            .ok_or_else(|| Stop::Stream(format!("directory {id} could not be made here")))?;
+        if d.ghost && self.replay.is_none() {
+            return Err(Stop::Stream(format!(
+                "{}: not in DST, though the resumed stream goes on in it",
+                self.shown(&d.rel)
+            )));
+        }
+        Ok(d)
     }
 
     /// Note that the stream makes `name` in directory `id`; a second time is refused.
@@ -820,6 +835,7 @@ impl Receiver<'_> {
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
                         hidden: fresh,
+                        ghost: false,
                         key: dir_key(&fd)
                             .map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
                         fd,
@@ -833,6 +849,7 @@ impl Receiver<'_> {
                 self.last = Last::Dir(id);
             }
             Record::DirEnd { dir, meta } => {
+                self.dir(dir)?;
                 let d = self
                     .dirs
                     .remove(&dir)
@@ -1041,17 +1058,24 @@ impl Receiver<'_> {
     }
 
     /// The holding directory (made in DST's root at its first use).
+    /// The holding directory's name: after the stream, so that a resumed run finds what the
+    /// interrupted one took there.
+    fn hold_name(&self) -> CString {
+        CString::new(format!(".ringsync-rcv.hold.{}", hex(&self.header.stream_id))).expect("no NUL")
+    }
+
     fn hold(&mut self) -> Result<(Arc<OwnedFd>, (u64, u64)), Stop> {
         if self.hold.is_none() {
+            let name = self.hold_name();
             let root = self.ap.root.clone();
-            let (name, fd) = self
-                .stage(&root, |d, t| {
-                    rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
-                    open_dir_beneath(d, t)
-                })
-                .map_err(|e| {
-                    Stop::Stream(format!("make the holding directory in {}: {e}", self.shown(b"")))
-                })?;
+            let fail = |me: &Self, e: Errno| {
+                Stop::Stream(format!("make the holding directory in {}: {e}", me.shown(b"")))
+            };
+            match rustix::fs::mkdirat(&*root, &name, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(fail(self, e)),
+            }
+            let fd = open_dir_beneath(&root, &name).map_err(|e| fail(self, e))?;
             self.hold = Some((Arc::new(fd), name));
         }
         let fd = self.hold.as_ref().expect("made").0.clone();
@@ -1135,13 +1159,17 @@ impl Receiver<'_> {
                 self.claim(parent, &name)?;
                 self.next_dir += 1;
                 let p = &self.dirs[&parent];
-                let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
+                let (pfd, rel, pghost) = (p.fd.clone(), join(&p.rel, &name), p.ghost);
+                if self.incremental {
+                    return self.replay_incremental_dir(pfd, pghost, &name, rel);
+                }
                 let (fd, _) = self.make_dir(&pfd, &cname(&name), false, false, &rel, true)?;
                 self.dirs.insert(
                     self.next_dir,
                     OpenDir {
                         acl: crate::meta::has_default_acl(fd.as_fd()),
                         hidden: false,
+                        ghost: false,
                         key: dir_key(&fd)
                             .map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
                         fd: Arc::new(fd),
@@ -1172,7 +1200,7 @@ impl Receiver<'_> {
             } => {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
-                if link != 0 {
+                if link != 0 && !self.dirs[&parent].ghost {
                     let p = &self.dirs[&parent];
                     let (pfd, rel) = (p.fd.clone(), join(&p.rel, &name));
                     // Its later names will fail and be reported if it is not there.
@@ -1187,12 +1215,59 @@ impl Receiver<'_> {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
             }
-            Record::Data { .. } | Record::FileEnd { .. } => {}
-            Record::End { .. } | Record::Attrs { .. } | Record::Rename { .. } | Record::Unlink { .. } => {
+            // Applied by the interrupted run (the rules allow the last three in incremental
+            // streams only); an ATTRS's XATTRs go with it.
+            Record::Data { .. }
+            | Record::FileEnd { .. }
+            | Record::Attrs { .. }
+            | Record::Rename { .. }
+            | Record::Unlink { .. } => {}
+            Record::End { .. } => {
                 return Err(Stop::Stream("unexpected record before the resume offset".into()))
             }
         }
         self.last = Last::Nothing;
+        Ok(())
+    }
+
+    /// Replaying an incremental stream, DIR: what the published part did is in the tree; a
+    /// directory it took away or removed is a ghost, never made again.
+    fn replay_incremental_dir(
+        &mut self,
+        pfd: Arc<OwnedFd>,
+        pghost: bool,
+        name: &[u8],
+        rel: Vec<u8>,
+    ) -> Result<(), Stop> {
+        let fd = match pghost {
+            true => None,
+            false => match open_dir_beneath(&pfd, &cname(name)) {
+                Ok(fd) => Some(Arc::new(fd)),
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => None,
+                Err(e) => return Err(Stop::Stream(format!("{}: open: {e}", self.shown(&rel)))),
+            },
+        };
+        let ghost = fd.is_none();
+        let key = match &fd {
+            Some(fd) => dir_key(fd).map_err(|e| Stop::Stream(format!("{}: stat: {e}", self.shown(&rel))))?,
+            None => (u64::MAX, self.next_dir),
+        };
+        self.dirs.insert(
+            self.next_dir,
+            OpenDir {
+                acl: false,
+                hidden: false,
+                // A ghost's descriptor is never used (see `dir`).
+                fd: fd.unwrap_or_else(|| self.ap.root.clone()),
+                rel,
+                names: None,
+                xattrs: Vec::new(),
+                fresh: false,
+                key,
+                ghost,
+            },
+        );
+        self.last = Last::Dir(self.next_dir);
         Ok(())
     }
 
@@ -1236,8 +1311,7 @@ impl Receiver<'_> {
     /// The resume token of the CHECKPOINT at `at`, stored once its batch is published (only
     /// between files: a token never points inside one).
     fn token(&self, at: u64, seq: u64, chain: [u8; 32]) -> Option<ResumeToken> {
-        // An incremental stream cannot be resumed yet (docs/stream.md, section 7).
-        (self.file.is_none() && !self.incremental).then_some(ResumeToken {
+        self.file.is_none().then_some(ResumeToken {
             stream_id: self.header.stream_id,
             target_id: self.header.target_id,
             created_s: self.header.created_s,
@@ -1462,7 +1536,8 @@ impl Receiver<'_> {
         let batch = Batch {
             items: std::mem::take(&mut self.pending),
             links: self.links_dir.as_ref().map(|(_, n)| n.clone()),
-            hold: self.hold.as_ref().map(|(_, n)| n.clone()),
+            // A resumed run may not have opened it: what the interrupted one made goes too.
+            hold: self.incremental.then(|| self.hold_name()),
             token,
         };
         let ap = self.ap.clone();
@@ -1499,12 +1574,15 @@ impl Receiver<'_> {
             drop(fd);
             self.ap.remove_links_dir(&name);
         }
-        // What an unfinished incremental stream took away and did not bring back goes (DST
-        // stays dirty: the next full stream or mirror puts it back).
+        // What an unfinished incremental stream took away and did not bring back waits for
+        // its resumption; without a token to resume from it goes (DST stays dirty: the next
+        // full stream or mirror puts it back).
         if let Some((fd, name)) = self.hold.take() {
             drop(fd);
             self.over.clear();
-            self.ap.remove_private_dir(&name, "remove the holding directory");
+            if self.ap.state.lock().expect("record lock").resume.is_none() {
+                self.ap.remove_private_dir(&name, "remove the holding directory");
+            }
         }
     }
 }
@@ -1679,7 +1757,11 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         }
     }
     let replay = if header.required & stream::FEATURE_RESUMED != 0 {
-        match check_resumed(&header, record.resume.as_deref()) {
+        let killed = incremental && record.stopped != Some(true);
+        match check_resumed(&header, record.resume.as_deref()).and_then(|t| match killed {
+            true => Err("the receive it continues did not stop cleanly (it was killed, or the machine went down), so what it had staged and partly published is unknown; an incremental stream cannot be resumed then: send a full stream".into()),
+            false => Ok(t),
+        }) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!(
@@ -1696,6 +1778,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     record.state = "dirty".into();
     record.stream_target = None;
     record.dst_state = None;
+    record.stopped = None;
     if replay.is_none() {
         record.resume = None;
     }
@@ -1759,6 +1842,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         OpenDir {
             acl: crate::meta::has_default_acl(root.as_fd()),
             hidden: false,
+            ghost: false,
             key: root_key,
             fd: root,
             rel: Vec::new(),
@@ -1824,6 +1908,17 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         }
         Err(stop) => {
             rx.discard();
+            {
+                // What was staged and not published is gone: the published part is exactly
+                // what the token says, which an incremental stream's resumption needs.
+                let mut state = ap.state.lock().expect("record lock");
+                if state.resume.is_some() {
+                    state.stopped = Some(true);
+                    if let Err(e) = ap.guard.write(&state) {
+                        eprintln!("ringsync: receive: {e}");
+                    }
+                }
+            }
             let resumable = match &ap.state.lock().expect("record lock").resume {
                 Some(_) => "; resume it with: ringsync send --resume \"$(ringsync receive --token DST)\" SRC",
                 None => "",
@@ -1854,7 +1949,9 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
 /// clean and name the stream's base as the target of the last stream applied.
 fn check_base(h: &StreamHeader, r: &guard::Record, root: Option<&OwnedFd>) -> Result<(), String> {
     if h.required & stream::FEATURE_RESUMED != 0 {
-        return Err("an incremental stream cannot be resumed yet (send it again in full, or send the incremental again after a full stream)".into());
+        // DST is dirty now: the token in its record (checked next) names the interrupted
+        // stream, whose base was checked when it began.
+        return Ok(());
     }
     let base = hex(&h.base_id);
     match r.stream_target.as_deref() {

@@ -1272,3 +1272,229 @@ fn first_file(d: &Path) -> PathBuf {
     }
     panic!("no regular file in {}", d.display());
 }
+
+/// Field `key` of DST's record, as a string.
+fn record_str(dst: &Path, key: &str) -> Option<String> {
+    read_record_json(dst).and_then(|v| v.get(key).and_then(|s| s.as_str()).map(str::to_string))
+}
+
+/// `ringsync send -q --from PREV --resume TOKEN -o OUT SRC`
+fn send_resume(prev: &Path, token: &str, src: &Path, out: &Path) -> Ran {
+    rs(&[
+        "send".as_ref(),
+        "-q".as_ref(),
+        "--from".as_ref(),
+        prev.as_os_str(),
+        "--resume".as_ref(),
+        token.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        src.as_os_str(),
+    ])
+}
+
+/// Offsets of the CHECKPOINT records in a dump.
+fn checkpoint_offsets(d: &str) -> Vec<u64> {
+    lines_of(d, "CHECKPOINT")
+        .iter()
+        .filter_map(|l| l.split('\t').nth(1).and_then(|o| o.parse().ok()))
+        .collect()
+}
+
+/// DATA payload bytes of records that start before `offset`.
+fn data_bytes_before(d: &str, offset: u64) -> u64 {
+    lines_of(d, "DATA")
+        .iter()
+        .filter(|l| l.split('\t').nth(1).and_then(|o| o.parse::<u64>().ok()) < Some(offset))
+        .map(|l| {
+            line_fields(l)
+                .get("len")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// An incremental stream of btrfs snapshots with renames, deletions and new data over several
+/// checkpoints is cut at several offsets (a dropped link: the receiver stops cleanly, keeps
+/// its published part and its token); `send --from --resume TOKEN` completes each to an exact
+/// copy of SRC, resending no data from before the token's checkpoint. A receiver killed with
+/// SIGKILL instead cannot tell what it had partly published: resuming an incremental stream
+/// is refused then, and a full stream repairs DST.
+#[test]
+fn incremental_streams_cut_short_resume_to_exact() {
+    let Some(fs) = mount_or_skip("btrfs", 768) else {
+        return;
+    };
+    let tmp = scratch("inc-resume");
+    let vol = fs.path().join("vol");
+    subvolume_create(&vol);
+    for d in 0..24 {
+        for f in 0..260 {
+            put(
+                &vol,
+                &format!("d{d:02}/f{f:03}"),
+                &noise(100 + (d * 7 + f) % 300, (d * 1000 + f) as u64),
+            );
+        }
+    }
+    for b in 0..4 {
+        put(&vol, &format!("big/b{b}"), &noise(3 << 20, 77 + b as u64));
+    }
+    let s0 = fs.path().join("s0");
+    snapshot_ro(&vol, &s0);
+    // Renamed directories, files moved between directories, rewritten, deleted and new files.
+    for d in 0..6 {
+        mv(&vol, &format!("d{d:02}"), &format!("renamed{d:02}"));
+    }
+    for f in 0..260 {
+        if f % 3 == 0 {
+            mv(&vol, &format!("d10/f{f:03}"), &format!("d11/moved{f:03}"));
+        }
+        if f % 2 == 0 {
+            put(&vol, &format!("d12/f{f:03}"), &noise(500 + f, 9000 + f as u64));
+        }
+        if f % 5 == 0 {
+            std::fs::remove_file(vol.join(format!("d13/f{f:03}"))).unwrap();
+        }
+    }
+    for f in 0..9000 {
+        put(
+            &vol,
+            &format!("new{}/n{f:04}", f / 1000),
+            &noise(64 + f % 200, 50_000 + f as u64),
+        );
+    }
+    mv(&vol, "big/b1", "d20/b1-moved");
+    put(&vol, "big/b2", &noise(3 << 20, 4242));
+    let s1 = fs.path().join("s1");
+    snapshot_ro(&vol, &s1);
+    let want = scan_tree(&s1, true).unwrap();
+
+    let full = tmp.path().join("full.stream");
+    expect_code(&send_to(None, &s0, &full), 0, "full send of s0");
+    let inc = tmp.path().join("inc.stream");
+    expect_code(&send_to(Some(&s0), &s1, &inc), 0, "send --from s0 s1");
+    let d = dump_ok(&inc, "the incremental stream");
+    let t1 = header_field(&d, "target", "the incremental stream");
+    let ckpts = checkpoint_offsets(&d);
+    assert!(
+        ckpts.len() >= 2,
+        "the incremental stream has {} checkpoints; the test needs several\nrecord types: {}",
+        ckpts.len(),
+        type_counts(&d)
+    );
+    let bytes = std::fs::read(&inc).unwrap();
+    let len = bytes.len() as u64;
+
+    // Cuts: right after each checkpoint, and inside the data after the last ones.
+    // (a CHECKPOINT record is 64 bytes)
+    let mut cuts: Vec<u64> = ckpts.iter().map(|o| o + 80).collect();
+    cuts.push((ckpts[0] + len) / 2);
+    cuts.push(len - 10);
+    for (i, cut) in cuts.iter().copied().enumerate() {
+        let what = format!("cut at {cut} of {len}");
+        let dst = tmp.path().join(format!("dst{i}"));
+        expect_code(
+            &receive_from(&full, &dst),
+            0,
+            &format!("{what}: full receive of s0"),
+        );
+        let part = tmp.path().join(format!("part{i}"));
+        std::fs::write(&part, &bytes[..cut as usize]).unwrap();
+        let r = receive_from(&part, &dst);
+        expect_code(&r, 1, &format!("{what}: receive of the cut stream"));
+        let Some(token) = record_str(&dst, "resume") else {
+            panic!(
+                "{what}: no resume token after the cut; record {:?}",
+                read_record_json(&dst)
+            );
+        };
+        let rest = tmp.path().join(format!("rest{i}"));
+        expect_code(
+            &send_resume(&s0, &token, &s1, &rest),
+            0,
+            &format!("{what}: send --resume"),
+        );
+        let r = receive_from(&rest, &dst);
+        expect_code(&r, 0, &format!("{what}: receive of the resumed stream"));
+        assert_dst_is(&want, &dst, &what, &[]);
+        assert_clean_for(&dst, &t1, &what);
+        // Data before the token's checkpoint is not sent again.
+        let rd = dump_ok(&rest, &format!("{what}: the resumed stream"));
+        let at: u64 = header_field(&rd, "resume", &what).parse().unwrap_or(0);
+        let skipped = data_bytes_before(&d, at);
+        let rest_len = std::fs::metadata(&rest).unwrap().len();
+        assert!(
+            rest_len + skipped <= len + 64,
+            "{what}: the resumed stream is {rest_len} bytes; the whole one {len}, with {skipped} bytes of data before the resume offset {at}"
+        );
+        let held: Vec<_> = std::fs::read_dir(&dst)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".ringsync-rcv."))
+            .map(|e| e.file_name())
+            .collect();
+        assert!(held.is_empty(), "{what}: left in DST: {held:?}");
+    }
+
+    // Killed: stream the part up to just after the second checkpoint into a receiver, wait for
+    // its token, SIGKILL it.
+    let what = "receiver killed";
+    let dst = tmp.path().join("dst-killed");
+    expect_code(
+        &receive_from(&full, &dst),
+        0,
+        &format!("{what}: full receive of s0"),
+    );
+    let mut cmd = Command::new(bin());
+    cmd.args(["receive".as_ref(), "-q".as_ref(), dst.as_os_str()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    default_signals(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn receive");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&bytes[..(ckpts[1] + 80) as usize]).unwrap();
+        let t0 = Instant::now();
+        while record_str(&dst, "resume").is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{what}: no token after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(stdin);
+    }
+    let token = record_str(&dst, "resume").expect("token");
+    let rest = tmp.path().join("rest-killed");
+    expect_code(
+        &send_resume(&s0, &token, &s1, &rest),
+        0,
+        &format!("{what}: send --resume"),
+    );
+    let r = receive_from(&rest, &dst);
+    expect_code(&r, 1, &format!("{what}: resumed incremental after a kill"));
+    assert!(
+        r.stderr.contains("did not stop cleanly"),
+        "{}",
+        r.describe(&format!("{what}: the refusal should say why"))
+    );
+    // A full stream repairs it.
+    let full1 = tmp.path().join("full1.stream");
+    expect_code(
+        &send_to(None, &s1, &full1),
+        0,
+        &format!("{what}: full send of s1"),
+    );
+    expect_code(
+        &receive_from(&full1, &dst),
+        0,
+        &format!("{what}: full receive of s1"),
+    );
+    assert_dst_is(&want, &dst, &format!("{what}: after the full stream"), &[]);
+}

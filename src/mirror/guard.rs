@@ -46,6 +46,12 @@ pub struct Record {
     /// still has it (nothing changed DST since).
     #[serde(default)]
     pub dst_state: Option<String>,
+    /// With `resume`: the receive that left the token stopped cleanly (a broken pipe, a
+    /// damaged stream, a signal it caught), having removed what it had staged and not
+    /// published. Not set when it was killed or crashed, possibly in the middle of a
+    /// publication: an incremental stream cannot be resumed then.
+    #[serde(default)]
+    pub stopped: Option<bool>,
     /// While a receive is unfinished: its resume token (`ringsync receive --token`).
     #[serde(default)]
     pub resume: Option<String>,

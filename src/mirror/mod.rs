@@ -440,6 +440,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         filter: c.filter.digest().map(String::from),
         stream_target: None,
         dst_state: None,
+        stopped: None,
         resume: None,
     };
     if d.changes.is_empty() {

@@ -124,7 +124,20 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
         new_children: BTreeMap::new(),
         bytes: 0,
     };
-    let mut held = 0u64;
+    // Holding names numbered in the order of the old paths: the same trees always give the
+    // same stream (a resumed stream must), whatever order the walk found them in.
+    let mut renames: Vec<(&[u8], &[u8])> = d
+        .changes
+        .iter()
+        .filter(|c| c.kind == Kind::Renamed)
+        .map(|c| (c.old_path.as_slice(), c.path.as_slice()))
+        .collect();
+    renames.sort_unstable();
+    for (k, (old, new)) in renames.into_iter().enumerate() {
+        let k = k as u64 + 1;
+        plan.old_ops.insert(old.to_vec(), OldOp::Hold(k));
+        plan.new_ops.entry(new.to_vec()).or_default().from_hold = Some(k);
+    }
     for c in &d.changes {
         if c.path.is_empty() && c.old_path.is_empty() {
             // The root's attributes: its DIR_END always carries them.
@@ -138,11 +151,7 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
             }
         };
         match c.kind {
-            Kind::Renamed => {
-                held += 1;
-                plan.old_ops.insert(c.old_path.clone(), OldOp::Hold(held));
-                plan.new_ops.entry(c.path.clone()).or_default().from_hold = Some(held);
-            }
+            Kind::Renamed => {}
             Kind::Deleted => {
                 plan.old_ops.entry(c.old_path.clone()).or_insert(OldOp::Unlink);
             }

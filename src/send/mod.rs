@@ -709,6 +709,9 @@ pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
 /// changes when a receiver writes its record on the root: what a receiver takes of DST after
 /// applying a stream, to find out later whether anything changed DST since.
 pub fn tree_id(root: &OwnedFd, root_ctime: bool) -> (Survey, Option<[u8; 16]>) {
+    // Listed without moving its atime where allowed (a receiver has just set it).
+    let own = open_entry(root, c".", OFlags::DIRECTORY);
+    let root = own.as_ref().unwrap_or(root);
     let now_ns = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
