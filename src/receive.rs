@@ -1888,7 +1888,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
                 record.finished = Some(guard::now());
                 record.stream_target = Some(hex(&header.target_id));
                 // DST's own state now: an incremental stream later checks nothing changed it.
-                record.dst_state = crate::send::tree_id(&ap.root, false).1.map(|id| hex(&id));
+                record.dst_state = crate::send::tree_id(&ap.root, false, false).1.map(|id| hex(&id));
                 if let Err(e) = ap.guard.write(&record) {
                     eprintln!("ringsync: receive: {e}");
                     return exit::FATAL;
@@ -1965,7 +1965,7 @@ fn check_base(h: &StreamHeader, r: &guard::Record, root: Option<&OwnedFd>) -> Re
         Some(t) if t == base => {
             // And nothing changed DST since (a copy into it, an edit by hand).
             let Some(root) = root else { return Ok(()) };
-            let now = crate::send::tree_id(root, false).1.map(|id| hex(&id));
+            let now = crate::send::tree_id(root, false, false).1.map(|id| hex(&id));
             match (&r.dst_state, now) {
                 (Some(was), Some(now)) if *was == now => Ok(()),
                 (None, _) => Err("DST's record does not say what DST was like after the last stream (an older ringsync applied it); send a full stream".into()),

@@ -702,13 +702,16 @@ const QUIET_NS: i128 = 100_000_000;
 /// to settle) or could not be read in full: a stream of it cannot be the base of an
 /// incremental one. Returns the survey too.
 pub fn state_id(root: &OwnedFd) -> (Survey, Option<[u8; 16]>) {
-    tree_id(root, true)
+    tree_id(root, true, true)
 }
 
 /// [`state_id`], or (`root_ctime` false) the same without the root's own ctime, which
 /// changes when a receiver writes its record on the root: what a receiver takes of DST after
-/// applying a stream, to find out later whether anything changed DST since.
-pub fn tree_id(root: &OwnedFd, root_ctime: bool) -> (Survey, Option<[u8; 16]>) {
+/// applying a stream, to find out later whether anything changed DST since. Without `settle`
+/// the id is taken at once, however recent the newest ctime: a receiver holding DST's lock
+/// takes it right after its own last change (what it cannot see then is a process writing
+/// into DST behind the lock's back within the same clock tick).
+pub fn tree_id(root: &OwnedFd, root_ctime: bool, settle: bool) -> (Survey, Option<[u8; 16]>) {
     // Listed without moving its atime where allowed (a receiver has just set it).
     let own = open_entry(root, c".", OFlags::DIRECTORY);
     let root = own.as_ref().unwrap_or(root);
@@ -723,7 +726,7 @@ pub fn tree_id(root: &OwnedFd, root_ctime: bool) -> (Survey, Option<[u8; 16]>) {
         let start = now_ns();
         let sv = survey(root, root_ctime);
         let rm = fstatx(root);
-        let quiet = ns(sv.newest) < start - QUIET_NS;
+        let quiet = !settle || ns(sv.newest) < start - QUIET_NS;
         if let (true, true, Ok(rm)) = (quiet, sv.complete, &rm) {
             let mut h = blake3::Hasher::new();
             h.update(b"ringsync state id 1");
@@ -760,45 +763,98 @@ pub fn tree_id(root: &OwnedFd, root_ctime: bool) -> (Survey, Option<[u8; 16]>) {
 
 /// Entries, regular-file bytes and the newest ctime below `root` (and of it).
 fn survey(root: &OwnedFd, root_ctime: bool) -> Survey {
-    let mut seen = std::collections::HashSet::new();
-    let (mut bytes, mut entries) = (0u64, 0u64);
-    let mut newest = match fstatx(root) {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::{Condvar, Mutex};
+    let newest0 = match fstatx(root) {
         Ok(m) if root_ctime => (m.ctime.tv_sec, m.ctime.tv_nsec as u32),
         _ => (0, 0),
     };
-    let mut complete = true;
-    let mut stack: Vec<OwnedFd> = Vec::new();
-    let mut walk = |dir: &OwnedFd, stack: &mut Vec<OwnedFd>| {
-        let Ok(names) = sorted_names(dir) else {
-            complete = false;
-            return;
+    let Ok(first) = open_entry(root, c".", OFlags::DIRECTORY) else {
+        return Survey {
+            bytes: 0,
+            entries: 0,
+            newest: newest0,
+            complete: false,
         };
-        for n in names {
-            let Ok(m) = statx_at(dir, &n) else {
-                complete = false;
-                continue;
-            };
-            entries += 1;
-            newest = newest.max((m.ctime.tv_sec, m.ctime.tv_nsec as u32));
-            match m.file_type() {
-                FileType::Directory => match open_entry(dir, &n, OFlags::DIRECTORY) {
-                    Ok(fd) => stack.push(fd),
-                    Err(_) => complete = false,
-                },
-                FileType::RegularFile if m.nlink <= 1 || seen.insert((m.dev, m.ino)) => bytes += m.size,
-                _ => {}
-            }
-        }
     };
-    walk(root, &mut stack);
-    while let Some(d) = stack.pop() {
-        walk(&d, &mut stack);
-    }
+    // Directories to list, and how many walkers are listing one (done when both are zero).
+    let work = Mutex::new((vec![first], 0usize));
+    let cv = Condvar::new();
+    let (bytes, entries) = (AtomicU64::new(0), AtomicU64::new(0));
+    let newest = Mutex::new(newest0);
+    let complete = AtomicBool::new(true);
+    let linked = Mutex::new(std::collections::HashSet::new());
+    let walker = || {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
+        let mut mine = (0u64, 0u64, (0i64, 0u32));
+        loop {
+            let dir = {
+                let mut w = work.lock().expect("survey lock");
+                loop {
+                    if let Some(d) = w.0.pop() {
+                        w.1 += 1;
+                        break Some(d);
+                    }
+                    if w.1 == 0 {
+                        break None;
+                    }
+                    w = cv.wait(w).expect("survey lock");
+                }
+            };
+            let Some(dir) = dir else { break };
+            let mut subdirs = Vec::new();
+            let mut it = RawDir::new(&dir, &mut buf);
+            while let Some(e) = it.next() {
+                let Ok(e) = e else {
+                    complete.store(false, Ordering::Relaxed);
+                    break;
+                };
+                let n = e.file_name();
+                if n == c"." || n == c".." {
+                    continue;
+                }
+                let Ok(m) = statx_at(&dir, n) else {
+                    complete.store(false, Ordering::Relaxed);
+                    continue;
+                };
+                mine.1 += 1;
+                mine.2 = mine.2.max((m.ctime.tv_sec, m.ctime.tv_nsec as u32));
+                match m.file_type() {
+                    FileType::Directory => match open_entry(&dir, n, OFlags::DIRECTORY) {
+                        Ok(fd) => subdirs.push(fd),
+                        Err(_) => complete.store(false, Ordering::Relaxed),
+                    },
+                    FileType::RegularFile
+                        if m.nlink <= 1 || linked.lock().expect("survey lock").insert((m.dev, m.ino)) =>
+                    {
+                        mine.0 += m.size
+                    }
+                    _ => {}
+                }
+            }
+            let mut w = work.lock().expect("survey lock");
+            w.0.extend(subdirs);
+            w.1 -= 1;
+            cv.notify_all();
+        }
+        bytes.fetch_add(mine.0, Ordering::Relaxed);
+        entries.fetch_add(mine.1, Ordering::Relaxed);
+        let mut n = newest.lock().expect("survey lock");
+        *n = (*n).max(mine.2);
+    };
+    // Cached statx calls are CPU work: one walker per core.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    std::thread::scope(|sc| {
+        for _ in 1..threads {
+            sc.spawn(walker);
+        }
+        walker();
+    });
     Survey {
-        bytes,
-        entries,
-        newest,
-        complete,
+        bytes: bytes.into_inner(),
+        entries: entries.into_inner(),
+        newest: newest.into_inner().expect("survey lock"),
+        complete: complete.into_inner(),
     }
 }
 
