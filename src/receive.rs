@@ -270,6 +270,8 @@ struct Batch {
     hold: Option<CString>,
     /// Stored once the batch is published.
     token: Option<ResumeToken>,
+    /// Entries so far were SKIPPED by the sender (failures are counted in `Apply::errors`).
+    skipped: bool,
 }
 
 struct Receiver<'a> {
@@ -577,6 +579,9 @@ impl Apply {
         if let Some(t) = batch.token {
             let mut state = self.state.lock().expect("record lock");
             state.resume = Some(t.encode());
+            if batch.skipped || self.errors.load(Ordering::Relaxed) > 0 {
+                state.incomplete = Some(true);
+            }
             // Set when this run stops cleanly (see `stopped`).
             state.stopped = None;
             if let Err(e) = self.guard.write(&state) {
@@ -1211,7 +1216,13 @@ impl Receiver<'_> {
                     }
                 }
             }
-            Record::Link { parent, name, .. } | Record::Skipped { parent, name, .. } => {
+            Record::Skipped { parent, name, .. } => {
+                self.dir(parent)?;
+                self.claim(parent, &name)?;
+                // Not applied then, not now: the run cannot end clean.
+                self.skipped += 1;
+            }
+            Record::Link { parent, name, .. } => {
                 self.dir(parent)?;
                 self.claim(parent, &name)?;
             }
@@ -1539,6 +1550,7 @@ impl Receiver<'_> {
             // A resumed run may not have opened it: what the interrupted one made goes too.
             hold: self.incremental.then(|| self.hold_name()),
             token,
+            skipped: self.skipped > 0,
         };
         let ap = self.ap.clone();
         if wait {
@@ -1553,10 +1565,14 @@ impl Receiver<'_> {
     }
 
     /// Remove what was staged and not published (the run stopped).
-    fn discard(&mut self) {
+    /// Returns whether what was handed over for publication was published in full (else DST
+    /// is not exactly what the last token says).
+    fn discard(&mut self) -> bool {
         // What the last verified checkpoint handed over is published (its token stored).
+        let mut whole = true;
         if let Err(Stop::Stream(e)) = self.published() {
             eprintln!("ringsync: receive: {e}");
+            whole = false;
         }
         if let Some(f) = self.file.take() {
             let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
@@ -1584,6 +1600,7 @@ impl Receiver<'_> {
                 self.ap.remove_private_dir(&name, "remove the holding directory");
             }
         }
+        whole
     }
 }
 
@@ -1758,9 +1775,18 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     }
     let replay = if header.required & stream::FEATURE_RESUMED != 0 {
         let killed = incremental && record.stopped != Some(true);
-        match check_resumed(&header, record.resume.as_deref()).and_then(|t| match killed {
-            true => Err("the receive it continues did not stop cleanly (it was killed, or the machine went down), so what it had staged and partly published is unknown; an incremental stream cannot be resumed then: send a full stream".into()),
-            false => Ok(t),
+        let changed = || {
+            let now = crate::send::tree_id(&root, false, false).1.map(|id| hex(&id));
+            now.is_none() || now != record.dst_state
+        };
+        match check_resumed(&header, record.resume.as_deref()).and_then(|t| {
+            if killed {
+                Err("the receive it continues did not stop cleanly (it was killed, or the machine went down), so what it had staged and partly published is unknown; an incremental stream cannot be resumed then: send a full stream".into())
+            } else if incremental && changed() {
+                Err("DST was changed since the receive it continues stopped; send a full stream".into())
+            } else {
+                Ok(t)
+            }
         }) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -1781,6 +1807,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     record.stopped = None;
     if replay.is_none() {
         record.resume = None;
+        record.incomplete = None;
     }
     if let Err(e) = guard.write(&record) {
         eprintln!("ringsync: receive: {e}");
@@ -1877,7 +1904,10 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         Ok(()) => {
             let (errors, skipped) = (ap.errors.load(Ordering::Relaxed), rx.skipped);
             let mut record = ap.state.lock().expect("record lock").clone();
-            if errors == 0 && skipped == 0 {
+            // A resumed run also answers for what the interrupted one published.
+            let earlier = record.incomplete == Some(true);
+            record.incomplete = None;
+            if errors == 0 && skipped == 0 && !earlier {
                 record.state = "clean".into();
                 record.source = None;
                 record.source_ino = None;
@@ -1900,20 +1930,27 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
             if let Err(e) = ap.guard.write(&record) {
                 eprintln!("ringsync: receive: {e}");
             }
+            let before = if earlier {
+                " (the interrupted receive this one continued had such entries too)"
+            } else {
+                ""
+            };
             eprintln!(
-                "ringsync: receive: {errors} entries could not be applied, {skipped} were not sent; {} stays marked dirty",
+                "ringsync: receive: {errors} entries could not be applied, {skipped} were not sent{before}; {} stays marked dirty",
                 dst.display()
             );
             exit::PARTIAL
         }
         Err(stop) => {
-            rx.discard();
+            let whole = rx.discard();
             {
                 // What was staged and not published is gone: the published part is exactly
-                // what the token says, which an incremental stream's resumption needs.
+                // what the token says, which an incremental stream's resumption needs; with
+                // DST's state, to find out at the resumption whether anything changed it since.
                 let mut state = ap.state.lock().expect("record lock");
-                if state.resume.is_some() {
+                if state.resume.is_some() && whole {
                     state.stopped = Some(true);
+                    state.dst_state = crate::send::tree_id(&ap.root, false, false).1.map(|id| hex(&id));
                     if let Err(e) = ap.guard.write(&state) {
                         eprintln!("ringsync: receive: {e}");
                     }

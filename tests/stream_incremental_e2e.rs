@@ -1438,6 +1438,37 @@ fn incremental_streams_cut_short_resume_to_exact() {
         assert!(held.is_empty(), "{what}: left in DST: {held:?}");
     }
 
+    // Cut, then DST edited before the resumption: the resumed stream is refused.
+    let what = "DST edited between the cut and the resumption";
+    let dst = tmp.path().join("dst-edited");
+    expect_code(
+        &receive_from(&full, &dst),
+        0,
+        &format!("{what}: full receive of s0"),
+    );
+    let part = tmp.path().join("part-edited");
+    std::fs::write(&part, &bytes[..(ckpts[0] + 80) as usize]).unwrap();
+    expect_code(
+        &receive_from(&part, &dst),
+        1,
+        &format!("{what}: receive of the cut stream"),
+    );
+    let token = record_str(&dst, "resume").expect("token after the cut");
+    std::fs::write(dst.join("d20/f000"), b"edited by hand").unwrap();
+    let rest = tmp.path().join("rest-edited");
+    expect_code(
+        &send_resume(&s0, &token, &s1, &rest),
+        0,
+        &format!("{what}: send --resume"),
+    );
+    let r = receive_from(&rest, &dst);
+    expect_code(&r, 1, &format!("{what}: resumed incremental"));
+    assert!(
+        r.stderr.contains("changed since"),
+        "{}",
+        r.describe(&format!("{what}: the refusal should say why"))
+    );
+
     // Killed: stream the part up to just after the second checkpoint into a receiver, wait for
     // its token, SIGKILL it.
     let what = "receiver killed";

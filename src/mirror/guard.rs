@@ -52,6 +52,10 @@ pub struct Record {
     /// publication: an incremental stream cannot be resumed then.
     #[serde(default)]
     pub stopped: Option<bool>,
+    /// With `resume`: a batch the interrupted receive published had entries it could not
+    /// apply or that were not sent, so the resumed one cannot end clean.
+    #[serde(default)]
+    pub incomplete: Option<bool>,
     /// While a receive is unfinished: its resume token (`ringsync receive --token`).
     #[serde(default)]
     pub resume: Option<String>,

@@ -441,6 +441,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         stream_target: None,
         dst_state: None,
         stopped: None,
+        incomplete: None,
         resume: None,
     };
     if d.changes.is_empty() {

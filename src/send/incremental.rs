@@ -84,7 +84,8 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
         "it changed moments ago or could not be read in full: it must be the unchanged \
          directory whose stream the receiver applied last (a snapshot)",
     )?;
-    let root = rustix::process::geteuid().is_root();
+    // Compare what the stream carries (owners and every xattr the sender can read), whoever
+    // runs it: a receiver as root applies them.
     let opts = WalkOpts {
         threads: diff::walk_threads(2),
         engine: diff::walk_engine(crate::config::EngineChoice::Auto, engine),
@@ -93,10 +94,10 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
         // Every entry of a new directory is listed, so that hardlink groups reaching into one
         // are seen.
         expand: true,
-        owner: root,
+        owner: true,
         preserve: Preserve {
-            owner: root,
-            all_xattrs: root,
+            owner: true,
+            all_xattrs: true,
         },
         changed_since: None,
         skip_new_sockets: true,

@@ -687,6 +687,32 @@ pub struct Survey {
     pub newest: (i64, u32),
     /// Nothing could not be read.
     pub complete: bool,
+    /// Sum (wrapping) of a mix of each entry's inode number, ctime, mtime, size and mode:
+    /// any change alters some entry's ctime, and so this sum, even where the clock was set
+    /// back and the new ctime is not the newest.
+    pub digest: u64,
+}
+
+/// A 64-bit mix of an entry's identity and change times, for [`Survey::digest`].
+fn entry_mix(m: &meta::Meta) -> u64 {
+    let mut x = 0u64;
+    for v in [
+        m.ino,
+        m.ctime.tv_sec as u64,
+        m.ctime.tv_nsec as u64,
+        m.mtime.tv_sec as u64,
+        m.mtime.tv_nsec as u64,
+        m.size,
+        m.mode as u64,
+    ] {
+        // splitmix64 over the running value
+        x = x.wrapping_add(v).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x = z ^ (z >> 31);
+    }
+    x
 }
 
 /// A margin well above the kernel's timestamp granularity (a clock tick): an entry changed
@@ -726,7 +752,9 @@ pub fn tree_id(root: &OwnedFd, root_ctime: bool, settle: bool) -> (Survey, Optio
         let start = now_ns();
         let sv = survey(root, root_ctime);
         let rm = fstatx(root);
-        let quiet = !settle || ns(sv.newest) < start - QUIET_NS;
+        // A ctime in the future (a clock set back since) cannot be trusted to grow.
+        let future = ns(sv.newest) > now_ns() + 1_000_000_000;
+        let quiet = !future && (!settle || ns(sv.newest) < start - QUIET_NS);
         if let (true, true, Ok(rm)) = (quiet, sv.complete, &rm) {
             let mut h = blake3::Hasher::new();
             h.update(b"ringsync state id 1");
@@ -738,6 +766,7 @@ pub fn tree_id(root: &OwnedFd, root_ctime: bool, settle: bool) -> (Survey, Optio
             h.update(&sv.newest.1.to_le_bytes());
             h.update(&sv.entries.to_le_bytes());
             h.update(&sv.bytes.to_le_bytes());
+            h.update(&sv.digest.to_le_bytes());
             if !root_ctime {
                 // What the root's ctime would have told: entries made or removed in it.
                 h.update(&rm.mtime.tv_sec.to_le_bytes());
@@ -751,7 +780,7 @@ pub fn tree_id(root: &OwnedFd, root_ctime: bool, settle: bool) -> (Survey, Optio
             return (sv, Some(id));
         }
         tries += 1;
-        if tries == 3 || !sv.complete || rm.is_err() {
+        if tries == 3 || !sv.complete || rm.is_err() || future {
             return (sv, None);
         }
         // Changed moments ago: wait until that is past the margin (at most a fifth of a
@@ -775,18 +804,19 @@ fn survey(root: &OwnedFd, root_ctime: bool) -> Survey {
             entries: 0,
             newest: newest0,
             complete: false,
+            digest: 0,
         };
     };
     // Directories to list, and how many walkers are listing one (done when both are zero).
     let work = Mutex::new((vec![first], 0usize));
     let cv = Condvar::new();
-    let (bytes, entries) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (bytes, entries, digest) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let newest = Mutex::new(newest0);
     let complete = AtomicBool::new(true);
     let linked = Mutex::new(std::collections::HashSet::new());
     let walker = || {
         let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
-        let mut mine = (0u64, 0u64, (0i64, 0u32));
+        let mut mine = (0u64, 0u64, (0i64, 0u32), 0u64);
         loop {
             let dir = {
                 let mut w = work.lock().expect("survey lock");
@@ -819,6 +849,7 @@ fn survey(root: &OwnedFd, root_ctime: bool) -> Survey {
                 };
                 mine.1 += 1;
                 mine.2 = mine.2.max((m.ctime.tv_sec, m.ctime.tv_nsec as u32));
+                mine.3 = mine.3.wrapping_add(entry_mix(&m));
                 match m.file_type() {
                     FileType::Directory => match open_entry(&dir, n, OFlags::DIRECTORY) {
                         Ok(fd) => subdirs.push(fd),
@@ -839,6 +870,7 @@ fn survey(root: &OwnedFd, root_ctime: bool) -> Survey {
         }
         bytes.fetch_add(mine.0, Ordering::Relaxed);
         entries.fetch_add(mine.1, Ordering::Relaxed);
+        digest.fetch_add(mine.3, Ordering::Relaxed);
         let mut n = newest.lock().expect("survey lock");
         *n = (*n).max(mine.2);
     };
@@ -855,6 +887,7 @@ fn survey(root: &OwnedFd, root_ctime: bool) -> Survey {
         entries: entries.into_inner(),
         newest: newest.into_inner().expect("survey lock"),
         complete: complete.into_inner(),
+        digest: digest.into_inner(),
     }
 }
 
