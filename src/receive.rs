@@ -1038,7 +1038,7 @@ impl Receiver<'_> {
             Record::Unlink { parent, name } => {
                 let p = self.dir(parent)?;
                 let (dir, key, rel) = (p.fd.clone(), p.key, join(&p.rel, &name));
-                self.set_over(key, &name, Over::Gone)?;
+                self.set_over(key, &name, Over::Gone);
                 self.queue(Pending::Unlink {
                     dir,
                     name: cname(&name),
@@ -1056,10 +1056,9 @@ impl Receiver<'_> {
     }
 
     /// Note what a record waiting for publication does to `name` in the directory `key`.
-    fn set_over(&mut self, key: (u64, u64), name: &[u8], o: Over) -> Result<(), Stop> {
+    fn set_over(&mut self, key: (u64, u64), name: &[u8], o: Over) {
         let k = self.key(name);
         self.over.set(key, k, o);
-        Ok(())
     }
 
     /// The holding directory (made in DST's root at its first use).
@@ -1116,8 +1115,8 @@ impl Receiver<'_> {
                 None => held_dir(&pfd, &from)
                     .map_err(|e| Stop::Stream(format!("{}: open: {e}", self.shown(&rel))))?,
             };
-            self.set_over(key, &from, Over::Gone)?;
-            self.set_over(hold_key, &to, Over::Incoming(held))?;
+            self.set_over(key, &from, Over::Gone);
+            self.set_over(hold_key, &to, Over::Incoming(held));
             self.queue(Pending::Move {
                 from: pfd,
                 from_name: cname(&from),
@@ -1137,8 +1136,8 @@ impl Receiver<'_> {
                     Stop::Stream(format!("holding directory entry '{}': open: {e}", escape(&from)))
                 })?,
             };
-            self.set_over(hold_key, &from, Over::Gone)?;
-            self.set_over(key, &to, Over::Incoming(held))?;
+            self.set_over(hold_key, &from, Over::Gone);
+            self.set_over(key, &to, Over::Incoming(held));
             self.counts.entries.fetch_add(1, Ordering::Relaxed);
             self.queue(Pending::Move {
                 from: hold,

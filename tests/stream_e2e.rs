@@ -38,7 +38,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use common::mount::{mount_or_skip, snapshot_ro, subvolume_create};
 use common::mutate::{self as mutator, stat_tree, Meta};
 use common::oracle::{compare_scanned, scan_tree, show, Kind, Tree};
+use common::procs::{err_file, read_back, wait_all, Ran};
 use common::*;
 
 /// A child still running after this long is killed (the test then fails).
@@ -88,74 +89,6 @@ impl Who {
         c.args(&self.argv[1..]);
         c
     }
-}
-
-/// One finished process: exit code and stderr.
-#[derive(Debug)]
-struct Ran {
-    code: Option<i32>,
-    stderr: String,
-}
-
-impl Ran {
-    fn describe(&self, what: &str) -> String {
-        let s = &self.stderr;
-        let s = if s.len() > 4000 {
-            let mut i = s.len() - 4000;
-            while !s.is_char_boundary(i) {
-                i += 1;
-            }
-            format!("...{}", &s[i..])
-        } else {
-            s.clone()
-        };
-        format!("{what}: exit {:?}\n--- stderr ---\n{s}", self.code)
-    }
-
-    fn panicked(&self) -> bool {
-        self.stderr.contains("panicked")
-    }
-}
-
-/// An anonymous file for a child's stderr, and a handle to read it back.
-fn err_file() -> (std::fs::File, Stdio) {
-    let f = tempfile::tempfile().expect("tempfile for stderr");
-    let c = f.try_clone().expect("clone stderr file");
-    (f, Stdio::from(c))
-}
-
-fn read_back(mut f: std::fs::File) -> String {
-    let mut s = Vec::new();
-    f.rewind().unwrap();
-    f.read_to_end(&mut s).unwrap();
-    String::from_utf8_lossy(&s).into_owned()
-}
-
-/// Wait for every child, killing all of them at the deadline (then panic).
-fn wait_all(kids: &mut [(&str, Child)], what: &str) -> Vec<Option<i32>> {
-    let start = Instant::now();
-    let mut codes: Vec<Option<Option<i32>>> = vec![None; kids.len()];
-    while codes.iter().any(|c| c.is_none()) {
-        for (i, (_, k)) in kids.iter_mut().enumerate() {
-            if codes[i].is_none() {
-                if let Some(st) = k.try_wait().expect("try_wait") {
-                    codes[i] = Some(st.code());
-                }
-            }
-        }
-        if start.elapsed() > DEADLINE {
-            for (_, k) in kids.iter_mut() {
-                let _ = k.kill();
-                let _ = k.wait();
-            }
-            let names: Vec<&str> = kids.iter().map(|(n, _)| *n).collect();
-            panic!(
-                "{what}: {names:?} still running after {DEADLINE:?} (killed; exit codes so far {codes:?})"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    codes.into_iter().map(|c| c.unwrap()).collect()
 }
 
 struct Piped {
@@ -214,7 +147,7 @@ fn pipeline(
         .spawn()
         .expect("spawn receive");
     kids.push(("receive", recv));
-    let codes = wait_all(&mut kids, "send | receive");
+    let codes = wait_all(&mut kids, "send | receive", DEADLINE);
     if save.is_some() {
         assert_eq!(codes[1], Some(0), "tee failed");
     }
@@ -246,7 +179,7 @@ fn run_one(who: &Who, args: &[&OsStr], stdin_file: Option<&Path>) -> Ran {
         .spawn()
         .expect("spawn ringsync");
     let mut kids = vec![("ringsync", c)];
-    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"));
+    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"), DEADLINE);
     Ran {
         code: codes[0],
         stderr: read_back(f),
@@ -1333,7 +1266,7 @@ fn second_receive_into_a_busy_dst_exits_4_and_changes_nothing() {
     // verified), DST still v1, not recorded as v2.
     drop(pipe);
     let mut kids = vec![("first receive", first)];
-    let codes = wait_all(&mut kids, "first receive");
+    let codes = wait_all(&mut kids, "first receive", DEADLINE);
     let first = Ran {
         code: codes[0],
         stderr: read_back(af),
@@ -1459,7 +1392,7 @@ fn send_to_a_terminal_and_receive_from_a_terminal_are_refused() {
             .spawn()
             .unwrap();
         let mut kids = vec![("send", c)];
-        let code = wait_all(&mut kids, "send to a terminal")[0];
+        let code = wait_all(&mut kids, "send to a terminal", DEADLINE)[0];
         let r = Ran {
             code,
             stderr: read_back(f),
@@ -1486,7 +1419,7 @@ fn send_to_a_terminal_and_receive_from_a_terminal_are_refused() {
             .spawn()
             .unwrap();
         let mut kids = vec![("receive", c)];
-        let code = wait_all(&mut kids, "receive from a terminal")[0];
+        let code = wait_all(&mut kids, "receive from a terminal", DEADLINE)[0];
         let r = Ran {
             code,
             stderr: read_back(f),

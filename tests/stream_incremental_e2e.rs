@@ -33,7 +33,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::{Read, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +41,7 @@ use std::time::{Duration, Instant};
 use common::mount::{mount_or_skip, snapshot_ro, subvolume_create};
 use common::mutate::{self as mutator, stat_tree, Meta};
 use common::oracle::{compare_scanned, scan_tree, show, Kind, Tree};
+use common::procs::{err_file, read_back, wait_all, Ran};
 use common::*;
 
 /// A child still running after this long is killed (the test then fails).
@@ -50,77 +50,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------
 // Running ringsync.
 
-/// One finished process: exit code and stderr.
-#[derive(Debug)]
-struct Ran {
-    code: Option<i32>,
-    stderr: String,
-}
-
-impl Ran {
-    fn describe(&self, what: &str) -> String {
-        let s = &self.stderr;
-        let s = if s.len() > 4000 {
-            let mut i = s.len() - 4000;
-            while !s.is_char_boundary(i) {
-                i += 1;
-            }
-            format!("...{}", &s[i..])
-        } else {
-            s.clone()
-        };
-        format!("{what}: exit {:?}\n--- stderr ---\n{s}", self.code)
-    }
-
-    fn panicked(&self) -> bool {
-        self.stderr.contains("panicked")
-    }
-}
-
 fn expect_code(r: &Ran, code: i32, what: &str) {
     assert!(!r.panicked(), "{}", r.describe(&format!("{what}: panicked")));
     assert_eq!(r.code, Some(code), "{}", r.describe(what));
-}
-
-/// An anonymous file for a child's stderr, and a handle to read it back.
-fn err_file() -> (std::fs::File, Stdio) {
-    let f = tempfile::tempfile().expect("tempfile for stderr");
-    let c = f.try_clone().expect("clone stderr file");
-    (f, Stdio::from(c))
-}
-
-fn read_back(mut f: std::fs::File) -> String {
-    let mut s = Vec::new();
-    f.rewind().unwrap();
-    f.read_to_end(&mut s).unwrap();
-    String::from_utf8_lossy(&s).into_owned()
-}
-
-/// Wait for every child, killing all of them at the deadline (then panic).
-fn wait_all(kids: &mut [(&str, Child)], what: &str) -> Vec<Option<i32>> {
-    let start = Instant::now();
-    let mut codes: Vec<Option<Option<i32>>> = vec![None; kids.len()];
-    while codes.iter().any(|c| c.is_none()) {
-        for (i, (_, k)) in kids.iter_mut().enumerate() {
-            if codes[i].is_none() {
-                if let Some(st) = k.try_wait().expect("try_wait") {
-                    codes[i] = Some(st.code());
-                }
-            }
-        }
-        if start.elapsed() > DEADLINE {
-            for (_, k) in kids.iter_mut() {
-                let _ = k.kill();
-                let _ = k.wait();
-            }
-            let names: Vec<&str> = kids.iter().map(|(n, _)| *n).collect();
-            panic!(
-                "{what}: {names:?} still running after {DEADLINE:?} (killed; exit codes so far {codes:?})"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    codes.into_iter().map(|c| c.unwrap()).collect()
 }
 
 /// Run one ringsync process (stdin and stdout /dev/null).
@@ -134,7 +66,7 @@ fn rs(args: &[&OsStr]) -> Ran {
         .spawn()
         .expect("spawn ringsync");
     let mut kids = vec![("ringsync", c)];
-    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"));
+    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"), DEADLINE);
     Ran {
         code: codes[0],
         stderr: read_back(f),
@@ -198,7 +130,7 @@ fn pipeline_from(prev: &Path, src: &Path, dst: &Path, save: &Path) -> (Ran, Ran)
         .spawn()
         .expect("spawn receive");
     let mut kids: Vec<(&str, Child)> = vec![("send", send), ("tee", tee), ("receive", recv)];
-    let codes = wait_all(&mut kids, "send --from | tee | receive");
+    let codes = wait_all(&mut kids, "send --from | tee | receive", DEADLINE);
     assert_eq!(codes[1], Some(0), "tee failed");
     (
         Ran {

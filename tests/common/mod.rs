@@ -7,6 +7,7 @@ pub mod gen;
 pub mod mount;
 pub mod mutate;
 pub mod oracle;
+pub mod procs;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
