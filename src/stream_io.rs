@@ -1,11 +1,15 @@
 //! A record stream over any byte source: reads exactly each header and payload and hands them to
 //! the codec's [`Decoder`](crate::stream::Decoder), which checks them before anything else is
 //! read. One payload buffer, grown only to what a checked header allowed (at most the stream's
-//! max payload), reused for every record.
+//! max payload), reused for every record; a DATA record's data is read into an aligned buffer
+//! of its own (reused once given back), so a consumer can hand it to another thread, or write
+//! it with O_DIRECT, without copying it.
 //!
 //! Must not: interpret records (that is the codec's) or allocate from an unchecked length.
 
 use std::io::Read;
+
+pub use crate::ring::aligned::AlignedBuf;
 
 use crate::stream::{Decoder, Record, RecordHeader, StreamError, HEADER_BYTES, RECORD_HEADER_BYTES};
 
@@ -53,11 +57,23 @@ fn read_exact_or_end(src: &mut impl Read, buf: &mut [u8]) -> Result<bool, std::i
     Ok(true)
 }
 
+/// A record as [`StreamReader::next_item`] gives it.
+pub enum Item {
+    Record(Record),
+    /// A DATA record (one whose data was elided by a resumed stream comes as a record).
+    Data {
+        offset: u64,
+        data: AlignedBuf,
+    },
+}
+
 /// Reads records one at a time.
 pub struct StreamReader<R: Read> {
     src: R,
     decoder: Decoder,
     payload: Vec<u8>,
+    /// Buffers for DATA payloads, given back by the consumer ([`StreamReader::recycle`]).
+    spare: Vec<AlignedBuf>,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -82,18 +98,24 @@ impl<R: Read> StreamReader<R> {
             src,
             decoder,
             payload: Vec::new(),
+            spare: Vec::new(),
         })
+    }
+
+    /// Give back the buffer of a DATA record's data for a later one (its contents are not
+    /// kept). Buffers not given back are simply not reused.
+    pub fn recycle(&mut self, buf: AlignedBuf) {
+        self.spare.push(buf);
     }
 
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
 
-    /// The next record with its header and its offset in the stream; `None` after END.
-    /// Records of unknown types the stream lets a reader skip come back as `None` records
-    /// (`Some((header, offset, None))`).
+    /// As [`StreamReader::next_record`], but a DATA record's data comes in an aligned buffer
+    /// of its own (give it back with [`StreamReader::recycle`]) instead of a copy.
     #[allow(clippy::type_complexity)]
-    pub fn next_record(&mut self) -> Result<Option<(RecordHeader, u64, Option<Record>)>, ReadError> {
+    pub fn next_item(&mut self) -> Result<Option<(RecordHeader, u64, Option<Item>)>, ReadError> {
         if self.decoder.ended() {
             // Anything after END is a defect too.
             let mut one = [0u8; 1];
@@ -131,11 +153,28 @@ impl<R: Read> StreamReader<R> {
             return Ok(Some((
                 h,
                 at,
-                Some(Record::Data {
+                Some(Item::Record(Record::Data {
                     offset,
                     data: Vec::new(),
-                }),
+                })),
             )));
+        }
+        if h.rtype == crate::stream::RecordType::Data as u16 && h.length >= 8 {
+            // Its data goes into an aligned buffer of its own, which the consumer may keep.
+            let mut off = [0u8; 8];
+            let mut data = self.spare.pop().unwrap_or_default();
+            // Bounded by the check just made: at most the stream's max payload.
+            data.set_len(h.length as usize - 8);
+            if !read_exact_or_end(&mut self.src, &mut off).map_err(truncated)?
+                || !read_exact_or_end(&mut self.src, &mut data).map_err(truncated)? && !data.is_empty()
+            {
+                return Err(ReadError::Truncated { seq, at });
+            }
+            let offset = self
+                .decoder
+                .data_payload(&h, &hb, off, &data)
+                .map_err(ReadError::Stream)?;
+            return Ok(Some((h, at, Some(Item::Data { offset, data }))));
         }
         // Bounded by the check just made: at most the stream's max payload.
         self.payload.resize(h.length as usize, 0);
@@ -146,7 +185,28 @@ impl<R: Read> StreamReader<R> {
             .decoder
             .payload(&h, &hb, &self.payload)
             .map_err(ReadError::Stream)?;
-        Ok(Some((h, at, record)))
+        Ok(Some((h, at, record.map(Item::Record))))
+    }
+
+    /// The next record with its header and its offset in the stream; `None` after END.
+    /// Records of unknown types the stream lets a reader skip come back as `None` records
+    /// (`Some((header, offset, None))`).
+    #[allow(clippy::type_complexity)]
+    pub fn next_record(&mut self) -> Result<Option<(RecordHeader, u64, Option<Record>)>, ReadError> {
+        Ok(self.next_item()?.map(|(h, at, item)| {
+            let r = item.map(|i| match i {
+                Item::Record(r) => r,
+                Item::Data { offset, data } => {
+                    let r = Record::Data {
+                        offset,
+                        data: data.to_vec(),
+                    };
+                    self.spare.push(data);
+                    r
+                }
+            });
+            (h, at, r)
+        }))
     }
 }
 
@@ -163,7 +223,7 @@ pub struct StreamWriter {
 /// Buffered bytes that trigger a write.
 const WRITE_BUF_BYTES: usize = 256 << 10;
 /// Pipe capacity asked for (F_SETPIPE_SZ; the default 64 KiB costs a context switch per 64 KiB).
-pub const PIPE_BYTES: usize = 1 << 20;
+pub const PIPE_BYTES: usize = 8 << 20;
 
 /// Raise a pipe's capacity; anything else (a file, a socket) is left alone.
 pub fn raise_pipe(fd: std::os::fd::BorrowedFd) {
@@ -171,7 +231,9 @@ pub fn raise_pipe(fd: std::os::fd::BorrowedFd) {
         .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo);
     if is_pipe {
         // Unprivileged users are capped by /proc/sys/fs/pipe-max-size (1 MiB by default).
-        let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES);
+        if rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES).is_err() {
+            let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! Must not: know about files, trees or records; allocate per operation (the slot table and
 //! completion vector are sized at start-up).
 
+pub mod aligned;
 pub mod pool;
 pub mod sync;
 pub mod uring;

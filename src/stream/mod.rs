@@ -414,6 +414,45 @@ impl Decoder {
         Ok((offset, len))
     }
 
+    /// As [`Decoder::payload`] for a DATA record whose payload was read in two parts, its
+    /// offset field and its data (so the data can be read straight into a buffer of its
+    /// own). Returns the offset.
+    pub fn data_payload(
+        &mut self,
+        h: &RecordHeader,
+        hb: &[u8; RECORD_HEADER_BYTES],
+        offset_field: [u8; 8],
+        data: &[u8],
+    ) -> Result<u64, StreamError> {
+        let seq = h.seq;
+        if h.rtype != RecordType::Data as u16 || 8 + data.len() != h.length as usize || seq != self.seq + 1 {
+            return Err(err(seq, "payload does not belong to the header just checked"));
+        }
+        let mut c = crc32fast::Hasher::new();
+        c.update(&offset_field);
+        c.update(data);
+        if c.finalize() != h.payload_crc {
+            return Err(err(seq, "payload CRC mismatch"));
+        }
+        self.accept_data(h, hb, offset_field, data.len())
+    }
+
+    /// A DATA record whose payload CRC verified: check its place in the file, advance.
+    fn accept_data(
+        &mut self,
+        h: &RecordHeader,
+        hb: &[u8; RECORD_HEADER_BYTES],
+        offset_field: [u8; 8],
+        len: usize,
+    ) -> Result<u64, StreamError> {
+        let offset = u64::from_le_bytes(offset_field);
+        self.rules.data(offset, len as u64).map_err(|w| err(h.seq, w))?;
+        self.chain.update(hb);
+        self.seq = h.seq;
+        self.offset += (RECORD_HEADER_BYTES + 8 + len) as u64;
+        Ok(offset)
+    }
+
     /// As [`Decoder::payload`], but DATA comes back as a view into `payload` (no copy).
     pub fn payload_ref<'a>(
         &mut self,
@@ -432,13 +471,7 @@ impl Decoder {
             let Some((off, data)) = payload.split_first_chunk::<8>() else {
                 return Err(err(seq, "payload too short for offset"));
             };
-            let offset = u64::from_le_bytes(*off);
-            self.rules
-                .data(offset, data.len() as u64)
-                .map_err(|w| err(seq, w))?;
-            self.chain.update(hb);
-            self.seq = seq;
-            self.offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
+            let offset = self.accept_data(h, hb, *off, data.len())?;
             return Ok(Some(Decoded::Data { offset, data }));
         }
         let record = match RecordType::from_u16(h.rtype) {

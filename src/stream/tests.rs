@@ -647,3 +647,19 @@ fn reseal_keeps_a_valid_stream_and_repairs_checksums_only() {
     b[at] = b'/';
     assert!(decode_all(&reseal(&b), CAP).unwrap_err().what.contains("name"));
 }
+
+#[test]
+fn streamed_data_buffers_decode_as_in_memory_under_every_bit_flip() {
+    // The reader takes DATA payloads in two parts (offset field, then the data into a buffer of
+    // its own); it must accept and refuse exactly what the in-memory decoder does.
+    let bytes = full_stream();
+    check_decoders_agree(&bytes);
+    for bit in 0..bytes.len() * 8 {
+        let mut b = bytes.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        check_decoders_agree(&b);
+    }
+    for len in 0..bytes.len() {
+        check_decoders_agree(&bytes[..len]);
+    }
+}

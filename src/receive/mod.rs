@@ -15,7 +15,12 @@
 //! - locks DST and marks it dirty as `mirror` does; the record notes the stream's target id
 //!   when the stream was applied to END without errors.
 //!
-//! Bounded: one payload buffer (at most the stream's max payload, 16 MiB); one descriptor per
+//! File data is written by the threads of [`writer`] (large files with O_DIRECT), while this
+//! thread reads, checks and hashes the next records.
+//!
+//! Bounded: one payload buffer for records other than DATA (at most the stream's max payload,
+//! 16 MiB), and DATA payloads on their way to the writing threads (about 32 MiB, at least two
+//! payloads: [`writer::BUFFERED_BYTES`]); one descriptor per
 //! open directory (at most 4096); the publication queue (at most [`PENDING_MAX`] entries);
 //! names seen in each open directory kept as 64-bit keyed hashes, at most [`NAMES_MAX`] in all;
 //! hardlink ids as names in a private directory inside DST (on disk, not in memory).
@@ -40,7 +45,10 @@ use crate::mirror::apply::remove_tree;
 use crate::mirror::guard::{self, Guard, LockError};
 use crate::progress::{self, StreamCounts};
 use crate::stream::{self, Record, ResumeToken, StreamHeader};
-use crate::stream_io::{ReadError, StreamReader};
+use crate::stream_io::{AlignedBuf, Item, ReadError, StreamReader};
+
+mod writer;
+use writer::{Finish, OutFile, Writer};
 
 /// Entries queued for publication before a CHECKPOINT must come (a sender checkpoints every
 /// 4096 entries).
@@ -175,6 +183,8 @@ enum Pending {
         /// In a directory this run created: the name must be new.
         fresh: bool,
         rel: Vec<u8>,
+        /// A received file: not placed if writing it failed (see [`OutFile::failed`]).
+        file: Option<Arc<OutFile>>,
     },
     /// A directory's entries are all placed: delete extraneous ones, set its attributes.
     DirDone {
@@ -193,15 +203,15 @@ struct FileIn {
     fresh: bool,
     name: CString,
     temp: CString,
-    fd: OwnedFd,
+    /// Written by the writer thread; once it failed, the file is received (to keep the
+    /// stream in step) but not published.
+    out: Arc<OutFile>,
     rel: Vec<u8>,
     meta: stream::Meta,
     size: u64,
     link: u64,
     xattrs: Xattrs,
     hasher: stream::FileHash,
-    /// A write failed: the file is received (to keep the stream in step) but not published.
-    failed: bool,
     /// Made in a directory with a default ACL.
     acl: bool,
 }
@@ -289,7 +299,9 @@ struct Receiver<'a> {
     /// Random part of this run's temporary names.
     tag: String,
     counter: u64,
-    links_dir: Option<(OwnedFd, CString)>,
+    links_dir: Option<(Arc<OwnedFd>, CString)>,
+    /// Writes file data and sets received files' attributes.
+    writer: Writer,
     /// Incremental: the holding directory (made at the first RENAME into it).
     hold: Option<(Arc<OwnedFd>, CString)>,
     /// Incremental: what records waiting for publication did to names, per directory.
@@ -499,7 +511,13 @@ impl Apply {
                     name,
                     fresh,
                     rel,
+                    file,
                 } => {
+                    if file.is_some_and(|f| f.failed()) {
+                        // Reported when it failed.
+                        let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                        continue;
+                    }
                     if let Err(e) = place(&dir, &temp, &name, fresh) {
                         let _ = remove_tree(&dir, &temp, false);
                         if fresh && e == Errno::EXIST {
@@ -770,6 +788,7 @@ impl Receiver<'_> {
                 name: i.name,
                 fresh: i.fresh,
                 rel: i.rel,
+                file: None,
             })?;
         }
         Ok(())
@@ -918,19 +937,24 @@ impl Receiver<'_> {
                     fresh,
                     name: cname(&name),
                     temp,
-                    fd,
+                    out: Arc::new(OutFile::new(fd, rel.clone(), size, failed, self.writer.lane())),
                     rel,
                     meta,
                     size,
                     link,
                     xattrs: Vec::new(),
                     hasher: stream::FileHash::new(),
-                    failed,
                     acl,
                 });
                 self.last = Last::File;
             }
-            Record::Data { offset, data } => self.data(offset, &data)?,
+            Record::Data { offset, data } => {
+                // Only a resumed stream's elided DATA comes as a record (and is replayed).
+                let mut b = AlignedBuf::default();
+                b.set_len(data.len());
+                b.copy_from_slice(&data);
+                self.data(offset, b)?
+            }
             Record::FileEnd { hash } => self.file_end(hash)?,
             Record::Symlink {
                 parent,
@@ -980,7 +1004,9 @@ impl Receiver<'_> {
                     self.fail(&rel, "link", "its first name could not be received");
                     return Ok(());
                 };
-                let links = links.try_clone().map_err(|e| Stop::Stream(format!("dup: {e}")))?;
+                let links = links.clone();
+                // The writer keeps the first name once that file is written.
+                self.writer.flush()?;
                 match self.stage(&pfd, |d, t| {
                     rustix::fs::linkat(&links, id.as_c_str(), d, t, AtFlags::empty())
                 }) {
@@ -990,6 +1016,7 @@ impl Receiver<'_> {
                         name: cname(&name),
                         fresh,
                         rel,
+                        file: None,
                     })?,
                     Err(Errno::NOENT) => self.fail(&rel, "link", "its first name could not be received"),
                     Err(e) => self.fail(&rel, "link", e),
@@ -1390,6 +1417,7 @@ impl Receiver<'_> {
             // In a new directory the name must be new (a second DIR of it is refused then).
             fresh: parent_fresh,
             rel: rel.to_vec(),
+            file: None,
         })?;
         Ok((fd, true))
     }
@@ -1427,20 +1455,29 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    fn data(&mut self, offset: u64, data: &[u8]) -> Result<(), Stop> {
+    /// A DATA record read into a buffer of its own.
+    fn data_item(&mut self, offset: u64, data: AlignedBuf, at: u64, seq: u64) -> Result<(), Stop> {
+        if self.replay.is_some() {
+            return self.record(
+                Record::Data {
+                    offset,
+                    data: Vec::new(),
+                },
+                at,
+                seq,
+            );
+        }
+        self.finish_last()?;
+        self.data(offset, data)
+    }
+
+    fn data(&mut self, offset: u64, data: AlignedBuf) -> Result<(), Stop> {
         let Some(f) = self.file.as_mut() else {
             return Err(Stop::Stream("DATA for a file this receiver did not begin".into()));
         };
-        f.hasher.data(offset, data);
-        if !f.failed {
-            if let Err(e) = write_all_at(&f.fd, data, offset) {
-                let rel = f.rel.clone();
-                f.failed = true;
-                self.fail(&rel, "write", e);
-            }
-        }
+        f.hasher.data(offset, &data);
         self.counts.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(())
+        self.writer.write(&f.out, offset, data)
     }
 
     fn file_end(&mut self, hash: [u8; 32]) -> Result<(), Stop> {
@@ -1450,48 +1487,51 @@ impl Receiver<'_> {
             ));
         };
         self.counts.entries.fetch_add(1, Ordering::Relaxed);
-        let drop_temp = |f: &FileIn| {
-            let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
-        };
         let (hasher, size) = (std::mem::take(&mut f.hasher), f.size);
         if hasher.finish(size) != hash {
-            drop_temp(&f);
+            let _ = rustix::fs::unlinkat(&*f.dir, &f.temp, AtFlags::empty());
             return Err(Stop::Stream(format!(
                 "{}: content hash mismatch (the data received is not what was sent)",
                 self.shown(&f.rel)
             )));
         }
-        if f.failed {
-            drop_temp(&f);
-            return Ok(());
-        }
-        if let Err(e) = self.ap.apply_fd(&f.fd, &f.meta, &f.xattrs, f.acl) {
-            self.fail(&f.rel, "set attributes", e);
-            drop_temp(&f);
-            return Ok(());
-        }
-        if f.link != 0 {
-            if let Err(e) = self.remember_link(&f.dir, &f.temp, f.link) {
-                return Err(Stop::Stream(format!(
-                    "{}: link for later names: {e}",
-                    self.shown(&f.rel)
-                )));
-            }
-        }
+        let link = if f.link != 0 {
+            self.links_dir()
+                .map_err(|e| Stop::Stream(format!("{}: link for later names: {e}", self.shown(&f.rel))))?;
+            let (links, _) = self.links_dir.as_ref().expect("made");
+            let id = CString::new(f.link.to_string()).expect("digits");
+            Some((links.clone(), id, f.dir.clone(), f.temp.clone()))
+        } else {
+            None
+        };
         let FileIn {
             dir,
             fresh,
             name,
             temp,
             rel,
+            out,
+            meta,
+            xattrs,
+            acl,
             ..
         } = f;
+        self.writer.finish(
+            &out,
+            Finish {
+                meta,
+                xattrs,
+                acl,
+                link,
+            },
+        )?;
         self.queue(Pending::Place {
             dir,
             temp,
             name,
             fresh,
             rel,
+            file: Some(out),
         })
     }
 
@@ -1511,7 +1551,7 @@ impl Receiver<'_> {
                 rustix::fs::mkdirat(d, t, Mode::from_raw_mode(0o700))?;
                 open_dir_beneath(d, t)
             })?;
-            self.links_dir = Some((fd, name));
+            self.links_dir = Some((Arc::new(fd), name));
         }
         Ok(())
     }
@@ -1529,6 +1569,8 @@ impl Receiver<'_> {
     /// in place, while this one receives the next batch (one batch at a time); `wait`: do it
     /// now (END).
     fn publish(&mut self, token: Option<ResumeToken>, wait: bool) -> Result<(), Stop> {
+        // Every file of the batch written, its attributes set, its failure known.
+        self.writer.flush()?;
         self.published()?;
         // The batch before is published: the tree says what its records did.
         self.over.rotate();
@@ -1569,6 +1611,8 @@ impl Receiver<'_> {
     fn discard(&mut self) -> bool {
         // What the last verified checkpoint handed over is published (its token stored).
         let mut whole = true;
+        // Nothing is written into what is removed below after it is gone.
+        self.writer.stop();
         if let Err(Stop::Stream(e)) = self.published() {
             eprintln!("ringsync: receive: {e}");
             whole = false;
@@ -1632,21 +1676,6 @@ fn times(m: &stream::Meta) -> rustix::fs::Timestamps {
         last_access: ts(m.atime),
         last_modification: ts(m.mtime),
     }
-}
-
-fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
-    while !data.is_empty() {
-        match rustix::io::pwrite(fd, data, offset) {
-            Ok(0) => return Err(Errno::NOSPC),
-            Ok(n) => {
-                data = &data[n..];
-                offset += n as u64;
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Rename a staged entry to its final name. In a directory this run made, the name must be
@@ -1831,6 +1860,13 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         guard,
         state: std::sync::Mutex::new(record),
     });
+    let writer = match Writer::start(ap.clone(), header.max_payload as usize) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("ringsync: receive: {e}");
+            return exit::FATAL;
+        }
+    };
     let mut rx = Receiver {
         ap: ap.clone(),
         publishing: None,
@@ -1845,6 +1881,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         tag,
         counter: 0,
         links_dir: None,
+        writer,
         hold: None,
         over: Overlay::default(),
         incremental,
@@ -1882,8 +1919,12 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
             if let Some(s) = crate::signals::interrupted() {
                 return Err(Stop::Interrupted(s));
             }
-            match reader.next_record() {
-                Ok(Some((h, at, Some(r)))) => rx.record(r, at, h.seq)?,
+            rx.writer.reclaim(|b| reader.recycle(b))?;
+            match reader.next_item() {
+                Ok(Some((h, at, Some(Item::Record(r))))) => rx.record(r, at, h.seq)?,
+                Ok(Some((h, at, Some(Item::Data { offset, data })))) => {
+                    rx.data_item(offset, data, at, h.seq)?
+                }
                 Ok(Some((_, _, None))) => {}
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Stop::Stream(describe_at(&e, reader.decoder()))),
