@@ -1005,8 +1005,6 @@ impl Receiver<'_> {
                     return Ok(());
                 };
                 let links = links.clone();
-                // The writer keeps the first name once that file is written.
-                self.writer.flush()?;
                 match self.stage(&pfd, |d, t| {
                     rustix::fs::linkat(&links, id.as_c_str(), d, t, AtFlags::empty())
                 }) {
@@ -1495,15 +1493,6 @@ impl Receiver<'_> {
                 self.shown(&f.rel)
             )));
         }
-        let link = if f.link != 0 {
-            self.links_dir()
-                .map_err(|e| Stop::Stream(format!("{}: link for later names: {e}", self.shown(&f.rel))))?;
-            let (links, _) = self.links_dir.as_ref().expect("made");
-            let id = CString::new(f.link.to_string()).expect("digits");
-            Some((links.clone(), id, f.dir.clone(), f.temp.clone()))
-        } else {
-            None
-        };
         let FileIn {
             dir,
             fresh,
@@ -1514,17 +1503,25 @@ impl Receiver<'_> {
             meta,
             xattrs,
             acl,
+            link,
             ..
         } = f;
-        self.writer.finish(
-            &out,
-            Finish {
-                meta,
-                xattrs,
-                acl,
-                link,
-            },
-        )?;
+        self.writer.finish(&out, Finish { meta, xattrs, acl })?;
+        if link != 0 {
+            // Later LINK records need the whole file: wait for it (hardlinked files only).
+            self.writer.flush()?;
+            if out.failed() {
+                let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                return Ok(());
+            }
+            if let Err(e) = self.remember_link(&dir, &temp, link) {
+                let _ = rustix::fs::unlinkat(&*dir, &temp, AtFlags::empty());
+                return Err(Stop::Stream(format!(
+                    "{}: link for later names: {e}",
+                    self.shown(&rel)
+                )));
+            }
+        }
         self.queue(Pending::Place {
             dir,
             temp,
@@ -1833,6 +1830,8 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     record.stream_target = None;
     record.dst_state = None;
     record.stopped = None;
+    // A resumed run also answers for what the interrupted one could not apply.
+    let earlier_incomplete = replay.is_some() && record.incomplete == Some(true);
     if replay.is_none() {
         record.resume = None;
         record.incomplete = None;
@@ -1945,7 +1944,7 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
             let (errors, skipped) = (ap.errors.load(Ordering::Relaxed), rx.skipped);
             let mut record = ap.state.lock().expect("record lock").clone();
             // A resumed run also answers for what the interrupted one published.
-            let earlier = record.incomplete == Some(true);
+            let earlier = earlier_incomplete;
             record.incomplete = None;
             if errors == 0 && skipped == 0 && !earlier {
                 record.state = "clean".into();

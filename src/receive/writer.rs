@@ -13,8 +13,8 @@
 //!
 //! Jobs run in the order they were queued, so a file's attributes (its mtime above all) are
 //! set after its last write. A failed write or attribute change is reported once, here, and
-//! marks the file failed: it is then never placed (see [`OutFile::failed`]) and never
-//! remembered for later hardlinks.
+//! marks the file failed and gives its space back (truncated to 0): it is then never placed
+//! (see [`OutFile::failed`]) and never remembered for later hardlinks.
 //!
 //! Files are spread over [`LANES`] threads; all the jobs of one file go to the same one, in
 //! order. Bounded: payload buffers in flight are limited to about [`BUFFERED_BYTES`] (at
@@ -22,14 +22,13 @@
 //!
 //! Must not: publish anything (that is the publishing thread's, after a flush).
 
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rustix::fs::{AtFlags, OFlags};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use super::{Apply, Stop, Xattrs};
@@ -164,9 +163,6 @@ pub(super) struct Finish {
     pub xattrs: Xattrs,
     /// Made in a directory with a default ACL: inherited xattrs are pruned.
     pub acl: bool,
-    /// Keep a name for later hardlinks: (the private directory, the link id as a name, the
-    /// file's directory, its temporary name).
-    pub link: Option<(Arc<OwnedFd>, CString, Arc<OwnedFd>, CString)>,
 }
 
 enum Job {
@@ -256,13 +252,13 @@ impl Writer {
         )
     }
 
-    /// After the file's last write: set its attributes, and remember it for hardlinks.
+    /// After the file's last write: set its size back if padded, and its attributes.
     pub fn finish(&mut self, file: &Arc<OutFile>, f: Finish) -> Result<(), Stop> {
         self.send(file.lane, Job::Finish(file.clone(), Box::new(f)))
     }
 
     /// Wait until everything queued is done: every file finished so far has its final
-    /// [`OutFile::failed`], and its hardlink name is made.
+    /// [`OutFile::failed`].
     pub fn flush(&mut self) -> Result<(), Stop> {
         if !self.busy {
             return Ok(());
@@ -321,6 +317,9 @@ fn run(ap: &Apply, jobs: Receiver<Job>, give: mpsc::Sender<AlignedBuf>) {
                     if let Err(e) = file.write(&mut data, offset) {
                         file.fail();
                         ap.fail(&file.rel, "write", e);
+                        // It is never placed: its space goes back now, for the files after it
+                        // (its name goes at the next publication).
+                        let _ = rustix::fs::ftruncate(&file.fd, 0);
                     }
                 }
                 let _ = give.send(data);
@@ -337,14 +336,6 @@ fn run(ap: &Apply, jobs: Receiver<Job>, give: mpsc::Sender<AlignedBuf>) {
                 if let Err(e) = ap.apply_fd(&file.fd, &f.meta, &f.xattrs, f.acl) {
                     file.fail();
                     ap.fail(&file.rel, "set attributes", e);
-                    continue;
-                }
-                if let Some((links, id, dir, temp)) = &f.link {
-                    // Without it later names of this file fail ("its first name could not be
-                    // received"); this one is still placed.
-                    if let Err(e) = rustix::fs::linkat(&**dir, temp, &**links, id, AtFlags::empty()) {
-                        ap.fail(&file.rel, "keep a name for later hardlinks", e);
-                    }
                 }
             }
             Job::Flush(done) => {
