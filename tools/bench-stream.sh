@@ -16,7 +16,7 @@
 # Then, cold (caches dropped before each): send SRC > /dev/null against `cat` of every file
 # (the read bound). With btrfs in PARTS, on a loop btrfs (a sparse 64 GiB image) holding a read-only snapshot of the
 # dataset: btrfs send | btrfs receive against ringsync send | ringsync receive (both with and
-# without a final sync).
+# without a final sync). The loop device does direct I/O to its image (losetup --direct-io=on).
 # The datasets are the ones tools/bench-copy.sh makes (run it once first). Destinations are
 # removed after each block and caches dropped, so ext4's slow reuse of freshly freed inodes
 # (recently_deleted) does not land inside a timed run.
@@ -127,8 +127,12 @@ done
 if [[ " $PARTS " == *" btrfs "* ]]; then
     img=$BENCH_DIR/stream-btrfs.img; mnt=$BENCH_DIR/stream-btrfs
     umount "$mnt" 2>/dev/null || true
-    rm -f "$img"; truncate -s 64G "$img"; mkfs.btrfs -q "$img"; mkdir -p "$mnt"; mount -o loop "$img" "$mnt"
-    trap 'umount "$mnt" 2>/dev/null; rm -f "$img"; rm -rf "$WORK"' EXIT
+    rm -f "$img"; truncate -s 64G "$img"; mkfs.btrfs -q "$img"; mkdir -p "$mnt"
+    # Direct I/O to the image: the loop device then behaves like a disk, without a second page
+    # cache (the image file's on ext4) copying and writing back everything both tools write.
+    loopdev=$(losetup -f --show --direct-io=on "$img")
+    mount "$loopdev" "$mnt"
+    trap 'umount "$mnt" 2>/dev/null; losetup -d "$loopdev" 2>/dev/null; rm -f "$img"; rm -rf "$WORK"' EXIT
     for ds in $DATASETS; do
         btrfs -q subvolume create "$mnt/$ds-sub"
         "$RS" copy -q "$DATA/$ds" "$mnt/$ds-sub"
