@@ -1,8 +1,8 @@
-//! The receiver's file writer: a thread that writes DATA payloads into the temporary files
-//! and, after a file's last write, sets its attributes, while the receiving thread reads,
-//! checks and hashes the next records. Writing into the page cache is most of a receive's CPU
-//! time (copying every byte into fresh pages); on its own thread it overlaps the pipe reads,
-//! the CRCs and the BLAKE3 instead of following them.
+//! The receiver's file writer: threads that write DATA payloads into the temporary files and,
+//! after a file's last write, set its attributes, while the receiving thread reads, checks and
+//! hashes the next records. Writing was most of a receive's time when the receiving thread did
+//! it (copying every byte into fresh page-cache pages); on threads of their own the writes
+//! overlap the pipe reads, the CRCs and the BLAKE3 instead of following them.
 //!
 //! Files of [`DIRECT_MIN`] bytes or more are written with O_DIRECT where the filesystem takes
 //! it: the data goes from the payload buffer to the device, not through fresh page-cache
