@@ -34,7 +34,7 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use common::mount::{mount_or_skip, LoopFs};
 use common::oracle::{compare_scanned, scan_tree, show, Tree};
-use common::procs::{err_file, read_back, wait_all, Ran};
+use common::procs::{err_file, read_back, run_ringsync, wait_all, Ran};
 use common::*;
 
 /// A child still running after this long is killed (the test then fails).
@@ -46,130 +46,17 @@ const MIB: u64 = 1 << 20;
 // ---------------------------------------------------------------------------------------------
 // Mounts
 
-/// A mount made here (a tmpfs, or a loop image made with mkfs options `LoopFs` does not take),
-/// unmounted on drop.
-struct OwnMount {
-    mnt: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl OwnMount {
-    fn tmpfs(size_mib: u64) -> Result<OwnMount, String> {
-        if !is_root() {
-            return Err("tmpfs mount needs root".into());
-        }
-        if !have_tool("mount") || !have_tool("umount") {
-            return Err("mount/umount not installed".into());
-        }
-        let tmp = scratch("direct-tmpfs");
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir: {e}"))?;
-        let opts = format!("size={size_mib}m");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
-            .arg(&mnt)
-            .output()
-            .map_err(|e| format!("run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs -o {opts} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(OwnMount { mnt, _tmp: tmp })
-    }
-
-    /// An ext4 loop image with `block`-byte blocks (`LoopFs` lets mke2fs choose: 1 KiB below
-    /// 512 MiB).
-    fn ext4(size_mib: u64, block: u32) -> Result<OwnMount, String> {
-        if !is_root() {
-            return Err("ext4 loop mount needs root".into());
-        }
-        for t in ["mkfs.ext4", "mount", "umount"] {
-            if !have_tool(t) {
-                return Err(format!("{t} not installed"));
-            }
-        }
-        if !Path::new("/dev/loop-control").exists() {
-            return Err("/dev/loop-control missing (no loop device support)".into());
-        }
-        let tmp = scratch("direct-ext4");
-        let img = tmp.path().join("fs.img");
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir mnt: {e}"))?;
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(size_mib << 20))
-            .map_err(|e| format!("create image: {e}"))?;
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", &block.to_string()])
-            .arg(&img)
-            .output()
-            .map_err(|e| format!("run mkfs.ext4: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mkfs.ext4 -b {block} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let out = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(&img)
-            .arg(&mnt)
-            .output()
-            .map_err(|e| format!("run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -o loop (ext4, {block}-byte blocks) failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(OwnMount { mnt, _tmp: tmp })
-    }
-}
-
-impl Drop for OwnMount {
-    fn drop(&mut self) {
-        for attempt in 0..20 {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
-    }
-}
-
-/// One of the filesystems under test.
-enum Fs {
-    Loop(LoopFs),
-    Own(OwnMount),
-}
-
-impl Fs {
-    fn path(&self) -> &Path {
-        match self {
-            Fs::Loop(l) => l.path(),
-            Fs::Own(o) => &o.mnt,
-        }
-    }
-}
-
 /// Mount `kind` ("tmpfs", "ext4-1k", "ext4-64m-4k", or a `LoopFs` type; 512 MiB unless the
 /// name says otherwise), or skip (fail under CI).
-fn mount_kind(kind: &'static str) -> Option<Fs> {
-    let own = match kind {
-        "tmpfs" => OwnMount::tmpfs(512),
-        "ext4-1k" => OwnMount::ext4(512, 1024),
-        "ext4-64m-4k" => OwnMount::ext4(64, 4096),
-        _ => return mount_or_skip(kind, 512).map(Fs::Loop),
+fn mount_kind(kind: &'static str) -> Option<LoopFs> {
+    let fs = match kind {
+        "tmpfs" => LoopFs::tmpfs(512),
+        "ext4-1k" => LoopFs::with_mkfs("ext4", 512, &["-b", "1024"]),
+        "ext4-64m-4k" => LoopFs::with_mkfs("ext4", 64, &["-b", "4096"]),
+        _ => return mount_or_skip(kind, 512),
     };
-    match own {
-        Ok(m) => Some(Fs::Own(m)),
+    match fs {
+        Ok(m) => Some(m),
         Err(why) => {
             skip_or_fail(&why);
             None
@@ -216,22 +103,9 @@ fn send_receive(src: &Path, recv_extra: &[&str], dst: &Path) -> (Ran, Ran) {
     )
 }
 
-/// One ringsync process, stdin from /dev/null.
+/// One ringsync process, stdin and stdout /dev/null.
 fn ringsync(args: &[&OsStr]) -> Ran {
-    let (f, e) = err_file();
-    let c = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(e)
-        .spawn()
-        .expect("spawn ringsync");
-    let mut kids = vec![("ringsync", c)];
-    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"), DEADLINE);
-    Ran {
-        code: codes[0],
-        stderr: read_back(f),
-    }
+    run_ringsync(args, DEADLINE)
 }
 
 fn expect_ok(r: &Ran, what: &str) {
@@ -492,7 +366,7 @@ fn check_exact(before: &Tree, src: &Path, dst: &Path, built: &Built, what: &str)
 
 /// `send SRC | receive [--no-fsync] DST` for a fresh (missing) DST of each kind; both exit 0
 /// and DST is exact.
-fn round_trips(fs: &Fs, src: &Path, built: &Built, fsname: &str) {
+fn round_trips(fs: &LoopFs, src: &Path, built: &Built, fsname: &str) {
     for (extra, tag) in [(&[][..], "fsync"), (&["--no-fsync"][..], "no-fsync")] {
         let what = format!("{fsname}: send | receive {}", extra.join(" "));
         let dst = fs.path().join(format!("dst-{tag}"));

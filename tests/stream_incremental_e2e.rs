@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use common::mount::{mount_or_skip, snapshot_ro, subvolume_create};
 use common::mutate::{self as mutator, stat_tree, Meta};
 use common::oracle::{compare_scanned, scan_tree, show, Kind, Tree};
-use common::procs::{err_file, read_back, wait_all, Ran};
+use common::procs::{err_file, read_back, run_ringsync, wait_all, Ran};
 use common::*;
 
 /// A child still running after this long is killed (the test then fails).
@@ -55,22 +55,9 @@ fn expect_code(r: &Ran, code: i32, what: &str) {
     assert_eq!(r.code, Some(code), "{}", r.describe(what));
 }
 
-/// Run one ringsync process (stdin and stdout /dev/null).
+/// One ringsync process, stdin and stdout /dev/null.
 fn rs(args: &[&OsStr]) -> Ran {
-    let (f, e) = err_file();
-    let c = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(e)
-        .spawn()
-        .expect("spawn ringsync");
-    let mut kids = vec![("ringsync", c)];
-    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"), DEADLINE);
-    Ran {
-        code: codes[0],
-        stderr: read_back(f),
-    }
+    run_ringsync(args, DEADLINE)
 }
 
 /// `ringsync send -q [--from PREV] -o OUT SRC`

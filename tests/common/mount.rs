@@ -22,6 +22,11 @@ pub struct LoopFs {
 impl LoopFs {
     /// Make and mount a fresh filesystem; `Err` is the reason to skip.
     pub fn new(fstype: &'static str, size_mib: u64) -> Result<LoopFs, String> {
+        LoopFs::with_mkfs(fstype, size_mib, &[])
+    }
+
+    /// As [`LoopFs::new`], with more options for mkfs (e.g. `-b 1024`).
+    pub fn with_mkfs(fstype: &'static str, size_mib: u64, mkfs_extra: &[&str]) -> Result<LoopFs, String> {
         if !is_root() {
             return Err(format!("{fstype} loop mount needs root"));
         }
@@ -48,12 +53,13 @@ impl LoopFs {
         let force = if fstype == "ext4" { "-F" } else { "-f" };
         let out = Command::new(&mkfs)
             .args(["-q", force])
+            .args(mkfs_extra)
             .arg(&img)
             .output()
             .map_err(|e| format!("run {mkfs}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "{mkfs} failed: {}",
+                "{mkfs} {mkfs_extra:?} failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
@@ -72,6 +78,36 @@ impl LoopFs {
         Ok(LoopFs {
             mnt,
             fstype,
+            _tmp: tmp,
+        })
+    }
+
+    /// A fresh tmpfs of `size_mib` (no image); `Err` is the reason to skip.
+    pub fn tmpfs(size_mib: u64) -> Result<LoopFs, String> {
+        if !is_root() {
+            return Err("tmpfs mount needs root".into());
+        }
+        if !have_tool("mount") || !have_tool("umount") {
+            return Err("mount/umount not installed".into());
+        }
+        let tmp = scratch("tmpfs");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir mnt: {e}"))?;
+        let opts = format!("size={size_mib}m");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+            .arg(&mnt)
+            .output()
+            .map_err(|e| format!("run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs -o {opts} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(LoopFs {
+            mnt,
+            fstype: "tmpfs",
             _tmp: tmp,
         })
     }

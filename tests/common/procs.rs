@@ -71,3 +71,21 @@ pub fn wait_all(kids: &mut [(&str, Child)], what: &str, deadline: Duration) -> V
     }
     codes.into_iter().map(|c| c.unwrap()).collect()
 }
+
+/// Run one ringsync process (stdin and stdout /dev/null) to its end, or kill it at `deadline`.
+pub fn run_ringsync(args: &[&std::ffi::OsStr], deadline: Duration) -> Ran {
+    let (f, e) = err_file();
+    let c = std::process::Command::new(super::bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(e)
+        .spawn()
+        .expect("spawn ringsync");
+    let mut kids = vec![("ringsync", c)];
+    let codes = wait_all(&mut kids, &format!("ringsync {args:?}"), deadline);
+    Ran {
+        code: codes[0],
+        stderr: read_back(f),
+    }
+}
