@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mount::mount_or_skip;
+use common::mount::{mount_or_skip, LoopFs};
 use common::*;
 use serde_json::Value;
 
@@ -707,58 +707,14 @@ fn check_svg(svg: &str) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // tmpfs mounts
 
-/// A tmpfs mounted in a scratch directory; unmounted on drop.
-struct Tmpfs {
-    mnt: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn new(opts: &str) -> Result<Tmpfs, String> {
-        if !is_root() {
-            return Err("tmpfs mount needs root".into());
-        }
-        if !have_tool("mount") || !have_tool("umount") {
-            return Err("mount/umount not installed".into());
-        }
-        let tmp = scratch("bench-tmpfs");
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir(&mnt).map_err(|e| format!("mkdir: {e}"))?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(&mnt)
-            .output()
-            .map_err(|e| format!("run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs -o {opts} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { mnt, _tmp: tmp })
-    }
-
-    fn or_skip(opts: &str) -> Option<Tmpfs> {
-        match Tmpfs::new(opts) {
-            Ok(t) => Some(t),
-            Err(why) => {
-                skip_or_fail(&why);
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // umount's stderr is captured: a busy mount retried here is not worth a stray line.
-        let ok = Command::new("umount")
-            .arg(&self.mnt)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+/// A tmpfs mounted with `opts` in a scratch directory (unmounted on drop), or skip (fail
+/// under CI).
+fn tmpfs_or_skip(opts: &str) -> Option<LoopFs> {
+    match LoopFs::tmpfs(opts) {
+        Ok(t) => Some(t),
+        Err(why) => {
+            skip_or_fail(&why);
+            None
         }
     }
 }
@@ -1368,20 +1324,24 @@ fn xfs_reflink_ok_and_every_path_runs() {
 
 #[test]
 fn tmpfs_support_matches_our_probes() {
-    let Some(t) = Tmpfs::or_skip("size=64m") else {
+    let Some(t) = tmpfs_or_skip("size=64m") else {
         return;
     };
     let ctx = "tmpfs";
     eprintln!(
         "tmpfs: O_DIRECT {}, FICLONE {}",
-        if o_direct_works(&t.mnt) {
+        if o_direct_works(t.path()) {
             "works"
         } else {
             "refused"
         },
-        if ficlone_works(&t.mnt) { "works" } else { "refused" }
+        if ficlone_works(t.path()) {
+            "works"
+        } else {
+            "refused"
+        }
     );
-    let rep = sweep_on(&t.mnt, "tmpfs", ctx);
+    let rep = sweep_on(t.path(), "tmpfs", ctx);
     for r in &rep.rows {
         if r.status != "ok" {
             assert_eq!(r.status, "unsupported", "{ctx}: {r:?}");
@@ -1464,11 +1424,11 @@ fn setup_errors_exit_1_naming_the_path() {
     assert_eq!(std::fs::read(&file).expect("read file"), b"not a directory");
 
     // Unwritable: a read-only tmpfs (root ignores permission bits).
-    if let Some(ro) = Tmpfs::or_skip("size=64m,ro") {
-        let run = bench(&args_in(&ro.mnt, &common_args), None);
+    if let Some(ro) = tmpfs_or_skip("size=64m,ro") {
+        let run = bench(&args_in(ro.path(), &common_args), None);
         assert_eq!(run.code(), Some(1), "read-only --dir: {}", run.describe());
         assert!(
-            run.stderr().contains(&*ro.mnt.to_string_lossy()),
+            run.stderr().contains(&*ro.path().to_string_lossy()),
             "read-only --dir: stderr should name it: {}",
             run.describe()
         );

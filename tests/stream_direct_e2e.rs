@@ -50,7 +50,7 @@ const MIB: u64 = 1 << 20;
 /// name says otherwise), or skip (fail under CI).
 fn mount_kind(kind: &'static str) -> Option<LoopFs> {
     let fs = match kind {
-        "tmpfs" => LoopFs::tmpfs(512),
+        "tmpfs" => LoopFs::tmpfs("size=512m"),
         "ext4-1k" => LoopFs::with_mkfs("ext4", 512, &["-b", "1024"]),
         "ext4-64m-4k" => LoopFs::with_mkfs("ext4", 64, &["-b", "4096"]),
         _ => return mount_or_skip(kind, 512),

@@ -82,8 +82,9 @@ impl LoopFs {
         })
     }
 
-    /// A fresh tmpfs of `size_mib` (no image); `Err` is the reason to skip.
-    pub fn tmpfs(size_mib: u64) -> Result<LoopFs, String> {
+    /// A fresh tmpfs mounted with `opts` (e.g. `size=64m,ro`; no image); `Err` is the reason
+    /// to skip.
+    pub fn tmpfs(opts: &str) -> Result<LoopFs, String> {
         if !is_root() {
             return Err("tmpfs mount needs root".into());
         }
@@ -93,9 +94,8 @@ impl LoopFs {
         let tmp = scratch("tmpfs");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).map_err(|e| format!("mkdir mnt: {e}"))?;
-        let opts = format!("size={size_mib}m");
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
             .arg(&mnt)
             .output()
             .map_err(|e| format!("run mount: {e}"))?;
