@@ -925,19 +925,15 @@ impl Receiver<'_> {
                         )))
                     }
                 };
-                let mut failed = false;
-                if size > 0 {
-                    if let Err(e) = rustix::fs::ftruncate(&fd, size) {
-                        self.fail(&rel, "set size", e);
-                        failed = true;
-                    }
-                }
+                // Created empty: the writes grow it, and the writer sets the size last
+                // (`OutFile::trim`). Written within a size set first, btrfs looks up its extent
+                // maps for every buffered write (9% of a receive's time in a profile).
                 self.file = Some(FileIn {
                     dir: pfd,
                     fresh,
                     name: cname(&name),
                     temp,
-                    out: Arc::new(OutFile::new(fd, rel.clone(), size, failed, self.writer.lane())),
+                    out: Arc::new(OutFile::new(fd, rel.clone(), size, self.writer.lane())),
                     rel,
                     meta,
                     size,

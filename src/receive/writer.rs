@@ -23,7 +23,7 @@
 //! Must not: publish anything (that is the publishing thread's, after a flush).
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,10 +38,13 @@ use crate::stream;
 /// Files at least this large are written with O_DIRECT where possible.
 pub const DIRECT_MIN: u64 = 64 << 10;
 
-/// [`OutFile`]'s O_DIRECT state.
+/// [`OutFile`]'s O_DIRECT state: not tried yet,
+const UNTRIED: u8 = 3;
+/// written through the cache for now,
 const BUFFERED: u8 = 0;
 const DIRECT: u8 = 1;
-/// The filesystem refused O_DIRECT for this file: written through the cache from now on.
+/// or through the cache from now on: the filesystem refused O_DIRECT for this file, or takes
+/// it but writes through the cache anyway (btrfs with data checksums, see [`direct_pays`]).
 const REFUSED: u8 = 2;
 
 /// Writing threads: direct writes wait for the device, so several keep it busy (and
@@ -65,26 +68,37 @@ pub(super) struct OutFile {
     direct: AtomicU8,
     /// A padded last block made the file longer than `size` (writer thread only).
     padded: AtomicBool,
+    /// The end of the data written so far (writer thread only): the file is created empty
+    /// and grows with its writes, and [`OutFile::trim`] sets the size FILE said.
+    end: AtomicU64,
 }
 
 impl OutFile {
-    /// `failed`: something done to it already failed (and was reported).
     /// `lane`: from [`Writer::lane`].
-    pub fn new(fd: OwnedFd, rel: Vec<u8>, size: u64, failed: bool, lane: usize) -> OutFile {
+    pub fn new(fd: OwnedFd, rel: Vec<u8>, size: u64, lane: usize) -> OutFile {
         OutFile {
             fd,
             rel,
             lane,
             size,
-            failed: AtomicBool::new(failed),
-            direct: AtomicU8::new(BUFFERED),
+            failed: AtomicBool::new(false),
+            direct: AtomicU8::new(UNTRIED),
             padded: AtomicBool::new(false),
+            end: AtomicU64::new(0),
         }
     }
 
     /// Turn O_DIRECT on or off on the descriptor; false if the filesystem refuses it.
     fn set_direct(&self, on: bool) -> bool {
-        let now = self.direct.load(Ordering::Relaxed);
+        let mut now = self.direct.load(Ordering::Relaxed);
+        if now == UNTRIED {
+            now = if on && !direct_pays(&self.fd) {
+                REFUSED
+            } else {
+                BUFFERED
+            };
+            self.direct.store(now, Ordering::Relaxed);
+        }
         if now == REFUSED {
             return !on;
         }
@@ -113,6 +127,7 @@ impl OutFile {
     /// Write one payload: directly if it can be, else through the page cache.
     fn write(&self, data: &mut AlignedBuf, offset: u64) -> Result<(), Errno> {
         let end = offset + data.len() as u64;
+        self.end.fetch_max(end, Ordering::Relaxed);
         let aligned = offset % ALIGN as u64 == 0 && (data.len() % ALIGN == 0 || end == self.size);
         if self.size >= DIRECT_MIN && aligned && self.set_direct(true) {
             let padded = data.padded();
@@ -138,9 +153,10 @@ impl OutFile {
         write_all_at(&self.fd, data, offset)
     }
 
-    /// After the last write: the size FILE said, if a padded block went past it.
+    /// After the last write: the size FILE said, if a padded block went past it or the data
+    /// ended before it (a hole at the end, or no data at all).
     fn trim(&self) -> Result<(), Errno> {
-        if self.padded.load(Ordering::Relaxed) {
+        if self.padded.load(Ordering::Relaxed) || self.end.load(Ordering::Relaxed) < self.size {
             rustix::fs::ftruncate(&self.fd, self.size)?;
         }
         Ok(())
@@ -342,6 +358,20 @@ fn run(ap: &Apply, jobs: Receiver<Job>, give: mpsc::Sender<AlignedBuf>) {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+/// Whether O_DIRECT writes to this file bypass the page cache. Not on btrfs for files with
+/// data checksums: since Linux 6.15 (commit 968f19c5b1b7) btrfs turns them into buffered
+/// writes followed by a wait for their writeback, slower than plain buffered writes (and
+/// before that, a buffer changed in flight could leave a checksum mismatch). NOCOW files have
+/// no data checksums.
+fn direct_pays(fd: &OwnedFd) -> bool {
+    match rustix::fs::fstatfs(fd) {
+        Ok(s) if s.f_type == crate::mirror::BTRFS_SUPER_MAGIC => {
+            rustix::fs::ioctl_getflags(fd).is_ok_and(|f| f.contains(rustix::fs::IFlags::NOCOW))
+        }
+        _ => true,
     }
 }
 
