@@ -22,6 +22,7 @@ fn round(kind: EngineKind, fd: &Arc<OwnedFd>, depth: usize) -> f64 {
         pool_units: depth,
         pool_unit_bytes: OP_BYTES as usize,
         buffers: ringsync::ring::Buffers::Fixed,
+        async_reads: false,
     };
     let mut backend = ring::build(kind, cfg).expect("backend");
     let mut done = Vec::<Completion>::with_capacity(512);

@@ -177,6 +177,7 @@ pub fn ring_loop(lane: &Lane, spec: &Spec) -> Result<Tally, Failure> {
         pool_units: qd,
         pool_unit_bytes: spec.block as usize,
         buffers,
+        async_reads: false,
     };
     let mut ring = ring::build(kind, cfg).map_err(|e| Failure {
         op: "io_uring_setup",

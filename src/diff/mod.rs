@@ -559,6 +559,7 @@ impl<'a> Walker<'a> {
             pool_units: 1,
             pool_unit_bytes: 4096,
             buffers: crate::ring::Buffers::Fixed,
+            async_reads: false,
         };
         Ok(Walker {
             ctx,

@@ -602,6 +602,7 @@ fn run(
         pool_units: units,
         pool_unit_bytes: POOL_UNIT_BYTES,
         buffers: crate::ring::Buffers::Fixed,
+        async_reads: false,
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::with_capacity(threads);

@@ -52,10 +52,12 @@ pub struct Uring {
     setup: &'static str,
     /// Slots to resubmit after a reap (short transfers, EINTR/EAGAIN); kept to avoid allocating.
     again: Vec<u32>,
+    /// See [`super::RingConfig::async_reads`].
+    async_reads: bool,
 }
 
 impl Uring {
-    pub fn new(sq_entries: u32, pool: Pool, buffers: Buffers) -> std::io::Result<Uring> {
+    pub fn new(sq_entries: u32, pool: Pool, buffers: Buffers, async_reads: bool) -> std::io::Result<Uring> {
         let (ring, setup) = build_ring(sq_entries)?;
         // Enough slots that every SQE and every CQE can be accounted for at once.
         let slot_count = ring.params().cq_entries() as usize;
@@ -77,6 +79,7 @@ impl Uring {
             vectored: buffers == Buffers::Vectored,
             setup,
             again: Vec::with_capacity(slot_count),
+            async_reads,
         })
     }
 
@@ -123,6 +126,11 @@ impl Uring {
                 } else {
                     opcode::Read::new(types::Fd(raw(fd)), ptr, n).offset(off).build()
                 }
+                .flags(if self.async_reads && n >= SOLO_BYTES {
+                    squeue::Flags::ASYNC
+                } else {
+                    squeue::Flags::empty()
+                })
             }
             Op::Write {
                 fd,
@@ -407,7 +415,7 @@ mod tests {
         let data: Vec<u8> = (0..3 * mib).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
         let fd: Arc<OwnedFd> = Arc::new(std::fs::File::open(&path).unwrap().into());
-        let mut u = Uring::new(8, Pool::new(4, mib as usize), Buffers::Plain).unwrap();
+        let mut u = Uring::new(8, Pool::new(4, mib as usize), Buffers::Plain, false).unwrap();
         // (token, offset, length): two small reads, one of SOLO_BYTES, one just under it.
         let ops = [
             (1, 0, 4096),

@@ -961,6 +961,8 @@ pub fn send(cfg: &SendConfig) -> i32 {
             pool_units: units,
             pool_unit_bytes: UNIT_BYTES,
             buffers: ring::Buffers::Fixed,
+            // Its thread hashes and writes the stream: reads copy on another core.
+            async_reads: true,
         },
     ) {
         Ok(r) => r,
