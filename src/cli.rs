@@ -56,7 +56,7 @@ Examples:
   ringsync diff --json /a /b | jq -r 'select(.change==\"deleted\") | .path'";
 
 const DUMP_HELP: &str = "Lines: SEQUENCE, OFFSET, TYPE, then key=value fields (names escaped as \
-in diff). Exit status: 0 the stream verified to END; 1 damaged, truncated (the last good \
+in diff); --json: one object per record, its position in the stream as \"at\". Exit status: 0 the stream verified to END; 1 damaged, truncated (the last good \
 checkpoint is named) or unreadable; 2 usage.
 
 Examples:

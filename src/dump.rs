@@ -181,7 +181,8 @@ fn line(
     f: &[(&str, String)],
 ) -> std::io::Result<()> {
     if json {
-        let mut v = serde_json::json!({"seq": seq, "offset": offset, "type": kind});
+        // The record's position is "at": "offset" is a field of DATA and CHECKPOINT.
+        let mut v = serde_json::json!({"seq": seq, "at": offset, "type": kind});
         for (k, val) in f {
             v[*k] = val.clone().into();
         }

@@ -150,9 +150,21 @@ fn a_whole_stream_is_listed_and_verified() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    for l in String::from_utf8(out.stdout).unwrap().lines() {
+    let json = String::from_utf8(out.stdout).unwrap();
+    let json: Vec<&str> = json.lines().collect();
+    assert_eq!(json.len(), lines.len());
+    for l in &json {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["seq"].is_u64() && v["type"].is_string(), "{l}");
+    }
+    // Every record's position, as the encoder put it, under "at" (a DATA record's own
+    // "offset", its place in the file, does not hide it).
+    for (l, off) in json[1..].iter().zip(&offsets) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["at"].as_u64(), Some(*off as u64), "{l}");
+        if v["type"] == "DATA" {
+            assert!(v["offset"].is_string(), "{l}");
+        }
     }
 }
 
