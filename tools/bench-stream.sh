@@ -13,6 +13,8 @@
 #   pipe-nofsync ringsync send SRC | ringsync receive --no-fsync DST
 #   tar+sync     tar -C SRC -cf - . | tar -C DST -xpf - ; sync -f DST   (durable, like for like)
 #   tar          tar -C SRC -cf - . | tar -C DST -xpf -                 (tar's default)
+#   dd-cache, dd+fsync, dd-direct: the dataset's bytes written as one file with dd (page cache
+#                only; then fsync; O_DIRECT): the write floors the copies cannot beat
 # Then, cold (caches dropped before each): send SRC > /dev/null against `cat` of every file
 # (the read bound). With btrfs in PARTS, on a loop btrfs (a sparse 64 GiB image) holding a read-only snapshot of the
 # dataset: btrfs send | btrfs receive against ringsync send | ringsync receive (both with and
@@ -54,6 +56,10 @@ run_cmd() {
         tar) mkdir "$dst"; tar -C "$src" -cf - . | tar -C "$dst" -xpf - ;;
         btrfs) mkdir "$dst"; btrfs send -q "$src" | btrfs receive -q "$dst" ;;
         btrfs+sync) mkdir "$dst"; btrfs send -q "$src" | btrfs receive -q "$dst"; sync -f "$dst" ;;
+        # Write floors: the dataset's bytes as one file of zeros, 4 MiB writes (DD_COUNT of them).
+        dd-cache) mkdir "$dst"; dd if=/dev/zero of="$dst/f" bs=4M count="$DD_COUNT" status=none ;;
+        dd+fsync) mkdir "$dst"; dd if=/dev/zero of="$dst/f" bs=4M count="$DD_COUNT" conv=fsync status=none ;;
+        dd-direct) mkdir "$dst"; dd if=/dev/zero of="$dst/f" bs=4M count="$DD_COUNT" oflag=direct status=none ;;
         *) die "unknown command $name" ;;
     esac
     e=$(now)
@@ -110,8 +116,9 @@ for ds in $DATASETS; do
     src=$DATA/$ds
     echo
     echo "## $ds ($(du -sh --apparent-size "$src" | cut -f1), $(find "$src" | wc -l) entries)"
+    DD_COUNT=$(( ($(du -sb --apparent-size "$src" | cut -f1) + (4 << 20) - 1) / (4 << 20) ))
     block "$ds: warm source, fresh destination on the same disk" "$src" "$OUT" copy \
-        copy pipe pipe-nofsync tar+sync tar
+        copy pipe pipe-nofsync tar+sync tar dd-cache dd+fsync dd-direct
     # Cold reads: send to /dev/null against cat of every file.
     ts=(); tc=()
     for r in $(seq 1 "$ROUNDS"); do
@@ -139,8 +146,9 @@ if [[ " $PARTS " == *" btrfs "* ]]; then
         btrfs -q subvolume snapshot -r "$mnt/$ds-sub" "$mnt/$ds-snap"
         echo
         echo "## $ds on a loop btrfs (source: a read-only snapshot; destination on the same btrfs)"
+        DD_COUNT=$(( ($(du -sb --apparent-size "$DATA/$ds" | cut -f1) + (4 << 20) - 1) / (4 << 20) ))
         block "$ds: btrfs send | btrfs receive against ringsync" "$mnt/$ds-snap" "$mnt/out" pipe \
-            pipe pipe-nofsync btrfs btrfs+sync
+            pipe pipe-nofsync btrfs btrfs+sync dd-cache dd+fsync dd-direct
     done
 else
     rm -rf "$WORK"
