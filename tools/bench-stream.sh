@@ -140,7 +140,7 @@ done
 if [[ " $PARTS " == *" btrfs "* ]]; then
     img=$BENCH_DIR/stream-btrfs.img; mnt=$BENCH_DIR/stream-btrfs
     umount "$mnt" 2>/dev/null || true
-    rm -f "$img"; truncate -s 64G "$img"; mkfs.btrfs -q "$img"; mkdir -p "$mnt"
+    rm -f "$img"; truncate -s 64G "$img"; mkfs.btrfs -q "$img" > /dev/null; mkdir -p "$mnt"
     # Direct I/O to the image: the loop device then behaves like a disk, without a second page
     # cache (the image file's on ext4) copying and writing back everything both tools write.
     loopdev=$(losetup -f --show --direct-io=on "$img")
