@@ -8,6 +8,7 @@ pub mod mount;
 pub mod mutate;
 pub mod oracle;
 pub mod procs;
+pub mod sshd;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
