@@ -14,17 +14,18 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=RINGSYNC_GIT_COMMIT={commit}");
-    // Rebuild when HEAD moves: HEAD itself, and the branch it points to.
-    for path in ["HEAD".to_string()]
+    // Rebuild when HEAD moves: HEAD itself, the branch it points to, packed refs. Only files
+    // that exist: cargo reruns a build script every time for a missing one (packed-refs often
+    // is), which rebuilt ringsync on every cargo command.
+    for path in ["HEAD".to_string(), "packed-refs".to_string()]
         .into_iter()
         .chain(git(&["symbolic-ref", "-q", "HEAD"]))
     {
         if let Some(p) = git(&["rev-parse", "--git-path", &path]) {
-            println!("cargo:rerun-if-changed={p}");
+            if std::path::Path::new(&p).exists() {
+                println!("cargo:rerun-if-changed={p}");
+            }
         }
-    }
-    if let Some(p) = git(&["rev-parse", "--git-path", "packed-refs"]) {
-        println!("cargo:rerun-if-changed={p}");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }
