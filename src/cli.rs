@@ -154,6 +154,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The other machine's end of a remote mirror, run by `mirror` through the remote shell
+    /// (protocol: docs/stream.md, section 8). Not for use by hand.
+    #[command(hide = true)]
+    Serve {
+        #[command(subcommand)]
+        role: ServeRole,
+    },
     /// Print a shell completion script on stdout.
     #[command(after_help = COMPLETIONS_HELP)]
     Completions {
@@ -169,6 +176,26 @@ pub enum Command {
         /// Write every page (ringsync.1, ringsync-copy.1, ...) into DIR instead.
         #[arg(long, value_name = "DIR", conflicts_with = "command")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServeRole {
+    /// Greet, say DST's resume token, apply the stream on stdin to DST.
+    Receive {
+        dst: PathBuf,
+        #[arg(long)]
+        no_fsync: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Greet, then write SRC's stream on stdout.
+    Send {
+        src: PathBuf,
+        #[arg(long, value_name = "TOKEN")]
+        resume: Option<String>,
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -476,6 +503,27 @@ pub struct MirrorArgs {
     /// either way).
     #[arg(long)]
     pub atimes: bool,
+    /// The remote shell for a [user@]host:PATH side (split as a shell would: "ssh -p 2222").
+    #[arg(
+        long = "rsh",
+        short = 'e',
+        value_name = "CMD",
+        default_value = "ssh",
+        help_heading = "Remote"
+    )]
+    pub rsh: String,
+    /// ringsync on the other machine: a name on its PATH, or a path.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "ringsync",
+        help_heading = "Remote"
+    )]
+    pub remote_bin: OsString,
+    /// After a dropped connection, reconnect and resume up to N times (waiting 1, 2, 4, ...
+    /// up to 30 s between).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Remote")]
+    pub retries: u32,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -809,6 +857,93 @@ impl MirrorArgs {
             json: self.data.json,
             atimes: self.atimes,
         })
+    }
+}
+
+impl MirrorArgs {
+    /// A mirror with a `[user@]host:PATH` side: how to run it, or why not. `None` when both
+    /// sides are local.
+    #[allow(clippy::type_complexity)]
+    pub fn remote(
+        &self,
+    ) -> Option<
+        Result<
+            (
+                crate::remote::RemoteOpts,
+                crate::remote::Side,
+                crate::remote::Side,
+            ),
+            String,
+        >,
+    > {
+        use crate::remote::{parse, Side};
+        let daemon = |p: &std::path::Path| {
+            let b = p.as_os_str().as_encoded_bytes();
+            b.windows(2)
+                .position(|w| w == b"::")
+                .is_some_and(|i| !b[..i].contains(&b'/'))
+        };
+        let (src, dst) = (parse(self.src.as_os_str()), parse(self.dst.as_os_str()));
+        if src.is_none() && dst.is_none() {
+            return None;
+        }
+        Some((|| {
+            if daemon(&self.src) || daemon(&self.dst) {
+                return Err("host::module (rsync's daemon) is not supported: use host:PATH, over ssh".into());
+            }
+            let side = |r: Option<crate::remote::Remote>, p: &std::path::Path| match r {
+                Some(r) => Side::Remote(r),
+                None => Side::Local(p.to_path_buf()),
+            };
+            if src.is_some() && dst.is_some() {
+                return Err("SRC and DST are both remote: one side must be this machine".into());
+            }
+            let f = &self.filter;
+            let d = &self.data;
+            let unsupported = [
+                (self.prev.is_some(), "--prev"),
+                (self.dry_run, "--dry-run"),
+                (self.checksum, "--checksum"),
+                (self.delete_excluded, "--delete-excluded"),
+                (self.atimes, "--atimes"),
+                (
+                    !(f.exclude.is_empty()
+                        && f.include.is_empty()
+                        && f.exclude_from.is_empty()
+                        && f.include_from.is_empty()
+                        && f.filter.is_empty()
+                        && f.files_from.is_none()
+                        && !f.one_file_system),
+                    "filters (--exclude, --include, --filter, --files-from, -x)",
+                ),
+                (d.json, "--json"),
+                (d.verbose, "--verbose"),
+                (d.log_file.is_some(), "--log-file"),
+                (d.threads.is_some(), "--threads"),
+                (!matches!(d.reflink, ReflinkArg::Auto), "--reflink"),
+                (!matches!(d.data_path, DataPathArg::Auto), "--data-path"),
+                (matches!(d.fsync, FsyncArg::File), "--fsync file"),
+            ];
+            if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
+                return Err(format!(
+                    "{name} is not supported with a remote side yet (remote mirrors send a full stream; see docs/stream.md, section 8)"
+                ));
+            }
+            check_memory(d.memory)?;
+            let engine = crate::engine::choose_engine(engine(d.engine), d.quiet).map_err(|e| e.0)?;
+            let opts = crate::remote::RemoteOpts {
+                rsh: self.rsh.clone(),
+                remote_bin: self.remote_bin.clone(),
+                retries: self.retries,
+                quiet: d.quiet,
+                fsync: !matches!(d.fsync, FsyncArg::None),
+                engine,
+                memory: d.memory,
+                bwlimit: d.bwlimit,
+                progress: crate::progress::mode(d.quiet, d.progress),
+            };
+            Ok((opts, side(src.clone(), &self.src), side(dst.clone(), &self.dst)))
+        })())
     }
 }
 

@@ -22,6 +22,12 @@ pub mod exit {
     pub const BUSY: i32 = 4;
     /// Complete except for source entries that vanished while the run was going.
     pub const VANISHED: i32 = 5;
+    /// Remote mirror: the connection to the other machine failed or dropped (the remote
+    /// shell's exit status 255, or the stream stopped early); a rerun resumes.
+    pub const LINK: i32 = 6;
+    /// Remote mirror: the other machine has no usable ringsync (not found, not ringsync, or
+    /// another protocol version).
+    pub const REMOTE: i32 = 7;
     /// Stopped by SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: i32 = 130;
 }

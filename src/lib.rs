@@ -5,7 +5,8 @@
 //! - [`ring`]: the only `unsafe`: io_uring and sync backends, the buffer pool;
 //! - [`engine`]: pinned workers, directory scans, file copy state machines;
 //! - [`stream`]: the record stream's codec (docs/stream.md), no I/O; [`stream_io`] moves its
-//!   bytes; [`send`] and [`receive`] make and apply streams;
+//!   bytes; [`send`] and [`receive`] make and apply streams; [`remote`] runs them through a
+//!   remote shell (mirror to and from another machine);
 //! - [`filter`]: which entries a run takes (rsync's include/exclude rules, `--files-from`, `-x`);
 //! - [`meta`]: metadata read from statx and applied to targets;
 //! - [`roots`]: SRC and DST checked before a run (overlap, single-entry sources);
@@ -27,6 +28,7 @@ pub mod meta;
 pub mod mirror;
 pub mod progress;
 pub mod receive;
+pub mod remote;
 pub mod report;
 pub mod ring;
 pub mod roots;

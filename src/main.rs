@@ -61,6 +61,55 @@ fn man(sub: Option<&str>, dir: Option<&std::path::Path>) -> i32 {
     }
 }
 
+/// `ringsync serve ROLE`: the other machine's end of a remote mirror.
+fn serve(role: ringsync::cli::ServeRole) -> i32 {
+    use ringsync::cli::ServeRole;
+    match role {
+        ServeRole::Receive { dst, no_fsync, quiet } => {
+            ringsync::remote::serve_receive(&ringsync::receive::ReceiveConfig {
+                dst,
+                input: None,
+                drop_privileged: false,
+                fsync: !no_fsync,
+                progress: ringsync::progress::mode(true, false),
+                quiet,
+                check_dst_state: true,
+            })
+        }
+        ServeRole::Send { src, resume, quiet } => {
+            let resume = match resume
+                .as_deref()
+                .map(ringsync::stream::ResumeToken::decode)
+                .transpose()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ringsync: serve: --resume: {e}");
+                    return exit::USAGE;
+                }
+            };
+            let engine = match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("ringsync: serve: {}", e.0);
+                    return exit::FATAL;
+                }
+            };
+            ringsync::remote::serve_send(&ringsync::send::SendConfig {
+                src,
+                out: None,
+                engine,
+                memory: 64 << 20,
+                bwlimit: None,
+                progress: ringsync::progress::mode(true, false),
+                quiet,
+                resume,
+                from: None,
+            })
+        }
+    }
+}
+
 fn main() {
     let parsed = command()
         .try_get_matches()
@@ -79,10 +128,18 @@ fn main() {
         std::process::exit(exit::USAGE);
     };
     let code = match cli.command {
-        Command::Mirror(args) => {
-            let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
-            ringsync::mirror::mirror(&cfg)
-        }
+        Command::Mirror(args) => match args.remote() {
+            Some(r) => {
+                let (opts, src, dst) = r.unwrap_or_else(|e| usage(e));
+                let _ = ringsync::signals::install(|_| {});
+                ringsync::remote::mirror(&opts, &src, &dst)
+            }
+            None => {
+                let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
+                ringsync::mirror::mirror(&cfg)
+            }
+        },
+        Command::Serve { role } => serve(role),
         Command::Bench(args) => {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::bench::bench(&cfg)
@@ -107,6 +164,14 @@ fn main() {
         }
         Command::Man { command: sub, dir } => man(sub.as_deref(), dir.as_deref()),
         Command::Copy(args) => {
+            let remote = |p: &std::path::Path| ringsync::remote::parse(p.as_os_str()).is_some();
+            if remote(&args.src) || remote(&args.dst) {
+                usage(
+                    "copy: a [user@]host:PATH side is not supported yet: use mirror (write ./NAME \
+                     for a local name with a ':' before any '/')"
+                        .into(),
+                );
+            }
             let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
             let opts = ringsync::copy::CopyOptions {
                 dry_run: args.dry_run,

@@ -935,6 +935,11 @@ pub fn send(cfg: &SendConfig) -> i32 {
             }
         }
     };
+    send_to(cfg, out)
+}
+
+/// `send` into `out` (a file, a pipe, a remote shell's stdin).
+pub fn send_to(cfg: &SendConfig, out: std::fs::File) -> i32 {
     let root = match rustix::fs::open(
         &cfg.src,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -977,7 +982,8 @@ pub fn send(cfg: &SendConfig) -> i32 {
     let (mut est_bytes, mut est_entries) = (sv.bytes, sv.entries);
     if state.is_none() && cfg.resume.is_none() && !cfg.quiet {
         eprintln!(
-            "ringsync: send: {} is changing (or not all of it could be read), so this stream              cannot be the base of an incremental one (send --from)",
+            "ringsync: send: {} is changing (or not all of it could be read), so this stream \
+             cannot be the base of an incremental one (send --from)",
             cfg.src.display()
         );
     }

@@ -1,0 +1,500 @@
+//! Mirrors to and from another machine through a remote shell: `ringsync mirror SRC
+//! [user@]host:DST` (push) and `ringsync mirror [user@]host:SRC DST` (pull).
+//!
+//! The local side runs `ringsync serve` on the other machine through `-e/--rsh` (default
+//! `ssh`), which carries its stdin and stdout; nothing listens on a port. A record stream
+//! (docs/stream.md) flows over that channel, and its receiving end applies it exactly as
+//! `receive` does: DST locked, marked dirty until the stream's END, extraneous entries deleted,
+//! every file verified before it is placed, a resume token at each checkpoint.
+//!
+//! Protocol (docs/stream.md, section 8): `serve` first writes one greeting line,
+//! `RINGSYNC-SERVE <protocol> <version>`. A receiving `serve` then writes one status line
+//! (JSON: the resume token DST's record holds, if any), and reads the stream. A sending `serve`
+//! writes the stream (resumed when the puller passed its token). The local side reads at most
+//! [`LINE_MAX`] bytes per line before the stream, so a remote end that is not ringsync is one
+//! clear error, not a hang or an allocation.
+//!
+//! Dropped links: the receiving end keeps what its last checkpoint published, and its token.
+//! The next run resumes from it (the sender makes the same stream and skips the data before
+//! the token); `--retries N` does that at once, after a back-off.
+//!
+//! This first part always sends a full stream: files DST already has travel again. Next: the
+//! receiving end lists DST and the sender sends only the changes.
+//!
+//! Must not: put anything in the remote command line but the user's own arguments, each quoted
+//! for the remote shell; trust the remote end's words beyond one bounded line.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::error::exit;
+use crate::mirror::guard::Guard;
+use crate::ring::EngineKind;
+use crate::stream::ResumeToken;
+
+/// The protocol this ringsync speaks (docs/stream.md, section 8).
+pub const PROTOCOL: u32 = 1;
+/// The greeting's first word.
+pub const GREETING: &str = "RINGSYNC-SERVE";
+/// The longest line read from the remote end before the stream.
+pub const LINE_MAX: usize = 4096;
+
+/// A remote path: `[user@]host:path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// `user@host` or `host` (as given; IPv6 addresses without their brackets).
+    pub host: String,
+    pub path: PathBuf,
+}
+
+/// rsync's rule: a path is remote when a `:` comes before any `/`. `host:` alone means the
+/// remote user's home directory. `./a:b` and `/a:b` are local; `host::module` (rsync's
+/// daemon) is refused by the caller.
+pub fn parse(spec: &OsStr) -> Option<Remote> {
+    let b = spec.as_bytes();
+    let (host, rest) = if let Some(stripped) = b.strip_prefix(b"[") {
+        // [v6addr]:path or user@[v6addr]:path is rare; brackets only at the start.
+        let close = stripped.iter().position(|&c| c == b']')?;
+        let after = &stripped[close + 1..];
+        let rest = after.strip_prefix(b":")?;
+        (&stripped[..close], rest)
+    } else {
+        let colon = b.iter().position(|&c| c == b':')?;
+        if b[..colon].contains(&b'/') || colon == 0 {
+            return None;
+        }
+        (&b[..colon], &b[colon + 1..])
+    };
+    let host = std::str::from_utf8(host).ok()?.to_string();
+    if host.is_empty() || host.starts_with('-') {
+        return None;
+    }
+    let path = if rest.is_empty() { b".".as_slice() } else { rest };
+    Some(Remote {
+        host,
+        path: PathBuf::from(OsStr::from_bytes(path)),
+    })
+}
+
+/// A word for a POSIX shell: single quotes, each `'` as `'\''`. Nothing inside is expanded.
+pub fn quote(word: &[u8]) -> Vec<u8> {
+    let mut q = Vec::with_capacity(word.len() + 2);
+    q.push(b'\'');
+    for &c in word {
+        if c == b'\'' {
+            q.extend_from_slice(b"'\\''");
+        } else {
+            q.push(c);
+        }
+    }
+    q.push(b'\'');
+    q
+}
+
+/// How to reach the other machine, and what to run there.
+#[derive(Debug, Clone)]
+pub struct RemoteOpts {
+    /// `-e/--rsh`: the remote shell command (split like a shell does).
+    pub rsh: String,
+    /// `--remote-bin`: ringsync on the other machine.
+    pub remote_bin: OsString,
+    /// `--retries`: reconnect and resume this many times after a dropped link.
+    pub retries: u32,
+    pub quiet: bool,
+    /// Make staged data durable before publishing it (the receiving end).
+    pub fsync: bool,
+    // The sending end, when it is this machine.
+    pub engine: EngineKind,
+    pub memory: u64,
+    pub bwlimit: Option<u64>,
+    pub progress: crate::progress::Mode,
+}
+
+/// One side of a mirror.
+pub enum Side {
+    Local(PathBuf),
+    Remote(Remote),
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done(i32),
+    /// The sending end refused the resume token (SRC changed): try again with a full stream.
+    ResumeRefused,
+    /// The channel failed (the remote shell's exit status 255, or no greeting): retry.
+    Dropped(String),
+}
+
+/// `ringsync mirror` with a remote side: push or pull, with retries.
+pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
+    let mut tries = 0u32;
+    let mut use_token = true;
+    loop {
+        let attempt = match (src, dst) {
+            (Side::Local(s), Side::Remote(r)) => push(o, s, r, use_token),
+            (Side::Remote(r), Side::Local(d)) => pull(o, r, d, use_token),
+            _ => {
+                eprintln!("ringsync: mirror: one side must be local and the other remote");
+                return exit::USAGE;
+            }
+        };
+        let attempt = match attempt {
+            // After a dropped link, the interrupted run's remote end may still hold DST's
+            // lock for a moment (it stops at the missing bytes, then publishes).
+            Attempt::Done(exit::BUSY) if tries > 0 => {
+                Attempt::Dropped("DST is still locked by the interrupted run".into())
+            }
+            a => a,
+        };
+        match attempt {
+            Attempt::Done(code) => return code,
+            Attempt::ResumeRefused if use_token => {
+                if !o.quiet {
+                    eprintln!("ringsync: mirror: the interrupted stream cannot be resumed (SRC changed since); sending a full stream");
+                }
+                use_token = false;
+            }
+            Attempt::ResumeRefused => return exit::FATAL,
+            Attempt::Dropped(why) if tries < o.retries => {
+                tries += 1;
+                let wait = Duration::from_secs((1u64 << (tries - 1).min(5)).min(30));
+                eprintln!(
+                    "ringsync: mirror: {why}; retry {tries} of {} in {} s (resuming)",
+                    o.retries,
+                    wait.as_secs()
+                );
+                std::thread::sleep(wait);
+                if crate::signals::interrupted().is_some() {
+                    return exit::INTERRUPTED;
+                }
+            }
+            Attempt::Dropped(why) => {
+                eprintln!(
+                    "ringsync: mirror: {why}; rerun (or use --retries) to resume from the last checkpoint"
+                );
+                return exit::LINK;
+            }
+        }
+    }
+}
+
+/// The remote shell's argv for `host`, running `words` (quoted here) there.
+fn command(o: &RemoteOpts, host: &str, words: &[&[u8]]) -> Result<Command, String> {
+    let argv = shlex::split(&o.rsh)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| format!("-e {:?}: not a command line", o.rsh))?;
+    let mut remote = Vec::new();
+    for (i, w) in std::iter::once(o.remote_bin.as_bytes())
+        .chain(words.iter().copied())
+        .enumerate()
+    {
+        if i > 0 {
+            remote.push(b' ');
+        }
+        remote.extend_from_slice(&quote(w));
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .arg(host)
+        .arg(OsString::from_vec(remote))
+        .stderr(Stdio::inherit());
+    Ok(cmd)
+}
+
+/// Read one line of at most [`LINE_MAX`] bytes; `None` at EOF or for a longer line.
+fn line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = r.take(LINE_MAX as u64).read_until(b'\n', &mut buf)?;
+    if n == 0 || buf.last() != Some(&b'\n') {
+        return Ok(None);
+    }
+    buf.pop();
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// What the remote shell's exit status says about a remote end that did not greet.
+fn no_greeting(host: &str, o: &RemoteOpts, st: Option<ExitStatus>, said: Option<&str>) -> Attempt {
+    let bin = String::from_utf8_lossy(o.remote_bin.as_bytes()).into_owned();
+    match (st.and_then(|s| s.code()), said) {
+        (Some(255), _) => Attempt::Dropped(format!(
+            "{host}: the remote shell ({}) could not connect or was cut off (exit 255)",
+            o.rsh
+        )),
+        (Some(127), _) => {
+            eprintln!("ringsync: mirror: {host}: no {bin} there (the remote shell says: command not found); install ringsync or give --remote-bin PATH");
+            Attempt::Done(exit::REMOTE)
+        }
+        (_, Some(l)) => {
+            let l: String = l.chars().take(120).collect();
+            eprintln!(
+                "ringsync: mirror: {host}: {bin} is not a ringsync that serves mirrors (it said {l:?})"
+            );
+            Attempt::Done(exit::REMOTE)
+        }
+        (code, None) => {
+            eprintln!(
+                "ringsync: mirror: {host}: {bin} ended without a greeting (exit {}); see its message above",
+                code.map_or("by a signal".into(), |c| c.to_string())
+            );
+            Attempt::Done(exit::REMOTE)
+        }
+    }
+}
+
+/// Check the greeting line: `RINGSYNC-SERVE 1 <version>`.
+fn greeting(host: &str, l: &str) -> Result<(), String> {
+    let mut w = l.split(' ');
+    if w.next() != Some(GREETING) {
+        return Err(l.to_string());
+    }
+    match w.next().and_then(|p| p.parse::<u32>().ok()) {
+        Some(PROTOCOL) => Ok(()),
+        Some(p) => {
+            eprintln!(
+                "ringsync: mirror: {host}: the remote ringsync ({}) speaks protocol {p}, this one ({}) speaks {PROTOCOL}; install the same version on both",
+                w.collect::<Vec<_>>().join(" "),
+                env!("CARGO_PKG_VERSION")
+            );
+            Err(String::new())
+        }
+        None => Err(l.to_string()),
+    }
+}
+
+/// Start the remote end and read its greeting; the child and its stdout reader.
+fn start(
+    o: &RemoteOpts,
+    r: &Remote,
+    words: &[&[u8]],
+    stdin: Stdio,
+) -> Result<(Child, BufReader<std::process::ChildStdout>), Attempt> {
+    let mut cmd = command(o, &r.host, words).map_err(|e| {
+        eprintln!("ringsync: mirror: {e}");
+        Attempt::Done(exit::USAGE)
+    })?;
+    let mut child = cmd.stdin(stdin).stdout(Stdio::piped()).spawn().map_err(|e| {
+        eprintln!("ringsync: mirror: run the remote shell {:?}: {e}", o.rsh);
+        Attempt::Done(exit::FATAL)
+    })?;
+    let mut out = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped"));
+    let first = line(&mut out).unwrap_or(None);
+    match first.as_deref().map(|l| greeting(&r.host, l)) {
+        Some(Ok(())) => Ok((child, out)),
+        Some(Err(e)) if e.is_empty() => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Attempt::Done(exit::REMOTE))
+        }
+        Some(Err(said)) => {
+            let _ = child.kill();
+            let st = child.wait().ok();
+            Err(no_greeting(&r.host, o, st, Some(&said)))
+        }
+        None => {
+            drop(out);
+            let st = child.wait().ok();
+            Err(no_greeting(&r.host, o, st, None))
+        }
+    }
+}
+
+/// The exit status of the remote shell, 255 meaning the channel failed.
+fn remote_code(st: std::io::Result<ExitStatus>) -> i32 {
+    st.ok().and_then(|s| s.code()).unwrap_or(255)
+}
+
+fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
+    let mut words: Vec<&[u8]> = vec![b"serve", b"receive"];
+    if o.quiet {
+        words.push(b"--quiet");
+    }
+    if !o.fsync {
+        words.push(b"--no-fsync");
+    }
+    words.push(b"--");
+    words.push(r.path.as_os_str().as_bytes());
+    let (mut child, mut out) = match start(o, r, &words, Stdio::piped()) {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    // The status line: DST's resume token.
+    let status = line(&mut out).unwrap_or(None);
+    let token = status
+        .as_deref()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+        .filter(|t| !t.is_empty() && use_token)
+        .and_then(|t| ResumeToken::decode(&t).ok());
+    let resumed = token.is_some();
+    let cfg = crate::send::SendConfig {
+        src: src.to_path_buf(),
+        out: None,
+        engine: o.engine,
+        memory: o.memory,
+        bwlimit: o.bwlimit,
+        progress: o.progress,
+        quiet: o.quiet,
+        resume: token,
+        from: None,
+    };
+    let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
+    let sent = crate::send::send_to(&cfg, std::fs::File::from(stdin));
+    // Whatever the remote end says after the stream (nothing, normally) is drained so it
+    // never blocks on a full pipe.
+    let _ = std::io::copy(&mut out, &mut std::io::sink());
+    let remote = remote_code(child.wait());
+    match (sent, remote) {
+        (s, 0) => Attempt::Done(s),
+        (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
+        (exit::FATAL, _) if resumed => Attempt::ResumeRefused,
+        (exit::INTERRUPTED, _) => Attempt::Done(exit::INTERRUPTED),
+        // The remote end said why on stderr; its status is the run's.
+        (_, code) => Attempt::Done(code),
+    }
+}
+
+fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
+    let token = if use_token {
+        Guard::peek(dst).and_then(|rec| rec.resume)
+    } else {
+        None
+    };
+    let mut words: Vec<&[u8]> = vec![b"serve", b"send"];
+    if o.quiet {
+        words.push(b"--quiet");
+    }
+    if let Some(t) = &token {
+        words.push(b"--resume");
+        words.push(t.as_bytes());
+    }
+    words.push(b"--");
+    words.push(r.path.as_os_str().as_bytes());
+    let (mut child, out) = match start(o, r, &words, Stdio::null()) {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let cfg = crate::receive::ReceiveConfig {
+        dst: dst.to_path_buf(),
+        input: None,
+        drop_privileged: false,
+        fsync: o.fsync,
+        progress: o.progress,
+        quiet: o.quiet,
+        check_dst_state: true,
+    };
+    let _ = crate::signals::install(|_| {});
+    let mut out = out;
+    let got = crate::receive::apply_stream(&mut out, &cfg);
+    let _ = std::io::copy(&mut out, &mut std::io::sink());
+    let remote = remote_code(child.wait());
+    match (got, remote) {
+        (g, 0) => Attempt::Done(g),
+        (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
+        (exit::INTERRUPTED, _) => Attempt::Done(exit::INTERRUPTED),
+        (_, exit::FATAL) if token.is_some() => Attempt::ResumeRefused,
+        (g, code) => Attempt::Done(if g != 0 { g } else { code }),
+    }
+}
+
+/// `ringsync serve receive DST`: the greeting, DST's status, then apply the stream on stdin.
+pub fn serve_receive(cfg: &crate::receive::ReceiveConfig) -> i32 {
+    let token = Guard::peek(&cfg.dst).and_then(|r| r.resume).unwrap_or_default();
+    let status = serde_json::json!({ "token": token });
+    let mut so = std::io::stdout().lock();
+    let hello = writeln!(so, "{GREETING} {PROTOCOL} ringsync {}", env!("CARGO_PKG_VERSION"))
+        .and_then(|()| writeln!(so, "{status}"))
+        .and_then(|()| so.flush());
+    drop(so);
+    if hello.is_err() {
+        return exit::LINK;
+    }
+    let _ = crate::signals::install(|_| {});
+    crate::receive::apply_stream(std::io::stdin().lock(), cfg)
+}
+
+/// `ringsync serve send SRC`: the greeting, then the stream on stdout.
+pub fn serve_send(cfg: &crate::send::SendConfig) -> i32 {
+    let mut so = std::io::stdout().lock();
+    let hello = writeln!(so, "{GREETING} {PROTOCOL} ringsync {}", env!("CARGO_PKG_VERSION"))
+        .and_then(|()| so.flush());
+    drop(so);
+    if hello.is_err() {
+        return exit::LINK;
+    }
+    use std::os::fd::AsFd;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => crate::send::send_to(cfg, std::fs::File::from(fd)),
+        Err(e) => {
+            eprintln!("ringsync: serve: standard output: {e}");
+            exit::FATAL
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<(String, String)> {
+        parse(OsStr::new(s)).map(|r| (r.host, r.path.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn remote_paths_follow_rsyncs_rule() {
+        let r = |h: &str, p: &str| Some((h.to_string(), p.to_string()));
+        assert_eq!(p("host:/data"), r("host", "/data"));
+        assert_eq!(p("user@host:data/x"), r("user@host", "data/x"));
+        assert_eq!(p("host:"), r("host", "."));
+        assert_eq!(p("[::1]:/d"), r("::1", "/d"));
+        assert_eq!(p("host:a:b"), r("host", "a:b"));
+        // Local: a '/' before the first ':', no ':', an empty host, an option-like host.
+        for local in [
+            "/a:b",
+            "./a:b",
+            "a/b:c",
+            "plain",
+            ":x",
+            "-oProxyCommand=x:y",
+            "[::1]",
+        ] {
+            assert_eq!(p(local), None, "{local}");
+        }
+    }
+
+    #[test]
+    fn quoting_leaves_nothing_for_the_shell_to_expand() {
+        // Checked by a real sh: each quoted word comes back as itself.
+        let words: [&[u8]; 6] = [
+            b"plain",
+            b"it's",
+            b"$(touch /tmp/x) `y` ${z}",
+            b"a b\tc\nd",
+            b"*?[",
+            b"\xff\xfe",
+        ];
+        for w in words {
+            let mut script = b"printf %s ".to_vec();
+            script.extend_from_slice(&quote(w));
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(OsStr::from_bytes(&script))
+                .output()
+                .unwrap();
+            assert_eq!(out.stdout, w, "{}", String::from_utf8_lossy(&script));
+        }
+    }
+
+    #[test]
+    fn a_long_or_unterminated_line_is_not_a_line() {
+        let mut long = vec![b'x'; LINE_MAX + 10];
+        long.push(b'\n');
+        assert_eq!(line(&mut &long[..]).unwrap(), None);
+        assert_eq!(line(&mut &b"no newline"[..]).unwrap(), None);
+        assert_eq!(line(&mut &b"ok\nrest"[..]).unwrap().as_deref(), Some("ok"));
+    }
+}

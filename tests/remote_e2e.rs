@@ -1,0 +1,389 @@
+//! Remote mirrors through a real sshd on 127.0.0.1 (`common::sshd`: its own host and user
+//! keys, a high port): `ringsync mirror SRC user@127.0.0.1:DST` (push) and `ringsync mirror
+//! user@127.0.0.1:SRC DST` (pull), as root and as an unprivileged user.
+//!
+//! - "DST is what SRC was" is decided by the independent oracle (`common::oracle`) on a scan
+//!   of SRC taken before the run.
+//! - Dropped links are made by killing the local `ssh` process (the remote shell) while the
+//!   stream flows, after the receiving end stored a resume token: the run must exit 6, no file
+//!   under a final name may differ from SRC's, and a rerun (or `--retries`) must converge.
+//! - Errors: a missing remote binary, a remote that is not ringsync, one of another protocol
+//!   version, an unwritable remote DST, a busy DST: one clear line each and their documented
+//!   exit statuses (README, "Exit status").
+//!
+//! Needs root (sshd, a second user). A missing prerequisite prints `SKIPPED: <reason>` and
+//! returns, unless the `CI` environment variable is set (then the test fails).
+
+mod common;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::oracle::{compare_scanned, scan_tree, Tree};
+use common::sshd::Sshd;
+use common::*;
+
+/// Run `ringsync mirror -q -e RSH --remote-bin BIN EXTRA... SRC DST`.
+fn mirror(s: &Sshd, extra: &[&OsStr], src: &OsStr, dst: &OsStr) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(["mirror", "-q", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin());
+    cmd.args(extra).arg(src).arg(dst).stdin(Stdio::null());
+    cmd.output().expect("run ringsync mirror")
+}
+
+fn remote(user: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(format!("{user}@127.0.0.1:"));
+    s.push(path);
+    s
+}
+
+fn diffs(before: &Tree, dst: &Path, opts: &CompareOpts) -> Vec<String> {
+    let after = scan_tree(dst, true).unwrap();
+    compare_scanned(before, &after, opts)
+}
+
+fn assert_exact(before: &Tree, dst: &Path, opts: &CompareOpts, what: &str) {
+    let d = diffs(before, dst, opts);
+    assert!(
+        d.is_empty(),
+        "{what}: DST differs from SRC:\n  {}",
+        d.join("\n  ")
+    );
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tree(root: &Path, seed: u64, root_only: bool) {
+    let opts = GenOpts {
+        dirs: 12,
+        files: 40,
+        max_file: 256 << 10,
+        // As the unprivileged user, the receiving end can make neither owners, devices nor
+        // ACLs: the tree for that test has none (the comparison then skips owners).
+        owners: root_only,
+        specials: root_only,
+        acls: root_only,
+        ..GenOpts::default()
+    };
+    gen_tree(root, seed, &opts).unwrap();
+}
+
+fn need_root() -> bool {
+    if !is_root() {
+        skip_or_fail("remote mirror tests need root (sshd, a second user)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn push_then_pull_a_nasty_tree_as_root() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-root");
+    let src = tmp.path().join("src");
+    tree(&src, 0x7e_01, true);
+    let before = scan_tree(&src, true).unwrap();
+    let dst = tmp.path().join("dst");
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "push: {}", stderr(&o));
+    assert_exact(&before, &dst, &mirror_cmp(), "push as root");
+
+    // Changes in SRC, pushed again: DST follows (a deleted file goes, a new one comes).
+    let gone = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .expect("a file at SRC's top");
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::write(src.join("new-after-first-push"), b"new\n").unwrap();
+    let before2 = scan_tree(&src, true).unwrap();
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "second push: {}", stderr(&o));
+    assert_exact(&before2, &dst, &mirror_cmp(), "second push as root");
+
+    // Pull it back into a fresh directory.
+    let back = tmp.path().join("back");
+    let o = mirror(&s, &[], &remote(s.root_user(), &dst), back.as_os_str());
+    assert_eq!(o.status.code(), Some(0), "pull: {}", stderr(&o));
+    assert_exact(&before2, &back, &mirror_cmp(), "pull as root");
+}
+
+#[test]
+fn push_and_pull_as_an_unprivileged_user() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-plain");
+    // The unprivileged end reads SRC when pulling: every user may traverse the scratch dir.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    tree(&src, 0x7e_02, false);
+    // The unprivileged end must be able to read SRC when pulling: make it world-readable.
+    sh("chmod -R a+rX .", &src);
+    let mut before = scan_tree(&src, true).unwrap();
+    // An unprivileged receiving end holds the user.* xattrs only: trusted.* and security.*
+    // need root (as with rsync -X run as a user).
+    for e in before.entries.values_mut() {
+        e.xattrs.retain(|k, _| k.starts_with(b"user."));
+    }
+    let dst = s.plain_dir().join("dst");
+    let opts = CompareOpts {
+        owner: false,
+        ..mirror_cmp()
+    };
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.plain_user(), &dst));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "push as {}: {}",
+        s.plain_user(),
+        stderr(&o)
+    );
+    assert_exact(&before, &dst, &opts, "push as the unprivileged user");
+    // Written by that user, not by root.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dst).unwrap());
+    assert_ne!(uid, 0, "DST made by the unprivileged remote end belongs to root");
+
+    let back = tmp.path().join("back");
+    let o = mirror(&s, &[], &remote(s.plain_user(), &src), back.as_os_str());
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "pull from {}: {}",
+        s.plain_user(),
+        stderr(&o)
+    );
+    assert_exact(&before, &back, &opts, "pull as the unprivileged user");
+}
+
+/// Files of 24 MiB each, so that the stream has checkpoints (every 64 MiB) to resume from.
+fn big_tree(root: &Path, files: usize) {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0xd40b);
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    for i in 0..files {
+        let mut data = vec![0u8; 24 << 20];
+        rng.fill_bytes(&mut data);
+        std::fs::write(root.join(format!("d/f{i:02}")), &data).unwrap();
+    }
+    std::fs::write(root.join("small"), b"small\n").unwrap();
+    freeze_atimes(root);
+}
+
+/// The `ssh` child of process `pid`, once it has one.
+fn ssh_child(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for t in tasks.flatten() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for k in kids.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if comm.trim() == "ssh" {
+                return k.parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// Run a push, and kill its ssh once DST's record holds a resume token (the receiving end
+/// published a checkpoint); returns the push's output.
+fn push_and_cut(s: &Sshd, extra: &[&OsStr], src: &Path, dst: &Path) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(["mirror", "-q", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin());
+    // Slow enough to cut in the middle: 60 MB/s.
+    cmd.args(["--bwlimit", "60M"]).args(extra);
+    cmd.arg(src).arg(remote(s.root_user(), dst));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child: Child = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let token = Command::new(bin())
+            .args(["receive", "--token"])
+            .arg(dst)
+            .output()
+            .unwrap();
+        if token.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no resume token in DST after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ssh = ssh_child(child.id()).expect("the ssh process of the push");
+    let _ = Command::new("kill").args(["-9", &ssh.to_string()]).status();
+    child.wait_with_output().unwrap()
+}
+
+/// No file under a final name in DST differs from SRC's (torn or old-but-wrong).
+fn assert_no_torn_file(before: &Tree, dst: &Path, what: &str) {
+    let t = scan_tree(dst, true).unwrap();
+    for (p, e) in &t.entries {
+        if p.starts_with(b".ringsync") || p.is_empty() {
+            continue;
+        }
+        if let Some(s) = before.entries.get(p) {
+            if e.kind == Kind::File && s.kind == Kind::File {
+                assert_eq!(e.hash, s.hash, "{what}: {} is torn", String::from_utf8_lossy(p));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_dropped_link_exits_6_and_the_rerun_resumes() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-drop");
+    let src = tmp.path().join("src");
+    big_tree(&src, 8);
+    let before = scan_tree(&src, true).unwrap();
+    let dst = tmp.path().join("dst");
+    let o = push_and_cut(&s, &[], &src, &dst);
+    assert_eq!(o.status.code(), Some(6), "cut push: {}", stderr(&o));
+    assert!(stderr(&o).contains("rerun"), "{}", stderr(&o));
+    assert_no_torn_file(&before, &dst, "after the cut");
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "rerun: {}", stderr(&o));
+    assert_exact(&before, &dst, &mirror_cmp(), "rerun after a dropped link");
+
+    // With --retries the same cut heals within the run.
+    let dst2 = tmp.path().join("dst2");
+    let retries = OsString::from("--retries");
+    let two = OsString::from("2");
+    let o = push_and_cut(&s, &[&retries, &two], &src, &dst2);
+    assert_eq!(o.status.code(), Some(0), "push with --retries 2: {}", stderr(&o));
+    assert!(stderr(&o).contains("retry 1 of 2"), "{}", stderr(&o));
+    assert_exact(&before, &dst2, &mirror_cmp(), "--retries after a dropped link");
+}
+
+#[test]
+fn a_busy_dst_exits_4_and_is_left_alone() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-busy");
+    let src = tmp.path().join("src");
+    tree(&src, 0x7e_03, true);
+    let dst = tmp.path().join("dst");
+    // A receive holding DST's lock, waiting for a stream that does not come.
+    let mut holder = Command::new(bin())
+        .args(["receive", "-q"])
+        .arg(&dst)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !dst.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the holder did not make DST"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert_eq!(o.status.code(), Some(4), "push into a busy DST: {}", stderr(&o));
+    assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.as_encoded_bytes().starts_with(b".ringsync"))
+        .collect();
+    assert!(left.is_empty(), "the busy push wrote into DST: {left:?}");
+}
+
+#[test]
+fn remote_errors_are_one_clear_line_with_their_exit_status() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-errors");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let dst = remote(s.root_user(), &tmp.path().join("dst"));
+    let run = |bin: &Path| {
+        Command::new(common::bin())
+            .args(["mirror", "-q", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(bin)
+            .arg(&src)
+            .arg(&dst)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let lines = |o: &Output| stderr(o).lines().filter(|l| l.starts_with("ringsync:")).count();
+
+    // No such binary.
+    let o = run(Path::new("/nonexistent/ringsync"));
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--remote-bin"), "{}", stderr(&o));
+    assert_eq!(lines(&o), 1, "{}", stderr(&o));
+
+    // Not ringsync, and ringsync of another protocol (scripts every user can run).
+    let fake = |name: &str, body: &str| -> PathBuf {
+        let p = s.plain_dir().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let o = run(&fake("not-ringsync", "echo hello from a shell; cat > /dev/null"));
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a ringsync"), "{}", stderr(&o));
+    assert_eq!(lines(&o), 1, "{}", stderr(&o));
+    let o = run(&fake(
+        "other-version",
+        "echo 'RINGSYNC-SERVE 99 ringsync 9.9.9'; cat > /dev/null",
+    ));
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("protocol 99"), "{}", stderr(&o));
+    assert_eq!(lines(&o), 1, "{}", stderr(&o));
+
+    // An unwritable remote DST (the unprivileged user under root's private directory).
+    let private = tmp.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = private.join("dst");
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.plain_user(), &target));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&*target.to_string_lossy()),
+        "the message names the remote DST: {}",
+        stderr(&o)
+    );
+    assert!(!target.exists());
+
+    // A remote side with an option that needs both sides compared: refused, nothing run.
+    let o = mirror(&s, &[OsStr::new("--dry-run")], src.as_os_str(), &dst);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--dry-run"), "{}", stderr(&o));
+}
