@@ -143,6 +143,11 @@ pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
                 return exit::USAGE;
             }
         };
+        // Ctrl-C reaches the remote shell too (one process group): its death is not a
+        // dropped link to retry.
+        if crate::signals::interrupted().is_some() {
+            return exit::INTERRUPTED;
+        }
         let attempt = match attempt {
             // After a dropped link, the interrupted run's remote end may still hold DST's
             // lock for a moment (it stops at the missing bytes, then publishes).
@@ -390,8 +395,28 @@ fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
     let _ = crate::signals::install(|_| {});
     let mut out = out;
     let got = crate::receive::apply_stream(&mut out, &cfg);
-    let _ = std::io::copy(&mut out, &mut std::io::sink());
-    let remote = remote_code(child.wait());
+    let remote = if matches!(got, exit::OK | exit::PARTIAL | exit::VANISHED) {
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+        remote_code(child.wait())
+    } else {
+        // The local end stopped early. A dropped link or a refused token ends the remote
+        // shell by itself; otherwise (DST busy or unwritable here) the rest of the stream is
+        // not wanted, and the remote end is stopped rather than read to its end.
+        let t0 = std::time::Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st.code().unwrap_or(255),
+                Ok(None) if t0.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Attempt::Done(got);
+                }
+            }
+        }
+    };
     match (got, remote) {
         (g, 0) => Attempt::Done(g),
         (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),

@@ -197,17 +197,17 @@ fn ssh_child(pid: u32) -> Option<u32> {
     None
 }
 
-/// Run a push, and kill its ssh once DST's record holds a resume token (the receiving end
-/// published a checkpoint); returns the push's output.
-fn push_and_cut(s: &Sshd, extra: &[&OsStr], src: &Path, dst: &Path) -> Output {
+/// Run a mirror from `src` to `dst` (one of them remote), and kill its ssh once `token_dir`
+/// (DST, on this machine either way) holds a resume token: the receiving end published a
+/// checkpoint. Returns the mirror's output.
+fn mirror_and_cut(s: &Sshd, extra: &[&OsStr], src: &OsStr, dst: &OsStr, token_dir: &Path) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(["mirror", "-q", "-e"])
         .arg(s.rsh())
         .arg("--remote-bin")
         .arg(s.remote_bin());
     // Slow enough to cut in the middle: 60 MB/s.
-    cmd.args(["--bwlimit", "60M"]).args(extra);
-    cmd.arg(src).arg(remote(s.root_user(), dst));
+    cmd.args(["--bwlimit", "60M"]).args(extra).arg(src).arg(dst);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -216,7 +216,7 @@ fn push_and_cut(s: &Sshd, extra: &[&OsStr], src: &Path, dst: &Path) -> Output {
     loop {
         let token = Command::new(bin())
             .args(["receive", "--token"])
-            .arg(dst)
+            .arg(token_dir)
             .output()
             .unwrap();
         if token.status.success() {
@@ -228,9 +228,13 @@ fn push_and_cut(s: &Sshd, extra: &[&OsStr], src: &Path, dst: &Path) -> Output {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let ssh = ssh_child(child.id()).expect("the ssh process of the push");
+    let ssh = ssh_child(child.id()).expect("the ssh process of the mirror");
     let _ = Command::new("kill").args(["-9", &ssh.to_string()]).status();
     child.wait_with_output().unwrap()
+}
+
+fn push_and_cut(s: &Sshd, extra: &[&OsStr], src: &Path, dst: &Path) -> Output {
+    mirror_and_cut(s, extra, src.as_os_str(), &remote(s.root_user(), dst), dst)
 }
 
 /// No file under a final name in DST differs from SRC's (torn or old-but-wrong).
@@ -277,6 +281,28 @@ fn a_dropped_link_exits_6_and_the_rerun_resumes() {
     assert_exact(&before, &dst2, &mirror_cmp(), "--retries after a dropped link");
 }
 
+/// The same cut while pulling: the local receive stops at the missing bytes, exit 6, and
+/// the rerun (the local DST's token passed to the remote sender) converges.
+#[test]
+fn a_dropped_link_while_pulling_exits_6_and_the_rerun_resumes() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-drop-pull");
+    let src = tmp.path().join("src");
+    big_tree(&src, 8);
+    let before = scan_tree(&src, true).unwrap();
+    let dst = tmp.path().join("dst");
+    let from = remote(s.root_user(), &src);
+    let o = mirror_and_cut(&s, &[], &from, dst.as_os_str(), &dst);
+    assert_eq!(o.status.code(), Some(6), "cut pull: {}", stderr(&o));
+    assert_no_torn_file(&before, &dst, "after the cut pull");
+    let o = mirror(&s, &[], &from, dst.as_os_str());
+    assert_eq!(o.status.code(), Some(0), "pull rerun: {}", stderr(&o));
+    assert_exact(&before, &dst, &mirror_cmp(), "pull rerun after a dropped link");
+}
+
 #[test]
 fn a_busy_dst_exits_4_and_is_left_alone() {
     if !need_root() {
@@ -305,10 +331,14 @@ fn a_busy_dst_exits_4_and_is_left_alone() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    // And a pull into it (the busy DST on this side).
+    let p = mirror(&s, &[], &remote(s.root_user(), &src), dst.as_os_str());
     drop(holder.stdin.take());
     let _ = holder.wait();
     assert_eq!(o.status.code(), Some(4), "push into a busy DST: {}", stderr(&o));
     assert!(stderr(&o).contains("busy"), "{}", stderr(&o));
+    assert_eq!(p.status.code(), Some(4), "pull into a busy DST: {}", stderr(&p));
+    assert!(stderr(&p).contains("busy"), "{}", stderr(&p));
     let left: Vec<_> = std::fs::read_dir(&dst)
         .unwrap()
         .map(|e| e.unwrap().file_name())
