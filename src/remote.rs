@@ -335,7 +335,7 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .filter(|t| !t.is_empty() && use_token)
         .and_then(|t| ResumeToken::decode(&t).ok());
-    let resumed = token.is_some();
+    let resumed = token.as_ref().map(|t| t.offset);
     let cfg = crate::send::SendConfig {
         src: src.to_path_buf(),
         out: None,
@@ -348,15 +348,22 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         from: None,
     };
     let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
-    let sent = crate::send::send_to(&cfg, std::fs::File::from(stdin));
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let sent = crate::send::send_counted(&cfg, std::fs::File::from(stdin), &bytes);
     // Whatever the remote end says after the stream (nothing, normally) is drained so it
     // never blocks on a full pipe.
     let _ = std::io::copy(&mut out, &mut std::io::sink());
     let remote = remote_code(child.wait());
+    if let (Some(at), false, 0) = (resumed, o.quiet, remote) {
+        eprintln!(
+            "ringsync: mirror: resumed the interrupted stream at its byte {at}: {} bytes sent this time",
+            bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     match (sent, remote) {
         (s, 0) => Attempt::Done(s),
         (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
-        (exit::FATAL, _) if resumed => Attempt::ResumeRefused,
+        (exit::FATAL, _) if resumed.is_some() => Attempt::ResumeRefused,
         (exit::INTERRUPTED, _) => Attempt::Done(exit::INTERRUPTED),
         // The remote end said why on stderr; its status is the run's.
         (_, code) => Attempt::Done(code),

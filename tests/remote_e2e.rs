@@ -267,9 +267,54 @@ fn a_dropped_link_exits_6_and_the_rerun_resumes() {
     assert_eq!(o.status.code(), Some(6), "cut push: {}", stderr(&o));
     assert!(stderr(&o).contains("rerun"), "{}", stderr(&o));
     assert_no_torn_file(&before, &dst, "after the cut");
-    let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    // The rerun (not quiet: it says where it resumed and how much it sent).
+    let o = Command::new(bin())
+        .args(["mirror", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin())
+        .arg(&src)
+        .arg(remote(s.root_user(), &dst))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "rerun: {}", stderr(&o));
     assert_exact(&before, &dst, &mirror_cmp(), "rerun after a dropped link");
+    // Bytes sent again: at most what the full stream holds after the token's checkpoint, plus
+    // the frames of the records before it (a resumed stream repeats those without data). The
+    // full stream's size comes from a plain `send -o`.
+    let err = stderr(&o);
+    let (at, sent) = err
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once("resumed the interrupted stream at its byte ")?.1;
+            let (at, rest) = rest.split_once(": ")?;
+            let sent = rest.split_once(" bytes sent this time")?.0;
+            Some((at.parse::<u64>().ok()?, sent.parse::<u64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("the rerun did not resume: {err}"));
+    let full = tmp.path().join("full.stream");
+    let r = Command::new(bin())
+        .args(["send", "-q", "-o"])
+        .arg(&full)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "send -o: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let total = std::fs::metadata(&full).unwrap().len();
+    note(&format!(
+        "dropped link: resumed at byte {at} of a {total}-byte stream, sent {sent} bytes again ({} after the checkpoint)",
+        total - at
+    ));
+    assert!(
+        sent <= total - at + (1 << 20),
+        "the rerun sent {sent} bytes; the stream after the checkpoint at {at} is {} bytes",
+        total - at
+    );
 
     // With --retries the same cut heals within the run.
     let dst2 = tmp.path().join("dst2");

@@ -940,6 +940,12 @@ pub fn send(cfg: &SendConfig) -> i32 {
 
 /// `send` into `out` (a file, a pipe, a remote shell's stdin).
 pub fn send_to(cfg: &SendConfig, out: std::fs::File) -> i32 {
+    send_counted(cfg, out, &std::sync::atomic::AtomicU64::new(0))
+}
+
+/// [`send_to`], leaving in `sent` the bytes written into `out` (a resumed stream's data before
+/// its token is not among them).
+pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atomic::AtomicU64) -> i32 {
     let root = match rustix::fs::open(
         &cfg.src,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -1085,6 +1091,7 @@ pub fn send_to(cfg: &SendConfig, out: std::fs::File) -> i32 {
         vanished,
         ..
     } = s;
+    sent.store(out.written(), Ordering::Relaxed);
     let flushed = match &res {
         Ok(()) => out.finish().map_err(Failure::Output),
         Err(_) => Ok(()),
