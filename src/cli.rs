@@ -898,6 +898,13 @@ impl MirrorArgs {
             if src.is_some() && dst.is_some() {
                 return Err("SRC and DST are both remote: one side must be this machine".into());
             }
+            if [&src, &dst]
+                .into_iter()
+                .flatten()
+                .any(|r| r.path.as_os_str().is_empty())
+            {
+                return Err("host: with no path would be the remote home directory, which a mirror makes equal to SRC (deleting the rest): give the path (host:PATH, host:. for the home itself)".into());
+            }
             let f = &self.filter;
             let d = &self.data;
             let unsupported = [

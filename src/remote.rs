@@ -52,13 +52,17 @@ pub struct Remote {
     pub path: PathBuf,
 }
 
-/// rsync's rule: a path is remote when a `:` comes before any `/`. `host:` alone means the
-/// remote user's home directory. `./a:b` and `/a:b` are local; `host::module` (rsync's
-/// daemon) is refused by the caller.
+/// rsync's rule: a path is remote when a `:` comes before any `/`. `./a:b` and `/a:b` are
+/// local; `host::module` (rsync's daemon) and an empty path (`host:`) are refused by the
+/// caller.
 pub fn parse(spec: &OsStr) -> Option<Remote> {
     let b = spec.as_bytes();
+    // `user@` before a bracketed IPv6 address.
+    let (user, b) = match b.iter().position(|&c| c == b'@' || c == b':' || c == b'/') {
+        Some(i) if b[i] == b'@' && b[i + 1..].starts_with(b"[") => (&b[..=i], &b[i + 1..]),
+        _ => (&b[..0], b),
+    };
     let (host, rest) = if let Some(stripped) = b.strip_prefix(b"[") {
-        // [v6addr]:path or user@[v6addr]:path is rare; brackets only at the start.
         let close = stripped.iter().position(|&c| c == b']')?;
         let after = &stripped[close + 1..];
         let rest = after.strip_prefix(b":")?;
@@ -70,14 +74,18 @@ pub fn parse(spec: &OsStr) -> Option<Remote> {
         }
         (&b[..colon], &b[colon + 1..])
     };
-    let host = std::str::from_utf8(host).ok()?.to_string();
-    if host.is_empty() || host.starts_with('-') {
+    if host.is_empty() {
         return None;
     }
-    let path = if rest.is_empty() { b".".as_slice() } else { rest };
+    let host = std::str::from_utf8(&[user, host].concat()).ok()?.to_string();
+    if host.starts_with('-') || host.ends_with('@') {
+        return None;
+    }
+    // An empty path (`host:`) stays empty: the caller refuses it (it would be the remote
+    // user's home directory, which a mirror would make equal to SRC).
     Some(Remote {
         host,
-        path: PathBuf::from(OsStr::from_bytes(path)),
+        path: PathBuf::from(OsStr::from_bytes(rest)),
     })
 }
 
@@ -481,8 +489,9 @@ mod tests {
         let r = |h: &str, p: &str| Some((h.to_string(), p.to_string()));
         assert_eq!(p("host:/data"), r("host", "/data"));
         assert_eq!(p("user@host:data/x"), r("user@host", "data/x"));
-        assert_eq!(p("host:"), r("host", "."));
+        assert_eq!(p("host:"), r("host", ""));
         assert_eq!(p("[::1]:/d"), r("::1", "/d"));
+        assert_eq!(p("u@[::1]:/d"), r("u@::1", "/d"));
         assert_eq!(p("host:a:b"), r("host", "a:b"));
         // Local: a '/' before the first ':', no ':', an empty host, an option-like host.
         for local in [
@@ -493,6 +502,8 @@ mod tests {
             ":x",
             "-oProxyCommand=x:y",
             "[::1]",
+            "@:x",
+            "u@[]:x",
         ] {
             assert_eq!(p(local), None, "{local}");
         }

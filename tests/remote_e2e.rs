@@ -457,6 +457,11 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
     );
     assert!(!target.exists());
 
+    // `host:` alone (the remote home, which a mirror would empty of everything else): refused.
+    let o = mirror(&s, &[], src.as_os_str(), OsStr::new("root@127.0.0.1:"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("home directory"), "{}", stderr(&o));
+
     // A remote side with an option that needs both sides compared: refused, nothing run.
     let o = mirror(&s, &[OsStr::new("--dry-run")], src.as_os_str(), &dst);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
