@@ -5,7 +5,7 @@
 # gives medians, min..max and the median of paired ratios to rsync. Run as root.
 #
 #   [RINGSYNC_BIN=target/release/ringsync] [ROUNDS=5] [DATASETS=mixed]
-#   [BENCH_DIR=/var/tmp/ringsync-bench] tools/bench-remote.sh > perf/report.md
+#   [BENCH_DIR=/var/tmp/ringsync-bench] [SSH_OPTS="-c aes128-gcm@openssh.com"] tools/bench-remote.sh > perf/report.md
 #
 # Commands (initial sync of a warm source into a fresh directory on the same disk):
 #   ringsync        ringsync mirror -e SSH SRC root@127.0.0.1:DST      (default: durable)
@@ -17,7 +17,7 @@ set -euo pipefail
 TOOL=bench-remote
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 tool_args "$@"
-record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR
+record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR SSH_OPTS
 RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
 ROUNDS=${ROUNDS:-5}
 DATASETS=${DATASETS:-mixed}
@@ -54,7 +54,7 @@ EOF
 "$SSHD" -D -e -f "$WORK/sshd_config" 2> "$WORK/sshd.log" &
 sshd_pid=$!
 trap 'kill $sshd_pid 2>/dev/null; wait $sshd_pid 2>/dev/null; rm -rf "$WORK" "$OUT"' EXIT
-SSH="ssh -F /dev/null -p $port -i $WORK/client_key -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+SSH="ssh -F /dev/null -p $port -i $WORK/client_key -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR ${SSH_OPTS:-}"
 for _ in $(seq 1 50); do $SSH root@127.0.0.1 true 2>/dev/null && break; sleep 0.1; done
 $SSH root@127.0.0.1 true || die "the private sshd did not come up: $(cat "$WORK/sshd.log")"
 cipher=$($SSH -G root@127.0.0.1 | awk '$1 == "ciphers" {print $2}' | cut -d, -f1)
