@@ -644,6 +644,7 @@ impl SendArgs {
             progress: crate::progress::mode(self.quiet, self.progress),
             quiet: self.quiet,
             from: self.from.clone(),
+            quiet_reader_gone: false,
             resume: self
                 .resume
                 .as_deref()

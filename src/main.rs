@@ -105,6 +105,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 quiet,
                 resume,
                 from: None,
+                quiet_reader_gone: false,
             })
         }
     }

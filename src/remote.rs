@@ -354,6 +354,7 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         quiet: o.quiet,
         resume: token,
         from: None,
+        quiet_reader_gone: true,
     };
     let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
     let bytes = std::sync::atomic::AtomicU64::new(0);

@@ -455,6 +455,7 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
         "the message names the remote DST: {}",
         stderr(&o)
     );
+    assert_eq!(lines(&o), 1, "{}", stderr(&o));
     assert!(!target.exists());
 
     // `host:` alone (the remote home, which a mirror would empty of everything else): refused.

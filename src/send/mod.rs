@@ -63,6 +63,8 @@ pub struct SendConfig {
     pub resume: Option<ResumeToken>,
     /// Send the changes from this earlier state of SRC (an incremental stream).
     pub from: Option<PathBuf>,
+    /// Say nothing when the reader goes away (a remote mirror: the remote end says why).
+    pub quiet_reader_gone: bool,
 }
 
 fn meta_of(m: &meta::Meta) -> stream::Meta {
@@ -1113,7 +1115,7 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
         Err(Failure::Output(e)) => {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 eprintln!("ringsync: send: write the stream: {e}");
-            } else {
+            } else if !cfg.quiet_reader_gone {
                 eprintln!("ringsync: send: the reader of the stream went away (broken pipe)");
             }
             exit::FATAL
