@@ -41,8 +41,6 @@ mkfs.btrfs -q "$img"
 mkdir -p "$mnt"
 mount -o loop "$img" "$mnt"
 trap 'umount "$mnt" 2>/dev/null; rm -f "$img"; rm -rf "$WORK"' EXIT
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 mut() { python3 "$TOOLS_DIR/mutate-tree.py" "$@"; }
 
 vol=$mnt/vol

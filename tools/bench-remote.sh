@@ -59,10 +59,6 @@ for _ in $(seq 1 50); do $SSH root@127.0.0.1 true 2>/dev/null && break; sleep 0.
 $SSH root@127.0.0.1 true || die "the private sshd did not come up: $(cat "$WORK/sshd.log")"
 cipher=$($SSH -G root@127.0.0.1 | awk '$1 == "ciphers" {print $2}' | cut -d, -f1)
 
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-now() { date +%s.%N; }
-warm() { find "$1" -type f -exec cat {} + > /dev/null 2>&1 || true; }
 
 run_cmd() {
     local name=$1 src=$2 dst=$3 s e

@@ -39,11 +39,6 @@ private_binary "$WORK"
 [[ $(id -u) == 0 ]] || die "run as root (drop_caches, loop mounts)"
 for ds in $DATASETS; do [[ -d $DATA/$ds ]] || die "$DATA/$ds missing: run tools/bench-copy.sh once"; done
 
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-now() { date +%s.%N; }
-warm() { find "$1" -type f -exec cat {} + > /dev/null 2>&1 || true; }
-
 # run_cmd NAME SRC DST: one timed command; prints seconds.
 run_cmd() {
     local name=$1 src=$2 dst=$3 s e

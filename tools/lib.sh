@@ -40,6 +40,13 @@ record_cmdline() {
     for a in "${args[@]}"; do CMDLINE+=" $(printf '%q' "$a")"; done
 }
 
+# Timing helpers shared by the benches: drop the page cache (after a sync); the median of the
+# numbers on stdin; the time now in seconds; read every file below DIR into the page cache.
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+now() { date +%s.%N; }
+warm() { find "$1" -type f -exec cat {} + > /dev/null 2>&1 || true; }
+
 # first_line CMD...: the first non-empty line CMD prints (stdout or stderr), e.g. a version.
 first_line() { "$@" 2>&1 | sed -n '/./{p;q}' || true; }
 
