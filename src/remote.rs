@@ -445,13 +445,7 @@ fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
 /// `ringsync serve receive DST`: the greeting, DST's status, then apply the stream on stdin.
 pub fn serve_receive(cfg: &crate::receive::ReceiveConfig) -> i32 {
     let token = Guard::peek(&cfg.dst).and_then(|r| r.resume).unwrap_or_default();
-    let status = serde_json::json!({ "token": token });
-    let mut so = std::io::stdout().lock();
-    let hello = writeln!(so, "{GREETING} {PROTOCOL} ringsync {}", env!("CARGO_PKG_VERSION"))
-        .and_then(|()| writeln!(so, "{status}"))
-        .and_then(|()| so.flush());
-    drop(so);
-    if hello.is_err() {
+    if greet(Some(&serde_json::json!({ "token": token }))).is_err() {
         return exit::LINK;
     }
     let _ = crate::signals::install(|_| {});
@@ -460,11 +454,7 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig) -> i32 {
 
 /// `ringsync serve send SRC`: the greeting, then the stream on stdout.
 pub fn serve_send(cfg: &crate::send::SendConfig) -> i32 {
-    let mut so = std::io::stdout().lock();
-    let hello = writeln!(so, "{GREETING} {PROTOCOL} ringsync {}", env!("CARGO_PKG_VERSION"))
-        .and_then(|()| so.flush());
-    drop(so);
-    if hello.is_err() {
+    if greet(None).is_err() {
         return exit::LINK;
     }
     use std::os::fd::AsFd;
@@ -475,6 +465,16 @@ pub fn serve_send(cfg: &crate::send::SendConfig) -> i32 {
             exit::FATAL
         }
     }
+}
+
+/// The greeting line on stdout, then the status line when there is one.
+fn greet(status: Option<&serde_json::Value>) -> std::io::Result<()> {
+    let mut so = std::io::stdout().lock();
+    writeln!(so, "{GREETING} {PROTOCOL} ringsync {}", env!("CARGO_PKG_VERSION"))?;
+    if let Some(st) = status {
+        writeln!(so, "{st}")?;
+    }
+    so.flush()
 }
 
 #[cfg(test)]
