@@ -194,6 +194,9 @@ pub enum ServeRole {
         src: PathBuf,
         #[arg(long, value_name = "TOKEN")]
         resume: Option<String>,
+        /// Read a listing of DST on stdin first and send only the differences.
+        #[arg(long, conflicts_with = "resume")]
+        listing: bool,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -644,6 +647,7 @@ impl SendArgs {
             progress: crate::progress::mode(self.quiet, self.progress),
             quiet: self.quiet,
             from: self.from.clone(),
+            listing: None,
             quiet_reader_gone: false,
             resume: self
                 .resume
@@ -934,7 +938,7 @@ impl MirrorArgs {
             ];
             if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
                 return Err(format!(
-                    "{name} is not supported with a remote side yet (remote mirrors send a full stream; see docs/stream.md, section 8)"
+                    "{name} is not supported with a remote side yet (see docs/stream.md, section 8.4)"
                 ));
             }
             check_memory(d.memory)?;

@@ -24,6 +24,7 @@ pub mod dump;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod listing;
 pub mod meta;
 pub mod mirror;
 pub mod progress;

@@ -65,8 +65,8 @@ fn man(sub: Option<&str>, dir: Option<&std::path::Path>) -> i32 {
 fn serve(role: ringsync::cli::ServeRole) -> i32 {
     use ringsync::cli::ServeRole;
     match role {
-        ServeRole::Receive { dst, no_fsync, quiet } => {
-            ringsync::remote::serve_receive(&ringsync::receive::ReceiveConfig {
+        ServeRole::Receive { dst, no_fsync, quiet } => ringsync::remote::serve_receive(
+            &ringsync::receive::ReceiveConfig {
                 dst,
                 input: None,
                 drop_privileged: false,
@@ -74,9 +74,21 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 progress: ringsync::progress::mode(true, false),
                 quiet,
                 check_dst_state: true,
-            })
-        }
-        ServeRole::Send { src, resume, quiet } => {
+            },
+            match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("ringsync: serve: {}", e.0);
+                    return exit::FATAL;
+                }
+            },
+        ),
+        ServeRole::Send {
+            src,
+            resume,
+            listing,
+            quiet,
+        } => {
             let resume = match resume
                 .as_deref()
                 .map(ringsync::stream::ResumeToken::decode)
@@ -95,18 +107,22 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                     return exit::FATAL;
                 }
             };
-            ringsync::remote::serve_send(&ringsync::send::SendConfig {
-                src,
-                out: None,
-                engine,
-                memory: 64 << 20,
-                bwlimit: None,
-                progress: ringsync::progress::mode(true, false),
-                quiet,
-                resume,
-                from: None,
-                quiet_reader_gone: false,
-            })
+            ringsync::remote::serve_send(
+                listing,
+                ringsync::send::SendConfig {
+                    src,
+                    out: None,
+                    engine,
+                    memory: 64 << 20,
+                    bwlimit: None,
+                    progress: ringsync::progress::mode(true, false),
+                    quiet,
+                    resume,
+                    from: None,
+                    listing: None,
+                    quiet_reader_gone: false,
+                },
+            )
         }
     }
 }

@@ -9,17 +9,17 @@
 //!
 //! Protocol (docs/stream.md, section 8): `serve` first writes one greeting line,
 //! `RINGSYNC-SERVE <protocol> <version>`. A receiving `serve` then writes one status line
-//! (JSON: the resume token DST's record holds, if any), and reads the stream. A sending `serve`
-//! writes the stream (resumed when the puller passed its token). The local side reads at most
-//! [`LINE_MAX`] bytes per line before the stream, so a remote end that is not ringsync is one
-//! clear error, not a hang or an allocation.
+//! (JSON: the resume token DST's record holds, if any) and reads a request line: a (resumed)
+//! full stream follows, or it lists DST ([`crate::listing`]) and applies the incremental
+//! stream the sender makes against that listing. A sending `serve` writes the stream (resumed
+//! when the puller passed its token, or against the puller's listing of DST). The local side
+//! reads at most [`LINE_MAX`] bytes per line before the stream, so a remote end that is not
+//! ringsync is one clear error, not a hang or an allocation.
 //!
-//! Dropped links: the receiving end keeps what its last checkpoint published, and its token.
-//! The next run resumes from it (the sender makes the same stream and skips the data before
-//! the token); `--retries N` does that at once, after a back-off.
-//!
-//! This first part always sends a full stream: files DST already has travel again. Next: the
-//! receiving end lists DST and the sender sends only the changes.
+//! Dropped links: the receiving end keeps what its last checkpoint published. A full stream's
+//! token lets the next run resume it (the sender makes the same stream and skips the data
+//! before the token); after a stream against a listing the next run lists DST again.
+//! `--retries N` does that at once, after a back-off.
 //!
 //! Must not: put anything in the remote command line but the user's own arguments, each quoted
 //! for the remote shell; trust the remote end's words beyond one bounded line.
@@ -38,7 +38,7 @@ use crate::ring::EngineKind;
 use crate::stream::ResumeToken;
 
 /// The protocol this ringsync speaks (docs/stream.md, section 8).
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// The greeting's first word.
 pub const GREETING: &str = "RINGSYNC-SERVE";
 /// The longest line read from the remote end before the stream.
@@ -344,6 +344,31 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         .filter(|t| !t.is_empty() && use_token)
         .and_then(|t| ResumeToken::decode(&t).ok());
     let resumed = token.as_ref().map(|t| t.offset);
+    // The request: resume the interrupted full stream, or list DST and send the differences.
+    let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
+    let plan = if token.is_some() { "full" } else { "listing" };
+    if writeln!(stdin, "{}", serde_json::json!({ "plan": plan })).is_err() {
+        drop(stdin);
+        return ended_early(&r.host, child, "the remote end stopped before the request");
+    }
+    let listing = if token.is_none() {
+        match crate::listing::read(&mut out) {
+            Ok(l) => Some(l),
+            Err(e) if e.ends_early => {
+                // The remote end stopped (busy, unwritable, link dropped): it said why.
+                drop(stdin);
+                return ended_early(&r.host, child, &e.to_string());
+            }
+            Err(e) => {
+                eprintln!("ringsync: mirror: {}: DST's listing: {e}", r.host);
+                let _ = child.kill();
+                let _ = child.wait();
+                return Attempt::Done(exit::REMOTE);
+            }
+        }
+    } else {
+        None
+    };
     let cfg = crate::send::SendConfig {
         src: src.to_path_buf(),
         out: None,
@@ -354,11 +379,11 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         quiet: o.quiet,
         resume: token,
         from: None,
+        listing,
         quiet_reader_gone: true,
     };
-    let stdin = OwnedFd::from(child.stdin.take().expect("piped"));
     let bytes = std::sync::atomic::AtomicU64::new(0);
-    let sent = crate::send::send_counted(&cfg, std::fs::File::from(stdin), &bytes);
+    let sent = crate::send::send_counted(&cfg, stdin, &bytes);
     // Whatever the remote end says after the stream (nothing, normally) is drained so it
     // never blocks on a full pipe.
     let _ = std::io::copy(&mut out, &mut std::io::sink());
@@ -379,12 +404,40 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
     }
 }
 
+/// The remote end stopped before the stream (it said why on stderr, or the link dropped):
+/// its exit status decides; `what` when it exited 0 all the same.
+fn ended_early(host: &str, mut child: Child, what: &str) -> Attempt {
+    match remote_code(child.wait()) {
+        255 => Attempt::Dropped(format!("{host}: the connection dropped")),
+        0 => {
+            eprintln!("ringsync: mirror: {host}: {what}");
+            Attempt::Done(exit::REMOTE)
+        }
+        code => Attempt::Done(code),
+    }
+}
+
+fn receive_config(o: &RemoteOpts, dst: &Path) -> crate::receive::ReceiveConfig {
+    crate::receive::ReceiveConfig {
+        dst: dst.to_path_buf(),
+        input: None,
+        drop_privileged: false,
+        fsync: o.fsync,
+        progress: o.progress,
+        quiet: o.quiet,
+        check_dst_state: true,
+    }
+}
+
 fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
     let token = if use_token {
         Guard::peek(dst).and_then(|rec| rec.resume)
     } else {
         None
     };
+    if token.is_none() {
+        return pull_listing(o, r, dst);
+    }
     let mut words: Vec<&[u8]> = vec![b"serve", b"send"];
     if o.quiet {
         words.push(b"--quiet");
@@ -395,22 +448,76 @@ fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (mut child, out) = match start(o, r, &words, Stdio::null()) {
+    let (child, out) = match start(o, r, &words, Stdio::null()) {
         Ok(c) => c,
         Err(a) => return a,
     };
-    let cfg = crate::receive::ReceiveConfig {
-        dst: dst.to_path_buf(),
-        input: None,
-        drop_privileged: false,
-        fsync: o.fsync,
-        progress: o.progress,
-        quiet: o.quiet,
-        check_dst_state: true,
-    };
+    let cfg = receive_config(o, dst);
     let _ = crate::signals::install(|_| {});
     let mut out = out;
     let got = crate::receive::apply_stream(&mut out, &cfg);
+    finish_pull(r, child, out, got, token.is_some())
+}
+
+/// Pull: list DST (locked from here to the end), send the listing, apply the differences.
+fn pull_listing(o: &RemoteOpts, r: &Remote, dst: &Path) -> Attempt {
+    let _ = crate::signals::install(|_| {});
+    let (dst, guard) = match crate::receive::lock_dst(dst) {
+        Ok(x) => x,
+        Err(code) => return Attempt::Done(code),
+    };
+    let errors = crate::error::ErrorLog::new(o.quiet);
+    let flags = crate::listing::own_flags();
+    let entries = match crate::listing::walk(&dst, flags, o.engine, false, &errors) {
+        Ok(e) if errors.errors() == 0 => e,
+        Ok(_) => {
+            eprintln!(
+                "ringsync: mirror: list {}: {} entries could not be read",
+                dst.display(),
+                errors.errors()
+            );
+            return Attempt::Done(exit::FATAL);
+        }
+        Err(e) => {
+            eprintln!("ringsync: mirror: list {}: {e}", dst.display());
+            return Attempt::Done(exit::FATAL);
+        }
+    };
+    let entries: Vec<crate::listing::Entry> = entries.into_iter().map(|(e, _)| e).collect();
+    let mut words: Vec<&[u8]> = vec![b"serve", b"send", b"--listing"];
+    if o.quiet {
+        words.push(b"--quiet");
+    }
+    words.push(b"--");
+    words.push(r.path.as_os_str().as_bytes());
+    let (mut child, out) = match start(o, r, &words, Stdio::piped()) {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
+    let id = match crate::listing::write(
+        &mut std::io::BufWriter::with_capacity(1 << 16, stdin),
+        flags,
+        &entries,
+    ) {
+        Ok(id) => id,
+        Err(_) => return ended_early(&r.host, child, "the remote end stopped reading the listing"),
+    };
+    drop(entries);
+    let cfg = receive_config(o, &dst);
+    let mut out = out;
+    let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(id));
+    finish_pull(r, child, out, got, false)
+}
+
+/// After a pull's stream: the remote end's status and the local one decide.
+fn finish_pull(
+    r: &Remote,
+    mut child: Child,
+    mut out: BufReader<std::process::ChildStdout>,
+    got: i32,
+    resumed: bool,
+) -> Attempt {
     let remote = if matches!(got, exit::OK | exit::PARTIAL | exit::VANISHED) {
         let _ = std::io::copy(&mut out, &mut std::io::sink());
         remote_code(child.wait())
@@ -437,26 +544,87 @@ fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
         (g, 0) => Attempt::Done(g),
         (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
         (exit::INTERRUPTED, _) => Attempt::Done(exit::INTERRUPTED),
-        (_, exit::FATAL) if token.is_some() => Attempt::ResumeRefused,
+        (_, exit::FATAL) if resumed => Attempt::ResumeRefused,
         (g, code) => Attempt::Done(if g != 0 { g } else { code }),
     }
 }
 
-/// `ringsync serve receive DST`: the greeting, DST's status, then apply the stream on stdin.
-pub fn serve_receive(cfg: &crate::receive::ReceiveConfig) -> i32 {
+/// `ringsync serve receive DST`: the greeting, DST's status; then the request: apply a
+/// (resumed) full stream, or list DST first and apply the differences.
+pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) -> i32 {
     let token = Guard::peek(&cfg.dst).and_then(|r| r.resume).unwrap_or_default();
     if greet(Some(&serde_json::json!({ "token": token }))).is_err() {
         return exit::LINK;
     }
     let _ = crate::signals::install(|_| {});
-    crate::receive::apply_stream(std::io::stdin().lock(), cfg)
+    let mut si = std::io::stdin().lock();
+    let req = match line(&mut si) {
+        Ok(Some(l)) => l,
+        _ => {
+            eprintln!("ringsync: serve: the sending end went away before its request");
+            return exit::LINK;
+        }
+    };
+    let plan = serde_json::from_str::<serde_json::Value>(&req)
+        .ok()
+        .and_then(|v| v["plan"].as_str().map(str::to_string));
+    match plan.as_deref() {
+        Some("full") => crate::receive::apply_stream(si, cfg),
+        Some("listing") => {
+            let (dst, guard) = match crate::receive::lock_dst(&cfg.dst) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let errors = crate::error::ErrorLog::new(cfg.quiet);
+            let flags = crate::listing::own_flags();
+            let entries = match crate::listing::walk(&dst, flags, engine, false, &errors) {
+                Ok(e) if errors.errors() == 0 => e,
+                Ok(_) => {
+                    eprintln!(
+                        "ringsync: serve: list {}: {} entries could not be read",
+                        dst.display(),
+                        errors.errors()
+                    );
+                    return exit::FATAL;
+                }
+                Err(e) => {
+                    eprintln!("ringsync: serve: list {}: {e}", dst.display());
+                    return exit::FATAL;
+                }
+            };
+            let entries: Vec<crate::listing::Entry> = entries.into_iter().map(|(e, _)| e).collect();
+            let id = match crate::listing::write(&mut std::io::stdout().lock(), flags, &entries) {
+                Ok(id) => id,
+                Err(_) => return exit::LINK,
+            };
+            drop(entries);
+            crate::receive::apply_locked(si, cfg, &dst, guard, Some(id))
+        }
+        _ => {
+            let req: String = req.chars().take(120).collect();
+            eprintln!("ringsync: serve: unknown request {req:?}");
+            exit::USAGE
+        }
+    }
 }
 
-/// `ringsync serve send SRC`: the greeting, then the stream on stdout.
-pub fn serve_send(cfg: &crate::send::SendConfig) -> i32 {
+/// `ringsync serve send SRC`: the greeting; with `listing`, the receiving end's listing of
+/// DST on stdin; then the stream (of the differences) on stdout.
+pub fn serve_send(listing: bool, mut cfg: crate::send::SendConfig) -> i32 {
     if greet(None).is_err() {
         return exit::LINK;
     }
+    if listing {
+        let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+        match crate::listing::read(&mut si) {
+            Ok(l) => cfg.listing = Some(l),
+            Err(e) => {
+                eprintln!("ringsync: serve: the receiving end's listing: {e}");
+                return exit::FATAL;
+            }
+        }
+    }
+    let cfg = &cfg;
     use std::os::fd::AsFd;
     match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => crate::send::send_to(cfg, std::fs::File::from(fd)),

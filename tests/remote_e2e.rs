@@ -156,6 +156,30 @@ fn push_and_pull_as_an_unprivileged_user() {
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dst).unwrap());
     assert_ne!(uid, 0, "DST made by the unprivileged remote end belongs to root");
 
+    // Again with nothing changed: the listing of a DST whose owners and root-only xattrs could
+    // not be set must not make every entry travel again.
+    let rsh = counting_rsh(&s, tmp.path());
+    let o = mirror_via(&rsh, &s, src.as_os_str(), &remote(s.plain_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "no-change push: {}", stderr(&o));
+    let (sent, _) = wire(tmp.path());
+    assert!(sent < 4096, "a push with nothing changed sent {sent} bytes");
+    // A change, pushed: only it travels.
+    std::fs::write(src.join("added-later"), vec![b'x'; 100_000]).unwrap();
+    sh("chmod a+r added-later", &src);
+    let mut now = scan_tree(&src, true).unwrap();
+    for e in now.entries.values_mut() {
+        e.xattrs.retain(|k, _| k.starts_with(b"user."));
+    }
+    let o = mirror_via(&rsh, &s, src.as_os_str(), &remote(s.plain_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "second push: {}", stderr(&o));
+    let (sent, _) = wire(tmp.path());
+    assert!(
+        sent < 100_000 + 8192,
+        "a push of one new 100 kB file sent {sent} bytes"
+    );
+    assert_exact(&now, &dst, &opts, "second push as the unprivileged user");
+    before = now;
+
     let back = tmp.path().join("back");
     let o = mirror(&s, &[], &remote(s.plain_user(), &src), back.as_os_str());
     assert_eq!(
@@ -467,4 +491,236 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
     let o = mirror(&s, &[OsStr::new("--dry-run")], src.as_os_str(), &dst);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--dry-run"), "{}", stderr(&o));
+}
+
+/// An rsh (for `-e`) that runs the test sshd's ssh and appends every byte going to the remote
+/// end to `DIR/in`, every byte coming from it to `DIR/out`.
+fn counting_rsh(s: &Sshd, dir: &Path) -> OsString {
+    let script = dir.join("count-rsh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nset -o pipefail\ntee -a {d}/in | {rsh} \"$@\" | tee -a {d}/out\n",
+            d = dir.display(),
+            rsh = s.rsh()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.into_os_string()
+}
+
+/// Bytes to and from the remote end since the last call (see [`counting_rsh`]).
+fn wire(dir: &Path) -> (u64, u64) {
+    let take = |n: &str| {
+        let p = dir.join(n);
+        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&p);
+        len
+    };
+    (take("in"), take("out"))
+}
+
+fn mirror_via(rsh: &OsStr, s: &Sshd, src: &OsStr, dst: &OsStr) -> Output {
+    Command::new(bin())
+        .args(["mirror", "-q", "-e"])
+        .arg(rsh)
+        .arg("--remote-bin")
+        .arg(s.remote_bin())
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringsync mirror")
+}
+
+/// File bytes a mirror from `old` to `new` must carry: files that are new, or whose content,
+/// type or hardlink count changed (a file whose group changed is sent again).
+fn changed_file_bytes(old: &Tree, new: &Tree) -> u64 {
+    new.entries
+        .iter()
+        .filter(|(p, e)| {
+            e.kind == Kind::File
+                && old
+                    .entries
+                    .get(*p)
+                    .is_none_or(|o| o.kind != Kind::File || o.hash != e.hash || o.nlink != e.nlink)
+        })
+        .map(|(_, e)| e.size)
+        .sum()
+}
+
+#[test]
+fn push_and_pull_follow_mutations_over_generations_sending_only_changes() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-generations");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    let seed = 0x6e_4e;
+    gen_tree(
+        &src,
+        seed,
+        &GenOpts {
+            dirs: 16,
+            files: 50,
+            max_file: 512 << 10,
+            ..GenOpts::default()
+        },
+    )
+    .unwrap();
+    let rsh = counting_rsh(&s, tmp.path());
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    let mut prev = scan_tree(&src, true).unwrap();
+    let o = mirror_via(&rsh, &s, src.as_os_str(), &to);
+    assert_eq!(o.status.code(), Some(0), "first push: {}", stderr(&o));
+    assert_exact(&prev, &dst, &mirror_cmp(), "first push");
+    let (full, _) = wire(tmp.path());
+    let o = mirror_via(&rsh, &s, &from, back.as_os_str());
+    assert_eq!(o.status.code(), Some(0), "first pull: {}", stderr(&o));
+    assert_exact(&prev, &back, &mirror_cmp(), "first pull");
+    wire(tmp.path());
+
+    let mut fails = Vec::new();
+    for round in 0..4u64 {
+        let log = common::mutate::mutate(&src, seed * 31 + round, 36).unwrap();
+        let now = scan_tree(&src, true).unwrap();
+        let what = format!("round {round} (mutations:\n  {})", log.join("\n  "));
+        let o = mirror_via(&rsh, &s, src.as_os_str(), &to);
+        if o.status.code() != Some(0) {
+            fails.push(format!("{what}: push: {}", stderr(&o)));
+        }
+        let d = diffs(&now, &dst, &mirror_cmp());
+        if !d.is_empty() {
+            fails.push(format!("{what}: push: DST differs:\n  {}", d.join("\n  ")));
+        }
+        // What went to the remote end: the changed files' bytes and some framing per changed
+        // entry, far from the full stream.
+        let (sent, listing) = wire(tmp.path());
+        let changed = changed_file_bytes(&prev, &now);
+        let entries = compare_scanned(&prev, &now, &mirror_cmp()).len() as u64;
+        let bound = changed + changed / 10 + 1024 * entries + (16 << 10);
+        eprintln!(
+            "round {round}: pushed {sent} bytes for {changed} changed file bytes, {entries} differences (full stream {full}); listing {listing} bytes"
+        );
+        if sent > bound {
+            fails.push(format!(
+                "{what}: push sent {sent} bytes, more than {bound} ({changed} changed file bytes, {entries} differences; the full stream is {full})"
+            ));
+        }
+        let o = mirror_via(&rsh, &s, &from, back.as_os_str());
+        if o.status.code() != Some(0) {
+            fails.push(format!("{what}: pull: {}", stderr(&o)));
+        }
+        let d = diffs(&now, &back, &mirror_cmp());
+        if !d.is_empty() {
+            fails.push(format!("{what}: pull: DST differs:\n  {}", d.join("\n  ")));
+        }
+        let (listing, got) = wire(tmp.path());
+        if got > bound {
+            fails.push(format!(
+                "{what}: pull received {got} bytes, more than {bound} (listing sent: {listing} bytes)"
+            ));
+        }
+        prev = now;
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n\n"));
+    // Nothing changed: a few records travel, and nothing in DST changes.
+    let o = mirror_via(&rsh, &s, src.as_os_str(), &to);
+    assert_eq!(o.status.code(), Some(0), "no-change push: {}", stderr(&o));
+    let (sent, _) = wire(tmp.path());
+    assert!(sent < 4096, "a push with nothing changed sent {sent} bytes");
+    assert_exact(&prev, &dst, &mirror_cmp(), "no-change push");
+}
+
+#[test]
+fn a_link_dropped_during_a_push_of_changes_is_healed_by_a_rerun_that_sends_the_rest() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-drop-changes");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let files = 8;
+    big_tree(&src, files);
+    let old = scan_tree(&src, true).unwrap();
+    let o = mirror(&s, &[], src.as_os_str(), &remote(s.root_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "first push: {}", stderr(&o));
+    // Every file rewritten: the next push sends them all, as changes against DST's listing.
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x2e57);
+    let mut heads = Vec::new();
+    for i in 0..files {
+        let mut data = vec![0u8; 24 << 20];
+        rng.fill_bytes(&mut data);
+        heads.push(data[..64].to_vec());
+        std::fs::write(src.join(format!("d/f{i:02}")), &data).unwrap();
+    }
+    let new = scan_tree(&src, true).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["mirror", "-q", "--bwlimit", "60M", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin())
+        .arg(&src)
+        .arg(remote(s.root_user(), &dst))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Cut once a checkpoint published some of the new files.
+    let published = || {
+        (0..files)
+            .filter(|i| {
+                std::fs::read(dst.join(format!("d/f{i:02}")))
+                    .map(|b| b.len() >= 64 && b[..64] == heads[*i][..])
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    let t0 = Instant::now();
+    while published() == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "nothing published after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ssh = ssh_child(child.id()).expect("the ssh process of the mirror");
+    let _ = Command::new("kill").args(["-9", &ssh.to_string()]).status();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(6), "cut push: {}", stderr(&o));
+    // Every file at its final name is the old or the new version, never a mix.
+    let t = scan_tree(&dst, true).unwrap();
+    for (p, e) in &t.entries {
+        if let (Some(a), Some(b)) = (old.entries.get(p), new.entries.get(p)) {
+            if e.kind == Kind::File {
+                assert!(
+                    e.hash == a.hash || e.hash == b.hash,
+                    "{} is torn after the cut",
+                    String::from_utf8_lossy(p)
+                );
+            }
+        }
+    }
+    let done = published();
+    // The rerun lists DST again: what was published is not sent again.
+    let rsh = counting_rsh(&s, tmp.path());
+    let o = mirror_via(&rsh, &s, src.as_os_str(), &remote(s.root_user(), &dst));
+    assert_eq!(o.status.code(), Some(0), "rerun: {}", stderr(&o));
+    assert_exact(&new, &dst, &mirror_cmp(), "rerun after a dropped link");
+    let (sent, _) = wire(tmp.path());
+    let left = (files - done) as u64 * (24 << 20);
+    eprintln!(
+        "{done} of {files} files were published before the cut; the rerun sent {sent} bytes for {left} left"
+    );
+    assert!(
+        sent <= left + (64 << 10),
+        "the rerun sent {sent} bytes, more than the {left} bytes of the files not published before the cut"
+    );
 }

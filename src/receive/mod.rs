@@ -269,6 +269,8 @@ struct Apply {
     guard: Guard,
     /// DST's record, written dirty at the start; tokens go in it.
     state: std::sync::Mutex<guard::Record>,
+    /// Keep the resume token of each checkpoint in the record.
+    tokens: bool,
 }
 
 /// The work of one verified checkpoint.
@@ -594,7 +596,7 @@ impl Apply {
                 }
             }
         }
-        if let Some(t) = batch.token {
+        if let Some(t) = batch.token.filter(|_| self.tokens) {
             let mut state = self.state.lock().expect("record lock");
             state.resume = Some(t.encode());
             if batch.skipped || self.errors.load(Ordering::Relaxed) > 0 {
@@ -1745,27 +1747,49 @@ const READ_BUF_BYTES: usize = 1 << 20;
 /// Apply the stream `input` to `cfg.dst` (what `receive` does once its input is open; the
 /// receive fuzz target calls it directly). Returns the exit status.
 pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
-    let dst = match make_dst(&cfg.dst) {
+    match lock_dst(&cfg.dst) {
+        Ok((dst, guard)) => apply_locked(input, cfg, &dst, guard, None),
+        Err(code) => code,
+    }
+}
+
+/// Make DST where it is missing and lock it (`receive`'s messages; the exit status when that
+/// fails).
+pub fn lock_dst(dst: &Path) -> Result<(PathBuf, Guard), i32> {
+    let dst = match make_dst(dst) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("ringsync: receive: {e}");
-            return exit::FATAL;
+            return Err(exit::FATAL);
         }
     };
-    let guard = match Guard::lock(&dst) {
-        Ok(g) => g,
+    match Guard::lock(&dst) {
+        Ok(g) => Ok((dst, g)),
         Err(LockError::Busy) => {
             eprintln!(
                 "ringsync: receive: {} is busy: another mirror or receive runs into it",
                 dst.display()
             );
-            return exit::BUSY;
+            Err(exit::BUSY)
         }
         Err(LockError::Other(e)) => {
             eprintln!("ringsync: receive: {e}");
-            return exit::FATAL;
+            Err(exit::FATAL)
         }
-    };
+    }
+}
+
+/// Apply a stream to `dst`, locked by `guard`. `listed`: the id of the listing of DST this
+/// process made under the same lock (a remote mirror): an incremental stream must have been
+/// made against it, and no resume token is kept (a later run lists DST again instead).
+pub fn apply_locked(
+    input: impl Read,
+    cfg: &ReceiveConfig,
+    dst: &Path,
+    guard: Guard,
+    listed: Option<[u8; 16]>,
+) -> i32 {
+    let dst = dst.to_path_buf();
     crate::engine::raise_nofile_limit();
     // Nothing is written to DST before the stream header checked out.
     let mut reader = match StreamReader::new(input, PAYLOAD_CAP) {
@@ -1786,7 +1810,20 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     };
     let mut record = guard.read().ok().flatten().unwrap_or_default();
     if incremental {
-        if let Err(e) = check_base(&header, &record, cfg.check_dst_state.then_some(&*root)) {
+        let checked = match listed {
+            Some(id) if header.required & stream::FEATURE_RESUMED != 0 => Err(format!(
+                "a stream made against a listing is not resumed (the sender lists DST again), and this one resumes; the listing was {}",
+                hex(&id)
+            )),
+            Some(id) if header.base_id != id => Err(format!(
+                "it was made against the listing {}, and DST's listing is {}",
+                hex(&header.base_id),
+                hex(&id)
+            )),
+            Some(_) => Ok(()),
+            None => check_base(&header, &record, cfg.check_dst_state.then_some(&*root)),
+        };
+        if let Err(e) = checked {
             eprintln!(
                 "ringsync: receive: {}: refusing the incremental stream: {e}; nothing was changed",
                 dst.display()
@@ -1854,6 +1891,9 @@ pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
         errors: AtomicU64::new(0),
         guard,
         state: std::sync::Mutex::new(record),
+        // A full stream is made again the same way, so it resumes; a stream against a listing
+        // is not (the next run lists DST again).
+        tokens: listed.is_none() || !incremental,
     });
     let writer = match Writer::start(ap.clone(), header.max_payload as usize) {
         Ok(w) => w,

@@ -50,7 +50,9 @@ struct NewOp {
 
 /// The changes from PREV to SRC, by path.
 pub struct Plan {
-    prev: std::path::PathBuf,
+    /// PREV, when it is a directory here (`None`: a listing of a tree elsewhere, compared
+    /// without renames).
+    prev: Option<std::path::PathBuf>,
     old_ops: HashMap<Vec<u8>, OldOp>,
     /// PREV: directory path → names below it to visit.
     old_children: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
@@ -116,82 +118,106 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
     if let Some(s) = crate::signals::interrupted() {
         return Err(format!("stopped by {}", crate::signals::name(s)));
     }
-    let mut plan = Plan {
-        prev: prev.to_path_buf(),
-        old_ops: HashMap::new(),
-        old_children: BTreeMap::new(),
-        hold_below: HashSet::new(),
-        new_ops: HashMap::new(),
-        new_children: BTreeMap::new(),
-        bytes: 0,
-    };
-    // Holding names numbered in the order of the old paths: the same trees always give the
-    // same stream (a resumed stream must), whatever order the walk found them in.
-    let mut renames: Vec<(&[u8], &[u8])> = d
-        .changes
-        .iter()
-        .filter(|c| c.kind == Kind::Renamed)
-        .map(|c| (c.old_path.as_slice(), c.path.as_slice()))
-        .collect();
-    renames.sort_unstable();
-    for (k, (old, new)) in renames.into_iter().enumerate() {
-        let k = k as u64 + 1;
-        plan.old_ops.insert(old.to_vec(), OldOp::Hold(k));
-        plan.new_ops.entry(new.to_vec()).or_default().from_hold = Some(k);
+    Ok((base, Plan::new(Some(prev.to_path_buf()), &d.changes)))
+}
+
+/// The changes from a listing of the receiver's tree (`crate::listing`) to SRC: its base id
+/// is the listing's.
+pub fn prepare_listing(
+    listing: &crate::listing::Listing,
+    src: &Path,
+    engine: EngineKind,
+    quiet: bool,
+) -> Result<([u8; 16], Plan), String> {
+    let errors = ErrorLog::new(quiet);
+    let entries = crate::listing::walk(src, listing.flags, engine, true, &errors)?;
+    if errors.errors() > 0 {
+        return Err(format!(
+            "{} entries could not be compared; send a full stream",
+            errors.errors()
+        ));
     }
-    for c in &d.changes {
-        if c.path.is_empty() && c.old_path.is_empty() {
-            // The root's attributes: its DIR_END always carries them.
-            continue;
-        }
-        let sent_whole = |plan: &mut Plan| {
-            if let Some(m) = &c.new {
-                if m.file_type() == FileType::RegularFile {
-                    plan.bytes += m.size;
-                }
-            }
-        };
-        match c.kind {
-            Kind::Renamed => {}
-            Kind::Deleted => {
-                plan.old_ops.entry(c.old_path.clone()).or_insert(OldOp::Unlink);
-            }
-            Kind::Type => {
-                plan.old_ops.entry(c.old_path.clone()).or_insert(OldOp::Unlink);
-                plan.new_ops.entry(c.path.clone()).or_default().whole = true;
-                sent_whole(&mut plan);
-            }
-            Kind::Created | Kind::Modified | Kind::Link => {
-                plan.new_ops.entry(c.path.clone()).or_default().whole = true;
-                sent_whole(&mut plan);
-            }
-            Kind::Attrs => plan.new_ops.entry(c.path.clone()).or_default().attrs = true,
-        }
-    }
-    for (p, op) in &plan.old_ops {
-        let hold = matches!(op, OldOp::Hold(_));
-        parents(p, |parent, name| {
-            plan.old_children
-                .entry(parent.to_vec())
-                .or_default()
-                .insert(name.to_vec());
-            if hold {
-                plan.hold_below.insert(parent.to_vec());
-            }
-        });
-    }
-    for p in plan.new_ops.keys() {
-        parents(p, |parent, name| {
-            plan.new_children
-                .entry(parent.to_vec())
-                .or_default()
-                .insert(name.to_vec());
-        });
-    }
-    Ok((base, plan))
+    let changes = crate::listing::compare(listing, &entries);
+    Ok((listing.id, Plan::new(None, &changes)))
 }
 
 impl Plan {
+    fn new(prev: Option<std::path::PathBuf>, changes: &[diff::Change]) -> Plan {
+        let d_changes = changes;
+        let mut plan = Plan {
+            prev,
+            old_ops: HashMap::new(),
+            old_children: BTreeMap::new(),
+            hold_below: HashSet::new(),
+            new_ops: HashMap::new(),
+            new_children: BTreeMap::new(),
+            bytes: 0,
+        };
+        // Holding names numbered in the order of the old paths: the same trees always give the
+        // same stream (a resumed stream must), whatever order the walk found them in.
+        let mut renames: Vec<(&[u8], &[u8])> = d_changes
+            .iter()
+            .filter(|c| c.kind == Kind::Renamed)
+            .map(|c| (c.old_path.as_slice(), c.path.as_slice()))
+            .collect();
+        renames.sort_unstable();
+        for (k, (old, new)) in renames.into_iter().enumerate() {
+            let k = k as u64 + 1;
+            plan.old_ops.insert(old.to_vec(), OldOp::Hold(k));
+            plan.new_ops.entry(new.to_vec()).or_default().from_hold = Some(k);
+        }
+        for c in d_changes {
+            if c.path.is_empty() && c.old_path.is_empty() {
+                // The root's attributes: its DIR_END always carries them.
+                continue;
+            }
+            let sent_whole = |plan: &mut Plan| {
+                if let Some(m) = &c.new {
+                    if m.file_type() == FileType::RegularFile {
+                        plan.bytes += m.size;
+                    }
+                }
+            };
+            match c.kind {
+                Kind::Renamed => {}
+                Kind::Deleted => {
+                    plan.old_ops.entry(c.old_path.clone()).or_insert(OldOp::Unlink);
+                }
+                Kind::Type => {
+                    plan.old_ops.entry(c.old_path.clone()).or_insert(OldOp::Unlink);
+                    plan.new_ops.entry(c.path.clone()).or_default().whole = true;
+                    sent_whole(&mut plan);
+                }
+                Kind::Created | Kind::Modified | Kind::Link => {
+                    plan.new_ops.entry(c.path.clone()).or_default().whole = true;
+                    sent_whole(&mut plan);
+                }
+                Kind::Attrs => plan.new_ops.entry(c.path.clone()).or_default().attrs = true,
+            }
+        }
+        for (p, op) in &plan.old_ops {
+            let hold = matches!(op, OldOp::Hold(_));
+            parents(p, |parent, name| {
+                plan.old_children
+                    .entry(parent.to_vec())
+                    .or_default()
+                    .insert(name.to_vec());
+                if hold {
+                    plan.hold_below.insert(parent.to_vec());
+                }
+            });
+        }
+        for p in plan.new_ops.keys() {
+            parents(p, |parent, name| {
+                plan.new_children
+                    .entry(parent.to_vec())
+                    .or_default()
+                    .insert(name.to_vec());
+            });
+        }
+        plan
+    }
+
     /// (bytes, entries) for ESTIMATE: what is sent whole, and the entries with changes.
     pub fn estimate(&self) -> (u64, u64) {
         (self.bytes, (self.old_ops.len() + self.new_ops.len()) as u64)
@@ -200,16 +226,21 @@ impl Plan {
     /// Send the incremental records (the root's XATTRs came before; the root's DIR_END is
     /// sent here).
     pub fn run(&self, s: &mut Sender, root: Arc<OwnedFd>) -> Result<(), Failure> {
-        let prev = rustix::fs::open(
-            &self.prev,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Failure::Fatal(format!("open {}: {e}", self.prev.display())))?;
+        let prev = match &self.prev {
+            Some(p) => Some(
+                rustix::fs::open(
+                    p,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Failure::Fatal(format!("open {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
         let root_meta =
             fstatx(&root).map_err(|e| Failure::Fatal(format!("statx {}: {e}", s.src.display())))?;
         s.xattrs(&root, c".", b"")?;
-        self.old_dir(s, &prev, Some(&root), 0, b"")?;
+        self.old_dir(s, prev.as_ref(), Some(&root), 0, b"")?;
         self.new_dir(s, &root, 0, b"", false)?;
         s.put(&Record::DirEnd {
             dir: 0,
@@ -218,11 +249,13 @@ impl Plan {
     }
 
     /// Part 1 in PREV's directory `rel` (open as `fd`, id `id`); `src` is the same directory
-    /// in SRC when it is there, whose attributes its DIR_END then carries.
+    /// in SRC when it is there, whose attributes its DIR_END then carries. Without PREV here
+    /// (a listing, no renames) a directory is entered only where it stays, so SRC's stands
+    /// for it.
     fn old_dir(
         &self,
         s: &mut Sender,
-        fd: &OwnedFd,
+        fd: Option<&OwnedFd>,
         src: Option<&OwnedFd>,
         id: u64,
         rel: &[u8],
@@ -239,10 +272,19 @@ impl Plan {
             let descend = self.old_children.contains_key(&p)
                 && (op != Some(OldOp::Unlink) || self.hold_below.contains(&p));
             if descend {
-                let fail = |e| Failure::Fatal(format!("{}: {e}", diff::full(&self.prev, &p).display()));
+                let (root, fd) = match fd {
+                    Some(fd) => (self.prev.as_deref().expect("PREV open"), fd),
+                    None => (
+                        s.src,
+                        src.expect("a listing's directories are entered where they stay"),
+                    ),
+                };
+                let fail = |e| Failure::Fatal(format!("{}: {e}", diff::full(root, &p).display()));
                 let m = statx_at(fd, &n).map_err(|e| fail(format!("statx: {e}")))?;
                 if m.file_type() != FileType::Directory {
-                    return Err(fail("not a directory any more (PREV changed)".into()));
+                    return Err(fail(
+                        "not a directory any more (it changed since the comparison)".into(),
+                    ));
                 }
                 let child = open_entry(fd, &n, OFlags::DIRECTORY).map_err(|e| fail(format!("open: {e}")))?;
                 // The same directory in SRC, when it stays where it is.
@@ -265,7 +307,8 @@ impl Plan {
                     meta,
                 })?;
                 s.xattrs(xdir, &n, &p)?;
-                self.old_dir(s, &child, src_child.as_ref(), cid, &p)?;
+                let prev_child = self.prev.is_some().then_some(&child);
+                self.old_dir(s, prev_child, src_child.as_ref(), cid, &p)?;
                 s.put(&Record::DirEnd { dir: cid, meta })?;
                 s.maybe_checkpoint()?;
             }

@@ -63,6 +63,8 @@ pub struct SendConfig {
     pub resume: Option<ResumeToken>,
     /// Send the changes from this earlier state of SRC (an incremental stream).
     pub from: Option<PathBuf>,
+    /// Send the changes from the tree this listing describes (a remote mirror's DST).
+    pub listing: Option<crate::listing::Listing>,
     /// Say nothing when the reader goes away (a remote mirror: the remote end says why).
     pub quiet_reader_gone: bool,
 }
@@ -1008,6 +1010,23 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
             Err(e) => {
                 line.finish();
                 eprintln!("ringsync: send: --from {}: {e}", prev.display());
+                return exit::FATAL;
+            }
+        }
+    } else if let Some(l) = cfg.listing.as_ref().filter(|l| !l.entries.is_empty()) {
+        // (Against an empty listing, a full stream: the same records, and resumable.)
+        match incremental::prepare_listing(l, &cfg.src, cfg.engine, cfg.quiet) {
+            Ok((id, p)) => {
+                base_id = id;
+                (est_bytes, est_entries) = p.estimate();
+                plan = Some(p);
+            }
+            Err(e) => {
+                line.finish();
+                eprintln!(
+                    "ringsync: send: compare {} with the receiver's listing: {e}",
+                    cfg.src.display()
+                );
                 return exit::FATAL;
             }
         }
