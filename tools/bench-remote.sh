@@ -4,8 +4,18 @@
 # Every round runs each command once (order rotating), each into a fresh destination; the report
 # gives medians, min..max and the median of paired ratios to rsync. Run as root.
 #
-#   [RINGSYNC_BIN=target/release/ringsync] [ROUNDS=5] [DATASETS=mixed]
+#   [RINGSYNC_BIN=target/release/ringsync] [ROUNDS=5] [DATASETS=mixed] [SCENARIOS="initial change nochange"]
 #   [BENCH_DIR=/var/tmp/ringsync-bench] [SSH_OPTS="-c aes128-gcm@openssh.com"] tools/bench-remote.sh > perf/report.md
+#
+# Scenarios:
+#   initial   initial sync of each dataset in DATASETS (below)
+#   change    cron-style: a working copy of `mixed` is SRC; each tool keeps its own target
+#             (synced once, untimed); every round changes ~1% of SRC's entries in place
+#             (tools/mutate-tree.py), then times `ringsync mirror` and `rsync -aHAX --delete`
+#             (order alternating), each into its own target. Then one more change, untimed,
+#             for wire bytes: ringsync's through a counting -e wrapper, rsync's from --stats;
+#             and the changed file bytes (whole files, from `ringsync diff --json`).
+#   nochange  the same with `small` (50,000 x 4 KiB) and nothing changed between rounds.
 #
 # Commands (initial sync of a warm source into a fresh directory on the same disk):
 #   ringsync        ringsync mirror -e SSH SRC root@127.0.0.1:DST      (default: durable)
@@ -17,10 +27,11 @@ set -euo pipefail
 TOOL=bench-remote
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 tool_args "$@"
-record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR SSH_OPTS
+record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS SCENARIOS BENCH_DIR SSH_OPTS
 RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
 ROUNDS=${ROUNDS:-5}
 DATASETS=${DATASETS:-mixed}
+SCENARIOS=${SCENARIOS:-initial change nochange}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ringsync-bench}
 DATA=$BENCH_DIR/data-full
 OUT=$BENCH_DIR/remote-dst
@@ -28,7 +39,7 @@ OUT=$BENCH_DIR/remote-dst
 command -v rsync >/dev/null || die "rsync missing (apt-get install rsync)"
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 [[ -x $SSHD ]] || die "sshd missing (apt-get install openssh-server)"
-for ds in $DATASETS; do [[ -d $DATA/$ds ]] || die "$DATA/$ds missing: run tools/bench-copy.sh once"; done
+for ds in $DATASETS mixed small; do [[ -d $DATA/$ds ]] || die "$DATA/$ds missing: run tools/bench-copy.sh once"; done
 WORK=$(mktemp -d "$BENCH_DIR/remote-bin.XXXXXX")
 private_binary "$WORK"
 
@@ -53,7 +64,7 @@ LogLevel ERROR
 EOF
 "$SSHD" -D -e -f "$WORK/sshd_config" 2> "$WORK/sshd.log" &
 sshd_pid=$!
-trap 'kill $sshd_pid 2>/dev/null; wait $sshd_pid 2>/dev/null; rm -rf "$WORK" "$OUT"' EXIT
+trap 'kill $sshd_pid 2>/dev/null; wait $sshd_pid 2>/dev/null; rm -rf "$WORK" "$OUT" "$BENCH_DIR/remote-cron"' EXIT
 SSH="ssh -F /dev/null -p $port -i $WORK/client_key -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR ${SSH_OPTS:-}"
 for _ in $(seq 1 50); do $SSH root@127.0.0.1 true 2>/dev/null && break; sleep 0.1; done
 $SSH root@127.0.0.1 true || die "the private sshd did not come up: $(cat "$WORK/sshd.log")"
@@ -89,6 +100,7 @@ echo "ssh ceiling: 1 GiB through \`ssh cat > /dev/null\` median $(printf %.2f "$
 
 cmds=(ringsync ringsync-nofsync rsync rsync+sync)
 for ds in $DATASETS; do
+    [[ " $SCENARIOS " == *" initial "* ]] || break
     src=$DATA/$ds
     echo
     echo "## $ds ($(du -sh --apparent-size "$src" | cut -f1), $(find "$src" | wc -l) entries): initial sync into a fresh directory"
@@ -116,4 +128,94 @@ for ds in $DATASETS; do
     done
     unset times
     rm -rf "$OUT"; drop
+done
+
+# ---- cron-style scenarios: each tool its own target, SRC changed in place between rounds.
+MUT="$(dirname "${BASH_SOURCE[0]}")/mutate-tree.py"
+cat > "$WORK/count-rsh" <<EOF
+#!/bin/bash
+set -o pipefail
+tee -a "$WORK/wire.in" | $SSH "\$@"
+EOF
+chmod +x "$WORK/count-rsh"
+
+rs_mirror() { "$RS" mirror -q -e "${2:-$SSH}" --remote-bin "$RS" "$SRC" "root@127.0.0.1:$1"; }
+rsync_mirror() { rsync -aHAX --delete "$@" -e "$SSH" "$SRC/" "root@127.0.0.1:$RSYNC_DST"; }
+
+# Whole-file bytes SRC holds that the ringsync target lacks (created or changed files), and
+# the number of changed entries.
+changed_bytes() {
+    "$RS" diff --json "$SRC" "$RS_DST" | python3 -c '
+import json, os, sys
+src = sys.argv[1]; total = 0; n = 0
+for line in sys.stdin:
+    c = json.loads(line); n += 1
+    if c.get("type") == "file" and c["change"] in ("created", "modified", "type", "link"):
+        try: total += os.lstat(os.path.join(src, c["path"])).st_size
+        except OSError: pass
+print(total, n)' "$SRC"
+}
+
+cron_scenario() {
+    local scen=$1 ds=$2 t0 t1 r
+    CRON=$BENCH_DIR/remote-cron
+    rm -rf "$CRON"; mkdir -p "$CRON"
+    SRC=$CRON/src RS_DST=$CRON/rs RSYNC_DST=$CRON/rsync
+    cp -a "$DATA/$ds" "$SRC"
+    [[ $scen == change ]] && python3 "$MUT" prep "$SRC" --seed 1 >/dev/null
+    rs_mirror "$RS_DST"; rsync_mirror
+    sync; drop; sleep 2
+    python3 "$MUT" warm "$SRC" "$RS_DST" "$RSYNC_DST" --data "$SRC" >/dev/null
+    # One untimed round each (page cache and memory warm up).
+    rs_mirror "$RS_DST"; rsync_mirror
+    local rt=() st=()
+    for r in $(seq 1 "$ROUNDS"); do
+        if [[ $scen == change ]]; then
+            python3 "$MUT" mutate "$SRC" --seed "$((100 + r))" --fraction 0.01 >/dev/null
+            sync; sleep 1
+        fi
+        if ((r % 2)); then
+            t0=$(now); rs_mirror "$RS_DST"; t1=$(now); rt+=("$(echo "$t1 - $t0" | bc -l)")
+            t0=$(now); rsync_mirror; t1=$(now); st+=("$(echo "$t1 - $t0" | bc -l)")
+        else
+            t0=$(now); rsync_mirror; t1=$(now); st+=("$(echo "$t1 - $t0" | bc -l)")
+            t0=$(now); rs_mirror "$RS_DST"; t1=$(now); rt+=("$(echo "$t1 - $t0" | bc -l)")
+        fi
+    done
+    local ratios=()
+    for i in "${!rt[@]}"; do ratios+=("$(echo "${rt[$i]} / ${st[$i]}" | bc -l)"); done
+    echo
+    if [[ $scen == change ]]; then
+        echo "## $ds, ~1% of the entries changed in place before each round (cron-style: each tool its own target)"
+    else
+        echo "## $ds ($(find "$SRC" | wc -l) entries), nothing changed (cron-style: each tool its own target)"
+    fi
+    echo
+    echo "| command | median s | min..max s | median of paired ratios to rsync |"
+    echo "|---|---:|---|---:|"
+    printf '| ringsync mirror | %.3f | %.3f..%.3f | %.2f |\n' "$(printf '%s\n' "${rt[@]}" | median)" \
+        "$(printf '%s\n' "${rt[@]}" | sort -g | head -1)" "$(printf '%s\n' "${rt[@]}" | sort -g | tail -1)" \
+        "$(printf '%s\n' "${ratios[@]}" | median)"
+    printf '| rsync -aHAX --delete | %.3f | %.3f..%.3f | 1 |\n' "$(printf '%s\n' "${st[@]}" | median)" \
+        "$(printf '%s\n' "${st[@]}" | sort -g | head -1)" "$(printf '%s\n' "${st[@]}" | sort -g | tail -1)"
+    echo
+    echo "Rounds (ringsync / rsync, s): $(for i in "${!rt[@]}"; do printf '%.3f/%.3f ' "${rt[$i]}" "${st[$i]}"; done)"
+    # Wire bytes of one more round (untimed).
+    if [[ $scen == change ]]; then
+        python3 "$MUT" mutate "$SRC" --seed 999 --fraction 0.01 >/dev/null
+        sync; sleep 1
+    fi
+    local cb cn wire rsw
+    read -r cb cn < <(changed_bytes)
+    rm -f "$WORK/wire.in"
+    rs_mirror "$RS_DST" "$WORK/count-rsh"
+    wire=$(stat -c %s "$WORK/wire.in" 2>/dev/null || echo 0)
+    rsw=$(rsync_mirror --stats | awk '/^Total bytes sent:/ {gsub(",", "", $4); print $4}')
+    echo
+    echo "Wire bytes of one more round: ringsync sent $wire bytes to the remote end for $cb changed file bytes in $cn changed entries (goal: at most 1.1 x $cb + 200 x $cn = $(echo "1.1 * $cb + 200 * $cn" | bc -l | cut -d. -f1)); rsync sent $rsw bytes (--stats)."
+    rm -rf "$CRON"; drop
+}
+for scen in change nochange; do
+    [[ " $SCENARIOS " == *" $scen "* ]] || continue
+    if [[ $scen == change ]]; then cron_scenario change mixed; else cron_scenario nochange small; fi
 done
