@@ -189,6 +189,15 @@ pub enum ServeRole {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Greet, then write SRC's listing on stdout (for a pull's --dry-run, -v, --json).
+    List {
+        src: PathBuf,
+        /// The receiving end runs as root (owners and every xattr namespace count).
+        #[arg(long)]
+        root: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Greet, then write SRC's stream on stdout.
     Send {
         src: PathBuf,
@@ -871,6 +880,7 @@ impl MirrorArgs {
     #[allow(clippy::type_complexity)]
     pub fn remote(
         &self,
+        matches: Option<&clap::ArgMatches>,
     ) -> Option<
         Result<
             (
@@ -912,25 +922,21 @@ impl MirrorArgs {
             }
             let f = &self.filter;
             let d = &self.data;
+            let filters = !(f.exclude.is_empty()
+                && f.include.is_empty()
+                && f.exclude_from.is_empty()
+                && f.include_from.is_empty()
+                && f.filter.is_empty()
+                && f.files_from.is_none()
+                && !f.one_file_system);
             let unsupported = [
                 (self.prev.is_some(), "--prev"),
-                (self.dry_run, "--dry-run"),
                 (self.checksum, "--checksum"),
-                (self.delete_excluded, "--delete-excluded"),
-                (self.atimes, "--atimes"),
+                // The sending end is remote: it would need the rules.
                 (
-                    !(f.exclude.is_empty()
-                        && f.include.is_empty()
-                        && f.exclude_from.is_empty()
-                        && f.include_from.is_empty()
-                        && f.filter.is_empty()
-                        && f.files_from.is_none()
-                        && !f.one_file_system),
-                    "filters (--exclude, --include, --filter, --files-from, -x)",
+                    src.is_some() && (filters || self.delete_excluded),
+                    "filters when pulling (--exclude, --include, --filter, --files-from, -x, --delete-excluded)",
                 ),
-                (d.json, "--json"),
-                (d.verbose, "--verbose"),
-                (d.log_file.is_some(), "--log-file"),
                 (d.threads.is_some(), "--threads"),
                 (!matches!(d.reflink, ReflinkArg::Auto), "--reflink"),
                 (!matches!(d.data_path, DataPathArg::Auto), "--data-path"),
@@ -953,6 +959,12 @@ impl MirrorArgs {
                 memory: d.memory,
                 bwlimit: d.bwlimit,
                 progress: crate::progress::mode(d.quiet, d.progress),
+                dry_run: self.dry_run,
+                json: d.json,
+                verbose: d.verbose,
+                atimes: self.atimes,
+                log_file: d.log_file.clone(),
+                filter_spec: self.filter.spec(matches, self.delete_excluded),
             };
             Ok((opts, side(src.clone(), &self.src), side(dst.clone(), &self.dst)))
         })())

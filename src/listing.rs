@@ -26,14 +26,17 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{self, BufRead, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::FileType;
 
 use crate::diff::{self, Change, Kind, WalkOpts};
 use crate::error::ErrorLog;
+use crate::filter::{Filter, Verdict};
 use crate::meta::{self, Meta, Preserve};
 use crate::ring::EngineKind;
+use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"RSLIST1\n";
 /// Flag: the receiving end runs as root, so owners and xattrs of every namespace count.
@@ -114,6 +117,7 @@ pub fn walk(
     flags: u8,
     engine: EngineKind,
     skip_sockets: bool,
+    filter: Arc<Filter>,
     errors: &ErrorLog,
 ) -> Result<Vec<(Entry, Meta)>, String> {
     let preserve = preserve_for(flags);
@@ -127,7 +131,7 @@ pub fn walk(
         preserve,
         changed_since: None,
         skip_new_sockets: skip_sockets,
-        filter: Default::default(),
+        filter,
         copy_view: false,
         seen: Default::default(),
     };
@@ -493,11 +497,85 @@ pub fn read(r: &mut impl BufRead) -> Result<Listing, ReadError> {
     Ok(l)
 }
 
+/// What a sender compares with a receiver's listing: the listing's id and the changes.
+pub struct Against {
+    pub id: [u8; 16],
+    /// The listing held no entry (a full stream does the same, and resumes).
+    pub empty: bool,
+    pub changes: Vec<Change>,
+    /// Protected entries standing where SRC has another type (reported, left alone).
+    pub errors: u64,
+}
+
+/// Walk SRC (through `filter`) and compare it with the receiver's listing. Entries that could
+/// not be read go to `errors` (the caller then changes nothing); entries the filter protects
+/// and cannot leave alone are reported on their own and counted in [`Against::errors`].
+pub fn against(
+    l: &Listing,
+    src: &Path,
+    engine: EngineKind,
+    filter: Arc<Filter>,
+    errors: &ErrorLog,
+) -> Result<Against, String> {
+    let entries = walk(src, l.flags, engine, true, filter.clone(), errors)?;
+    let protected = ErrorLog::new(false);
+    let changes = compare(l, &entries, &filter, &protected);
+    Ok(Against {
+        id: l.id,
+        empty: l.entries.is_empty(),
+        changes,
+        errors: protected.errors(),
+    })
+}
+
+/// The metadata an entry stands for (no inode: a hardlink group says `nlink` 2).
+pub fn meta_of(e: &Entry) -> Meta {
+    let ts = |t: (i64, u32)| rustix::fs::Timespec {
+        tv_sec: t.0,
+        tv_nsec: t.1 as _,
+    };
+    Meta {
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        blocks: 0,
+        nlink: if e.link != 0 { 2 } else { 1 },
+        dev: 0,
+        ino: e.link,
+        rdev: e.rdev,
+        atime: ts(e.atime),
+        mtime: ts(e.mtime),
+        ctime: ts(e.mtime),
+        btime: None,
+    }
+}
+
 /// What changed from the listed tree (OLD) to `src` (NEW, from [`walk`] with the listing's
-/// flags): the diff walk's changes, every entry of created and deleted directories listed.
-pub fn compare(old: &Listing, src: &[(Entry, Meta)]) -> Vec<Change> {
+/// flags and `filter`): the diff walk's changes, every entry of created and deleted
+/// directories listed. OLD entries the filter excludes are protected (left alone), unless it
+/// deletes excluded entries; one standing where SRC has an entry of another type is reported
+/// to `errors` and left alone.
+pub fn compare(old: &Listing, src: &[(Entry, Meta)], filter: &Filter, errors: &ErrorLog) -> Vec<Change> {
     let owner = old.flags & FLAG_ROOT != 0;
-    let by_path: HashMap<&[u8], &Entry> = old.entries.iter().map(|e| (e.path.as_slice(), e)).collect();
+    // Protected: excluded, or below an excluded directory (listed in order: parents first).
+    let mut protected: std::collections::HashSet<&[u8]> = Default::default();
+    if filter.needs_paths() && !filter.delete_excluded {
+        for e in &old.entries {
+            let (parent, _) = diff::split(&e.path);
+            if protected.contains(parent)
+                || filter.verdict(&e.path, e.file_type() == FileType::Directory, false) == Verdict::Skip
+            {
+                protected.insert(&e.path);
+            }
+        }
+    }
+    let by_path: HashMap<&[u8], &Entry> = old
+        .entries
+        .iter()
+        .filter(|e| !protected.contains(e.path.as_slice()))
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
     let mut old_groups: HashMap<u64, Vec<&[u8]>> = HashMap::new();
     for e in &old.entries {
         if e.link != 0 {
@@ -510,24 +588,46 @@ pub fn compare(old: &Listing, src: &[(Entry, Meta)]) -> Vec<Change> {
             new_groups.entry(e.link).or_default().push(&e.path);
         }
     }
-    let change = |kind, path: &[u8], m: &Meta, attrs| Change {
+    let change = |kind, path: &[u8], o: Option<&Entry>, m: &Meta, attrs| Change {
         kind,
         path: path.to_vec(),
         old_path: path.to_vec(),
-        old: None,
+        old: o.map(meta_of),
         new: Some(*m),
         attrs,
     };
     let mut out = Vec::new();
     let mut present: std::collections::HashSet<&[u8]> = Default::default();
+    // SRC entries left out: where a protected entry stands, and below.
+    let mut dropped: std::collections::HashSet<&[u8]> = Default::default();
     for (n, m) in src {
         present.insert(&n.path);
+        let (parent, _) = diff::split(&n.path);
+        if dropped.contains(parent) {
+            dropped.insert(&n.path);
+            continue;
+        }
+        if protected.contains(n.path.as_slice()) {
+            dropped.insert(&n.path);
+            {
+                errors.report(crate::error::EntryError::msg(
+                    "mirror",
+                    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&n.path)),
+                    format!(
+                        "an excluded entry stands where the source has a {}; left alone \
+                         (--delete-excluded replaces it)",
+                        diff::type_name(n.file_type())
+                    ),
+                ));
+            }
+            continue;
+        }
         let Some(o) = by_path.get(n.path.as_slice()) else {
-            out.push(change(Kind::Created, &n.path, m, 0));
+            out.push(change(Kind::Created, &n.path, None, m, 0));
             continue;
         };
         if o.mode & 0o170000 != n.mode & 0o170000 {
-            out.push(change(Kind::Type, &n.path, m, 0));
+            out.push(change(Kind::Type, &n.path, Some(o), m, 0));
             continue;
         }
         let ft = n.file_type();
@@ -538,7 +638,7 @@ pub fn compare(old: &Listing, src: &[(Entry, Meta)]) -> Vec<Change> {
             _ => false,
         };
         if data {
-            out.push(change(Kind::Modified, &n.path, m, 0));
+            out.push(change(Kind::Modified, &n.path, Some(o), m, 0));
         } else {
             let mut bits = 0;
             if ft != FileType::Symlink && o.mode & 0o7777 != n.mode & 0o7777 {
@@ -558,7 +658,7 @@ pub fn compare(old: &Listing, src: &[(Entry, Meta)]) -> Vec<Change> {
                 bits |= diff::attr::XATTRS;
             }
             if bits != 0 {
-                out.push(change(Kind::Attrs, &n.path, m, bits));
+                out.push(change(Kind::Attrs, &n.path, Some(o), m, bits));
             }
         }
         // Hardlink groups: the paths sharing the inode on each side.
@@ -574,17 +674,17 @@ pub fn compare(old: &Listing, src: &[(Entry, Meta)]) -> Vec<Change> {
             was.sort_unstable();
             now.sort_unstable();
             if was != now {
-                out.push(change(Kind::Link, &n.path, m, 0));
+                out.push(change(Kind::Link, &n.path, Some(o), m, 0));
             }
         }
     }
     for o in &old.entries {
-        if !present.contains(o.path.as_slice()) {
+        if !present.contains(o.path.as_slice()) && !protected.contains(o.path.as_slice()) {
             out.push(Change {
                 kind: Kind::Deleted,
                 path: o.path.clone(),
                 old_path: o.path.clone(),
-                old: None,
+                old: Some(meta_of(o)),
                 new: None,
                 attrs: 0,
             });

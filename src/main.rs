@@ -83,6 +83,15 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 }
             },
         ),
+        ServeRole::List { src, root, quiet } => {
+            match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
+                Ok(e) => ringsync::remote::serve_list_src(&src, root, e, quiet),
+                Err(e) => {
+                    eprintln!("ringsync: serve: {}", e.0);
+                    exit::FATAL
+                }
+            }
+        }
         ServeRole::Send {
             src,
             resume,
@@ -145,7 +154,7 @@ fn main() {
         std::process::exit(exit::USAGE);
     };
     let code = match cli.command {
-        Command::Mirror(args) => match args.remote() {
+        Command::Mirror(args) => match args.remote(sub) {
             Some(r) => {
                 let (opts, src, dst) = r.unwrap_or_else(|e| usage(e));
                 let _ = ringsync::signals::install(|_| {});

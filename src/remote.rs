@@ -121,6 +121,30 @@ pub struct RemoteOpts {
     pub memory: u64,
     pub bwlimit: Option<u64>,
     pub progress: crate::progress::Mode,
+    /// `--dry-run`: list what would change, change nothing.
+    pub dry_run: bool,
+    /// `--json`: the changes as NDJSON on stdout.
+    pub json: bool,
+    /// `-v`: the changes as lines on stdout.
+    pub verbose: bool,
+    /// `--atimes`: list changes of atime alone too.
+    pub atimes: bool,
+    pub log_file: Option<PathBuf>,
+    /// Filters (the sending end applies them: push only).
+    pub filter_spec: crate::filter::FilterSpec,
+}
+
+/// What a run shows and selects, made once from [`RemoteOpts`].
+struct Shown {
+    filter: std::sync::Arc<crate::filter::Filter>,
+    report: crate::report::Reporter,
+}
+
+impl RemoteOpts {
+    /// Whether the changes are listed (on stdout, or in the log file).
+    fn lists(&self) -> bool {
+        self.dry_run || self.verbose || self.json || self.log_file.is_some()
+    }
 }
 
 /// One side of a mirror.
@@ -140,12 +164,37 @@ enum Attempt {
 
 /// `ringsync mirror` with a remote side: push or pull, with retries.
 pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
+    let filter = match crate::filter::Filter::load(&o.filter_spec) {
+        Ok(f) => std::sync::Arc::new(f),
+        Err(e) => {
+            eprintln!("ringsync: {e}");
+            return exit::USAGE;
+        }
+    };
+    let report = match crate::report::Reporter::open(
+        o.verbose || (o.dry_run && !o.json),
+        o.verbose,
+        o.log_file.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringsync: {e}");
+            return exit::USAGE;
+        }
+    };
+    let shown = Shown { filter, report };
+    let code = mirror_with(o, &shown, src, dst);
+    shown.report.flush();
+    code
+}
+
+fn mirror_with(o: &RemoteOpts, shown: &Shown, src: &Side, dst: &Side) -> i32 {
     let mut tries = 0u32;
     let mut use_token = true;
     loop {
         let attempt = match (src, dst) {
-            (Side::Local(s), Side::Remote(r)) => push(o, s, r, use_token),
-            (Side::Remote(r), Side::Local(d)) => pull(o, r, d, use_token),
+            (Side::Local(s), Side::Remote(r)) => push(o, shown, s, r, use_token),
+            (Side::Remote(r), Side::Local(d)) => pull(o, shown, r, d, use_token),
             _ => {
                 eprintln!("ringsync: mirror: one side must be local and the other remote");
                 return exit::USAGE;
@@ -321,7 +370,15 @@ fn remote_code(st: std::io::Result<ExitStatus>) -> i32 {
     st.ok().and_then(|s| s.code()).unwrap_or(255)
 }
 
-fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
+/// Print the changes (`-v`, `--dry-run`, `--json`, `--log-file`).
+fn show(o: &RemoteOpts, shown: &Shown, changes: &mut [crate::diff::Change]) {
+    if o.lists() {
+        crate::diff::sort(changes);
+        crate::mirror::print_changes(&crate::mirror::visible(changes, o.atimes), o.json, &shown.report);
+    }
+}
+
+fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) -> Attempt {
     let mut words: Vec<&[u8]> = vec![b"serve", b"receive"];
     if o.quiet {
         words.push(b"--quiet");
@@ -344,16 +401,65 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         .filter(|t| !t.is_empty() && use_token)
         .and_then(|t| ResumeToken::decode(&t).ok());
     let resumed = token.as_ref().map(|t| t.offset);
-    // The request: resume the interrupted full stream, or list DST and send the differences.
+    // The request: resume the interrupted full stream, or list DST and send the differences
+    // (a dry run: list DST only).
     let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
-    let plan = if token.is_some() { "full" } else { "listing" };
+    let token = token.filter(|_| !o.dry_run && !o.lists());
+    let resumed = resumed.filter(|_| token.is_some());
+    let plan = match (&token, o.dry_run) {
+        (_, true) => "list",
+        (Some(_), _) => "full",
+        (None, _) => "listing",
+    };
     if writeln!(stdin, "{}", serde_json::json!({ "plan": plan })).is_err() {
         drop(stdin);
         return ended_early(&r.host, child, "the remote end stopped before the request");
     }
     let listing = if token.is_none() {
         match crate::listing::read(&mut out) {
-            Ok(l) => Some(l),
+            Ok(l) => {
+                let walk_errors = crate::error::ErrorLog::new(o.quiet);
+                let against = crate::listing::against(&l, src, o.engine, shown.filter.clone(), &walk_errors);
+                let mut against = match against {
+                    Ok(a) if walk_errors.errors() == 0 => a,
+                    Ok(_) => {
+                        eprintln!(
+                            "ringsync: mirror: {} entries of {} could not be compared; nothing was changed",
+                            walk_errors.errors(),
+                            src.display()
+                        );
+                        drop(stdin);
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Attempt::Done(exit::PARTIAL);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "ringsync: mirror: compare {} with DST's listing: {e}",
+                            src.display()
+                        );
+                        drop(stdin);
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Attempt::Done(exit::FATAL);
+                    }
+                };
+                show(o, shown, &mut against.changes);
+                if o.dry_run {
+                    drop(stdin);
+                    let code = remote_code(child.wait());
+                    return match code {
+                        0 => Attempt::Done(if against.errors > 0 {
+                            exit::PARTIAL
+                        } else {
+                            exit::OK
+                        }),
+                        255 => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
+                        c => Attempt::Done(c),
+                    };
+                }
+                Some(against)
+            }
             Err(e) if e.ends_early => {
                 // The remote end stopped (busy, unwritable, link dropped): it said why.
                 drop(stdin);
@@ -369,6 +475,7 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
     } else {
         None
     };
+    let protected = listing.as_ref().map_or(0, |a| a.errors);
     let cfg = crate::send::SendConfig {
         src: src.to_path_buf(),
         out: None,
@@ -395,6 +502,7 @@ fn push(o: &RemoteOpts, src: &Path, r: &Remote, use_token: bool) -> Attempt {
         );
     }
     match (sent, remote) {
+        (0, 0) if protected > 0 => Attempt::Done(exit::PARTIAL),
         (s, 0) => Attempt::Done(s),
         (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
         (exit::FATAL, _) if resumed.is_some() => Attempt::ResumeRefused,
@@ -429,14 +537,17 @@ fn receive_config(o: &RemoteOpts, dst: &Path) -> crate::receive::ReceiveConfig {
     }
 }
 
-fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
-    let token = if use_token {
+fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
+    if o.dry_run {
+        return pull_dry_run(o, shown, r, dst);
+    }
+    let token = if use_token && !o.lists() {
         Guard::peek(dst).and_then(|rec| rec.resume)
     } else {
         None
     };
     if token.is_none() {
-        return pull_listing(o, r, dst);
+        return pull_listing(o, shown, r, dst);
     }
     let mut words: Vec<&[u8]> = vec![b"serve", b"send"];
     if o.quiet {
@@ -459,31 +570,116 @@ fn pull(o: &RemoteOpts, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
     finish_pull(r, child, out, got, token.is_some())
 }
 
-/// Pull: list DST (locked from here to the end), send the listing, apply the differences.
-fn pull_listing(o: &RemoteOpts, r: &Remote, dst: &Path) -> Attempt {
-    let _ = crate::signals::install(|_| {});
-    let (dst, guard) = match crate::receive::lock_dst(dst) {
-        Ok(x) => x,
-        Err(code) => return Attempt::Done(code),
-    };
+/// The remote SRC's listing (`serve list`), made for a receiving end with `flags`.
+fn remote_listing(o: &RemoteOpts, r: &Remote, flags: u8) -> Result<crate::listing::Listing, Attempt> {
+    let mut words: Vec<&[u8]> = vec![b"serve", b"list"];
+    if flags & crate::listing::FLAG_ROOT != 0 {
+        words.push(b"--root");
+    }
+    words.push(b"--");
+    words.push(r.path.as_os_str().as_bytes());
+    let (child, mut out) = start(o, r, &words, Stdio::null())?;
+    match crate::listing::read(&mut out) {
+        Ok(l) => {
+            drop(out);
+            let mut child = child;
+            let _ = child.wait();
+            Ok(l)
+        }
+        Err(e) if e.ends_early => Err(ended_early(&r.host, child, &e.to_string())),
+        Err(e) => {
+            let mut child = child;
+            eprintln!("ringsync: mirror: {}: SRC's listing: {e}", r.host);
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Attempt::Done(exit::REMOTE))
+        }
+    }
+}
+
+/// Local DST's entries (none when it does not exist yet).
+fn local_entries(o: &RemoteOpts, dst: &Path, flags: u8) -> Result<Vec<crate::listing::Entry>, Attempt> {
+    if !dst.exists() {
+        return Ok(Vec::new());
+    }
     let errors = crate::error::ErrorLog::new(o.quiet);
-    let flags = crate::listing::own_flags();
-    let entries = match crate::listing::walk(&dst, flags, o.engine, false, &errors) {
-        Ok(e) if errors.errors() == 0 => e,
+    match crate::listing::walk(dst, flags, o.engine, false, Default::default(), &errors) {
+        Ok(e) if errors.errors() == 0 => Ok(e.into_iter().map(|(e, _)| e).collect()),
         Ok(_) => {
             eprintln!(
                 "ringsync: mirror: list {}: {} entries could not be read",
                 dst.display(),
                 errors.errors()
             );
-            return Attempt::Done(exit::FATAL);
+            Err(Attempt::Done(exit::FATAL))
         }
         Err(e) => {
             eprintln!("ringsync: mirror: list {}: {e}", dst.display());
-            return Attempt::Done(exit::FATAL);
+            Err(Attempt::Done(exit::FATAL))
         }
+    }
+}
+
+/// What a pull changes in DST: the remote SRC's listing against DST's entries.
+fn pull_changes(
+    o: &RemoteOpts,
+    shown: &Shown,
+    r: &Remote,
+    flags: u8,
+    dst_entries: Vec<crate::listing::Entry>,
+) -> Result<u64, Attempt> {
+    let src = remote_listing(o, r, flags)?;
+    let old = crate::listing::Listing {
+        flags,
+        entries: dst_entries,
+        id: [0; 16],
     };
-    let entries: Vec<crate::listing::Entry> = entries.into_iter().map(|(e, _)| e).collect();
+    let new: Vec<(crate::listing::Entry, crate::meta::Meta)> = src
+        .entries
+        .into_iter()
+        .map(|e| {
+            let m = crate::listing::meta_of(&e);
+            (e, m)
+        })
+        .collect();
+    let errors = crate::error::ErrorLog::new(o.quiet);
+    let mut changes = crate::listing::compare(&old, &new, &shown.filter, &errors);
+    show(o, shown, &mut changes);
+    Ok(errors.errors())
+}
+
+/// `--dry-run` pull: SRC's listing compared with DST here; nothing is locked or written.
+fn pull_dry_run(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attempt {
+    let flags = crate::listing::own_flags();
+    let entries = match local_entries(o, dst, flags) {
+        Ok(e) => e,
+        Err(a) => return a,
+    };
+    match pull_changes(o, shown, r, flags, entries) {
+        Ok(0) => Attempt::Done(exit::OK),
+        Ok(_) => Attempt::Done(exit::PARTIAL),
+        Err(a) => a,
+    }
+}
+
+/// Pull: list DST (locked from here to the end), send the listing, apply the differences.
+fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attempt {
+    let _ = crate::signals::install(|_| {});
+    let (dst, guard) = match crate::receive::lock_dst(dst) {
+        Ok(x) => x,
+        Err(code) => return Attempt::Done(code),
+    };
+    let flags = crate::listing::own_flags();
+    let entries = match local_entries(o, &dst, flags) {
+        Ok(e) => e,
+        Err(a) => return a,
+    };
+    // -v, --json: what the remote end will send, from its listing of SRC (taken just before).
+    if o.lists() {
+        if let Err(a) = pull_changes(o, shown, r, flags, entries.clone()) {
+            return a;
+        }
+    }
     let mut words: Vec<&[u8]> = vec![b"serve", b"send", b"--listing"];
     if o.quiet {
         words.push(b"--quiet");
@@ -570,6 +766,8 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
         .and_then(|v| v["plan"].as_str().map(str::to_string));
     match plan.as_deref() {
         Some("full") => crate::receive::apply_stream(si, cfg),
+        // A dry run: DST as it is, not locked, not made.
+        Some("list") => serve_list(&cfg.dst, crate::listing::own_flags(), engine, cfg.quiet),
         Some("listing") => {
             let (dst, guard) = match crate::receive::lock_dst(&cfg.dst) {
                 Ok(x) => x,
@@ -577,7 +775,8 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
             };
             let errors = crate::error::ErrorLog::new(cfg.quiet);
             let flags = crate::listing::own_flags();
-            let entries = match crate::listing::walk(&dst, flags, engine, false, &errors) {
+            let entries = match crate::listing::walk(&dst, flags, engine, false, Default::default(), &errors)
+            {
                 Ok(e) if errors.errors() == 0 => e,
                 Ok(_) => {
                     eprintln!(
@@ -608,6 +807,49 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
     }
 }
 
+/// The listing of `root` on stdout (none when it does not exist). `skip_sockets`: for a
+/// sending end's tree.
+fn write_listing(root: &Path, flags: u8, engine: EngineKind, quiet: bool, skip_sockets: bool) -> i32 {
+    let entries = if root.exists() {
+        let errors = crate::error::ErrorLog::new(quiet);
+        match crate::listing::walk(root, flags, engine, skip_sockets, Default::default(), &errors) {
+            Ok(e) if errors.errors() == 0 => e.into_iter().map(|(e, _)| e).collect(),
+            Ok(_) => {
+                eprintln!(
+                    "ringsync: serve: list {}: {} entries could not be read",
+                    root.display(),
+                    errors.errors()
+                );
+                return exit::FATAL;
+            }
+            Err(e) => {
+                eprintln!("ringsync: serve: list {}: {e}", root.display());
+                return exit::FATAL;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    match crate::listing::write(&mut std::io::stdout().lock(), flags, &entries) {
+        Ok(_) => exit::OK,
+        Err(_) => exit::LINK,
+    }
+}
+
+fn serve_list(dst: &Path, flags: u8, engine: EngineKind, quiet: bool) -> i32 {
+    write_listing(dst, flags, engine, quiet, false)
+}
+
+/// `ringsync serve list [--root] SRC`: the greeting, then SRC's listing, made for a receiving
+/// end that runs as root (`--root`) or not.
+pub fn serve_list_src(src: &Path, root: bool, engine: EngineKind, quiet: bool) -> i32 {
+    if greet(None).is_err() {
+        return exit::LINK;
+    }
+    let flags = if root { crate::listing::FLAG_ROOT } else { 0 };
+    write_listing(src, flags, engine, quiet, true)
+}
+
 /// `ringsync serve send SRC`: the greeting; with `listing`, the receiving end's listing of
 /// DST on stdin; then the stream (of the differences) on stdout.
 pub fn serve_send(listing: bool, mut cfg: crate::send::SendConfig) -> i32 {
@@ -616,10 +858,29 @@ pub fn serve_send(listing: bool, mut cfg: crate::send::SendConfig) -> i32 {
     }
     if listing {
         let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
-        match crate::listing::read(&mut si) {
-            Ok(l) => cfg.listing = Some(l),
+        let l = match crate::listing::read(&mut si) {
+            Ok(l) => l,
             Err(e) => {
                 eprintln!("ringsync: serve: the receiving end's listing: {e}");
+                return exit::FATAL;
+            }
+        };
+        let errors = crate::error::ErrorLog::new(cfg.quiet);
+        match crate::listing::against(&l, &cfg.src, cfg.engine, Default::default(), &errors) {
+            Ok(a) if errors.errors() == 0 => cfg.listing = Some(a),
+            Ok(_) => {
+                eprintln!(
+                    "ringsync: serve: {} entries of {} could not be compared; nothing was changed",
+                    errors.errors(),
+                    cfg.src.display()
+                );
+                return exit::PARTIAL;
+            }
+            Err(e) => {
+                eprintln!(
+                    "ringsync: serve: compare {} with the receiving end's listing: {e}",
+                    cfg.src.display()
+                );
                 return exit::FATAL;
             }
         }

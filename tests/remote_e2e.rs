@@ -488,9 +488,9 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
     assert!(stderr(&o).contains("home directory"), "{}", stderr(&o));
 
     // A remote side with an option that needs both sides compared: refused, nothing run.
-    let o = mirror(&s, &[OsStr::new("--dry-run")], src.as_os_str(), &dst);
+    let o = mirror(&s, &[OsStr::new("--checksum")], src.as_os_str(), &dst);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--dry-run"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--checksum"), "{}", stderr(&o));
 }
 
 /// An rsh (for `-e`) that runs the test sshd's ssh and appends every byte going to the remote
@@ -723,4 +723,194 @@ fn a_link_dropped_during_a_push_of_changes_is_healed_by_a_rerun_that_sends_the_r
         sent <= left + (64 << 10),
         "the rerun sent {sent} bytes, more than the {left} bytes of the files not published before the cut"
     );
+}
+
+/// A small tree of plain names (so that listed paths read as they are).
+fn plain_tree(root: &Path) {
+    for d in ["a", "a/deep", "b", "keep"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (i, f) in [
+        "a/one",
+        "a/two.tmp",
+        "a/deep/three",
+        "b/four",
+        "b/five.tmp",
+        "keep/six",
+        "top",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(root.join(f), vec![b'a' + i as u8; 1000 * (i + 1)]).unwrap();
+    }
+    std::os::unix::fs::symlink("a/one", root.join("link")).unwrap();
+}
+
+fn lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Paths the oracle finds different between SRC (`new`) and DST (`old`), as shown in change lines.
+fn differing_paths(new: &Tree, old: &Tree) -> std::collections::BTreeSet<String> {
+    let mut all: std::collections::BTreeSet<&Vec<u8>> = new.entries.keys().collect();
+    all.extend(old.entries.keys());
+    all.into_iter()
+        .filter(|p| !p.is_empty() && p.as_slice() != b".")
+        .filter(|p| {
+            let (a, b) = (new.entries.get(*p), old.entries.get(*p));
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    a.kind != b.kind
+                        || a.hash != b.hash
+                        || a.perm != b.perm
+                        || a.mtime != b.mtime
+                        || a.target != b.target
+                        || a.xattrs != b.xattrs
+                }
+                _ => true,
+            }
+        })
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
+}
+
+#[test]
+fn dry_run_verbose_and_filters_work_remotely_as_locally() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-options");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    plain_tree(&src);
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    let o = mirror(&s, &[], src.as_os_str(), &to);
+    assert_eq!(o.status.code(), Some(0), "push: {}", stderr(&o));
+    let o = mirror(&s, &[], &from, back.as_os_str());
+    assert_eq!(o.status.code(), Some(0), "pull: {}", stderr(&o));
+
+    // Changes: new, rewritten, deleted, chmod, retyped.
+    std::fs::write(src.join("a/new"), b"new").unwrap();
+    std::fs::write(src.join("b/four"), b"rewritten, another size").unwrap();
+    std::fs::remove_file(src.join("keep/six")).unwrap();
+    std::fs::set_permissions(src.join("top"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(src.join("link")).unwrap();
+    std::fs::create_dir(src.join("link")).unwrap();
+    let now = scan_tree(&src, true).unwrap();
+
+    // --dry-run, push and pull: DST is left as it was, and every path the oracle finds
+    // different is listed.
+    for (what, from_, to_, target) in [
+        ("push", src.as_os_str(), to.as_os_str(), &dst),
+        ("pull", from.as_os_str(), back.as_os_str(), &back),
+    ] {
+        let before = scan_tree(target, true).unwrap();
+        let o = Command::new(bin())
+            .args(["mirror", "--dry-run", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(s.remote_bin())
+            .arg(from_)
+            .arg(to_)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{what} --dry-run: {}", stderr(&o));
+        // (Not atimes: the oracle's own readlink moves a symlink's.)
+        let no_atime = CompareOpts {
+            atime: false,
+            ..CompareOpts::default()
+        };
+        let d = compare_scanned(&before, &scan_tree(target, true).unwrap(), &no_atime);
+        assert!(
+            d.is_empty(),
+            "{what} --dry-run changed DST:\n  {}",
+            d.join("\n  ")
+        );
+        let listed: std::collections::BTreeSet<String> = lines(&o)
+            .iter()
+            .filter_map(|l| l.split_once('\t').map(|(_, p)| p.to_string()))
+            .collect();
+        let want = differing_paths(&now, &before);
+        let missing: Vec<&String> = want.difference(&listed).collect();
+        assert!(
+            missing.is_empty(),
+            "{what} --dry-run does not list {missing:?}; it listed {listed:?}"
+        );
+        let extra: Vec<&String> = listed.difference(&want).collect();
+        assert!(extra.is_empty(), "{what} --dry-run lists unchanged {extra:?}");
+    }
+
+    // -v: the same lines, and the run is made.
+    let o = Command::new(bin())
+        .args(["mirror", "-v", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin())
+        .arg(&src)
+        .arg(&to)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "push -v: {}", stderr(&o));
+    assert!(
+        lines(&o).iter().any(|l| l == "+\ta/new"),
+        "push -v does not list a/new:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_exact(&now, &dst, &mirror_cmp(), "push -v");
+
+    // Filters: a remote push leaves DST as a local mirror with the same filters leaves a copy
+    // of DST (excluded entries in DST protected; --delete-excluded removes them).
+    for extra in [
+        &["--exclude", "*.tmp"][..],
+        &["--exclude", "*.tmp", "--delete-excluded"][..],
+    ] {
+        std::fs::write(dst.join("a/only-in-dst.tmp"), b"dst's own").unwrap();
+        std::fs::write(src.join("b/more.tmp"), b"excluded").unwrap();
+        std::fs::write(src.join("b/more"), b"included").unwrap();
+        let local = tmp.path().join("local");
+        let _ = std::fs::remove_dir_all(&local);
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&dst)
+            .arg(&local)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let o = Command::new(bin())
+            .args(["mirror", "-q"])
+            .args(extra)
+            .arg(&src)
+            .arg(&local)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "local mirror {extra:?}: {}", stderr(&o));
+        let ex: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+        let o = mirror(&s, &ex, src.as_os_str(), &to);
+        assert_eq!(o.status.code(), Some(0), "push {extra:?}: {}", stderr(&o));
+        let want = scan_tree(&local, true).unwrap();
+        // (Not atimes: `cp -a` read the protected files in DST, moving theirs.)
+        let d = diffs(
+            &want,
+            &dst,
+            &CompareOpts {
+                atime: false,
+                ..mirror_cmp()
+            },
+        );
+        assert!(
+            d.is_empty(),
+            "push {extra:?}: DST differs from a local mirror's result:\n  {}",
+            d.join("\n  ")
+        );
+        assert!(!dst.join("b/more.tmp").exists(), "an excluded file was sent");
+    }
 }

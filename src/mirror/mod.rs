@@ -46,7 +46,7 @@ pub(crate) fn inode_identity_holds(a: &Path, b: &Path) -> bool {
 
 /// Drop changes of atime alone unless asked for (`--atimes`): reading a tree moves atimes, so
 /// they would drown what matters. (A mirror still sets atimes.)
-fn visible(changes: &[Change], atimes: bool) -> Vec<&Change> {
+pub fn visible(changes: &[Change], atimes: bool) -> Vec<&Change> {
     changes
         .iter()
         .filter(|c| atimes || !(c.kind == diff::Kind::Attrs && c.attrs == diff::attr::ATIME))
@@ -55,7 +55,7 @@ fn visible(changes: &[Change], atimes: bool) -> Vec<&Change> {
 
 /// The change list: NDJSON on stdout with `json`, else text lines through the reporter (stdout
 /// and the log file).
-fn print_changes(changes: &[&Change], json: bool, report: &crate::report::Reporter) {
+pub fn print_changes(changes: &[&Change], json: bool, report: &crate::report::Reporter) {
     if !json {
         for c in changes {
             report.line(&diff::text_line(c));

@@ -121,24 +121,9 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
     Ok((base, Plan::new(Some(prev.to_path_buf()), &d.changes)))
 }
 
-/// The changes from a listing of the receiver's tree (`crate::listing`) to SRC: its base id
-/// is the listing's.
-pub fn prepare_listing(
-    listing: &crate::listing::Listing,
-    src: &Path,
-    engine: EngineKind,
-    quiet: bool,
-) -> Result<([u8; 16], Plan), String> {
-    let errors = ErrorLog::new(quiet);
-    let entries = crate::listing::walk(src, listing.flags, engine, true, &errors)?;
-    if errors.errors() > 0 {
-        return Err(format!(
-            "{} entries could not be compared; send a full stream",
-            errors.errors()
-        ));
-    }
-    let changes = crate::listing::compare(listing, &entries);
-    Ok((listing.id, Plan::new(None, &changes)))
+/// The plan of an incremental stream against a receiver's listing (`crate::listing`).
+pub fn against(a: &crate::listing::Against) -> Plan {
+    Plan::new(None, &a.changes)
 }
 
 impl Plan {

@@ -64,7 +64,7 @@ pub struct SendConfig {
     /// Send the changes from this earlier state of SRC (an incremental stream).
     pub from: Option<PathBuf>,
     /// Send the changes from the tree this listing describes (a remote mirror's DST).
-    pub listing: Option<crate::listing::Listing>,
+    pub listing: Option<crate::listing::Against>,
     /// Say nothing when the reader goes away (a remote mirror: the remote end says why).
     pub quiet_reader_gone: bool,
 }
@@ -1013,23 +1013,12 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
                 return exit::FATAL;
             }
         }
-    } else if let Some(l) = cfg.listing.as_ref().filter(|l| !l.entries.is_empty()) {
+    } else if let Some(a) = cfg.listing.as_ref().filter(|a| !a.empty) {
         // (Against an empty listing, a full stream: the same records, and resumable.)
-        match incremental::prepare_listing(l, &cfg.src, cfg.engine, cfg.quiet) {
-            Ok((id, p)) => {
-                base_id = id;
-                (est_bytes, est_entries) = p.estimate();
-                plan = Some(p);
-            }
-            Err(e) => {
-                line.finish();
-                eprintln!(
-                    "ringsync: send: compare {} with the receiver's listing: {e}",
-                    cfg.src.display()
-                );
-                return exit::FATAL;
-            }
-        }
+        let p = incremental::against(a);
+        base_id = a.id;
+        (est_bytes, est_entries) = p.estimate();
+        plan = Some(p);
     }
     counts.bytes_total.store(est_bytes, Ordering::Relaxed);
     counts.entries_total.store(est_entries.max(1), Ordering::Relaxed);
