@@ -391,8 +391,39 @@ pub fn xattr_names_fd(fd: BorrowedFd) -> Result<Vec<CString>, Errno> {
 /// The xattrs of `name` in `dir` that a copy carries (see [`xattr_wanted`]), sorted by name, for
 /// comparing two entries. Never follows a symlink. A filesystem without xattrs has none.
 pub fn xattrs_at(dir: BorrowedFd, name: &CStr, p: Preserve) -> Result<Vec<(CString, Vec<u8>)>, Errno> {
+    match xattrs_at_fast(dir, name, p) {
+        Err(Errno::NOSYS) => xattrs_at_path(dir, name, p),
+        r => r,
+    }
+}
+
+/// [`xattrs_at`] through `listxattrat`/`getxattrat` (Linux 6.13; `ENOSYS` before).
+fn xattrs_at_fast(dir: BorrowedFd, name: &CStr, p: Preserve) -> Result<Vec<(CString, Vec<u8>)>, Errno> {
+    use crate::ring::xattr::{get_at, list_at};
+    wanted_xattrs(
+        |b| list_at(dir, name, &mut b[..]),
+        |x, b| get_at(dir, name, x, &mut b[..]),
+        p,
+    )
+}
+
+/// [`xattrs_at`] through the entry's /proc/self/fd path.
+fn xattrs_at_path(dir: BorrowedFd, name: &CStr, p: Preserve) -> Result<Vec<(CString, Vec<u8>)>, Errno> {
     let path = proc_path(dir, name);
-    let list = match list_xattrs(|b| rustix::fs::llistxattr(path.as_c_str(), &mut b[..])) {
+    wanted_xattrs(
+        |b| rustix::fs::llistxattr(path.as_c_str(), &mut b[..]),
+        |x, b| rustix::fs::lgetxattr(path.as_c_str(), x, &mut b[..]),
+        p,
+    )
+}
+
+/// The wanted xattrs, sorted, through a list and a get call.
+fn wanted_xattrs(
+    list: impl Fn(&mut Vec<u8>) -> Result<usize, Errno>,
+    get: impl Fn(&CStr, &mut Vec<u8>) -> Result<usize, Errno>,
+    p: Preserve,
+) -> Result<Vec<(CString, Vec<u8>)>, Errno> {
+    let list = match list_xattrs(list) {
         Ok(l) => l,
         Err(e) if unsupported(e) => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -402,7 +433,7 @@ pub fn xattrs_at(dir: BorrowedFd, name: &CStr, p: Preserve) -> Result<Vec<(CStri
         if !xattr_wanted(xname.to_bytes(), p) {
             continue;
         }
-        match get_value(|b| rustix::fs::lgetxattr(path.as_c_str(), xname, &mut b[..])) {
+        match get_value(|b| get(xname, b)) {
             Ok(v) => out.push((xname.to_owned(), v)),
             Err(Errno::NODATA) => {}
             Err(e) => return Err(e),

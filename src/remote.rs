@@ -282,6 +282,14 @@ fn line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
 /// What the remote shell's exit status says about a remote end that did not greet.
 fn no_greeting(host: &str, o: &RemoteOpts, st: Option<ExitStatus>, said: Option<&str>) -> Attempt {
     let bin = String::from_utf8_lossy(o.remote_bin.as_bytes()).into_owned();
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = st.and_then(|s| s.signal()) {
+        // The remote shell itself was killed (here): the link, not the remote end.
+        return Attempt::Dropped(format!(
+            "{host}: the remote shell ({}) was killed by signal {sig}",
+            o.rsh
+        ));
+    }
     match (st.and_then(|s| s.code()), said) {
         (Some(255), _) => Attempt::Dropped(format!(
             "{host}: the remote shell ({}) could not connect or was cut off (exit 255)",
@@ -353,9 +361,10 @@ fn start(
             Err(Attempt::Done(exit::REMOTE))
         }
         Some(Err(said)) => {
+            // It said something else: stopped here (its status is then ours, not its own).
             let _ = child.kill();
-            let st = child.wait().ok();
-            Err(no_greeting(&r.host, o, st, Some(&said)))
+            let _ = child.wait();
+            Err(no_greeting(&r.host, o, None, Some(&said)))
         }
         None => {
             drop(out);

@@ -97,6 +97,12 @@ done
 mt=$(printf '%s\n' "${tc[@]}" | median)
 echo
 echo "ssh ceiling: 1 GiB through \`ssh cat > /dev/null\` median $(printf %.2f "$mt") s ($(echo "1073741824 / $mt / 1000000" | bc) MB/s)."
+# The floor of any run: one ssh connection that runs nothing.
+tf=()
+for _ in 1 2 3 4 5; do s=$(now); $SSH root@127.0.0.1 true; e=$(now); tf+=("$(echo "$e - $s" | bc -l)"); done
+SSH_FLOOR=$(printf '%s\n' "${tf[@]}" | median)
+echo
+echo "ssh floor: \`ssh root@127.0.0.1 true\` median $(printf %.3f "$SSH_FLOOR") s (every run of either tool pays it)."
 
 cmds=(ringsync ringsync-nofsync rsync rsync+sync)
 for ds in $DATASETS; do
@@ -200,6 +206,8 @@ cron_scenario() {
         "$(printf '%s\n' "${st[@]}" | sort -g | head -1)" "$(printf '%s\n' "${st[@]}" | sort -g | tail -1)"
     echo
     echo "Rounds (ringsync / rsync, s): $(for i in "${!rt[@]}"; do printf '%.3f/%.3f ' "${rt[$i]}" "${st[$i]}"; done)"
+    echo
+    echo "Without the ssh floor ($(printf %.3f "$SSH_FLOOR") s): ringsync $(echo "$(printf '%s\n' "${rt[@]}" | median) - $SSH_FLOOR" | bc -l | xargs printf %.3f) s, rsync $(echo "$(printf '%s\n' "${st[@]}" | median) - $SSH_FLOOR" | bc -l | xargs printf %.3f) s; the floor alone is $(echo "$SSH_FLOOR / $(printf '%s\n' "${st[@]}" | median)" | bc -l | xargs printf %.2f)x rsync's time."
     # Wire bytes of one more round (untimed).
     if [[ $scen == change ]]; then
         python3 "$MUT" mutate "$SRC" --seed 999 --fraction 0.01 >/dev/null

@@ -1993,7 +1993,12 @@ pub fn apply_locked(
                 record.finished = Some(guard::now());
                 record.stream_target = Some(hex(&header.target_id));
                 // DST's own state now: an incremental stream later checks nothing changed it.
-                record.dst_state = crate::send::tree_id(&ap.root, false, false).1.map(|id| hex(&id));
+                // (Not after a remote mirror's stream: its next run lists DST again, and the
+                // walk would cost as much as the listing.)
+                record.dst_state = match listed {
+                    Some(_) => None,
+                    None => crate::send::tree_id(&ap.root, false, false).1.map(|id| hex(&id)),
+                };
                 if let Err(e) = ap.guard.write(&record) {
                     eprintln!("ringsync: receive: {e}");
                     return exit::FATAL;

@@ -21,6 +21,7 @@ pub mod aligned;
 pub mod pool;
 pub mod sync;
 pub mod uring;
+pub mod xattr;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};

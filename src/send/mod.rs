@@ -683,6 +683,7 @@ fn same_inode(fd: &OwnedFd, m: &meta::Meta) -> bool {
 }
 
 /// What a quick walk of a tree found: for ESTIMATE, and the tree's state id.
+#[derive(Default)]
 pub struct Survey {
     /// Regular-file bytes (each hardlinked inode once).
     pub bytes: u64,
@@ -967,30 +968,19 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
         }
     };
     let _ = crate::signals::install(|_| {});
-    let units = (cfg.memory as usize / UNIT_BYTES)
-        .clamp(DATA_BYTES / UNIT_BYTES, READS_IN_FLIGHT * DATA_BYTES / UNIT_BYTES);
-    let ring = match ring::build(
-        cfg.engine,
-        RingConfig {
-            sq_entries: 32,
-            pool_units: units,
-            pool_unit_bytes: UNIT_BYTES,
-            buffers: ring::Buffers::Fixed,
-            // Its thread hashes and writes the stream: reads copy on another core.
-            async_reads: true,
-        },
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ringsync: send: set up the {:?} engine: {e}", cfg.engine);
-            return exit::FATAL;
-        }
-    };
     let counts = Arc::new(StreamCounts::default());
     let line = counts.line(cfg.progress);
-    let (sv, state) = state_id(&root);
+    // SRC's state id: the stream's target, which an incremental stream or a resumption later
+    // names. Not for a stream against a remote mirror's listing: its next run lists again
+    // (and it is not resumed), and the walk would cost as much as the comparison.
+    let against = cfg.listing.as_ref().filter(|a| !a.empty);
+    let (sv, state) = if against.is_some() {
+        (Survey::default(), None)
+    } else {
+        state_id(&root)
+    };
     let (mut est_bytes, mut est_entries) = (sv.bytes, sv.entries);
-    if state.is_none() && cfg.resume.is_none() && !cfg.quiet {
+    if state.is_none() && cfg.resume.is_none() && against.is_none() && !cfg.quiet {
         eprintln!(
             "ringsync: send: {} is changing (or not all of it could be read), so this stream \
              cannot be the base of an incremental one (send --from)",
@@ -1013,13 +1003,36 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
                 return exit::FATAL;
             }
         }
-    } else if let Some(a) = cfg.listing.as_ref().filter(|a| !a.empty) {
+    } else if let Some(a) = against {
         // (Against an empty listing, a full stream: the same records, and resumable.)
         let p = incremental::against(a);
         base_id = a.id;
         (est_bytes, est_entries) = p.estimate();
         plan = Some(p);
     }
+    // The pool (registered, so every page of it is touched now) sized to the data to send:
+    // a stream of a few changes does not pay for 32 MiB.
+    let units = (cfg.memory.min(est_bytes) as usize)
+        .div_ceil(UNIT_BYTES)
+        .clamp(DATA_BYTES / UNIT_BYTES, READS_IN_FLIGHT * DATA_BYTES / UNIT_BYTES);
+    let ring = match ring::build(
+        cfg.engine,
+        RingConfig {
+            sq_entries: 32,
+            pool_units: units,
+            pool_unit_bytes: UNIT_BYTES,
+            buffers: ring::Buffers::Fixed,
+            // Its thread hashes and writes the stream: reads copy on another core.
+            async_reads: true,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            line.finish();
+            eprintln!("ringsync: send: set up the {:?} engine: {e}", cfg.engine);
+            return exit::FATAL;
+        }
+    };
     counts.bytes_total.store(est_bytes, Ordering::Relaxed);
     counts.entries_total.store(est_entries.max(1), Ordering::Relaxed);
     let mut header = StreamHeader {
