@@ -195,6 +195,9 @@ pub enum ServeRole {
         /// The receiving end runs as root (owners and every xattr namespace count).
         #[arg(long)]
         root: bool,
+        /// Read the filter rules (one JSON line) from stdin first.
+        #[arg(long)]
+        filters: bool,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -206,6 +209,9 @@ pub enum ServeRole {
         /// Read a listing of DST on stdin first and send only the differences.
         #[arg(long, conflicts_with = "resume")]
         listing: bool,
+        /// Read the filter rules (one JSON line) from stdin first.
+        #[arg(long, requires = "listing")]
+        filters: bool,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -922,20 +928,13 @@ impl MirrorArgs {
             }
             let f = &self.filter;
             let d = &self.data;
-            let filters = !(f.exclude.is_empty()
-                && f.include.is_empty()
-                && f.exclude_from.is_empty()
-                && f.include_from.is_empty()
-                && f.filter.is_empty()
-                && f.files_from.is_none()
-                && !f.one_file_system);
             let unsupported = [
                 (self.prev.is_some(), "--prev"),
                 (self.checksum, "--checksum"),
-                // The sending end is remote: it would need the rules.
+                // The rules travel to the remote sending end; a list file not yet.
                 (
-                    src.is_some() && (filters || self.delete_excluded),
-                    "filters when pulling (--exclude, --include, --filter, --files-from, -x, --delete-excluded)",
+                    src.is_some() && f.files_from.is_some(),
+                    "--files-from when pulling",
                 ),
                 (d.threads.is_some(), "--threads"),
                 (!matches!(d.reflink, ReflinkArg::Auto), "--reflink"),

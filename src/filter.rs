@@ -394,6 +394,8 @@ pub struct Filter {
     /// A stable digest of everything that decides selection, for the mirror record; None when
     /// everything is taken.
     digest: Option<String>,
+    /// The `(include, pattern)` rules, in order (for [`Filter::to_wire`]).
+    list: Vec<(bool, Vec<u8>)>,
 }
 
 /// Largest rule or list file read (a list of ten million long paths fits): `--files-from
@@ -465,7 +467,16 @@ impl Filter {
             }
             None => None,
         };
-        let active = !list.is_empty() || files_from.is_some() || spec.one_file_system;
+        Filter::build(list, files_from, spec.one_file_system, spec.delete_excluded)
+    }
+
+    fn build(
+        list: Vec<(bool, Vec<u8>)>,
+        files_from: Option<FilesFrom>,
+        one_file_system: bool,
+        delete_excluded: bool,
+    ) -> Result<Filter, String> {
+        let active = !list.is_empty() || files_from.is_some() || one_file_system;
         let digest = active.then(|| {
             let mut h = blake3::Hasher::new();
             for (include, pat) in &list {
@@ -482,17 +493,68 @@ impl Filter {
                     h.update(p);
                 }
             }
-            h.update(if spec.one_file_system { b"x" } else { b"." });
-            h.update(if spec.delete_excluded { b"d" } else { b"." });
+            h.update(if one_file_system { b"x" } else { b"." });
+            h.update(if delete_excluded { b"d" } else { b"." });
             h.finalize().to_hex()[..32].to_string()
         });
         Ok(Filter {
             rules: (!list.is_empty()).then(|| Rules::new(&list)).transpose()?,
             files_from,
-            one_file_system: spec.one_file_system,
-            delete_excluded: spec.delete_excluded,
+            one_file_system,
+            delete_excluded,
             digest,
+            list,
         })
+    }
+
+    /// The filter as one JSON line for the other end of a remote mirror (the rules as
+    /// resolved here: rule files were read on this machine). Not `--files-from`.
+    pub fn to_wire(&self) -> Result<String, String> {
+        use base64::Engine as _;
+        if self.files_from.is_some() {
+            return Err("--files-from is not supported when pulling yet".into());
+        }
+        let rules: Vec<serde_json::Value> = self
+            .list
+            .iter()
+            .map(|(inc, p)| {
+                serde_json::json!([
+                    if *inc { "+" } else { "-" },
+                    base64::engine::general_purpose::STANDARD.encode(p)
+                ])
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "rules": rules,
+            "one_file_system": self.one_file_system,
+            "delete_excluded": self.delete_excluded,
+        })
+        .to_string())
+    }
+
+    /// The filter [`Filter::to_wire`] wrote (from the other end: checked like any input).
+    pub fn from_wire(line: &str) -> Result<Filter, String> {
+        use base64::Engine as _;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("filter rules: {e}"))?;
+        let bad = || "filter rules: not the expected form".to_string();
+        let mut list = Vec::new();
+        for r in v["rules"].as_array().ok_or_else(bad)? {
+            let include = match r[0].as_str() {
+                Some("+") => true,
+                Some("-") => false,
+                _ => return Err(bad()),
+            };
+            let pat = base64::engine::general_purpose::STANDARD
+                .decode(r[1].as_str().ok_or_else(bad)?)
+                .map_err(|_| bad())?;
+            list.push((include, pat));
+        }
+        Filter::build(
+            list,
+            None,
+            v["one_file_system"].as_bool().ok_or_else(bad)?,
+            v["delete_excluded"].as_bool().ok_or_else(bad)?,
+        )
     }
 
     /// Whether any rule, list or `-x` narrows the transfer.
@@ -558,6 +620,65 @@ pub fn report_unseen(filter: &Filter, src: &Path, errors: &crate::error::ErrorLo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_sent_to_the_other_end_decides_as_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules_file = dir.path().join("rules");
+        std::fs::write(&rules_file, "*.log\n# comment\n/top-only\n").unwrap();
+        let spec = FilterSpec {
+            rules: vec![
+                RuleSource::Include("keep.tmp".into()),
+                RuleSource::Exclude("*.tmp".into()),
+                RuleSource::ExcludeFrom(rules_file),
+                RuleSource::Filter("- cache/".into()),
+            ],
+            delete_excluded: true,
+            ..Default::default()
+        };
+        let here = Filter::load(&spec).unwrap();
+        let there = Filter::from_wire(&here.to_wire().unwrap()).unwrap();
+        for (p, d) in [
+            ("a.tmp", false),
+            ("x/keep.tmp", false),
+            ("x/a.log", false),
+            ("top-only", false),
+            ("x/top-only", false),
+            ("cache", true),
+            ("cache", false),
+            ("x/cache", true),
+            ("plain", false),
+            ("d", true),
+        ] {
+            assert_eq!(
+                here.verdict(p.as_bytes(), d, true),
+                there.verdict(p.as_bytes(), d, true),
+                "{p}"
+            );
+        }
+        assert_eq!(here.digest(), there.digest());
+        assert!(there.delete_excluded && !there.one_file_system);
+        // What the other end sends is checked.
+        for bad in [
+            "",
+            "{}",
+            "not json",
+            r#"{"rules":[["*","eA=="]],"one_file_system":false,"delete_excluded":false}"#,
+            r#"{"rules":[["-","!!"]],"one_file_system":false,"delete_excluded":false}"#,
+            r#"{"rules":[],"one_file_system":1,"delete_excluded":false}"#,
+        ] {
+            assert!(Filter::from_wire(bad).is_err(), "{bad}");
+        }
+        // A list file does not travel (yet).
+        let ff = dir.path().join("list");
+        std::fs::write(&ff, "a\n").unwrap();
+        let with_list = Filter::load(&FilterSpec {
+            files_from: Some(ff),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(with_list.to_wire().is_err());
+    }
 
     fn rules(list: &[(&str, bool)]) -> Rules {
         let l: Vec<(bool, Vec<u8>)> = list.iter().map(|(p, i)| (*i, p.as_bytes().to_vec())).collect();

@@ -83,19 +83,23 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 }
             },
         ),
-        ServeRole::List { src, root, quiet } => {
-            match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
-                Ok(e) => ringsync::remote::serve_list_src(&src, root, e, quiet),
-                Err(e) => {
-                    eprintln!("ringsync: serve: {}", e.0);
-                    exit::FATAL
-                }
+        ServeRole::List {
+            src,
+            root,
+            filters,
+            quiet,
+        } => match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
+            Ok(e) => ringsync::remote::serve_list_src(&src, root, filters, e, quiet),
+            Err(e) => {
+                eprintln!("ringsync: serve: {}", e.0);
+                exit::FATAL
             }
-        }
+        },
         ServeRole::Send {
             src,
             resume,
             listing,
+            filters,
             quiet,
         } => {
             let resume = match resume
@@ -118,6 +122,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             };
             ringsync::remote::serve_send(
                 listing,
+                filters,
                 ringsync::send::SendConfig {
                     src,
                     out: None,

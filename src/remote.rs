@@ -268,10 +268,18 @@ fn command(o: &RemoteOpts, host: &str, words: &[&[u8]]) -> Result<Command, Strin
     Ok(cmd)
 }
 
+/// The longest filter line (the rules of a pull, sent to the remote end).
+pub const FILTER_LINE_MAX: usize = 16 << 20;
+
 /// Read one line of at most [`LINE_MAX`] bytes; `None` at EOF or for a longer line.
 fn line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    line_max(r, LINE_MAX)
+}
+
+/// Read one line of at most `max` bytes; `None` at EOF or for a longer line.
+fn line_max(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
-    let n = r.take(LINE_MAX as u64).read_until(b'\n', &mut buf)?;
+    let n = r.take(max as u64).read_until(b'\n', &mut buf)?;
     if n == 0 || buf.last() != Some(&b'\n') {
         return Ok(None);
     }
@@ -550,7 +558,7 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) 
     if o.dry_run {
         return pull_dry_run(o, shown, r, dst);
     }
-    let token = if use_token && !o.lists() {
+    let token = if use_token && !o.lists() && !shown.filter.is_active() {
         Guard::peek(dst).and_then(|rec| rec.resume)
     } else {
         None
@@ -579,15 +587,46 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) 
     finish_pull(r, child, out, got, token.is_some())
 }
 
+/// The filter line a pull sends to the remote end first, when filters are active.
+fn filter_line(shown: &Shown) -> Option<String> {
+    shown.filter.is_active().then(|| {
+        shown
+            .filter
+            .to_wire()
+            .expect("checked when the options were read")
+    })
+}
+
+/// Write the filter line into the remote end's stdin (taken from `child`), which stays open
+/// for what follows, or is closed.
+fn send_filters(child: &mut Child, filters: Option<&str>) -> Option<std::fs::File> {
+    let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take()?));
+    if let Some(f) = filters {
+        // A remote end that stopped says why; its status decides.
+        let _ = writeln!(stdin, "{f}");
+    }
+    Some(stdin)
+}
+
 /// The remote SRC's listing (`serve list`), made for a receiving end with `flags`.
-fn remote_listing(o: &RemoteOpts, r: &Remote, flags: u8) -> Result<crate::listing::Listing, Attempt> {
+fn remote_listing(
+    o: &RemoteOpts,
+    shown: &Shown,
+    r: &Remote,
+    flags: u8,
+) -> Result<crate::listing::Listing, Attempt> {
+    let filters = filter_line(shown);
     let mut words: Vec<&[u8]> = vec![b"serve", b"list"];
     if flags & crate::listing::FLAG_ROOT != 0 {
         words.push(b"--root");
     }
+    if filters.is_some() {
+        words.push(b"--filters");
+    }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (child, mut out) = start(o, r, &words, Stdio::null())?;
+    let (mut child, mut out) = start(o, r, &words, Stdio::piped())?;
+    drop(send_filters(&mut child, filters.as_deref()));
     match crate::listing::read(&mut out) {
         Ok(l) => {
             drop(out);
@@ -637,7 +676,7 @@ fn pull_changes(
     flags: u8,
     dst_entries: Vec<crate::listing::Entry>,
 ) -> Result<u64, Attempt> {
-    let src = remote_listing(o, r, flags)?;
+    let src = remote_listing(o, shown, r, flags)?;
     let old = crate::listing::Listing {
         flags,
         entries: dst_entries,
@@ -689,9 +728,13 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
             return a;
         }
     }
+    let filters = filter_line(shown);
     let mut words: Vec<&[u8]> = vec![b"serve", b"send", b"--listing"];
     if o.quiet {
         words.push(b"--quiet");
+    }
+    if filters.is_some() {
+        words.push(b"--filters");
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
@@ -699,7 +742,7 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
         Ok(c) => c,
         Err(a) => return a,
     };
-    let stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
+    let stdin = send_filters(&mut child, filters.as_deref()).expect("piped");
     let id = match crate::listing::write(
         &mut std::io::BufWriter::with_capacity(1 << 16, stdin),
         flags,
@@ -818,10 +861,17 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
 
 /// The listing of `root` on stdout (none when it does not exist). `skip_sockets`: for a
 /// sending end's tree.
-fn write_listing(root: &Path, flags: u8, engine: EngineKind, quiet: bool, skip_sockets: bool) -> i32 {
+fn write_listing(
+    root: &Path,
+    flags: u8,
+    engine: EngineKind,
+    quiet: bool,
+    skip_sockets: bool,
+    filter: std::sync::Arc<crate::filter::Filter>,
+) -> i32 {
     let entries = if root.exists() {
         let errors = crate::error::ErrorLog::new(quiet);
-        match crate::listing::walk(root, flags, engine, skip_sockets, Default::default(), &errors) {
+        match crate::listing::walk(root, flags, engine, skip_sockets, filter, &errors) {
             Ok(e) if errors.errors() == 0 => e.into_iter().map(|(e, _)| e).collect(),
             Ok(_) => {
                 eprintln!(
@@ -846,25 +896,56 @@ fn write_listing(root: &Path, flags: u8, engine: EngineKind, quiet: bool, skip_s
 }
 
 fn serve_list(dst: &Path, flags: u8, engine: EngineKind, quiet: bool) -> i32 {
-    write_listing(dst, flags, engine, quiet, false)
+    write_listing(dst, flags, engine, quiet, false, Default::default())
 }
 
-/// `ringsync serve list [--root] SRC`: the greeting, then SRC's listing, made for a receiving
-/// end that runs as root (`--root`) or not.
-pub fn serve_list_src(src: &Path, root: bool, engine: EngineKind, quiet: bool) -> i32 {
+/// `ringsync serve list [--root] [--filters] SRC`: the greeting, then SRC's listing, made for
+/// a receiving end that runs as root (`--root`) or not; with `--filters`, through the filter
+/// line read from stdin first.
+pub fn serve_list_src(src: &Path, root: bool, filters: bool, engine: EngineKind, quiet: bool) -> i32 {
     if greet(None).is_err() {
         return exit::LINK;
     }
+    let filter = match read_filters(filters) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
     let flags = if root { crate::listing::FLAG_ROOT } else { 0 };
-    write_listing(src, flags, engine, quiet, true)
+    write_listing(src, flags, engine, quiet, true, filter)
+}
+
+/// The filter line on stdin, when the local end said it sends one.
+fn read_filters(filters: bool) -> Result<std::sync::Arc<crate::filter::Filter>, i32> {
+    if !filters {
+        return Ok(Default::default());
+    }
+    let line = match line_max(&mut std::io::stdin().lock(), FILTER_LINE_MAX) {
+        Ok(Some(l)) => l,
+        _ => {
+            eprintln!(
+                "ringsync: serve: no filter rules on standard input (or longer than {FILTER_LINE_MAX} bytes)"
+            );
+            return Err(exit::USAGE);
+        }
+    };
+    crate::filter::Filter::from_wire(&line)
+        .map(std::sync::Arc::new)
+        .map_err(|e| {
+            eprintln!("ringsync: serve: {e}");
+            exit::USAGE
+        })
 }
 
 /// `ringsync serve send SRC`: the greeting; with `listing`, the receiving end's listing of
 /// DST on stdin; then the stream (of the differences) on stdout.
-pub fn serve_send(listing: bool, mut cfg: crate::send::SendConfig) -> i32 {
+pub fn serve_send(listing: bool, filters: bool, mut cfg: crate::send::SendConfig) -> i32 {
     if greet(None).is_err() {
         return exit::LINK;
     }
+    let filter = match read_filters(filters) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
     if listing {
         let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
         let l = match crate::listing::read(&mut si) {
@@ -875,7 +956,7 @@ pub fn serve_send(listing: bool, mut cfg: crate::send::SendConfig) -> i32 {
             }
         };
         let errors = crate::error::ErrorLog::new(cfg.quiet);
-        match crate::listing::against(&l, &cfg.src, cfg.engine, Default::default(), &errors) {
+        match crate::listing::against(&l, &cfg.src, cfg.engine, filter, &errors) {
             Ok(a) if errors.errors() == 0 => cfg.listing = Some(a),
             Ok(_) => {
                 eprintln!(

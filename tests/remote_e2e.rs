@@ -913,6 +913,74 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
         );
         assert!(!dst.join("b/more.tmp").exists(), "an excluded file was sent");
     }
+
+    // The same when pulling (the rules travel to the remote sending end), and a pull's dry
+    // run through the filters lists what the pull then does.
+    for extra in [
+        &["--exclude", "*.tmp"][..],
+        &["--exclude", "*.tmp", "--delete-excluded"][..],
+    ] {
+        std::fs::write(back.join("a/only-in-back.tmp"), b"back's own").unwrap();
+        let local = tmp.path().join("local-pull");
+        let _ = std::fs::remove_dir_all(&local);
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&back)
+            .arg(&local)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        let o = Command::new(bin())
+            .args(["mirror", "-q"])
+            .args(extra)
+            .arg(&src)
+            .arg(&local)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "local mirror {extra:?}: {}", stderr(&o));
+        let ex: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+        let mut dry = ex.clone();
+        dry.push(OsStr::new("--dry-run"));
+        let o = Command::new(bin())
+            .arg("mirror")
+            .args(&dry)
+            .arg("-e")
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(s.remote_bin())
+            .arg(&from)
+            .arg(&back)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "pull {dry:?}: {}", stderr(&o));
+        let listed = lines(&o);
+        assert!(
+            !listed.iter().any(|l| l.ends_with("b/more.tmp")),
+            "pull {dry:?} lists an excluded file: {listed:?}"
+        );
+        assert_eq!(
+            listed.iter().any(|l| l == "-\ta/only-in-back.tmp"),
+            extra.contains(&"--delete-excluded"),
+            "pull {dry:?}: {listed:?}"
+        );
+        let o = mirror(&s, &ex, &from, back.as_os_str());
+        assert_eq!(o.status.code(), Some(0), "pull {extra:?}: {}", stderr(&o));
+        let want = scan_tree(&local, true).unwrap();
+        let d = diffs(
+            &want,
+            &back,
+            &CompareOpts {
+                atime: false,
+                ..mirror_cmp()
+            },
+        );
+        assert!(
+            d.is_empty(),
+            "pull {extra:?}: DST differs from a local mirror's result:\n  {}",
+            d.join("\n  ")
+        );
+    }
 }
 
 #[test]
