@@ -212,6 +212,9 @@ pub enum ServeRole {
         /// Read the filter rules (one JSON line) from stdin first.
         #[arg(long, requires = "listing")]
         filters: bool,
+        /// Delete nothing in DST (a copy).
+        #[arg(long, requires = "listing")]
+        no_delete: bool,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -412,9 +415,37 @@ pub struct CopyArgs {
     #[arg(long = "dereference-src", short = 'L')]
     pub dereference_src: bool,
     #[command(flatten)]
+    pub remote: RemoteArgs,
+    #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
     pub data: DataArgs,
+}
+
+/// How to reach the other machine (`[user@]host:PATH` sides).
+#[derive(clap::Args, Debug, Default)]
+pub struct RemoteArgs {
+    /// The remote shell for a [user@]host:PATH side (split as a shell would: "ssh -p 2222").
+    #[arg(
+        long = "rsh",
+        short = 'e',
+        value_name = "CMD",
+        default_value = "ssh",
+        help_heading = "Remote"
+    )]
+    pub rsh: String,
+    /// ringsync on the other machine: a name on its PATH, or a path.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "ringsync",
+        help_heading = "Remote"
+    )]
+    pub remote_bin: OsString,
+    /// After a dropped connection, reconnect and resume up to N times (waiting 1, 2, 4, ...
+    /// up to 30 s between).
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Remote")]
+    pub retries: u32,
 }
 
 /// Which entries a copy or mirror takes (rsync's rules; docs/copy.md, "Filters").
@@ -521,27 +552,8 @@ pub struct MirrorArgs {
     /// either way).
     #[arg(long)]
     pub atimes: bool,
-    /// The remote shell for a [user@]host:PATH side (split as a shell would: "ssh -p 2222").
-    #[arg(
-        long = "rsh",
-        short = 'e',
-        value_name = "CMD",
-        default_value = "ssh",
-        help_heading = "Remote"
-    )]
-    pub rsh: String,
-    /// ringsync on the other machine: a name on its PATH, or a path.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "ringsync",
-        help_heading = "Remote"
-    )]
-    pub remote_bin: OsString,
-    /// After a dropped connection, reconnect and resume up to N times (waiting 1, 2, 4, ...
-    /// up to 30 s between).
-    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Remote")]
-    pub retries: u32,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -880,23 +892,31 @@ impl MirrorArgs {
     }
 }
 
-impl MirrorArgs {
-    /// A mirror with a `[user@]host:PATH` side: how to run it, or why not. `None` when both
-    /// sides are local.
-    #[allow(clippy::type_complexity)]
-    pub fn remote(
-        &self,
-        matches: Option<&clap::ArgMatches>,
-    ) -> Option<
-        Result<
-            (
-                crate::remote::RemoteOpts,
-                crate::remote::Side,
-                crate::remote::Side,
-            ),
-            String,
-        >,
-    > {
+/// The options of a mirror or copy that matter with a remote side.
+struct RemoteRun<'a> {
+    src: &'a std::path::Path,
+    dst: &'a std::path::Path,
+    remote: &'a RemoteArgs,
+    data: &'a DataArgs,
+    filter: &'a FilterArgs,
+    prev: bool,
+    checksum: bool,
+    dry_run: bool,
+    atimes: bool,
+    delete_excluded: bool,
+    copy: bool,
+}
+
+/// What [`MirrorArgs::remote`] and [`CopyArgs::remote`] return.
+pub type RemoteRunOpts = (
+    crate::remote::RemoteOpts,
+    crate::remote::Side,
+    crate::remote::Side,
+);
+
+impl RemoteRun<'_> {
+    /// How to run it, or why not; `None` when both sides are local.
+    fn opts(&self, matches: Option<&clap::ArgMatches>) -> Option<Result<RemoteRunOpts, String>> {
         use crate::remote::{parse, Side};
         let daemon = |p: &std::path::Path| {
             let b = p.as_os_str().as_encoded_bytes();
@@ -909,7 +929,7 @@ impl MirrorArgs {
             return None;
         }
         Some((|| {
-            if daemon(&self.src) || daemon(&self.dst) {
+            if daemon(self.src) || daemon(self.dst) {
                 return Err("host::module (rsync's daemon) is not supported: use host:PATH, over ssh".into());
             }
             let side = |r: Option<crate::remote::Remote>, p: &std::path::Path| match r {
@@ -926,10 +946,10 @@ impl MirrorArgs {
             {
                 return Err("host: with no path would be the remote home directory, which a mirror makes equal to SRC (deleting the rest): give the path (host:PATH, host:. for the home itself)".into());
             }
-            let f = &self.filter;
-            let d = &self.data;
+            let f = self.filter;
+            let d = self.data;
             let unsupported = [
-                (self.prev.is_some(), "--prev"),
+                (self.prev, "--prev"),
                 (self.checksum, "--checksum"),
                 // The rules travel to the remote sending end; a list file not yet.
                 (
@@ -949,9 +969,9 @@ impl MirrorArgs {
             check_memory(d.memory)?;
             let engine = crate::engine::choose_engine(engine(d.engine), d.quiet).map_err(|e| e.0)?;
             let opts = crate::remote::RemoteOpts {
-                rsh: self.rsh.clone(),
-                remote_bin: self.remote_bin.clone(),
-                retries: self.retries,
+                rsh: self.remote.rsh.clone(),
+                remote_bin: self.remote.remote_bin.clone(),
+                retries: self.remote.retries,
                 quiet: d.quiet,
                 fsync: !matches!(d.fsync, FsyncArg::None),
                 engine,
@@ -964,9 +984,58 @@ impl MirrorArgs {
                 atimes: self.atimes,
                 log_file: d.log_file.clone(),
                 filter_spec: self.filter.spec(matches, self.delete_excluded),
+                copy: self.copy,
             };
-            Ok((opts, side(src.clone(), &self.src), side(dst.clone(), &self.dst)))
+            Ok((opts, side(src.clone(), self.src), side(dst.clone(), self.dst)))
         })())
+    }
+}
+
+impl MirrorArgs {
+    /// A mirror with a `[user@]host:PATH` side: how to run it, or why not. `None` when both
+    /// sides are local.
+    pub fn remote(&self, matches: Option<&clap::ArgMatches>) -> Option<Result<RemoteRunOpts, String>> {
+        RemoteRun {
+            src: &self.src,
+            dst: &self.dst,
+            remote: &self.remote,
+            data: &self.data,
+            filter: &self.filter,
+            prev: self.prev.is_some(),
+            checksum: self.checksum,
+            dry_run: self.dry_run,
+            atimes: self.atimes,
+            delete_excluded: self.delete_excluded,
+            copy: false,
+        }
+        .opts(matches)
+    }
+}
+
+impl CopyArgs {
+    /// A copy with a `[user@]host:PATH` side (a mirror that deletes nothing): how to run it,
+    /// or why not. `None` when both sides are local.
+    pub fn remote(&self, matches: Option<&clap::ArgMatches>) -> Option<Result<RemoteRunOpts, String>> {
+        let r = RemoteRun {
+            src: &self.src,
+            dst: &self.dst,
+            remote: &self.remote,
+            data: &self.data,
+            filter: &self.filter,
+            prev: false,
+            checksum: false,
+            dry_run: self.dry_run,
+            atimes: false,
+            delete_excluded: false,
+            copy: true,
+        }
+        .opts(matches)?;
+        Some(r.and_then(|o| {
+            if self.dereference_src {
+                return Err("-L/--dereference-src is not supported with a remote side yet".into());
+            }
+            Ok(o)
+        }))
     }
 }
 

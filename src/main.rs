@@ -100,6 +100,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             resume,
             listing,
             filters,
+            no_delete,
             quiet,
         } => {
             let resume = match resume
@@ -123,6 +124,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             ringsync::remote::serve_send(
                 listing,
                 filters,
+                no_delete,
                 ringsync::send::SendConfig {
                     src,
                     out: None,
@@ -194,23 +196,23 @@ fn main() {
             exit::OK
         }
         Command::Man { command: sub, dir } => man(sub.as_deref(), dir.as_deref()),
-        Command::Copy(args) => {
-            let remote = |p: &std::path::Path| ringsync::remote::parse(p.as_os_str()).is_some();
-            if remote(&args.src) || remote(&args.dst) {
-                usage(
-                    "copy: a [user@]host:PATH side is not supported yet: use mirror (write ./NAME \
-                     for a local name with a ':' before any '/')"
-                        .into(),
-                );
+        Command::Copy(args) => match args.remote(sub) {
+            // A copy with a remote side: a remote mirror that deletes nothing.
+            Some(r) => {
+                let (opts, src, dst) = r.unwrap_or_else(|e| usage(e));
+                let _ = ringsync::signals::install(|_| {});
+                ringsync::remote::mirror(&opts, &src, &dst)
             }
-            let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
-            let opts = ringsync::copy::CopyOptions {
-                dry_run: args.dry_run,
-                deref: args.dereference_src,
-                json: args.data.json,
-            };
-            ringsync::copy::copy(cfg, &opts)
-        }
+            None => {
+                let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
+                let opts = ringsync::copy::CopyOptions {
+                    dry_run: args.dry_run,
+                    deref: args.dereference_src,
+                    json: args.data.json,
+                };
+                ringsync::copy::copy(cfg, &opts)
+            }
+        },
     };
     std::process::exit(code);
 }

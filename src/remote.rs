@@ -130,8 +130,11 @@ pub struct RemoteOpts {
     /// `--atimes`: list changes of atime alone too.
     pub atimes: bool,
     pub log_file: Option<PathBuf>,
-    /// Filters (the sending end applies them: push only).
+    /// Filters (the sending end applies them).
     pub filter_spec: crate::filter::FilterSpec,
+    /// `copy`: a mirror that deletes nothing in DST (and so never resumes a full stream,
+    /// which would).
+    pub copy: bool,
 }
 
 /// What a run shows and selects, made once from [`RemoteOpts`].
@@ -189,6 +192,16 @@ pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
 }
 
 fn mirror_with(o: &RemoteOpts, shown: &Shown, src: &Side, dst: &Side) -> i32 {
+    if let Side::Local(s) = src {
+        if !s.is_dir() {
+            eprintln!(
+                "ringsync: {}: {}: not a directory (with a remote side SRC is a directory)",
+                if o.copy { "copy" } else { "mirror" },
+                s.display()
+            );
+            return exit::FATAL;
+        }
+    }
     let mut tries = 0u32;
     let mut use_token = true;
     loop {
@@ -421,7 +434,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
     // The request: resume the interrupted full stream, or list DST and send the differences
     // (a dry run: list DST only).
     let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
-    let token = token.filter(|_| !o.dry_run && !o.lists());
+    let token = token.filter(|_| !o.dry_run && !o.lists() && !o.copy);
     let resumed = resumed.filter(|_| token.is_some());
     let plan = match (&token, o.dry_run) {
         (_, true) => "list",
@@ -461,6 +474,9 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
                         return Attempt::Done(exit::FATAL);
                     }
                 };
+                if o.copy {
+                    against.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
+                }
                 show(o, shown, &mut against.changes);
                 if o.dry_run {
                     drop(stdin);
@@ -558,7 +574,7 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) 
     if o.dry_run {
         return pull_dry_run(o, shown, r, dst);
     }
-    let token = if use_token && !o.lists() && !shown.filter.is_active() {
+    let token = if use_token && !o.lists() && !shown.filter.is_active() && !o.copy {
         Guard::peek(dst).and_then(|rec| rec.resume)
     } else {
         None
@@ -692,6 +708,9 @@ fn pull_changes(
         .collect();
     let errors = crate::error::ErrorLog::new(o.quiet);
     let mut changes = crate::listing::compare(&old, &new, &shown.filter, &errors);
+    if o.copy {
+        changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
+    }
     show(o, shown, &mut changes);
     Ok(errors.errors())
 }
@@ -735,6 +754,9 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     }
     if filters.is_some() {
         words.push(b"--filters");
+    }
+    if o.copy {
+        words.push(b"--no-delete");
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
@@ -938,7 +960,7 @@ fn read_filters(filters: bool) -> Result<std::sync::Arc<crate::filter::Filter>, 
 
 /// `ringsync serve send SRC`: the greeting; with `listing`, the receiving end's listing of
 /// DST on stdin; then the stream (of the differences) on stdout.
-pub fn serve_send(listing: bool, filters: bool, mut cfg: crate::send::SendConfig) -> i32 {
+pub fn serve_send(listing: bool, filters: bool, no_delete: bool, mut cfg: crate::send::SendConfig) -> i32 {
     if greet(None).is_err() {
         return exit::LINK;
     }
@@ -957,7 +979,12 @@ pub fn serve_send(listing: bool, filters: bool, mut cfg: crate::send::SendConfig
         };
         let errors = crate::error::ErrorLog::new(cfg.quiet);
         match crate::listing::against(&l, &cfg.src, cfg.engine, filter, &errors) {
-            Ok(a) if errors.errors() == 0 => cfg.listing = Some(a),
+            Ok(mut a) if errors.errors() == 0 => {
+                if no_delete {
+                    a.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
+                }
+                cfg.listing = Some(a)
+            }
             Ok(_) => {
                 eprintln!(
                     "ringsync: serve: {} entries of {} could not be compared; nothing was changed",

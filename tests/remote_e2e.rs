@@ -1077,3 +1077,74 @@ fn links_cut_at_seeded_random_moments_never_tear_a_file_and_reruns_converge() {
         );
     }
 }
+
+#[test]
+fn copy_with_a_remote_side_sends_changes_and_deletes_nothing() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-copy");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    plain_tree(&src);
+    for d in [&dst, &back] {
+        std::fs::create_dir_all(d.join("a")).unwrap();
+        std::fs::write(d.join("a/theirs"), b"not in SRC").unwrap();
+        std::fs::write(d.join("top"), b"an older top").unwrap();
+    }
+    let copy = |from: &OsStr, to: &OsStr, extra: &[&str]| {
+        Command::new(bin())
+            .args(["copy", "-q", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(s.remote_bin())
+            .args(extra)
+            .arg(from)
+            .arg(to)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    // A dry run lists no deletion and changes nothing.
+    let o = Command::new(bin())
+        .args(["copy", "--dry-run", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin())
+        .arg(&src)
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "copy --dry-run: {}", stderr(&o));
+    assert!(!lines(&o).iter().any(|l| l.starts_with('-')), "{:?}", lines(&o));
+    assert!(lines(&o).iter().any(|l| l == "M\ttop"), "{:?}", lines(&o));
+    assert_eq!(std::fs::read(dst.join("top")).unwrap(), b"an older top");
+    // Scanned twice: the oracle's readlink moves the link's atime once (relatime).
+    scan_tree(&src, true).unwrap();
+    let want = scan_tree(&src, true).unwrap();
+    let opts = CompareOpts {
+        allow_extra_in_b: true,
+        ..mirror_cmp()
+    };
+    for (what, f, t, target) in [
+        ("push", src.as_os_str(), to.as_os_str(), &dst),
+        ("pull", from.as_os_str(), back.as_os_str(), &back),
+    ] {
+        let o = copy(f, t, &[]);
+        assert_eq!(o.status.code(), Some(0), "copy ({what}): {}", stderr(&o));
+        assert_exact(&want, target, &opts, &format!("copy ({what})"));
+        assert_eq!(
+            std::fs::read(target.join("a/theirs")).unwrap(),
+            b"not in SRC",
+            "copy ({what}) deleted an entry SRC lacks"
+        );
+    }
+    // A file given as SRC: one clear error.
+    let o = copy(src.join("top").as_os_str(), &to, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+}
