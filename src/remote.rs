@@ -30,6 +30,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::exit;
@@ -141,7 +143,62 @@ pub struct RemoteOpts {
 struct Shown {
     filter: std::sync::Arc<crate::filter::Filter>,
     report: crate::report::Reporter,
+    wire: Wire,
 }
+
+/// What crossed the channel over all attempts of a run.
+#[derive(Default)]
+struct Wire {
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    /// File data the stream carried (whole files sent), where known.
+    file_bytes: AtomicU64,
+    file_bytes_known: std::sync::atomic::AtomicBool,
+    /// Changes the sender sent (with a listing), where known.
+    changes: AtomicU64,
+    changes_known: std::sync::atomic::AtomicBool,
+}
+
+impl Wire {
+    fn files(&self, bytes: u64) {
+        self.file_bytes.fetch_add(bytes, Relaxed);
+        self.file_bytes_known.store(true, Relaxed);
+    }
+
+    fn changes(&self, n: u64) {
+        self.changes.fetch_add(n, Relaxed);
+        self.changes_known.store(true, Relaxed);
+    }
+}
+
+/// A reader or writer that counts the bytes through it.
+struct Counted<T> {
+    inner: T,
+    n: Arc<AtomicU64>,
+}
+
+impl<T: Read> Read for Counted<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.fetch_add(k as u64, Relaxed);
+        Ok(k)
+    }
+}
+
+impl<T: Write> Write for Counted<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n.fetch_add(k as u64, Relaxed);
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The remote end's stdout, counted.
+type RemoteOut = BufReader<Counted<std::process::ChildStdout>>;
 
 impl RemoteOpts {
     /// Whether the changes are listed (on stdout, or in the log file).
@@ -185,10 +242,49 @@ pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
             return exit::USAGE;
         }
     };
-    let shown = Shown { filter, report };
+    let shown = Shown {
+        filter,
+        report,
+        wire: Wire::default(),
+    };
+    let t0 = std::time::Instant::now();
     let code = mirror_with(o, &shown, src, dst);
+    summary(o, &shown, code, t0.elapsed().as_secs_f64());
     shown.report.flush();
     code
+}
+
+/// The summary (`--json`: one JSON object on stdout; `-v`: one line): wire bytes each way
+/// and the file bytes the stream carried, apart.
+fn summary(o: &RemoteOpts, shown: &Shown, code: i32, secs: f64) {
+    let w = &shown.wire;
+    let known = |k: &std::sync::atomic::AtomicBool, v: &AtomicU64| k.load(Relaxed).then(|| v.load(Relaxed));
+    let file_bytes = known(&w.file_bytes_known, &w.file_bytes);
+    let changes = known(&w.changes_known, &w.changes);
+    let (sent, received) = (w.sent.load(Relaxed), w.received.load(Relaxed));
+    let what = if o.copy { "copy" } else { "mirror" };
+    if o.json {
+        let v = serde_json::json!({
+            "command": what,
+            "dry_run": o.dry_run,
+            "exit_code": code,
+            "elapsed_s": secs,
+            "changes": changes,
+            "file_bytes": file_bytes,
+            "wire": { "sent": sent, "received": received },
+        });
+        println!("{v}");
+    } else if o.verbose {
+        let opt = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
+        shown.report.summary(
+            &format!(
+                "{what}: {} changes, {} file bytes; on the wire {sent} B sent, {received} B received; {secs:.2} s; exit {code}",
+                opt(changes),
+                opt(file_bytes)
+            ),
+            o.quiet,
+        );
+    }
 }
 
 fn mirror_with(o: &RemoteOpts, shown: &Shown, src: &Side, dst: &Side) -> i32 {
@@ -360,10 +456,11 @@ fn greeting(host: &str, l: &str) -> Result<(), String> {
 /// Start the remote end and read its greeting; the child and its stdout reader.
 fn start(
     o: &RemoteOpts,
+    shown: &Shown,
     r: &Remote,
     words: &[&[u8]],
     stdin: Stdio,
-) -> Result<(Child, BufReader<std::process::ChildStdout>), Attempt> {
+) -> Result<(Child, RemoteOut), Attempt> {
     let mut cmd = command(o, &r.host, words).map_err(|e| {
         eprintln!("ringsync: mirror: {e}");
         Attempt::Done(exit::USAGE)
@@ -372,7 +469,13 @@ fn start(
         eprintln!("ringsync: mirror: run the remote shell {:?}: {e}", o.rsh);
         Attempt::Done(exit::FATAL)
     })?;
-    let mut out = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped"));
+    let mut out = BufReader::with_capacity(
+        1 << 20,
+        Counted {
+            inner: child.stdout.take().expect("piped"),
+            n: shown.wire.received.clone(),
+        },
+    );
     let first = line(&mut out).unwrap_or(None);
     match first.as_deref().map(|l| greeting(&r.host, l)) {
         Some(Ok(())) => Ok((child, out)),
@@ -418,7 +521,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (mut child, mut out) = match start(o, r, &words, Stdio::piped()) {
+    let (mut child, mut out) = match start(o, shown, r, &words, Stdio::piped()) {
         Ok(c) => c,
         Err(a) => return a,
     };
@@ -441,7 +544,9 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         (Some(_), _) => "full",
         (None, _) => "listing",
     };
-    if writeln!(stdin, "{}", serde_json::json!({ "plan": plan })).is_err() {
+    let request = format!("{}\n", serde_json::json!({ "plan": plan }));
+    shown.wire.sent.fetch_add(request.len() as u64, Relaxed);
+    if stdin.write_all(request.as_bytes()).is_err() {
         drop(stdin);
         return ended_early(&r.host, child, "the remote end stopped before the request");
     }
@@ -478,6 +583,24 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
                     against.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
                 }
                 show(o, shown, &mut against.changes);
+                shown
+                    .wire
+                    .changes(crate::mirror::visible(&against.changes, o.atimes).len() as u64);
+                shown.wire.files(
+                    against
+                        .changes
+                        .iter()
+                        .filter(|c| {
+                            use crate::diff::Kind::*;
+                            matches!(c.kind, Created | Modified | Type | Link)
+                        })
+                        .filter_map(|c| {
+                            c.new
+                                .filter(|m| m.file_type() == rustix::fs::FileType::RegularFile)
+                        })
+                        .map(|m| m.size)
+                        .sum(),
+                );
                 if o.dry_run {
                     drop(stdin);
                     let code = remote_code(child.wait());
@@ -522,8 +645,9 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         listing,
         quiet_reader_gone: true,
     };
-    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
     let sent = crate::send::send_counted(&cfg, stdin, &bytes);
+    shown.wire.sent.fetch_add(bytes.load(Relaxed), Relaxed);
     // Whatever the remote end says after the stream (nothing, normally) is drained so it
     // never blocks on a full pipe.
     let _ = std::io::copy(&mut out, &mut std::io::sink());
@@ -531,7 +655,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
     if let (Some(at), false, 0) = (resumed, o.quiet, remote) {
         eprintln!(
             "ringsync: mirror: resumed the interrupted stream at its byte {at}: {} bytes sent this time",
-            bytes.load(std::sync::atomic::Ordering::Relaxed)
+            bytes.load(Relaxed)
         );
     }
     match (sent, remote) {
@@ -592,7 +716,7 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) 
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (child, out) = match start(o, r, &words, Stdio::null()) {
+    let (child, out) = match start(o, shown, r, &words, Stdio::null()) {
         Ok(c) => c,
         Err(a) => return a,
     };
@@ -615,8 +739,11 @@ fn filter_line(shown: &Shown) -> Option<String> {
 
 /// Write the filter line into the remote end's stdin (taken from `child`), which stays open
 /// for what follows, or is closed.
-fn send_filters(child: &mut Child, filters: Option<&str>) -> Option<std::fs::File> {
-    let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take()?));
+fn send_filters(shown: &Shown, child: &mut Child, filters: Option<&str>) -> Option<Counted<std::fs::File>> {
+    let mut stdin = Counted {
+        inner: std::fs::File::from(OwnedFd::from(child.stdin.take()?)),
+        n: shown.wire.sent.clone(),
+    };
     if let Some(f) = filters {
         // A remote end that stopped says why; its status decides.
         let _ = writeln!(stdin, "{f}");
@@ -641,8 +768,8 @@ fn remote_listing(
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (mut child, mut out) = start(o, r, &words, Stdio::piped())?;
-    drop(send_filters(&mut child, filters.as_deref()));
+    let (mut child, mut out) = start(o, shown, r, &words, Stdio::piped())?;
+    drop(send_filters(shown, &mut child, filters.as_deref()));
     match crate::listing::read(&mut out) {
         Ok(l) => {
             drop(out);
@@ -712,6 +839,9 @@ fn pull_changes(
         changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
     }
     show(o, shown, &mut changes);
+    shown
+        .wire
+        .changes(crate::mirror::visible(&changes, o.atimes).len() as u64);
     Ok(errors.errors())
 }
 
@@ -760,11 +890,11 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (mut child, out) = match start(o, r, &words, Stdio::piped()) {
+    let (mut child, out) = match start(o, shown, r, &words, Stdio::piped()) {
         Ok(c) => c,
         Err(a) => return a,
     };
-    let stdin = send_filters(&mut child, filters.as_deref()).expect("piped");
+    let stdin = send_filters(shown, &mut child, filters.as_deref()).expect("piped");
     let id = match crate::listing::write(
         &mut std::io::BufWriter::with_capacity(1 << 16, stdin),
         flags,
@@ -776,18 +906,14 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     drop(entries);
     let cfg = receive_config(o, &dst);
     let mut out = out;
-    let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(id));
+    let counts = Arc::new(crate::progress::StreamCounts::default());
+    let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(id), Some(counts.clone()));
+    shown.wire.files(counts.bytes.load(Relaxed));
     finish_pull(r, child, out, got, false)
 }
 
 /// After a pull's stream: the remote end's status and the local one decide.
-fn finish_pull(
-    r: &Remote,
-    mut child: Child,
-    mut out: BufReader<std::process::ChildStdout>,
-    got: i32,
-    resumed: bool,
-) -> Attempt {
+fn finish_pull(r: &Remote, mut child: Child, mut out: RemoteOut, got: i32, resumed: bool) -> Attempt {
     let remote = if matches!(got, exit::OK | exit::PARTIAL | exit::VANISHED) {
         let _ = std::io::copy(&mut out, &mut std::io::sink());
         remote_code(child.wait())
@@ -871,7 +997,7 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
                 Err(_) => return exit::LINK,
             };
             drop(entries);
-            crate::receive::apply_locked(si, cfg, &dst, guard, Some(id))
+            crate::receive::apply_locked(si, cfg, &dst, guard, Some(id), None)
         }
         _ => {
             let req: String = req.chars().take(120).collect();

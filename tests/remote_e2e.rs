@@ -866,6 +866,37 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert_exact(&now, &dst, &mirror_cmp(), "push -v");
+    assert!(
+        lines(&o)
+            .last()
+            .is_some_and(|l| l.starts_with("mirror: ") && l.contains(" B sent, ")),
+        "push -v ends without its summary:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // --json: the change lines, then a summary with file bytes and wire bytes apart.
+    std::fs::write(src.join("b/json"), vec![b'j'; 54_321]).unwrap();
+    let o = Command::new(bin())
+        .args(["mirror", "--json", "-e"])
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(s.remote_bin())
+        .arg(&src)
+        .arg(&to)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "push --json: {}", stderr(&o));
+    let last: serde_json::Value = serde_json::from_str(lines(&o).last().expect("a summary")).unwrap();
+    assert_eq!(last["file_bytes"], 54_321, "{last}");
+    let sent = last["wire"]["sent"].as_u64().unwrap();
+    assert!((54_321..54_321 + 8192).contains(&sent), "{last}");
+    assert!(last["wire"]["received"].as_u64().unwrap() > 0, "{last}");
+    assert!(
+        lines(&o).iter().any(|l| l.contains("\"path\":\"b/json\"")),
+        "{:?}",
+        lines(&o)
+    );
 
     // Filters: a remote push leaves DST as a local mirror with the same filters leaves a copy
     // of DST (excluded entries in DST protected; --delete-excluded removes them).

@@ -1748,7 +1748,7 @@ const READ_BUF_BYTES: usize = 1 << 20;
 /// receive fuzz target calls it directly). Returns the exit status.
 pub fn apply_stream(input: impl Read, cfg: &ReceiveConfig) -> i32 {
     match lock_dst(&cfg.dst) {
-        Ok((dst, guard)) => apply_locked(input, cfg, &dst, guard, None),
+        Ok((dst, guard)) => apply_locked(input, cfg, &dst, guard, None, None),
         Err(code) => code,
     }
 }
@@ -1782,12 +1782,14 @@ pub fn lock_dst(dst: &Path) -> Result<(PathBuf, Guard), i32> {
 /// Apply a stream to `dst`, locked by `guard`. `listed`: the id of the listing of DST this
 /// process made under the same lock (a remote mirror): an incremental stream must have been
 /// made against it, and no resume token is kept (a later run lists DST again instead).
+/// `counts`: where to count (file bytes and entries applied), for a caller's summary.
 pub fn apply_locked(
     input: impl Read,
     cfg: &ReceiveConfig,
     dst: &Path,
     guard: Guard,
     listed: Option<[u8; 16]>,
+    counts: Option<Arc<StreamCounts>>,
 ) -> i32 {
     let dst = dst.to_path_buf();
     crate::engine::raise_nofile_limit();
@@ -1879,7 +1881,7 @@ pub fn apply_locked(
         let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
         hex(&b)
     };
-    let counts = Arc::new(StreamCounts::default());
+    let counts = counts.unwrap_or_default();
     let line = counts.line(cfg.progress);
     let ap = Arc::new(Apply {
         dst: dst.clone(),
