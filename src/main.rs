@@ -61,6 +61,12 @@ fn man(sub: Option<&str>, dir: Option<&std::path::Path>) -> i32 {
     }
 }
 
+/// A mirror or copy with a remote side.
+fn run_remote((opts, src, dst): ringsync::cli::RemoteRunOpts) -> i32 {
+    let _ = ringsync::signals::install(|_| {});
+    ringsync::remote::mirror(&opts, &src, &dst)
+}
+
 /// `ringsync serve ROLE`: the other machine's end of a remote mirror.
 fn serve(role: ringsync::cli::ServeRole) -> i32 {
     use ringsync::cli::ServeRole;
@@ -162,11 +168,7 @@ fn main() {
     };
     let code = match cli.command {
         Command::Mirror(args) => match args.remote(sub) {
-            Some(r) => {
-                let (opts, src, dst) = r.unwrap_or_else(|e| usage(e));
-                let _ = ringsync::signals::install(|_| {});
-                ringsync::remote::mirror(&opts, &src, &dst)
-            }
+            Some(r) => run_remote(r.unwrap_or_else(|e| usage(e))),
             None => {
                 let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
                 ringsync::mirror::mirror(&cfg)
@@ -198,11 +200,7 @@ fn main() {
         Command::Man { command: sub, dir } => man(sub.as_deref(), dir.as_deref()),
         Command::Copy(args) => match args.remote(sub) {
             // A copy with a remote side: a remote mirror that deletes nothing.
-            Some(r) => {
-                let (opts, src, dst) = r.unwrap_or_else(|e| usage(e));
-                let _ = ringsync::signals::install(|_| {});
-                ringsync::remote::mirror(&opts, &src, &dst)
-            }
+            Some(r) => run_remote(r.unwrap_or_else(|e| usage(e))),
             None => {
                 let cfg = args.validate(sub).unwrap_or_else(|e| usage(e));
                 let opts = ringsync::copy::CopyOptions {

@@ -790,23 +790,38 @@ fn remote_listing(
 
 /// Local DST's entries (none when it does not exist yet).
 fn local_entries(o: &RemoteOpts, dst: &Path, flags: u8) -> Result<Vec<crate::listing::Entry>, Attempt> {
-    if !dst.exists() {
+    list_entries("mirror", dst, flags, o.engine, false, Default::default(), o.quiet)
+        .map_err(|()| Attempt::Done(exit::FATAL))
+}
+
+/// The entries of `root` (none when it does not exist), for a listing; errors said with
+/// `who` (`mirror`, `serve`).
+fn list_entries(
+    who: &str,
+    root: &Path,
+    flags: u8,
+    engine: EngineKind,
+    skip_sockets: bool,
+    filter: Arc<crate::filter::Filter>,
+    quiet: bool,
+) -> Result<Vec<crate::listing::Entry>, ()> {
+    if !root.exists() {
         return Ok(Vec::new());
     }
-    let errors = crate::error::ErrorLog::new(o.quiet);
-    match crate::listing::walk(dst, flags, o.engine, false, Default::default(), &errors) {
+    let errors = crate::error::ErrorLog::new(quiet);
+    match crate::listing::walk(root, flags, engine, skip_sockets, filter, &errors) {
         Ok(e) if errors.errors() == 0 => Ok(e.into_iter().map(|(e, _)| e).collect()),
         Ok(_) => {
             eprintln!(
-                "ringsync: mirror: list {}: {} entries could not be read",
-                dst.display(),
+                "ringsync: {who}: list {}: {} entries could not be read",
+                root.display(),
                 errors.errors()
             );
-            Err(Attempt::Done(exit::FATAL))
+            Err(())
         }
         Err(e) => {
-            eprintln!("ringsync: mirror: list {}: {e}", dst.display());
-            Err(Attempt::Done(exit::FATAL))
+            eprintln!("ringsync: {who}: list {}: {e}", root.display());
+            Err(())
         }
     }
 }
@@ -973,25 +988,12 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
                 Ok(x) => x,
                 Err(code) => return code,
             };
-            let errors = crate::error::ErrorLog::new(cfg.quiet);
             let flags = crate::listing::own_flags();
-            let entries = match crate::listing::walk(&dst, flags, engine, false, Default::default(), &errors)
-            {
-                Ok(e) if errors.errors() == 0 => e,
-                Ok(_) => {
-                    eprintln!(
-                        "ringsync: serve: list {}: {} entries could not be read",
-                        dst.display(),
-                        errors.errors()
-                    );
-                    return exit::FATAL;
-                }
-                Err(e) => {
-                    eprintln!("ringsync: serve: list {}: {e}", dst.display());
-                    return exit::FATAL;
-                }
+            let Ok(entries) =
+                list_entries("serve", &dst, flags, engine, false, Default::default(), cfg.quiet)
+            else {
+                return exit::FATAL;
             };
-            let entries: Vec<crate::listing::Entry> = entries.into_iter().map(|(e, _)| e).collect();
             let id = match crate::listing::write(&mut std::io::stdout().lock(), flags, &entries) {
                 Ok(id) => id,
                 Err(_) => return exit::LINK,
@@ -1017,25 +1019,8 @@ fn write_listing(
     skip_sockets: bool,
     filter: std::sync::Arc<crate::filter::Filter>,
 ) -> i32 {
-    let entries = if root.exists() {
-        let errors = crate::error::ErrorLog::new(quiet);
-        match crate::listing::walk(root, flags, engine, skip_sockets, filter, &errors) {
-            Ok(e) if errors.errors() == 0 => e.into_iter().map(|(e, _)| e).collect(),
-            Ok(_) => {
-                eprintln!(
-                    "ringsync: serve: list {}: {} entries could not be read",
-                    root.display(),
-                    errors.errors()
-                );
-                return exit::FATAL;
-            }
-            Err(e) => {
-                eprintln!("ringsync: serve: list {}: {e}", root.display());
-                return exit::FATAL;
-            }
-        }
-    } else {
-        Vec::new()
+    let Ok(entries) = list_entries("serve", root, flags, engine, skip_sockets, filter, quiet) else {
+        return exit::FATAL;
     };
     match crate::listing::write(&mut std::io::stdout().lock(), flags, &entries) {
         Ok(_) => exit::OK,

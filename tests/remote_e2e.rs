@@ -778,6 +778,46 @@ fn differing_paths(new: &Tree, old: &Tree) -> std::collections::BTreeSet<String>
         .collect()
 }
 
+/// `cp -a TARGET COPY`, then a local `mirror -q EXTRA SRC COPY`: what a local mirror with the
+/// same options makes of TARGET (the oracle's scan of it).
+fn local_result(target: &Path, copy: &Path, src: &Path, extra: &[&str]) -> Tree {
+    let _ = std::fs::remove_dir_all(copy);
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(target)
+        .arg(copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let o = Command::new(bin())
+        .args(["mirror", "-q"])
+        .args(extra)
+        .arg(src)
+        .arg(copy)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "local mirror {extra:?}: {}", stderr(&o));
+    scan_tree(copy, true).unwrap()
+}
+
+/// TARGET is what a local mirror made of its copy (not atimes: `cp -a` read the protected
+/// files in TARGET, moving theirs).
+fn assert_as_local(want: &Tree, target: &Path, what: &str) {
+    let d = diffs(
+        want,
+        target,
+        &CompareOpts {
+            atime: false,
+            ..mirror_cmp()
+        },
+    );
+    assert!(
+        d.is_empty(),
+        "{what}: DST differs from a local mirror's result:\n  {}",
+        d.join("\n  ")
+    );
+}
+
 #[test]
 fn dry_run_verbose_and_filters_work_remotely_as_locally() {
     if !need_root() {
@@ -907,41 +947,11 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
         std::fs::write(dst.join("a/only-in-dst.tmp"), b"dst's own").unwrap();
         std::fs::write(src.join("b/more.tmp"), b"excluded").unwrap();
         std::fs::write(src.join("b/more"), b"included").unwrap();
-        let local = tmp.path().join("local");
-        let _ = std::fs::remove_dir_all(&local);
-        let cp = Command::new("cp")
-            .arg("-a")
-            .arg(&dst)
-            .arg(&local)
-            .status()
-            .unwrap();
-        assert!(cp.success());
-        let o = Command::new(bin())
-            .args(["mirror", "-q"])
-            .args(extra)
-            .arg(&src)
-            .arg(&local)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "local mirror {extra:?}: {}", stderr(&o));
+        let want = local_result(&dst, &tmp.path().join("local"), &src, extra);
         let ex: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
         let o = mirror(&s, &ex, src.as_os_str(), &to);
         assert_eq!(o.status.code(), Some(0), "push {extra:?}: {}", stderr(&o));
-        let want = scan_tree(&local, true).unwrap();
-        // (Not atimes: `cp -a` read the protected files in DST, moving theirs.)
-        let d = diffs(
-            &want,
-            &dst,
-            &CompareOpts {
-                atime: false,
-                ..mirror_cmp()
-            },
-        );
-        assert!(
-            d.is_empty(),
-            "push {extra:?}: DST differs from a local mirror's result:\n  {}",
-            d.join("\n  ")
-        );
+        assert_as_local(&want, &dst, &format!("push {extra:?}"));
         assert!(!dst.join("b/more.tmp").exists(), "an excluded file was sent");
     }
 
@@ -952,23 +962,7 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
         &["--exclude", "*.tmp", "--delete-excluded"][..],
     ] {
         std::fs::write(back.join("a/only-in-back.tmp"), b"back's own").unwrap();
-        let local = tmp.path().join("local-pull");
-        let _ = std::fs::remove_dir_all(&local);
-        let cp = Command::new("cp")
-            .arg("-a")
-            .arg(&back)
-            .arg(&local)
-            .status()
-            .unwrap();
-        assert!(cp.success());
-        let o = Command::new(bin())
-            .args(["mirror", "-q"])
-            .args(extra)
-            .arg(&src)
-            .arg(&local)
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "local mirror {extra:?}: {}", stderr(&o));
+        let want = local_result(&back, &tmp.path().join("local-pull"), &src, extra);
         let ex: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
         let mut dry = ex.clone();
         dry.push(OsStr::new("--dry-run"));
@@ -997,20 +991,7 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
         );
         let o = mirror(&s, &ex, &from, back.as_os_str());
         assert_eq!(o.status.code(), Some(0), "pull {extra:?}: {}", stderr(&o));
-        let want = scan_tree(&local, true).unwrap();
-        let d = diffs(
-            &want,
-            &back,
-            &CompareOpts {
-                atime: false,
-                ..mirror_cmp()
-            },
-        );
-        assert!(
-            d.is_empty(),
-            "pull {extra:?}: DST differs from a local mirror's result:\n  {}",
-            d.join("\n  ")
-        );
+        assert_as_local(&want, &back, &format!("pull {extra:?}"));
     }
 }
 
