@@ -30,6 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::FileType;
+use rustix::io::Errno;
 
 use crate::diff::{self, Change, Kind, WalkOpts};
 use crate::error::ErrorLog;
@@ -186,22 +187,37 @@ pub fn walk(
     .map_err(|e| format!("open {}: {e}", root.display()))?;
     let mut order: Vec<usize> = (0..out.len()).collect();
     order.sort_by(|&a, &b| diff::split(&out[a].0.path).0.cmp(diff::split(&out[b].0.path).0));
-    let mut dir: Option<(Vec<u8>, OwnedFd)> = None;
+    // An entry (or directory) gone since the walk, or replaced by another type on the way, is
+    // left out: it is not there to be copied (and a tree being changed is sent again).
+    let gone_now = |e: rustix::io::Errno| matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP);
+    let mut gone = vec![false; out.len()];
+    let mut dir: Option<(Vec<u8>, Option<OwnedFd>)> = None;
     for i in order {
         let (e, _) = &mut out[i];
         let (parent, name) = diff::split(&e.path);
         if dir.as_ref().is_none_or(|(p, _)| p.as_slice() != parent) {
             match diff::open_dir_path(&root_fd, parent, false) {
-                Ok(fd) => dir = Some((parent.to_vec(), fd)),
-                Err(e) => return Err(format!("open {}: {e}", diff::full(root, parent).display())),
+                Ok(fd) => dir = Some((parent.to_vec(), Some(fd))),
+                Err(err) if gone_now(err) => dir = Some((parent.to_vec(), None)),
+                Err(err) => return Err(format!("open {}: {err}", diff::full(root, parent).display())),
             }
         }
-        let fd = &dir.as_ref().expect("opened").1;
+        let Some(fd) = &dir.as_ref().expect("opened").1 else {
+            gone[i] = true;
+            continue;
+        };
         let n = CString::new(name).expect("names have no NUL");
-        let x = meta::xattrs_at(meta::fd(fd), &n, preserve)
-            .map_err(|err| format!("listxattr {}: {err}", diff::full(root, &e.path).display()))?;
-        e.xattrs = xattr_digest(&x);
+        match meta::xattrs_at(meta::fd(fd), &n, preserve) {
+            Ok(x) => e.xattrs = xattr_digest(&x),
+            Err(err) if gone_now(err) => gone[i] = true,
+            Err(err) => return Err(format!("listxattr {}: {err}", diff::full(root, &e.path).display())),
+        }
     }
+    let mut k = 0;
+    out.retain(|_| {
+        k += 1;
+        !gone[k - 1]
+    });
     Ok(out)
 }
 
