@@ -195,6 +195,9 @@ pub enum ServeRole {
         /// The receiving end runs as root (owners and every xattr namespace count).
         #[arg(long)]
         root: bool,
+        /// Hash every regular file's content into the listing.
+        #[arg(long)]
+        checksum: bool,
         /// Read the filter rules (one JSON line) from stdin first.
         #[arg(long)]
         filters: bool,
@@ -950,7 +953,6 @@ impl RemoteRun<'_> {
             let d = self.data;
             let unsupported = [
                 (self.prev, "--prev"),
-                (self.checksum, "--checksum"),
                 // The rules travel to the remote sending end; a list file not yet.
                 (
                     src.is_some() && f.files_from.is_some(),
@@ -985,6 +987,7 @@ impl RemoteRun<'_> {
                 log_file: d.log_file.clone(),
                 filter_spec: self.filter.spec(matches, self.delete_excluded),
                 copy: self.copy,
+                checksum: self.checksum,
             };
             Ok((opts, side(src.clone(), self.src), side(dst.clone(), self.dst)))
         })())

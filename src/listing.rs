@@ -42,6 +42,9 @@ use std::sync::Arc;
 const MAGIC: &[u8; 8] = b"RSLIST1\n";
 /// Flag: the receiving end runs as root, so owners and xattrs of every namespace count.
 pub const FLAG_ROOT: u8 = 1;
+/// Flag: `--checksum`: regular files carry the BLAKE3 of their content, and the content
+/// decides (an mtime difference alone is then an attribute).
+pub const FLAG_CHECKSUM: u8 = 2;
 /// The longest path accepted (deeper than the kernel's PATH_MAX: trees are walked one
 /// directory at a time).
 pub const PATH_MAX: usize = 64 << 10;
@@ -53,6 +56,7 @@ pub const ENTRIES_MAX: u64 = 1 << 23;
 const E_LINK: u8 = 1;
 const E_XATTRS: u8 = 2;
 const E_RDEV: u8 = 4;
+const E_HASH: u8 = 8;
 
 /// One entry of a tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,6 +74,9 @@ pub struct Entry {
     pub link: u64,
     /// BLAKE3 (16 bytes) of the kept xattrs, all zero for none.
     pub xattrs: [u8; 16],
+    /// With [`FLAG_CHECKSUM`]: a regular file's content BLAKE3 (`None`: it could not be read
+    /// as a regular file, so it counts as changed).
+    pub hash: Option<[u8; 32]>,
 }
 
 impl Entry {
@@ -210,7 +217,19 @@ pub fn walk(
         match meta::xattrs_at(meta::fd(fd), &n, preserve) {
             Ok(x) => e.xattrs = xattr_digest(&x),
             Err(err) if gone_now(err) => gone[i] = true,
-            Err(err) => return Err(format!("listxattr {}: {err}", diff::full(root, &e.path).display())),
+            Err(err) => {
+                return Err(format!(
+                    "listxattr {}: {err}",
+                    diff::full(root, &e.path).display()
+                ))
+            }
+        }
+        if flags & FLAG_CHECKSUM != 0 && e.file_type() == FileType::RegularFile {
+            match content_hash(fd, &n) {
+                Ok(h) => e.hash = h,
+                Err(err) if gone_now(err) => gone[i] = true,
+                Err(err) => return Err(format!("read {}: {err}", diff::full(root, &e.path).display())),
+            }
         }
     }
     let mut k = 0;
@@ -219,6 +238,33 @@ pub fn walk(
         !gone[k - 1]
     });
     Ok(out)
+}
+
+/// BLAKE3 of the content of `name` in `dir`; `None` when it is not a regular file any more.
+fn content_hash(dir: &OwnedFd, name: &std::ffi::CStr) -> Result<Option<[u8; 32]>, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    // Never follows a symlink, never blocks on a fifo swapped in; O_NOATIME where allowed.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, name, flags, Mode::empty())?,
+        r => r?,
+    };
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Ok(None);
+    }
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(*h.finalize().as_bytes()))
 }
 
 /// BLAKE3 (16 bytes) of sorted xattrs; all zero for none.
@@ -287,7 +333,8 @@ pub fn write(out: &mut impl Write, flags: u8, entries: &[Entry]) -> io::Result<[
         put_var(&mut buf, e.atime.1 as u64);
         let f = (if e.link != 0 { E_LINK } else { 0 })
             | (if e.xattrs != [0; 16] { E_XATTRS } else { 0 })
-            | (if e.rdev != 0 { E_RDEV } else { 0 });
+            | (if e.rdev != 0 { E_RDEV } else { 0 })
+            | (if e.hash.is_some() { E_HASH } else { 0 });
         buf.push(f);
         if e.link != 0 {
             put_var(&mut buf, e.link);
@@ -297,6 +344,9 @@ pub fn write(out: &mut impl Write, flags: u8, entries: &[Entry]) -> io::Result<[
         }
         if e.rdev != 0 {
             put_var(&mut buf, e.rdev);
+        }
+        if let Some(h) = &e.hash {
+            buf.extend_from_slice(h);
         }
         prev = &e.path;
         if buf.len() >= 60 << 10 {
@@ -468,7 +518,7 @@ pub fn read(r: &mut impl BufRead) -> Result<Listing, ReadError> {
         e.atime.0 = unzigzag(h.var()?);
         e.atime.1 = h.var_max(999_999_999, "nanoseconds")? as u32;
         let f = h.byte()?;
-        if f & !(E_LINK | E_XATTRS | E_RDEV) != 0 {
+        if f & !(E_LINK | E_XATTRS | E_RDEV | E_HASH) != 0 {
             return Err(format!("unknown entry flags {f:#x} in the listing at {shown:?}").into());
         }
         if f & E_LINK != 0 {
@@ -480,6 +530,11 @@ pub fn read(r: &mut impl BufRead) -> Result<Listing, ReadError> {
         if f & E_RDEV != 0 {
             e.rdev = h.var()?;
         }
+        if f & E_HASH != 0 {
+            let mut d = [0u8; 32];
+            h.bytes(&mut d)?;
+            e.hash = Some(d);
+        }
         let ft = e.file_type();
         match ft {
             FileType::Directory => {
@@ -488,7 +543,7 @@ pub fn read(r: &mut impl BufRead) -> Result<Listing, ReadError> {
             FileType::Unknown => return Err(format!("unknown file type in the listing at {shown:?}").into()),
             _ => {}
         }
-        if ft == FileType::Directory && e.link != 0 {
+        if (ft == FileType::Directory && e.link != 0) || (ft != FileType::RegularFile && e.hash.is_some()) {
             return Err(format!("inconsistent entry in the listing at {shown:?}").into());
         }
         e.path = next.clone();
@@ -574,6 +629,7 @@ pub fn meta_of(e: &Entry) -> Meta {
 /// to `errors` and left alone.
 pub fn compare(old: &Listing, src: &[(Entry, Meta)], filter: &Filter, errors: &ErrorLog) -> Vec<Change> {
     let owner = old.flags & FLAG_ROOT != 0;
+    let checksum = old.flags & FLAG_CHECKSUM != 0;
     // Protected: excluded, or below an excluded directory (listed in order: parents first).
     let mut protected: std::collections::HashSet<&[u8]> = Default::default();
     if filter.needs_paths() && !filter.delete_excluded {
@@ -648,6 +704,8 @@ pub fn compare(old: &Listing, src: &[(Entry, Meta)], filter: &Filter, errors: &E
         }
         let ft = n.file_type();
         let data = match ft {
+            // With --checksum the content decides (a hash missing on either side: changed).
+            FileType::RegularFile if checksum => o.size != n.size || o.hash.is_none() || o.hash != n.hash,
             FileType::RegularFile => o.size != n.size || o.mtime != n.mtime,
             FileType::Symlink => o.size != n.size || o.mtime != n.mtime,
             FileType::CharacterDevice | FileType::BlockDevice => o.rdev != n.rdev,
@@ -736,6 +794,7 @@ mod tests {
         ];
         v[2].link = 7;
         v[2].xattrs = [9; 16];
+        v[2].hash = Some([3; 32]);
         v[4].rdev = 0x1234;
         v[1].size = u64::MAX;
         v[1].mtime = (i64::MIN, 0);

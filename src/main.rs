@@ -92,10 +92,11 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
         ServeRole::List {
             src,
             root,
+            checksum,
             filters,
             quiet,
         } => match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
-            Ok(e) => ringsync::remote::serve_list_src(&src, root, filters, e, quiet),
+            Ok(e) => ringsync::remote::serve_list_src(&src, root, checksum, filters, e, quiet),
             Err(e) => {
                 eprintln!("ringsync: serve: {}", e.0);
                 exit::FATAL

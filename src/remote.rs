@@ -137,6 +137,8 @@ pub struct RemoteOpts {
     /// `copy`: a mirror that deletes nothing in DST (and so never resumes a full stream,
     /// which would).
     pub copy: bool,
+    /// `--checksum`: file contents decide (hashed on both ends), not size and mtime.
+    pub checksum: bool,
 }
 
 /// What a run shows and selects, made once from [`RemoteOpts`].
@@ -544,7 +546,10 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         (Some(_), _) => "full",
         (None, _) => "listing",
     };
-    let request = format!("{}\n", serde_json::json!({ "plan": plan }));
+    let request = format!(
+        "{}\n",
+        serde_json::json!({ "plan": plan, "checksum": o.checksum })
+    );
     shown.wire.sent.fetch_add(request.len() as u64, Relaxed);
     if stdin.write_all(request.as_bytes()).is_err() {
         drop(stdin);
@@ -763,6 +768,9 @@ fn remote_listing(
     if flags & crate::listing::FLAG_ROOT != 0 {
         words.push(b"--root");
     }
+    if flags & crate::listing::FLAG_CHECKSUM != 0 {
+        words.push(b"--checksum");
+    }
     if filters.is_some() {
         words.push(b"--filters");
     }
@@ -786,6 +794,16 @@ fn remote_listing(
             Err(Attempt::Done(exit::REMOTE))
         }
     }
+}
+
+/// The flags of this end's listing.
+fn own_flags(o: &RemoteOpts) -> u8 {
+    crate::listing::own_flags()
+        | if o.checksum {
+            crate::listing::FLAG_CHECKSUM
+        } else {
+            0
+        }
 }
 
 /// Local DST's entries (none when it does not exist yet).
@@ -862,7 +880,7 @@ fn pull_changes(
 
 /// `--dry-run` pull: SRC's listing compared with DST here; nothing is locked or written.
 fn pull_dry_run(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attempt {
-    let flags = crate::listing::own_flags();
+    let flags = own_flags(o);
     let entries = match local_entries(o, dst, flags) {
         Ok(e) => e,
         Err(a) => return a,
@@ -881,7 +899,7 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
         Ok(x) => x,
         Err(code) => return Attempt::Done(code),
     };
-    let flags = crate::listing::own_flags();
+    let flags = own_flags(o);
     let entries = match local_entries(o, &dst, flags) {
         Ok(e) => e,
         Err(a) => return a,
@@ -976,19 +994,24 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
             return exit::LINK;
         }
     };
-    let plan = serde_json::from_str::<serde_json::Value>(&req)
-        .ok()
-        .and_then(|v| v["plan"].as_str().map(str::to_string));
-    match plan.as_deref() {
+    let v = serde_json::from_str::<serde_json::Value>(&req).unwrap_or_default();
+    let plan = v["plan"].as_str();
+    // --checksum: the listing carries each regular file's content hash.
+    let flags = crate::listing::own_flags()
+        | if v["checksum"].as_bool() == Some(true) {
+            crate::listing::FLAG_CHECKSUM
+        } else {
+            0
+        };
+    match plan {
         Some("full") => crate::receive::apply_stream(si, cfg),
         // A dry run: DST as it is, not locked, not made.
-        Some("list") => serve_list(&cfg.dst, crate::listing::own_flags(), engine, cfg.quiet),
+        Some("list") => serve_list(&cfg.dst, flags, engine, cfg.quiet),
         Some("listing") => {
             let (dst, guard) = match crate::receive::lock_dst(&cfg.dst) {
                 Ok(x) => x,
                 Err(code) => return code,
             };
-            let flags = crate::listing::own_flags();
             let Ok(entries) =
                 list_entries("serve", &dst, flags, engine, false, Default::default(), cfg.quiet)
             else {
@@ -1035,7 +1058,14 @@ fn serve_list(dst: &Path, flags: u8, engine: EngineKind, quiet: bool) -> i32 {
 /// `ringsync serve list [--root] [--filters] SRC`: the greeting, then SRC's listing, made for
 /// a receiving end that runs as root (`--root`) or not; with `--filters`, through the filter
 /// line read from stdin first.
-pub fn serve_list_src(src: &Path, root: bool, filters: bool, engine: EngineKind, quiet: bool) -> i32 {
+pub fn serve_list_src(
+    src: &Path,
+    root: bool,
+    checksum: bool,
+    filters: bool,
+    engine: EngineKind,
+    quiet: bool,
+) -> i32 {
     if greet(None).is_err() {
         return exit::LINK;
     }
@@ -1043,7 +1073,12 @@ pub fn serve_list_src(src: &Path, root: bool, filters: bool, engine: EngineKind,
         Ok(f) => f,
         Err(code) => return code,
     };
-    let flags = if root { crate::listing::FLAG_ROOT } else { 0 };
+    let flags = if root { crate::listing::FLAG_ROOT } else { 0 }
+        | if checksum {
+            crate::listing::FLAG_CHECKSUM
+        } else {
+            0
+        };
     write_listing(src, flags, engine, quiet, true, filter)
 }
 

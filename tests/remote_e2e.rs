@@ -488,9 +488,9 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
     assert!(stderr(&o).contains("home directory"), "{}", stderr(&o));
 
     // A remote side with an option that needs both sides compared: refused, nothing run.
-    let o = mirror(&s, &[OsStr::new("--checksum")], src.as_os_str(), &dst);
+    let o = mirror(&s, &[OsStr::new("--prev"), src.as_os_str()], src.as_os_str(), &dst);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--checksum"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--prev"), "{}", stderr(&o));
 }
 
 /// An rsh (for `-e`) that runs the test sshd's ssh and appends every byte going to the remote
@@ -1159,4 +1159,69 @@ fn copy_with_a_remote_side_sends_changes_and_deletes_nothing() {
     let o = copy(src.join("top").as_os_str(), &to, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+}
+
+/// Rewrite `path` with other bytes of the same length, and give it back its mtime.
+fn rewrite_keep_mtime(path: &Path) {
+    let m = std::fs::metadata(path).unwrap();
+    let mut data = std::fs::read(path).unwrap();
+    for b in data.iter_mut() {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(path, &data).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(m.modified().unwrap()).unwrap();
+}
+
+#[test]
+fn checksum_sends_same_size_same_mtime_edits_both_ways() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-checksum");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    plain_tree(&src);
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    for (f, t) in [
+        (src.as_os_str(), to.as_os_str()),
+        (from.as_os_str(), back.as_os_str()),
+    ] {
+        let o = mirror(&s, &[], f, t);
+        assert_eq!(o.status.code(), Some(0), "first run: {}", stderr(&o));
+    }
+    rewrite_keep_mtime(&src.join("b/four"));
+    scan_tree(&src, true).unwrap();
+    let now = scan_tree(&src, true).unwrap();
+    for (what, f, t, target) in [
+        ("push", src.as_os_str(), to.as_os_str(), &dst),
+        ("pull", from.as_os_str(), back.as_os_str(), &back),
+    ] {
+        // Size and mtime agree: without --checksum the edit is not seen (as locally).
+        let o = mirror(&s, &[], f, t);
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+        assert!(
+            !diffs(&now, target, &mirror_cmp()).is_empty(),
+            "{what}: the same-size, same-mtime edit travelled without --checksum"
+        );
+        // --dry-run --checksum lists it; --checksum sends it.
+        let o = mirror(&s, &[OsStr::new("--checksum"), OsStr::new("--dry-run")], f, t);
+        assert_eq!(o.status.code(), Some(0), "{what} -c -n: {}", stderr(&o));
+        let o2 = Command::new(bin())
+            .args(["mirror", "--checksum", "--dry-run", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(s.remote_bin())
+            .arg(f)
+            .arg(t)
+            .output()
+            .unwrap();
+        assert_eq!(lines(&o2), vec!["M\tb/four".to_string()], "{what} -c -n");
+        let o = mirror(&s, &[OsStr::new("--checksum")], f, t);
+        assert_eq!(o.status.code(), Some(0), "{what} -c: {}", stderr(&o));
+        assert_exact(&now, target, &mirror_cmp(), &format!("{what} --checksum"));
+    }
 }
