@@ -488,7 +488,12 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
     assert!(stderr(&o).contains("home directory"), "{}", stderr(&o));
 
     // A remote side with an option that needs both sides compared: refused, nothing run.
-    let o = mirror(&s, &[OsStr::new("--prev"), src.as_os_str()], src.as_os_str(), &dst);
+    let o = mirror(
+        &s,
+        &[OsStr::new("--prev"), src.as_os_str()],
+        src.as_os_str(),
+        &dst,
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--prev"), "{}", stderr(&o));
 }
@@ -1223,5 +1228,83 @@ fn checksum_sends_same_size_same_mtime_edits_both_ways() {
         let o = mirror(&s, &[OsStr::new("--checksum")], f, t);
         assert_eq!(o.status.code(), Some(0), "{what} -c: {}", stderr(&o));
         assert_exact(&now, target, &mirror_cmp(), &format!("{what} --checksum"));
+    }
+}
+
+#[test]
+fn a_hostile_listing_from_the_remote_end_is_refused_and_nothing_is_sent() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-hostile-listing");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("secret"), b"must not travel").unwrap();
+    // Listings a remote end could send: a path with `..`, one out of order, one whose parent
+    // is not a directory, a truncated one. Each is written by the library's own encoder (which
+    // trusts its input), so the digest is right and only the reader's checks stand between.
+    let entry = |p: &str, mode: u32| ringsync::listing::Entry {
+        path: p.as_bytes().to_vec(),
+        mode,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Vec<ringsync::listing::Entry>, usize)> = vec![
+        (
+            "dotdot",
+            vec![entry("a", 0o40755), entry("a/../../etc", 0o40755)],
+            0,
+        ),
+        ("order", vec![entry("b", 0o100644), entry("a", 0o100644)], 0),
+        ("parent", vec![entry("f", 0o100644), entry("f/x", 0o100644)], 0),
+        ("cut", vec![entry("a", 0o100644)], 7),
+    ];
+    for (name, entries, cut) in cases {
+        let mut listing = Vec::new();
+        ringsync::listing::write(&mut listing, 0, &entries).unwrap();
+        listing.truncate(listing.len() - cut);
+        let lpath = s.plain_dir().join(format!("{name}.listing"));
+        std::fs::write(&lpath, &listing).unwrap();
+        let got = s.plain_dir().join(format!("{name}.got"));
+        // A fake remote end: greeting, status, reads the request, sends the listing, closes
+        // its stdout, keeps whatever comes after (nothing must).
+        let fake = s.plain_dir().join(format!("{name}.sh"));
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho 'RINGSYNC-SERVE 2 ringsync fake'\necho '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\nexec >&- 2>&-\ncat > {}\n",
+                lpath.display(),
+                got.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let o = Command::new(bin())
+            .args(["mirror", "-q", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(&fake)
+            .arg(&src)
+            .arg(remote(s.root_user(), &tmp.path().join("dst")))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(7), "{name}: {err}");
+        assert!(
+            err.contains("DST's listing") || err.contains("listing ends early"),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("ringsync:")).count(),
+            1,
+            "{name}: {err}"
+        );
+        let sent = std::fs::read(&got).unwrap_or_default();
+        assert!(
+            !sent.windows(15).any(|w| w == b"must not travel"),
+            "{name}: SRC's data was sent to a remote end whose listing was refused"
+        );
     }
 }
