@@ -26,15 +26,26 @@ use common::oracle::{compare_scanned, scan_tree, Tree};
 use common::sshd::Sshd;
 use common::*;
 
-/// Run `ringsync mirror -q -e RSH --remote-bin BIN EXTRA... SRC DST`.
-fn mirror(s: &Sshd, extra: &[&OsStr], src: &OsStr, dst: &OsStr) -> Output {
+/// `ringsync WORDS... -e RSH --remote-bin BIN` for the test sshd (stdin: nothing).
+fn remote_cmd(s: &Sshd, words: &[&str]) -> Command {
     let mut cmd = Command::new(bin());
-    cmd.args(["mirror", "-q", "-e"])
+    cmd.args(words)
+        .arg("-e")
         .arg(s.rsh())
         .arg("--remote-bin")
-        .arg(s.remote_bin());
-    cmd.args(extra).arg(src).arg(dst).stdin(Stdio::null());
-    cmd.output().expect("run ringsync mirror")
+        .arg(s.remote_bin())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Run `ringsync mirror -q -e RSH --remote-bin BIN EXTRA... SRC DST`.
+fn mirror(s: &Sshd, extra: &[&OsStr], src: &OsStr, dst: &OsStr) -> Output {
+    remote_cmd(s, &["mirror", "-q"])
+        .args(extra)
+        .arg(src)
+        .arg(dst)
+        .output()
+        .expect("run ringsync mirror")
 }
 
 fn remote(user: &str, path: &Path) -> OsString {
@@ -292,11 +303,7 @@ fn a_dropped_link_exits_6_and_the_rerun_resumes() {
     assert!(stderr(&o).contains("rerun"), "{}", stderr(&o));
     assert_no_torn_file(&before, &dst, "after the cut");
     // The rerun (not quiet: it says where it resumed and how much it sent).
-    let o = Command::new(bin())
-        .args(["mirror", "-e"])
-        .arg(s.rsh())
-        .arg("--remote-bin")
-        .arg(s.remote_bin())
+    let o = remote_cmd(&s, &["mirror"])
         .arg(&src)
         .arg(remote(s.root_user(), &dst))
         .stdin(Stdio::null())
@@ -857,11 +864,7 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
         ("pull", from.as_os_str(), back.as_os_str(), &back),
     ] {
         let before = scan_tree(target, true).unwrap();
-        let o = Command::new(bin())
-            .args(["mirror", "--dry-run", "-e"])
-            .arg(s.rsh())
-            .arg("--remote-bin")
-            .arg(s.remote_bin())
+        let o = remote_cmd(&s, &["mirror", "--dry-run"])
             .arg(from_)
             .arg(to_)
             .stdin(Stdio::null())
@@ -894,11 +897,7 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
     }
 
     // -v: the same lines, and the run is made.
-    let o = Command::new(bin())
-        .args(["mirror", "-v", "-e"])
-        .arg(s.rsh())
-        .arg("--remote-bin")
-        .arg(s.remote_bin())
+    let o = remote_cmd(&s, &["mirror", "-v"])
         .arg(&src)
         .arg(&to)
         .stdin(Stdio::null())
@@ -921,11 +920,7 @@ fn dry_run_verbose_and_filters_work_remotely_as_locally() {
 
     // --json: the change lines, then a summary with file bytes and wire bytes apart.
     std::fs::write(src.join("b/json"), vec![b'j'; 54_321]).unwrap();
-    let o = Command::new(bin())
-        .args(["mirror", "--json", "-e"])
-        .arg(s.rsh())
-        .arg("--remote-bin")
-        .arg(s.remote_bin())
+    let o = remote_cmd(&s, &["mirror", "--json"])
         .arg(&src)
         .arg(&to)
         .stdin(Stdio::null())
@@ -1112,11 +1107,7 @@ fn copy_with_a_remote_side_sends_changes_and_deletes_nothing() {
         std::fs::write(d.join("top"), b"an older top").unwrap();
     }
     let copy = |from: &OsStr, to: &OsStr, extra: &[&str]| {
-        Command::new(bin())
-            .args(["copy", "-q", "-e"])
-            .arg(s.rsh())
-            .arg("--remote-bin")
-            .arg(s.remote_bin())
+        remote_cmd(&s, &["copy", "-q"])
             .args(extra)
             .arg(from)
             .arg(to)
@@ -1127,11 +1118,7 @@ fn copy_with_a_remote_side_sends_changes_and_deletes_nothing() {
     let to = remote(s.root_user(), &dst);
     let from = remote(s.root_user(), &src);
     // A dry run lists no deletion and changes nothing.
-    let o = Command::new(bin())
-        .args(["copy", "--dry-run", "-e"])
-        .arg(s.rsh())
-        .arg("--remote-bin")
-        .arg(s.remote_bin())
+    let o = remote_cmd(&s, &["copy", "--dry-run"])
         .arg(&src)
         .arg(&to)
         .output()
@@ -1215,11 +1202,7 @@ fn checksum_sends_same_size_same_mtime_edits_both_ways() {
         // --dry-run --checksum lists it; --checksum sends it.
         let o = mirror(&s, &[OsStr::new("--checksum"), OsStr::new("--dry-run")], f, t);
         assert_eq!(o.status.code(), Some(0), "{what} -c -n: {}", stderr(&o));
-        let o2 = Command::new(bin())
-            .args(["mirror", "--checksum", "--dry-run", "-e"])
-            .arg(s.rsh())
-            .arg("--remote-bin")
-            .arg(s.remote_bin())
+        let o2 = remote_cmd(&s, &["mirror", "--checksum", "--dry-run"])
             .arg(f)
             .arg(t)
             .output()
