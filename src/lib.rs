@@ -27,6 +27,7 @@ pub mod filter;
 pub mod listing;
 pub mod meta;
 pub mod mirror;
+pub mod moves;
 pub mod progress;
 pub mod receive;
 pub mod remote;

@@ -241,7 +241,7 @@ pub fn walk(
 }
 
 /// BLAKE3 of the content of `name` in `dir`; `None` when it is not a regular file any more.
-fn content_hash(dir: &OwnedFd, name: &std::ffi::CStr) -> Result<Option<[u8; 32]>, Errno> {
+pub(crate) fn content_hash(dir: &OwnedFd, name: &std::ffi::CStr) -> Result<Option<[u8; 32]>, Errno> {
     use rustix::fs::{Mode, OFlags};
     // Never follows a symlink, never blocks on a fifo swapped in; O_NOATIME where allowed.
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
@@ -568,6 +568,9 @@ pub fn read(r: &mut impl BufRead) -> Result<Listing, ReadError> {
     Ok(l)
 }
 
+/// Asks the receiving end for the content hashes of its files at these paths.
+pub type Ask<'a> = &'a mut dyn FnMut(&[Vec<u8>]) -> Result<HashMap<Vec<u8>, [u8; 32]>, String>;
+
 /// What a sender compares with a receiver's listing: the listing's id and the changes.
 pub struct Against {
     pub id: [u8; 16],
@@ -581,16 +584,43 @@ pub struct Against {
 /// Walk SRC (through `filter`) and compare it with the receiver's listing. Entries that could
 /// not be read go to `errors` (the caller then changes nothing); entries the filter protects
 /// and cannot leave alone are reported on their own and counted in [`Against::errors`].
+///
+/// `ask`: detect moved files (`crate::moves`): called once, with the deleted paths whose
+/// content hashes the receiving end is to give (none with `--checksum`: the listing holds
+/// them). `None`: no moves (a copy deletes nothing, a dry run asks nothing).
 pub fn against(
     l: &Listing,
     src: &Path,
     engine: EngineKind,
     filter: Arc<Filter>,
     errors: &ErrorLog,
+    ask: Option<Ask<'_>>,
 ) -> Result<Against, String> {
     let entries = walk(src, l.flags, engine, true, filter.clone(), errors)?;
     let protected = ErrorLog::new(false);
-    let changes = compare(l, &entries, &filter, &protected);
+    let mut changes = compare(l, &entries, &filter, &protected);
+    if let Some(ask) = ask {
+        if l.flags & FLAG_CHECKSUM != 0 {
+            ask(&[])?;
+            let hashes = |it: &mut dyn Iterator<Item = &Entry>| -> HashMap<Vec<u8>, [u8; 32]> {
+                it.filter(|e| e.link == 0)
+                    .filter_map(|e| e.hash.map(|h| (e.path.clone(), h)))
+                    .collect()
+            };
+            let old = hashes(&mut l.entries.iter());
+            let new = hashes(&mut entries.iter().map(|(e, _)| e));
+            crate::moves::pair(&mut changes, &old, &new);
+        } else {
+            let (old, new) = crate::moves::candidates(&changes);
+            let old = ask(&old)?;
+            let new = if old.is_empty() {
+                HashMap::new()
+            } else {
+                crate::moves::hash_all(src, &new)
+            };
+            crate::moves::pair(&mut changes, &old, &new);
+        }
+    }
     Ok(Against {
         id: l.id,
         empty: l.entries.is_empty(),

@@ -24,6 +24,7 @@
 //! Must not: put anything in the remote command line but the user's own arguments, each quoted
 //! for the remote shell; trust the remote end's words beyond one bounded line.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
@@ -40,7 +41,7 @@ use crate::ring::EngineKind;
 use crate::stream::ResumeToken;
 
 /// The protocol this ringsync speaks (docs/stream.md, section 8).
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 /// The greeting's first word.
 pub const GREETING: &str = "RINGSYNC-SERVE";
 /// The longest line read from the remote end before the stream.
@@ -398,6 +399,53 @@ fn line_max(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<String>>
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
+/// The sender's side of the hash round after a listing (`crate::moves`): one request line
+/// on `w`; when it names paths, the answer line from `r`. `Err(true)`: the link failed.
+fn ask_hashes(
+    w: &mut impl Write,
+    r: &mut impl BufRead,
+    paths: &[Vec<u8>],
+) -> Result<HashMap<Vec<u8>, [u8; 32]>, (bool, String)> {
+    let req = crate::moves::request(paths);
+    if w.write_all(req.as_bytes()).and_then(|_| w.flush()).is_err() {
+        return Err((true, "the receiving end stopped before the hash request".into()));
+    }
+    if paths.is_empty() {
+        return Ok(HashMap::new());
+    }
+    match line_max(r, crate::moves::LINE_MAX) {
+        Ok(Some(l)) => crate::moves::parse_answer(&l, paths)
+            .map_err(|e| (false, format!("the receiving end's content hashes: {e}"))),
+        _ => Err((true, "the receiving end stopped before its content hashes".into())),
+    }
+}
+
+/// The receiving end's side of the hash round: the request line from `r`, answered on `w`
+/// for the files of `listed` (the listing just sent) below `root`.
+fn answer_hashes(
+    r: &mut impl BufRead,
+    w: &mut impl Write,
+    root: &Path,
+    listed: &[crate::listing::Entry],
+) -> Result<(), (bool, String)> {
+    let req = match line_max(r, crate::moves::LINE_MAX) {
+        Ok(Some(l)) => l,
+        _ => return Err((true, "the sending end went away before its hash request".into())),
+    };
+    let asked = crate::moves::parse_request(&req)
+        .map_err(|e| (false, format!("the sending end's hash request: {e}")))?;
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let a = crate::moves::answer(root, listed, &asked);
+    w.write_all(a.as_bytes()).and_then(|_| w.flush()).map_err(|_| {
+        (
+            true,
+            "the sending end went away before the content hashes".to_string(),
+        )
+    })
+}
+
 /// What the remote shell's exit status says about a remote end that did not greet.
 fn no_greeting(host: &str, o: &RemoteOpts, st: Option<ExitStatus>, said: Option<&str>) -> Attempt {
     let bin = String::from_utf8_lossy(o.remote_bin.as_bytes()).into_owned();
@@ -559,7 +607,49 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         match crate::listing::read(&mut out) {
             Ok(l) => {
                 let walk_errors = crate::error::ErrorLog::new(o.quiet);
-                let against = crate::listing::against(&l, src, o.engine, shown.filter.clone(), &walk_errors);
+                // Moved files: the hash round (one request line, always, for a listing plan).
+                let mut asked = false;
+                let (mut lost, mut bad) = (None, None);
+                let mut ask = |p: &[Vec<u8>]| {
+                    asked = true;
+                    let mut w = Counted {
+                        inner: &mut stdin,
+                        n: shown.wire.sent.clone(),
+                    };
+                    ask_hashes(&mut w, &mut out, p).map_err(|(link, e)| {
+                        *if link { &mut lost } else { &mut bad } = Some(e.clone());
+                        e
+                    })
+                };
+                let moves = !o.dry_run && !o.copy;
+                let against = crate::listing::against(
+                    &l,
+                    src,
+                    o.engine,
+                    shown.filter.clone(),
+                    &walk_errors,
+                    if moves { Some(&mut ask) } else { None },
+                );
+                if !asked && !o.dry_run {
+                    let mut w = Counted {
+                        inner: &mut stdin,
+                        n: shown.wire.sent.clone(),
+                    };
+                    if let Err((_, e)) = ask_hashes(&mut w, &mut out, &[]) {
+                        lost = Some(e);
+                    }
+                }
+                if let Some(e) = lost {
+                    drop(stdin);
+                    return ended_early(&r.host, child, &e);
+                }
+                if let Some(e) = bad {
+                    eprintln!("ringsync: mirror: {}: {e}", r.host);
+                    drop(stdin);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Attempt::Done(exit::REMOTE);
+                }
                 let mut against = match against {
                     Ok(a) if walk_errors.errors() == 0 => a,
                     Ok(_) => {
@@ -928,17 +1018,28 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
         Err(a) => return a,
     };
     let stdin = send_filters(shown, &mut child, filters.as_deref()).expect("piped");
-    let id = match crate::listing::write(
-        &mut std::io::BufWriter::with_capacity(1 << 16, stdin),
-        flags,
-        &entries,
-    ) {
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
+    let id = match crate::listing::write(&mut w, flags, &entries) {
         Ok(id) => id,
         Err(_) => return ended_early(&r.host, child, "the remote end stopped reading the listing"),
     };
+    let Ok(mut stdin) = w.into_inner() else {
+        return ended_early(&r.host, child, "the remote end stopped reading the listing");
+    };
+    let mut out = out;
+    match answer_hashes(&mut out, &mut stdin, &dst, &entries) {
+        Ok(()) => {}
+        Err((true, e)) => return ended_early(&r.host, child, &e),
+        Err((false, e)) => {
+            eprintln!("ringsync: mirror: {}: {e}", r.host);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Attempt::Done(exit::REMOTE);
+        }
+    }
+    drop(stdin);
     drop(entries);
     let cfg = receive_config(o, &dst);
-    let mut out = out;
     let counts = Arc::new(crate::progress::StreamCounts::default());
     let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(id), Some(counts.clone()));
     shown.wire.files(counts.bytes.load(Relaxed));
@@ -1021,6 +1122,10 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
                 Ok(id) => id,
                 Err(_) => return exit::LINK,
             };
+            if let Err((link, e)) = answer_hashes(&mut si, &mut std::io::stdout().lock(), &dst, &entries) {
+                eprintln!("ringsync: serve: {e}");
+                return if link { exit::LINK } else { exit::FATAL };
+            }
             drop(entries);
             crate::receive::apply_locked(si, cfg, &dst, guard, Some(id), None)
         }
@@ -1124,7 +1229,27 @@ pub fn serve_send(listing: bool, filters: bool, no_delete: bool, mut cfg: crate:
             }
         };
         let errors = crate::error::ErrorLog::new(cfg.quiet);
-        match crate::listing::against(&l, &cfg.src, cfg.engine, filter, &errors) {
+        // Moved files: the hash round (one request line, always).
+        let mut asked = false;
+        let mut ask = |p: &[Vec<u8>]| {
+            asked = true;
+            ask_hashes(&mut std::io::stdout().lock(), &mut si, p).map_err(|(_, e)| e)
+        };
+        let against = crate::listing::against(
+            &l,
+            &cfg.src,
+            cfg.engine,
+            filter,
+            &errors,
+            if no_delete { None } else { Some(&mut ask) },
+        );
+        if !asked {
+            if let Err((_, e)) = ask_hashes(&mut std::io::stdout().lock(), &mut si, &[]) {
+                eprintln!("ringsync: serve: {e}");
+                return exit::LINK;
+            }
+        }
+        match against {
             Ok(mut a) if errors.errors() == 0 => {
                 if no_delete {
                     a.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);

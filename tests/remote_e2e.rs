@@ -1256,7 +1256,8 @@ fn a_hostile_listing_from_the_remote_end_is_refused_and_nothing_is_sent() {
         std::fs::write(
             &fake,
             format!(
-                "#!/bin/sh\necho 'RINGSYNC-SERVE 2 ringsync fake'\necho '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\nexec >&- 2>&-\ncat > {}\n",
+                "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\necho '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\nexec >&- 2>&-\ncat > {}\n",
+                ringsync::remote::PROTOCOL,
                 lpath.display(),
                 got.display()
             ),
@@ -1288,6 +1289,183 @@ fn a_hostile_listing_from_the_remote_end_is_refused_and_nothing_is_sent() {
         assert!(
             !sent.windows(15).any(|w| w == b"must not travel"),
             "{name}: SRC's data was sent to a remote end whose listing was refused"
+        );
+    }
+}
+
+/// `len` bytes that differ for every `seed` (no two files of the test share content).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+#[test]
+fn moved_files_travel_as_renames_both_ways_and_only_equal_content_moves() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-moves");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    for d in ["a", "b", "c/deep"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    let files = [
+        ("a/one", 300_000),
+        ("a/two", 200_000),
+        ("b/three", 400_000),
+        ("c/deep/four", 250_000),
+        ("c/five", 150_000),
+        ("trap-old", 60_000),
+    ];
+    for (k, (p, len)) in files.iter().enumerate() {
+        std::fs::write(src.join(p), noise(k as u64 + 1, *len)).unwrap();
+    }
+    let rsh = counting_rsh(&s, tmp.path());
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    for (f, t) in [
+        (src.as_os_str(), to.as_os_str()),
+        (from.as_os_str(), back.as_os_str()),
+    ] {
+        let o = mirror_via(&rsh, &s, f, t);
+        assert_eq!(o.status.code(), Some(0), "first run: {}", stderr(&o));
+    }
+    wire(tmp.path());
+    // Moves: within a directory, to another one (with a new mode), a whole directory
+    // renamed; and a trap: a file deleted and another created with the same size and mtime
+    // but other content (it must travel whole).
+    std::fs::rename(src.join("a/one"), src.join("a/one-renamed")).unwrap();
+    std::fs::rename(src.join("a/two"), src.join("b/two")).unwrap();
+    std::fs::set_permissions(src.join("b/two"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(src.join("c"), src.join("c-moved")).unwrap();
+    let mtime = std::fs::metadata(src.join("trap-old"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::remove_file(src.join("trap-old")).unwrap();
+    std::fs::write(src.join("trap-new"), noise(99, 60_000)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("trap-new"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let now = scan_tree(&src, true).unwrap();
+    // What must travel: the trap's 60,000 bytes; the 1.3 MB moved go as renames.
+    let bound = 60_000 + (16 << 10);
+    let o = mirror_via(&rsh, &s, src.as_os_str(), &to);
+    assert_eq!(o.status.code(), Some(0), "push: {}", stderr(&o));
+    assert_exact(&now, &dst, &mirror_cmp(), "push of moves");
+    let (sent, _) = wire(tmp.path());
+    assert!(
+        sent <= bound,
+        "the push of moves sent {sent} bytes, more than {bound}"
+    );
+    let o = mirror_via(&rsh, &s, &from, back.as_os_str());
+    assert_eq!(o.status.code(), Some(0), "pull: {}", stderr(&o));
+    assert_exact(&now, &back, &mirror_cmp(), "pull of moves");
+    let (_, got) = wire(tmp.path());
+    assert!(
+        got <= bound,
+        "the pull of moves received {got} bytes, more than {bound}"
+    );
+    // With --checksum the listing's hashes decide (no request round); -v shows the moves.
+    std::fs::rename(src.join("b/three"), src.join("three-up")).unwrap();
+    let now = scan_tree(&src, true).unwrap();
+    let o = remote_cmd(&s, &["mirror", "-v", "--checksum"])
+        .arg(&src)
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "push -c: {}", stderr(&o));
+    assert_exact(&now, &dst, &mirror_cmp(), "push --checksum of a move");
+    assert!(
+        lines(&o).contains(&"R\tb/three\tthree-up".to_string()),
+        "{:?}",
+        lines(&o)
+    );
+    let o = remote_cmd(&s, &["mirror", "--json", "--checksum"])
+        .arg(&from)
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "pull -c: {}", stderr(&o));
+    assert_exact(&now, &back, &mirror_cmp(), "pull --checksum of a move");
+    let last: serde_json::Value = serde_json::from_str(lines(&o).last().unwrap()).unwrap();
+    assert!(last["wire"]["received"].as_u64().unwrap() < 16 << 10, "{last}");
+}
+
+#[test]
+fn a_hostile_hash_answer_from_the_remote_end_is_refused_and_nothing_is_sent() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-hostile-hashes");
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // A file the listing's deleted entry matches by size and mtime: the sender asks for its hash.
+    let mut data = b"must not travel".to_vec();
+    data.resize(4096, b'x');
+    std::fs::write(src.join("new"), &data).unwrap();
+    let mtime = std::fs::metadata(src.join("new")).unwrap().modified().unwrap();
+    let since = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let listed = ringsync::listing::Entry {
+        path: b"old".to_vec(),
+        mode: 0o100644,
+        size: 4096,
+        mtime: (since.as_secs() as i64, since.subsec_nanos()),
+        ..Default::default()
+    };
+    let mut listing = Vec::new();
+    ringsync::listing::write(&mut listing, 0, &[listed]).unwrap();
+    let lpath = s.plain_dir().join("hashes.listing");
+    std::fs::write(&lpath, &listing).unwrap();
+    for (name, answer) in [
+        ("not-json", "{\"hashes\":"),
+        ("wrong-count", "{\"hashes\":[null,null]}"),
+        ("not-hex", "{\"hashes\":[\"zz\"]}"),
+    ] {
+        let got = s.plain_dir().join(format!("{name}.got"));
+        let fake = s.plain_dir().join(format!("{name}.sh"));
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\necho '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\nhead -n 1 > /dev/null\necho '{answer}'\nexec >&- 2>&-\ncat > {}\n",
+                ringsync::remote::PROTOCOL,
+                lpath.display(),
+                got.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let o = Command::new(bin())
+            .args(["mirror", "-q", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(&fake)
+            .arg(&src)
+            .arg(remote(s.root_user(), &tmp.path().join("dst")))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(7), "{name}: {err}");
+        assert!(err.contains("content hashes"), "{name}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("ringsync:")).count(),
+            1,
+            "{name}: {err}"
+        );
+        let sent = std::fs::read(&got).unwrap_or_default();
+        assert!(
+            !sent.windows(15).any(|w| w == b"must not travel"),
+            "{name}: SRC's data was sent after a refused hash answer"
         );
     }
 }

@@ -61,6 +61,9 @@ pub struct Plan {
     new_ops: HashMap<Vec<u8>, NewOp>,
     /// SRC: directory path → names below it to visit.
     new_children: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    /// Without PREV here: the listed attributes of directories that do not stay (entered
+    /// when a file moves out of them).
+    old_dirs: HashMap<Vec<u8>, crate::meta::Meta>,
     bytes: u64,
 }
 
@@ -136,8 +139,10 @@ impl Plan {
             hold_below: HashSet::new(),
             new_ops: HashMap::new(),
             new_children: BTreeMap::new(),
+            old_dirs: HashMap::new(),
             bytes: 0,
         };
+        let listing = plan.prev.is_none();
         // Holding names numbered in the order of the old paths: the same trees always give the
         // same stream (a resumed stream must), whatever order the walk found them in.
         let mut renames: Vec<(&[u8], &[u8])> = d_changes
@@ -149,7 +154,11 @@ impl Plan {
         for (k, (old, new)) in renames.into_iter().enumerate() {
             let k = k as u64 + 1;
             plan.old_ops.insert(old.to_vec(), OldOp::Hold(k));
-            plan.new_ops.entry(new.to_vec()).or_default().from_hold = Some(k);
+            let op = plan.new_ops.entry(new.to_vec()).or_default();
+            op.from_hold = Some(k);
+            // A file moved across machines (`crate::moves`): its attributes, xattrs included,
+            // are set again (the listing has only their digest).
+            op.attrs |= listing;
         }
         for c in d_changes {
             if c.path.is_empty() && c.old_path.is_empty() {
@@ -163,6 +172,11 @@ impl Plan {
                     }
                 }
             };
+            if listing && matches!(c.kind, Kind::Deleted | Kind::Type) {
+                if let Some(m) = c.old.filter(|m| m.file_type() == FileType::Directory) {
+                    plan.old_dirs.insert(c.old_path.clone(), m);
+                }
+            }
             match c.kind {
                 Kind::Renamed => {}
                 Kind::Deleted => {
@@ -256,7 +270,27 @@ impl Plan {
             // (UNLINK) and nothing below it is taken to the holding directory first.
             let descend = self.old_children.contains_key(&p)
                 && (op != Some(OldOp::Unlink) || self.hold_below.contains(&p));
-            if descend {
+            if descend && fd.is_none() && (src.is_none() || op.is_some()) {
+                // A listed directory that does not stay, with a file moving out of it: entered
+                // with its listed attributes (it goes right after).
+                let Some(m) = self.old_dirs.get(&p) else {
+                    return Err(Failure::Fatal(format!(
+                        "{}: a directory of the listing that is not in the plan",
+                        diff::full(s.src, &p).display()
+                    )));
+                };
+                let meta = meta_of(m);
+                s.next_dir += 1;
+                let cid = s.next_dir;
+                s.put(&Record::Dir {
+                    parent: id,
+                    name: name.clone(),
+                    meta,
+                })?;
+                self.old_dir(s, None, None, cid, &p)?;
+                s.put(&Record::DirEnd { dir: cid, meta })?;
+                s.maybe_checkpoint()?;
+            } else if descend {
                 let (root, fd) = match fd {
                     Some(fd) => (self.prev.as_deref().expect("PREV open"), fd),
                     None => (
