@@ -1,6 +1,8 @@
-//! Moved files across machines (docs/stream.md, section 8.3): a regular file the receiving
+//! Moved files across machines (docs/stream.md, section 8.5): a regular file the receiving
 //! end's listing holds at OLD, gone from SRC, whose content SRC now holds at NEW, a path the
-//! listing lacks, travels as a RENAME instead of its data.
+//! listing lacks, travels as a RENAME instead of its data. Likewise a file whose size stayed
+//! and whose mtime alone changed (touched, or rewritten with the same bytes) whose content is
+//! the same on both ends gets its attributes, not its data.
 //!
 //! Inode numbers mean nothing across machines, so the content decides: OLD and NEW pair when
 //! their size and mtime are equal and BLAKE3 of both copies agree. The sender hashes its NEW
@@ -42,8 +44,17 @@ fn key(m: &Meta) -> Option<Key> {
     ))
 }
 
-/// The paths worth hashing: OLD paths (deleted, to ask the receiving end about) and NEW
-/// paths (created, for the sender to hash) that share a size and mtime.
+/// A file whose size stayed and whose mtime changed: its content may not have (`touch`, a
+/// rewrite of the same bytes, a copy that did not keep times).
+fn same_size(c: &Change) -> bool {
+    c.kind == Kind::Modified
+        && matches!((&c.old, &c.new), (Some(o), Some(n))
+            if o.size == n.size && key(o).is_some() && key(n).is_some())
+}
+
+/// The paths worth hashing: OLD paths (to ask the receiving end about) and NEW paths (for
+/// the sender to hash): deleted and created files that share a size and mtime, and files
+/// whose size stayed and mtime changed (at the same path on both sides).
 pub fn candidates(changes: &[Change]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut created: HashMap<Key, Vec<&[u8]>> = HashMap::new();
     for c in changes.iter().filter(|c| c.kind == Kind::Created) {
@@ -73,18 +84,55 @@ pub fn candidates(changes: &[Change]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         .filter(|(k, _)| keys.contains(k))
         .flat_map(|(_, v)| v.into_iter().map(<[u8]>::to_vec))
         .collect();
+    for c in changes.iter().filter(|c| same_size(c)) {
+        if old.len() == MAX_ASK || bytes + c.path.len() > PATH_BYTES_MAX {
+            break;
+        }
+        bytes += c.path.len();
+        old.push(c.path.clone());
+        new.push(c.path.clone());
+    }
     new.sort_unstable();
     (old, new)
 }
 
+/// The attributes that differ between two metadata (for a file whose content is the same).
+fn attr_bits(o: &Meta, n: &Meta) -> u8 {
+    let mut attrs = 0;
+    if o.mode != n.mode {
+        attrs |= diff::attr::MODE;
+    }
+    if (o.uid, o.gid) != (n.uid, n.gid) {
+        attrs |= diff::attr::OWNER;
+    }
+    if o.mtime != n.mtime {
+        attrs |= diff::attr::MTIME;
+    }
+    if o.atime != n.atime {
+        attrs |= diff::attr::ATIME;
+    }
+    attrs
+}
+
 /// Replace each deleted OLD and created NEW of the same size and content hash by one
-/// `Renamed` change (NEW's attributes are then set as for a changed entry). Returns the
-/// number of moves.
+/// `Renamed` change (NEW's attributes are then set as for a changed entry), and make a
+/// same-size file whose hash is the same on both sides an attribute change. Returns the
+/// number of changes that no longer carry data.
 pub fn pair(
     changes: &mut Vec<Change>,
     old: &HashMap<Vec<u8>, [u8; 32]>,
     new: &HashMap<Vec<u8>, [u8; 32]>,
 ) -> usize {
+    let mut kept = 0;
+    for c in changes.iter_mut().filter(|c| same_size(c)) {
+        if let (Some(a), Some(b), Some(o), Some(n)) = (old.get(&c.path), new.get(&c.path), &c.old, &c.new) {
+            if a == b {
+                c.attrs = attr_bits(o, n);
+                c.kind = Kind::Attrs;
+                kept += 1;
+            }
+        }
+    }
     let mut by_content: HashMap<(u64, [u8; 32]), VecDeque<usize>> = HashMap::new();
     for (i, c) in changes.iter().enumerate() {
         if c.kind != Kind::Deleted || c.old.as_ref().and_then(key).is_none() {
@@ -108,16 +156,7 @@ pub fn pair(
         };
         let o = &changes[j];
         let om = o.old.expect("a deleted change has its old metadata");
-        let mut attrs = 0;
-        if om.mode != m.mode {
-            attrs |= diff::attr::MODE;
-        }
-        if (om.uid, om.gid) != (m.uid, m.gid) {
-            attrs |= diff::attr::OWNER;
-        }
-        if om.atime != m.atime {
-            attrs |= diff::attr::ATIME;
-        }
+        let attrs = attr_bits(&om, m);
         gone.insert(i);
         gone.insert(j);
         moves.push(Change {
@@ -129,7 +168,7 @@ pub fn pair(
             attrs,
         });
     }
-    let n = moves.len();
+    let n = kept + moves.len();
     let mut k = 0;
     changes.retain(|_| {
         k += 1;
@@ -304,6 +343,17 @@ mod tests {
         }
     }
 
+    fn modified(path: &str, old: Meta, new: Meta) -> Change {
+        Change {
+            kind: Kind::Modified,
+            path: path.into(),
+            old_path: path.into(),
+            old: Some(old),
+            new: Some(new),
+            attrs: 0,
+        }
+    }
+
     #[test]
     fn only_equal_content_pairs_and_each_old_file_once() {
         let mut changes = vec![
@@ -315,18 +365,30 @@ mod tests {
             ch(Kind::Created, "y", meta(1000, 5, 1)),
             ch(Kind::Created, "z", meta(1000, 5, 1)),
             ch(Kind::Created, "other", meta(2000, 5, 1)),
+            modified("touched", meta(1000, 5, 1), meta(1000, 6, 1)),
+            modified("rewritten", meta(1000, 5, 1), meta(1000, 6, 1)),
+            modified("grown", meta(1000, 5, 1), meta(2000, 6, 1)),
         ];
         let (old, new) = candidates(&changes);
-        assert_eq!(old, vec![b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(new, vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]);
+        let v = |s: &[&str]| s.iter().map(|p| p.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(old, v(&["a", "b", "touched", "rewritten"]));
+        assert_eq!(new, v(&["rewritten", "touched", "x", "y", "z"]));
         // x and z hold a's content; y differs (same size and mtime).
-        let old_h = HashMap::from([(b"a".to_vec(), [1; 32]), (b"b".to_vec(), [2; 32])]);
+        // touched keeps its content, rewritten does not.
+        let old_h = HashMap::from([
+            (b"a".to_vec(), [1; 32]),
+            (b"b".to_vec(), [2; 32]),
+            (b"touched".to_vec(), [7; 32]),
+            (b"rewritten".to_vec(), [8; 32]),
+        ]);
         let new_h = HashMap::from([
             (b"x".to_vec(), [1; 32]),
             (b"y".to_vec(), [3; 32]),
             (b"z".to_vec(), [1; 32]),
+            (b"touched".to_vec(), [7; 32]),
+            (b"rewritten".to_vec(), [9; 32]),
         ]);
-        assert_eq!(pair(&mut changes, &old_h, &new_h), 1);
+        assert_eq!(pair(&mut changes, &old_h, &new_h), 2);
         let got: Vec<(Kind, &[u8], &[u8])> = changes
             .iter()
             .map(|c| (c.kind, c.old_path.as_slice(), c.path.as_slice()))
@@ -340,6 +402,9 @@ mod tests {
                 (Kind::Created, b"y", b"y"),
                 (Kind::Created, b"z", b"z"),
                 (Kind::Created, b"other", b"other"),
+                (Kind::Attrs, b"touched", b"touched"),
+                (Kind::Modified, b"rewritten", b"rewritten"),
+                (Kind::Modified, b"grown", b"grown"),
                 (Kind::Renamed, b"a", b"x"),
             ]
         );

@@ -1355,9 +1355,19 @@ fn moved_files_travel_as_renames_both_ways_and_only_equal_content_moves() {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
+    // A touched file (same bytes, new mtime) and a same-size rewrite (new bytes, new mtime).
+    let later = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap().modified().unwrap();
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(m + Duration::from_secs(7)).unwrap();
+    };
+    later(&src.join("b/three"));
+    std::fs::write(src.join("a/one-renamed"), noise(98, 300_000)).unwrap();
+    later(&src.join("a/one-renamed"));
     let now = scan_tree(&src, true).unwrap();
-    // What must travel: the trap's 60,000 bytes; the 1.3 MB moved go as renames.
-    let bound = 60_000 + (16 << 10);
+    // What must travel: the trap's 60,000 bytes and the rewrite's 300,000; the 600 kB moved
+    // go as renames, the touched file's 400 kB as its attributes.
+    let bound = 360_000 + (16 << 10);
     let o = mirror_via(&rsh, &s, src.as_os_str(), &to);
     assert_eq!(o.status.code(), Some(0), "push: {}", stderr(&o));
     assert_exact(&now, &dst, &mirror_cmp(), "push of moves");

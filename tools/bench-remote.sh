@@ -14,7 +14,7 @@
 #             (tools/mutate-tree.py), then times `ringsync mirror` and `rsync -aHAX --delete`
 #             (order alternating), each into its own target. Then one more change, untimed,
 #             for wire bytes: ringsync's through a counting -e wrapper, rsync's from --stats;
-#             and the changed file bytes (whole files, from `ringsync diff --json`).
+#             and the changed file bytes (an independent content-based oracle, below).
 #   nochange  the same with `small` (50,000 x 4 KiB) and nothing changed between rounds.
 #
 # Commands (initial sync of a warm source into a fresh directory on the same disk):
@@ -148,18 +148,51 @@ chmod +x "$WORK/count-rsh"
 rs_mirror() { "$RS" mirror -q -e "${2:-$SSH}" --remote-bin "$RS" "$SRC" "root@127.0.0.1:$1"; }
 rsync_mirror() { rsync -aHAX --delete "$@" -e "$SSH" "$SRC/" "root@127.0.0.1:$RSYNC_DST"; }
 
-# Whole-file bytes SRC holds that the ringsync target lacks (created or changed files), and
-# the number of changed entries.
+# The file bytes a mirror must carry (an oracle independent of ringsync, by content): every
+# regular file of SRC whose path DST lacks or whose content differs there, unless its content
+# is that of a DST file SRC no longer has (a moved file); same size and mtime are trusted (the
+# quick check both tools make). Then the number of changed entries (`ringsync diff DST SRC`;
+# a move counts as two).
 changed_bytes() {
-    "$RS" diff --json "$SRC" "$RS_DST" | python3 -c '
-import json, os, sys
-src = sys.argv[1]; total = 0; n = 0
-for line in sys.stdin:
-    c = json.loads(line); n += 1
-    if c.get("type") == "file" and c["change"] in ("created", "modified", "type", "link"):
-        try: total += os.lstat(os.path.join(src, c["path"])).st_size
-        except OSError: pass
-print(total, n)' "$SRC"
+    local n
+    n=$("$RS" diff --json "$RS_DST" "$SRC" | wc -l)
+    python3 - "$SRC" "$RS_DST" "$n" <<'PY'
+import collections, hashlib, os, stat, sys
+src, dst, n = sys.argv[1], sys.argv[2], sys.argv[3]
+def files(root):
+    out = {}
+    for d, _, names in os.walk(root):
+        for f in names:
+            p = os.path.join(d, f)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                out[os.path.relpath(p, root)] = st
+    return out
+def digest(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.digest()
+S, D = files(src), files(dst)
+gone_sizes = {st.st_size for p, st in D.items() if p not in S}
+pool = collections.Counter(digest(os.path.join(dst, p)) for p, st in D.items()
+                           if p not in S and any(st.st_size == s.st_size for q, s in S.items() if q not in D))
+total = 0
+for p, st in S.items():
+    d = D.get(p)
+    if d is not None:
+        if d.st_size == st.st_size and (d.st_mtime_ns == st.st_mtime_ns or
+                                        digest(os.path.join(src, p)) == digest(os.path.join(dst, p))):
+            continue
+    elif st.st_size in gone_sizes:
+        h = digest(os.path.join(src, p))
+        if pool[h] > 0:
+            pool[h] -= 1
+            continue
+    total += st.st_size
+print(total, n)
+PY
 }
 
 cron_scenario() {
