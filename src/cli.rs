@@ -218,6 +218,13 @@ pub enum ServeRole {
         /// Delete nothing in DST (a copy).
         #[arg(long, requires = "listing")]
         no_delete: bool,
+        /// The listing will say that the receiving end runs as root (SRC is walked for it
+        /// while the listing comes; a listing that says otherwise is walked for again).
+        #[arg(long, requires = "listing")]
+        root: bool,
+        /// The listing will carry content hashes (likewise).
+        #[arg(long, requires = "listing")]
+        checksum: bool,
         #[arg(long, short)]
         quiet: bool,
     },

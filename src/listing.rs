@@ -568,6 +568,39 @@ pub fn read(r: &mut impl BufRead) -> Result<Listing, ReadError> {
     Ok(l)
 }
 
+/// SRC's entries walked for a listing's `flags` (sockets left out), with the walk's errors;
+/// possibly walked while the listing was on its way (then checked against its flags).
+pub struct Walked {
+    flags: u8,
+    entries: Result<Vec<(Entry, Meta)>, String>,
+    pub errors: ErrorLog,
+}
+
+impl Walked {
+    pub fn now(src: &Path, flags: u8, engine: EngineKind, filter: Arc<Filter>, quiet: bool) -> Walked {
+        let errors = ErrorLog::new(quiet);
+        let entries = walk(src, flags, engine, true, filter, &errors);
+        Walked {
+            flags,
+            entries,
+            errors,
+        }
+    }
+
+    /// Walk SRC on a thread, for a listing expected to have `flags` (a guess: the listing's
+    /// own flags decide, and [`against`] walks again when they differ).
+    pub fn ahead(
+        src: &Path,
+        flags: u8,
+        engine: EngineKind,
+        filter: Arc<Filter>,
+        quiet: bool,
+    ) -> std::thread::JoinHandle<Walked> {
+        let src = src.to_path_buf();
+        std::thread::spawn(move || Walked::now(&src, flags, engine, filter, quiet))
+    }
+}
+
 /// Asks the receiving end for the content hashes of its files at these paths.
 pub type Ask<'a> = &'a mut dyn FnMut(&[Vec<u8>]) -> Result<HashMap<Vec<u8>, [u8; 32]>, String>;
 
@@ -581,8 +614,9 @@ pub struct Against {
     pub errors: u64,
 }
 
-/// Walk SRC (through `filter`) and compare it with the receiver's listing. Entries that could
-/// not be read go to `errors` (the caller then changes nothing); entries the filter protects
+/// Compare SRC (walked through `filter`: `walked`, or walked again when it was walked for
+/// other flags than the listing's) with the receiver's listing. Entries that could not be
+/// read go to the returned log (the caller then changes nothing); entries the filter protects
 /// and cannot leave alone are reported on their own and counted in [`Against::errors`].
 ///
 /// `ask`: detect moved files (`crate::moves`): called once, with the deleted paths whose
@@ -590,15 +624,32 @@ pub struct Against {
 /// them). `None`: no moves (a copy deletes nothing, a dry run asks nothing).
 pub fn against(
     l: &Listing,
+    walked: Walked,
     src: &Path,
     engine: EngineKind,
     filter: Arc<Filter>,
-    errors: &ErrorLog,
+    quiet: bool,
+    ask: Option<Ask<'_>>,
+) -> (Result<Against, String>, ErrorLog) {
+    let walked = if walked.flags == l.flags {
+        walked
+    } else {
+        Walked::now(src, l.flags, engine, filter.clone(), quiet)
+    };
+    let r = against_walked(l, walked.entries, src, &filter, ask);
+    (r, walked.errors)
+}
+
+fn against_walked(
+    l: &Listing,
+    entries: Result<Vec<(Entry, Meta)>, String>,
+    src: &Path,
+    filter: &Filter,
     ask: Option<Ask<'_>>,
 ) -> Result<Against, String> {
-    let entries = walk(src, l.flags, engine, true, filter.clone(), errors)?;
+    let entries = entries?;
     let protected = ErrorLog::new(false);
-    let mut changes = compare(l, &entries, &filter, &protected);
+    let mut changes = compare(l, &entries, filter, &protected);
     if let Some(ask) = ask {
         if l.flags & FLAG_CHECKSUM != 0 {
             ask(&[])?;

@@ -108,8 +108,16 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             listing,
             filters,
             no_delete,
+            root,
+            checksum,
             quiet,
         } => {
+            let listed = if root { ringsync::listing::FLAG_ROOT } else { 0 }
+                | if checksum {
+                    ringsync::listing::FLAG_CHECKSUM
+                } else {
+                    0
+                };
             let resume = match resume
                 .as_deref()
                 .map(ringsync::stream::ResumeToken::decode)
@@ -130,6 +138,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             };
             ringsync::remote::serve_send(
                 listing,
+                listed,
                 filters,
                 no_delete,
                 ringsync::send::SendConfig {

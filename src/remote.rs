@@ -511,6 +511,18 @@ fn start(
     words: &[&[u8]],
     stdin: Stdio,
 ) -> Result<(Child, RemoteOut), Attempt> {
+    let (child, out) = spawn(o, shown, r, words, stdin)?;
+    greeted(o, r, child, out)
+}
+
+/// Start the remote shell (the connection is made while the caller goes on).
+fn spawn(
+    o: &RemoteOpts,
+    shown: &Shown,
+    r: &Remote,
+    words: &[&[u8]],
+    stdin: Stdio,
+) -> Result<(Child, RemoteOut), Attempt> {
     let mut cmd = command(o, &r.host, words).map_err(|e| {
         eprintln!("ringsync: mirror: {e}");
         Attempt::Done(exit::USAGE)
@@ -519,13 +531,23 @@ fn start(
         eprintln!("ringsync: mirror: run the remote shell {:?}: {e}", o.rsh);
         Attempt::Done(exit::FATAL)
     })?;
-    let mut out = BufReader::with_capacity(
+    let out = BufReader::with_capacity(
         1 << 20,
         Counted {
             inner: child.stdout.take().expect("piped"),
             n: shown.wire.received.clone(),
         },
     );
+    Ok((child, out))
+}
+
+/// Read the remote end's greeting.
+fn greeted(
+    o: &RemoteOpts,
+    r: &Remote,
+    mut child: Child,
+    mut out: RemoteOut,
+) -> Result<(Child, RemoteOut), Attempt> {
     let first = line(&mut out).unwrap_or(None);
     match first.as_deref().map(|l| greeting(&r.host, l)) {
         Some(Ok(())) => Ok((child, out)),
@@ -571,6 +593,10 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
+    // SRC is walked while the remote shell connects and DST is listed (for the flags the
+    // listing will most likely have: checked when it comes).
+    let ahead =
+        crate::listing::Walked::ahead(src, guessed_flags(o, r), o.engine, shown.filter.clone(), o.quiet);
     let (mut child, mut out) = match start(o, shown, r, &words, Stdio::piped()) {
         Ok(c) => c,
         Err(a) => return a,
@@ -606,7 +632,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
     let listing = if token.is_none() {
         match crate::listing::read(&mut out) {
             Ok(l) => {
-                let walk_errors = crate::error::ErrorLog::new(o.quiet);
+                let walked = ahead.join().expect("the walk does not panic");
                 // Moved files: the hash round (one request line, always, for a listing plan).
                 let mut asked = false;
                 let (mut lost, mut bad) = (None, None);
@@ -622,12 +648,13 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
                     })
                 };
                 let moves = !o.dry_run && !o.copy;
-                let against = crate::listing::against(
+                let (against, walk_errors) = crate::listing::against(
                     &l,
+                    walked,
                     src,
                     o.engine,
                     shown.filter.clone(),
-                    &walk_errors,
+                    o.quiet,
                     if moves { Some(&mut ask) } else { None },
                 );
                 if !asked && !o.dry_run {
@@ -887,6 +914,20 @@ fn remote_listing(
 }
 
 /// The flags of this end's listing.
+/// The flags a push expects DST's listing to have: `--checksum`'s, and root's when the remote
+/// user is root (named, or by default this user, as ssh's default is).
+fn guessed_flags(o: &RemoteOpts, r: &Remote) -> u8 {
+    let root = match r.host.rsplit_once('@') {
+        Some((user, _)) => user == "root",
+        None => rustix::process::geteuid().is_root(),
+    };
+    let mut f = if root { crate::listing::FLAG_ROOT } else { 0 };
+    if o.checksum {
+        f |= crate::listing::FLAG_CHECKSUM;
+    }
+    f
+}
+
 fn own_flags(o: &RemoteOpts) -> u8 {
     crate::listing::own_flags()
         | if o.checksum {
@@ -990,18 +1031,27 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
         Err(code) => return Attempt::Done(code),
     };
     let flags = own_flags(o);
-    let entries = match local_entries(o, &dst, flags) {
-        Ok(e) => e,
-        Err(a) => return a,
-    };
     // -v, --json: what the remote end will send, from its listing of SRC (taken just before).
+    let mut listed = None;
     if o.lists() {
+        let entries = match local_entries(o, &dst, flags) {
+            Ok(e) => e,
+            Err(a) => return a,
+        };
         if let Err(a) = pull_changes(o, shown, r, flags, entries.clone()) {
             return a;
         }
+        listed = Some(entries);
     }
     let filters = filter_line(shown);
+    // The remote end walks SRC while this one lists DST: it is told the listing's flags.
     let mut words: Vec<&[u8]> = vec![b"serve", b"send", b"--listing"];
+    if flags & crate::listing::FLAG_ROOT != 0 {
+        words.push(b"--root");
+    }
+    if flags & crate::listing::FLAG_CHECKSUM != 0 {
+        words.push(b"--checksum");
+    }
     if o.quiet {
         words.push(b"--quiet");
     }
@@ -1013,7 +1063,20 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (mut child, out) = match start(o, shown, r, &words, Stdio::piped()) {
+    // DST is listed while the remote shell connects.
+    let (mut child, out) = match spawn(o, shown, r, &words, Stdio::piped()) {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let entries = match listed.map_or_else(|| local_entries(o, &dst, flags), Ok) {
+        Ok(e) => e,
+        Err(a) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return a;
+        }
+    };
+    let (mut child, out) = match greeted(o, r, child, out) {
         Ok(c) => c,
         Err(a) => return a,
     };
@@ -1211,7 +1274,15 @@ fn read_filters(filters: bool) -> Result<std::sync::Arc<crate::filter::Filter>, 
 
 /// `ringsync serve send SRC`: the greeting; with `listing`, the receiving end's listing of
 /// DST on stdin; then the stream (of the differences) on stdout.
-pub fn serve_send(listing: bool, filters: bool, no_delete: bool, mut cfg: crate::send::SendConfig) -> i32 {
+/// `listed`: with `listing`, the flags the listing will have (`--root`, `--checksum`): SRC is
+/// walked for them while the listing comes (and again if it has others).
+pub fn serve_send(
+    listing: bool,
+    listed: u8,
+    filters: bool,
+    no_delete: bool,
+    mut cfg: crate::send::SendConfig,
+) -> i32 {
     if greet(None).is_err() {
         return exit::LINK;
     }
@@ -1220,6 +1291,7 @@ pub fn serve_send(listing: bool, filters: bool, no_delete: bool, mut cfg: crate:
         Err(code) => return code,
     };
     if listing {
+        let ahead = crate::listing::Walked::ahead(&cfg.src, listed, cfg.engine, filter.clone(), cfg.quiet);
         let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
         let l = match crate::listing::read(&mut si) {
             Ok(l) => l,
@@ -1228,19 +1300,20 @@ pub fn serve_send(listing: bool, filters: bool, no_delete: bool, mut cfg: crate:
                 return exit::FATAL;
             }
         };
-        let errors = crate::error::ErrorLog::new(cfg.quiet);
+        let walked = ahead.join().expect("the walk does not panic");
         // Moved files: the hash round (one request line, always).
         let mut asked = false;
         let mut ask = |p: &[Vec<u8>]| {
             asked = true;
             ask_hashes(&mut std::io::stdout().lock(), &mut si, p).map_err(|(_, e)| e)
         };
-        let against = crate::listing::against(
+        let (against, errors) = crate::listing::against(
             &l,
+            walked,
             &cfg.src,
             cfg.engine,
             filter,
-            &errors,
+            cfg.quiet,
             if no_delete { None } else { Some(&mut ask) },
         );
         if !asked {

@@ -213,11 +213,16 @@ cron_scenario() {
             python3 "$MUT" mutate "$SRC" --seed "$((100 + r))" --fraction 0.01 >/dev/null
             sync; sleep 1
         fi
+        # `sync` (untimed) between the two: on one machine ringsync's syncfs of DST's
+        # filesystem would otherwise also write out what rsync left dirty just before (on
+        # two machines each receiver's filesystem holds only its own writes).
         if ((r % 2)); then
             t0=$(now); rs_mirror "$RS_DST"; t1=$(now); rt+=("$(echo "$t1 - $t0" | bc -l)")
+            sync
             t0=$(now); rsync_mirror; t1=$(now); st+=("$(echo "$t1 - $t0" | bc -l)")
         else
             t0=$(now); rsync_mirror; t1=$(now); st+=("$(echo "$t1 - $t0" | bc -l)")
+            sync
             t0=$(now); rs_mirror "$RS_DST"; t1=$(now); rt+=("$(echo "$t1 - $t0" | bc -l)")
         fi
     done
