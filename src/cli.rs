@@ -225,6 +225,15 @@ pub enum ServeRole {
         /// The listing will carry content hashes (likewise).
         #[arg(long, requires = "listing")]
         checksum: bool,
+        /// Take SRC's state id for the stream's target, as a full stream does (`--prev`).
+        #[arg(long, requires = "listing")]
+        state: bool,
+        /// The incremental stream from PREV (a snapshot of SRC) when PREV's state id is ID,
+        /// the state DST equals (`--prev` when pulling); a status line says whether it is.
+        #[arg(long, value_name = "PREV", conflicts_with_all = ["resume", "listing"], requires = "expect")]
+        from: Option<PathBuf>,
+        #[arg(long, value_name = "ID", requires = "from")]
+        expect: Option<String>,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -546,7 +555,8 @@ pub struct MirrorArgs {
     pub dst: PathBuf,
     /// SNAP is the snapshot DST was last mirrored from: diff SNAP against SRC locally instead
     /// of scanning DST, applying renames as renames. Ignored (with a notice, falling back to a
-    /// full compare) unless DST's record names SNAP and DST is clean.
+    /// full compare) unless DST's record names SNAP and DST is clean. With a remote side SNAP
+    /// is on SRC's machine, and DST is not listed when its record says it equals SNAP.
     #[arg(long, value_name = "SNAP")]
     pub prev: Option<PathBuf>,
     /// Print what would change (diff format) and touch nothing.
@@ -909,7 +919,7 @@ struct RemoteRun<'a> {
     remote: &'a RemoteArgs,
     data: &'a DataArgs,
     filter: &'a FilterArgs,
-    prev: bool,
+    prev: Option<&'a std::path::Path>,
     checksum: bool,
     dry_run: bool,
     atimes: bool,
@@ -958,8 +968,32 @@ impl RemoteRun<'_> {
             }
             let f = self.filter;
             let d = self.data;
+            // --prev names a snapshot on SRC's machine: a local path when pushing, a path on
+            // the remote host (`PATH` or `host:PATH`) when pulling.
+            let prev = match (self.prev, &src) {
+                (None, _) => None,
+                (Some(p), None) => match parse(p.as_os_str()) {
+                    Some(_) => {
+                        return Err(format!(
+                            "--prev {}: when pushing, the snapshot is on this machine (SRC's)",
+                            p.display()
+                        ))
+                    }
+                    None => Some(p.to_path_buf()),
+                },
+                (Some(p), Some(s)) => match parse(p.as_os_str()) {
+                    Some(r) if r.host != s.host => {
+                        return Err(format!(
+                            "--prev {}: when pulling, the snapshot is on SRC's machine ({})",
+                            p.display(),
+                            s.host
+                        ))
+                    }
+                    Some(r) => Some(r.path),
+                    None => Some(p.to_path_buf()),
+                },
+            };
             let unsupported = [
-                (self.prev, "--prev"),
                 // The rules travel to the remote sending end; a list file not yet.
                 (
                     src.is_some() && f.files_from.is_some(),
@@ -995,6 +1029,7 @@ impl RemoteRun<'_> {
                 filter_spec: self.filter.spec(matches, self.delete_excluded),
                 copy: self.copy,
                 checksum: self.checksum,
+                prev,
             };
             Ok((opts, side(src.clone(), self.src), side(dst.clone(), self.dst)))
         })())
@@ -1011,7 +1046,7 @@ impl MirrorArgs {
             remote: &self.remote,
             data: &self.data,
             filter: &self.filter,
-            prev: self.prev.is_some(),
+            prev: self.prev.as_deref(),
             checksum: self.checksum,
             dry_run: self.dry_run,
             atimes: self.atimes,
@@ -1032,7 +1067,7 @@ impl CopyArgs {
             remote: &self.remote,
             data: &self.data,
             filter: &self.filter,
-            prev: false,
+            prev: None,
             checksum: false,
             dry_run: self.dry_run,
             atimes: false,

@@ -17,9 +17,7 @@ pub mod exit {
     pub const BAD: i32 = 1;
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::stream::hex;
 
 fn time((s, ns): (i64, u32)) -> String {
     format!("{s}.{ns:09}")

@@ -612,6 +612,9 @@ pub struct Against {
     pub changes: Vec<Change>,
     /// Protected entries standing where SRC has another type (reported, left alone).
     pub errors: u64,
+    /// Take SRC's state id for the stream's target, as a full stream does (`--prev`: a later
+    /// run may send an incremental stream from this state); a walk, skipped otherwise.
+    pub state: bool,
 }
 
 /// Compare SRC (walked through `filter`: `walked`, or walked again when it was walked for
@@ -677,6 +680,7 @@ fn against_walked(
         empty: l.entries.is_empty(),
         changes,
         errors: protected.errors(),
+        state: false,
     })
 }
 

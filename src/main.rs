@@ -110,6 +110,9 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             no_delete,
             root,
             checksum,
+            state,
+            from,
+            expect,
             quiet,
         } => {
             let listed = if root { ringsync::listing::FLAG_ROOT } else { 0 }
@@ -137,10 +140,14 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 }
             };
             ringsync::remote::serve_send(
-                listing,
-                listed,
-                filters,
-                no_delete,
+                ringsync::remote::ServeSend {
+                    listing,
+                    listed,
+                    filters,
+                    no_delete,
+                    state,
+                    from: from.zip(expect),
+                },
                 ringsync::send::SendConfig {
                     src,
                     out: None,

@@ -24,6 +24,7 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use crate::diff::{self, Change, Kind};
 use crate::listing::Entry;
 use crate::meta::Meta;
+use crate::stream::hex;
 
 /// Smaller files are sent again: their data costs about what a RENAME and its hash do.
 pub const MIN_SIZE: u64 = 512;
@@ -278,10 +279,6 @@ fn hash_beneath(root: &OwnedFd, path: &[u8]) -> Option<[u8; 32]> {
         &dir
     };
     crate::listing::content_hash(d, &name).ok().flatten()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {

@@ -140,6 +140,8 @@ pub struct RemoteOpts {
     pub copy: bool,
     /// `--checksum`: file contents decide (hashed on both ends), not size and mtime.
     pub checksum: bool,
+    /// `--prev`: the snapshot of SRC that DST was last made equal to, on SRC's machine.
+    pub prev: Option<PathBuf>,
 }
 
 /// What a run shows and selects, made once from [`RemoteOpts`].
@@ -221,6 +223,8 @@ enum Attempt {
     Done(i32),
     /// The sending end refused the resume token (SRC changed): try again with a full stream.
     ResumeRefused,
+    /// The incremental stream from `--prev` was refused: try again with a listing.
+    PrevRefused,
     /// The channel failed (the remote shell's exit status 255, or no greeting): retry.
     Dropped(String),
 }
@@ -303,10 +307,18 @@ fn mirror_with(o: &RemoteOpts, shown: &Shown, src: &Side, dst: &Side) -> i32 {
     }
     let mut tries = 0u32;
     let mut use_token = true;
+    // --prev is of no use with filters (the incremental stream does not look at DST, so it
+    // cannot see what they protect there), nor when the changes are to be listed (-v, --json).
+    let mut use_prev = o.prev.is_some() && !o.dry_run && !o.lists() && !shown.filter.is_active();
+    if o.prev.is_some() && !use_prev && !o.dry_run && !o.quiet {
+        eprintln!(
+            "ringsync: mirror: --prev is not used with filters, -v, --json or --log-file; comparing against DST's listing"
+        );
+    }
     loop {
         let attempt = match (src, dst) {
-            (Side::Local(s), Side::Remote(r)) => push(o, shown, s, r, use_token),
-            (Side::Remote(r), Side::Local(d)) => pull(o, shown, r, d, use_token),
+            (Side::Local(s), Side::Remote(r)) => push(o, shown, s, r, use_token, use_prev),
+            (Side::Remote(r), Side::Local(d)) => pull(o, shown, r, d, use_token, use_prev),
             _ => {
                 eprintln!("ringsync: mirror: one side must be local and the other remote");
                 return exit::USAGE;
@@ -334,6 +346,9 @@ fn mirror_with(o: &RemoteOpts, shown: &Shown, src: &Side, dst: &Side) -> i32 {
                 use_token = false;
             }
             Attempt::ResumeRefused => return exit::FATAL,
+            // (The attempt said why.)
+            Attempt::PrevRefused if use_prev => use_prev = false,
+            Attempt::PrevRefused => return exit::FATAL,
             Attempt::Dropped(why) if tries < o.retries => {
                 tries += 1;
                 let wait = Duration::from_secs((1u64 << (tries - 1).min(5)).min(30));
@@ -583,7 +598,7 @@ fn show(o: &RemoteOpts, shown: &Shown, changes: &mut [crate::diff::Change]) {
     }
 }
 
-fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) -> Attempt {
+fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, use_prev: bool) -> Attempt {
     let mut words: Vec<&[u8]> = vec![b"serve", b"receive"];
     if o.quiet {
         words.push(b"--quiet");
@@ -602,34 +617,42 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         Err(a) => return a,
     };
     // The status line: DST's resume token.
-    let status = line(&mut out).unwrap_or(None);
-    let token = status
-        .as_deref()
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["token"].as_str().map(str::to_string))
+    let status = line(&mut out)
+        .unwrap_or(None)
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .unwrap_or_default();
+    let token = status["token"]
+        .as_str()
         .filter(|t| !t.is_empty() && use_token)
-        .and_then(|t| ResumeToken::decode(&t).ok());
+        .and_then(|t| ResumeToken::decode(t).ok());
     let resumed = token.as_ref().map(|t| t.offset);
     // The request: resume the interrupted full stream, or list DST and send the differences
     // (a dry run: list DST only).
     let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
     let token = token.filter(|_| !o.dry_run && !o.lists() && !o.copy);
     let resumed = resumed.filter(|_| token.is_some());
+    // --prev: when DST's record says it equals PREV's state, the incremental stream from PREV
+    // (DST is not listed).
+    let from = match (&o.prev, token.is_none() && use_prev) {
+        (Some(p), true) => prev_matches(o, p, status["equals"].as_str()),
+        _ => None,
+    };
     let plan = match (&token, o.dry_run) {
         (_, true) => "list",
         (Some(_), _) => "full",
+        (None, _) if from.is_some() => "full",
         (None, _) => "listing",
     };
     let request = format!(
         "{}\n",
-        serde_json::json!({ "plan": plan, "checksum": o.checksum })
+        serde_json::json!({ "plan": plan, "checksum": o.checksum, "state": o.prev.is_some() })
     );
     shown.wire.sent.fetch_add(request.len() as u64, Relaxed);
     if stdin.write_all(request.as_bytes()).is_err() {
         drop(stdin);
         return ended_early(&r.host, child, "the remote end stopped before the request");
     }
-    let listing = if token.is_none() {
+    let listing = if token.is_none() && from.is_none() {
         match crate::listing::read(&mut out) {
             Ok(l) => {
                 let walked = ahead.join().expect("the walk does not panic");
@@ -704,6 +727,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
                 if o.copy {
                     against.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
                 }
+                against.state = o.prev.is_some();
                 show(o, shown, &mut against.changes);
                 shown
                     .wire
@@ -763,7 +787,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         progress: o.progress,
         quiet: o.quiet,
         resume: token,
-        from: None,
+        from: from.clone(),
         listing,
         quiet_reader_gone: true,
     };
@@ -786,9 +810,41 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool) 
         (_, 255) => Attempt::Dropped(format!("{}: the connection dropped", r.host)),
         (exit::FATAL, _) if resumed.is_some() => Attempt::ResumeRefused,
         (exit::INTERRUPTED, _) => Attempt::Done(exit::INTERRUPTED),
+        // The receiving end refused the incremental stream (DST changed since): it said why.
+        (_, exit::FATAL) if from.is_some() => {
+            if !o.quiet {
+                eprintln!("ringsync: mirror: --prev: the incremental stream was refused; comparing against DST's listing");
+            }
+            Attempt::PrevRefused
+        }
         // The remote end said why on stderr; its status is the run's.
         (_, code) => Attempt::Done(code),
     }
+}
+
+/// `--prev PREV` when pushing: PREV, when its state id is the one DST's record says DST
+/// equals (`equals`, from the status line); otherwise `None`, and why (unless -q).
+fn prev_matches(o: &RemoteOpts, prev: &Path, equals: Option<&str>) -> Option<PathBuf> {
+    let why = match rustix::fs::open(
+        prev,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Err(e) => format!("open: {e}"),
+        Ok(fd) => match (crate::send::state_id(&fd).1, equals) {
+            (Some(id), Some(e)) if crate::stream::hex(&id) == e => return Some(prev.to_path_buf()),
+            (None, _) => "it changed moments ago or could not be read in full (a snapshot does not)".into(),
+            (_, None) => "DST's record names no state it equals (it was not made by a clean run with --prev, or changed since)".into(),
+            (Some(_), Some(_)) => "DST's record says it equals another state".into(),
+        },
+    };
+    if !o.quiet {
+        eprintln!(
+            "ringsync: mirror: --prev {}: {why}; comparing against DST's listing",
+            prev.display()
+        );
+    }
+    None
 }
 
 /// The remote end stopped before the stream (it said why on stderr, or the link dropped):
@@ -816,16 +872,32 @@ fn receive_config(o: &RemoteOpts, dst: &Path) -> crate::receive::ReceiveConfig {
     }
 }
 
-fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) -> Attempt {
+fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool, use_prev: bool) -> Attempt {
     if o.dry_run {
         return pull_dry_run(o, shown, r, dst);
     }
+    let record = Guard::peek(dst);
     let token = if use_token && !o.lists() && !shown.filter.is_active() && !o.copy {
-        Guard::peek(dst).and_then(|rec| rec.resume)
+        record.as_ref().and_then(|rec| rec.resume.clone())
     } else {
         None
     };
-    if token.is_none() {
+    // --prev: the remote end sends the incremental stream from PREV when PREV's state is the
+    // one DST's record says DST equals (it refuses otherwise, and this end lists DST).
+    let equals = record
+        .filter(|r| r.is_clean() && r.dst_state.is_some())
+        .and_then(|r| r.stream_target)
+        .filter(|_| use_prev && token.is_none());
+    let prev = o.prev.as_ref().filter(|_| equals.is_some());
+    if token.is_none() && prev.is_none() {
+        if use_prev && !o.quiet {
+            if let Some(p) = &o.prev {
+                eprintln!(
+                    "ringsync: mirror: --prev {}: DST's record names no state it equals (it was not made by a clean run with --prev, or changed since); comparing against DST's listing",
+                    p.display()
+                );
+            }
+        }
         return pull_listing(o, shown, r, dst);
     }
     let mut words: Vec<&[u8]> = vec![b"serve", b"send"];
@@ -836,15 +908,46 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool) 
         words.push(b"--resume");
         words.push(t.as_bytes());
     }
+    if let (Some(p), Some(e)) = (prev, &equals) {
+        words.push(b"--from");
+        words.push(p.as_os_str().as_bytes());
+        words.push(b"--expect");
+        words.push(e.as_bytes());
+    }
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
-    let (child, out) = match start(o, shown, r, &words, Stdio::null()) {
+    let (mut child, mut out) = match start(o, shown, r, &words, Stdio::null()) {
         Ok(c) => c,
         Err(a) => return a,
     };
+    if let Some(p) = prev {
+        // The status line: whether PREV is the state DST equals.
+        let st = line(&mut out)
+            .unwrap_or(None)
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
+        match st {
+            Some(v) if v["from"].as_bool() == Some(true) => {}
+            Some(v) => {
+                if !o.quiet {
+                    eprintln!(
+                        "ringsync: mirror: --prev {}: {}; comparing against DST's listing",
+                        p.display(),
+                        v["why"]
+                            .as_str()
+                            .unwrap_or("refused")
+                            .chars()
+                            .take(400)
+                            .collect::<String>()
+                    );
+                }
+                let _ = child.wait();
+                return Attempt::PrevRefused;
+            }
+            None => return ended_early(&r.host, child, "the remote end stopped before its status"),
+        }
+    }
     let cfg = receive_config(o, dst);
     let _ = crate::signals::install(|_| {});
-    let mut out = out;
     let got = crate::receive::apply_stream(&mut out, &cfg);
     finish_pull(r, child, out, got, token.is_some())
 }
@@ -882,12 +985,7 @@ fn remote_listing(
 ) -> Result<crate::listing::Listing, Attempt> {
     let filters = filter_line(shown);
     let mut words: Vec<&[u8]> = vec![b"serve", b"list"];
-    if flags & crate::listing::FLAG_ROOT != 0 {
-        words.push(b"--root");
-    }
-    if flags & crate::listing::FLAG_CHECKSUM != 0 {
-        words.push(b"--checksum");
-    }
+    words.extend(flag_words(flags));
     if filters.is_some() {
         words.push(b"--filters");
     }
@@ -926,6 +1024,18 @@ fn guessed_flags(o: &RemoteOpts, r: &Remote) -> u8 {
         f |= crate::listing::FLAG_CHECKSUM;
     }
     f
+}
+
+/// `--root`, `--checksum`: a listing's flags on a serve command line.
+fn flag_words(flags: u8) -> Vec<&'static [u8]> {
+    let mut w: Vec<&'static [u8]> = Vec::new();
+    if flags & crate::listing::FLAG_ROOT != 0 {
+        w.push(b"--root");
+    }
+    if flags & crate::listing::FLAG_CHECKSUM != 0 {
+        w.push(b"--checksum");
+    }
+    w
 }
 
 fn own_flags(o: &RemoteOpts) -> u8 {
@@ -1046,11 +1156,9 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     let filters = filter_line(shown);
     // The remote end walks SRC while this one lists DST: it is told the listing's flags.
     let mut words: Vec<&[u8]> = vec![b"serve", b"send", b"--listing"];
-    if flags & crate::listing::FLAG_ROOT != 0 {
-        words.push(b"--root");
-    }
-    if flags & crate::listing::FLAG_CHECKSUM != 0 {
-        words.push(b"--checksum");
+    words.extend(flag_words(flags));
+    if o.prev.is_some() {
+        words.push(b"--state");
     }
     if o.quiet {
         words.push(b"--quiet");
@@ -1104,7 +1212,11 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     drop(entries);
     let cfg = receive_config(o, &dst);
     let counts = Arc::new(crate::progress::StreamCounts::default());
-    let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(id), Some(counts.clone()));
+    let listed = crate::receive::Listed {
+        id,
+        state: o.prev.is_some(),
+    };
+    let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(listed), Some(counts.clone()));
     shown.wire.files(counts.bytes.load(Relaxed));
     finish_pull(r, child, out, got, false)
 }
@@ -1145,8 +1257,14 @@ fn finish_pull(r: &Remote, mut child: Child, mut out: RemoteOut, got: i32, resum
 /// `ringsync serve receive DST`: the greeting, DST's status; then the request: apply a
 /// (resumed) full stream, or list DST first and apply the differences.
 pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) -> i32 {
-    let token = Guard::peek(&cfg.dst).and_then(|r| r.resume).unwrap_or_default();
-    if greet(Some(&serde_json::json!({ "token": token }))).is_err() {
+    let record = Guard::peek(&cfg.dst);
+    let token = record.as_ref().and_then(|r| r.resume.clone()).unwrap_or_default();
+    // The state DST equals, for an incremental stream (--prev): only a clean DST whose own
+    // state was noted (receive checks it has not changed since).
+    let equals = record
+        .filter(|r| r.is_clean() && r.dst_state.is_some())
+        .and_then(|r| r.stream_target);
+    if greet(Some(&serde_json::json!({ "token": token, "equals": equals }))).is_err() {
         return exit::LINK;
     }
     let _ = crate::signals::install(|_| {});
@@ -1190,7 +1308,11 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
                 return if link { exit::LINK } else { exit::FATAL };
             }
             drop(entries);
-            crate::receive::apply_locked(si, cfg, &dst, guard, Some(id), None)
+            let listed = crate::receive::Listed {
+                id,
+                state: v["state"].as_bool() == Some(true),
+            };
+            crate::receive::apply_locked(si, cfg, &dst, guard, Some(listed), None)
         }
         _ => {
             let req: String = req.chars().take(120).collect();
@@ -1274,15 +1396,30 @@ fn read_filters(filters: bool) -> Result<std::sync::Arc<crate::filter::Filter>, 
 
 /// `ringsync serve send SRC`: the greeting; with `listing`, the receiving end's listing of
 /// DST on stdin; then the stream (of the differences) on stdout.
-/// `listed`: with `listing`, the flags the listing will have (`--root`, `--checksum`): SRC is
-/// walked for them while the listing comes (and again if it has others).
-pub fn serve_send(
-    listing: bool,
-    listed: u8,
-    filters: bool,
-    no_delete: bool,
-    mut cfg: crate::send::SendConfig,
-) -> i32 {
+/// What `serve send` is asked for (besides the stream's own options).
+pub struct ServeSend {
+    /// Read a listing of DST first and send the differences.
+    pub listing: bool,
+    /// With `listing`: the flags the listing will have (`--root`, `--checksum`): SRC is walked
+    /// for them while the listing comes (and again if it has others).
+    pub listed: u8,
+    pub filters: bool,
+    pub no_delete: bool,
+    /// With `listing`: take SRC's state id (`--prev`).
+    pub state: bool,
+    /// `--from PREV --expect ID`: the incremental stream from PREV, if PREV's state is ID.
+    pub from: Option<(PathBuf, String)>,
+}
+
+pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
+    let ServeSend {
+        listing,
+        listed,
+        filters,
+        no_delete,
+        state,
+        from,
+    } = a;
     if greet(None).is_err() {
         return exit::LINK;
     }
@@ -1290,6 +1427,35 @@ pub fn serve_send(
         Ok(f) => f,
         Err(code) => return code,
     };
+    if let Some((prev, expect)) = from {
+        // A status line: the stream follows only when PREV is the state DST equals (the
+        // puller lists DST otherwise).
+        let id = rustix::fs::open(
+            &prev,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("open: {e}"))
+        .and_then(|fd| {
+            crate::send::state_id(&fd).1.ok_or_else(|| {
+                "it changed moments ago or could not be read in full (a snapshot does not)".to_string()
+            })
+        });
+        let why = match id {
+            Ok(id) if crate::stream::hex(&id) == expect => None,
+            Ok(_) => Some("DST's record says it equals another state".to_string()),
+            Err(e) => Some(e),
+        };
+        let st = serde_json::json!({ "from": why.is_none(), "why": why });
+        let mut so = std::io::stdout().lock();
+        if writeln!(so, "{st}").and_then(|_| so.flush()).is_err() {
+            return exit::LINK;
+        }
+        if why.is_some() {
+            return exit::OK;
+        }
+        cfg.from = Some(prev);
+    }
     if listing {
         let ahead = crate::listing::Walked::ahead(&cfg.src, listed, cfg.engine, filter.clone(), cfg.quiet);
         let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
@@ -1327,6 +1493,7 @@ pub fn serve_send(
                 if no_delete {
                     a.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
                 }
+                a.state = state;
                 cfg.listing = Some(a)
             }
             Ok(_) => {

@@ -494,13 +494,17 @@ fn remote_errors_are_one_clear_line_with_their_exit_status() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("home directory"), "{}", stderr(&o));
 
-    // A remote side with an option that needs both sides compared: refused, nothing run.
+    // A remote side with an option it does not support yet: refused, nothing run.
     let o = mirror(
         &s,
-        &[OsStr::new("--prev"), src.as_os_str()],
+        &[OsStr::new("--threads"), OsStr::new("2")],
         src.as_os_str(),
         &dst,
     );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--threads"), "{}", stderr(&o));
+    // --prev when pushing names a snapshot here, not on the remote host.
+    let o = mirror(&s, &[OsStr::new("--prev"), &dst], src.as_os_str(), &dst);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--prev"), "{}", stderr(&o));
 }
@@ -1478,4 +1482,126 @@ fn a_hostile_hash_answer_from_the_remote_end_is_refused_and_nothing_is_sent() {
             "{name}: SRC's data was sent after a refused hash answer"
         );
     }
+}
+
+/// `cp -a FROM TO`, then a moment for the copy's ctimes to settle (a state id needs them
+/// 0.1 s old).
+fn snapshot(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn prev_sends_the_incremental_stream_without_listing_dst_and_falls_back_when_dst_changed() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-prev");
+    let work = tmp.path().join("work");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    let seed = 0x9e_77;
+    gen_tree(
+        &work,
+        seed,
+        &GenOpts {
+            dirs: 12,
+            files: 120,
+            max_file: 64 << 10,
+            // Snapshots are made with `cp -a`, which stops at PATH_MAX.
+            deep: false,
+            ..GenOpts::default()
+        },
+    )
+    .unwrap();
+    let snap = |n: u32| tmp.path().join(format!("snap{n}"));
+    snapshot(&work, &snap(1));
+    let rsh = counting_rsh(&s, tmp.path());
+    let run = |extra: &[&OsStr], from: &OsStr, to: &OsStr| {
+        let o = Command::new(bin())
+            .args(["mirror", "-e"])
+            .arg(&rsh)
+            .arg("--remote-bin")
+            .arg(s.remote_bin())
+            .args(extra)
+            .arg(from)
+            .arg(to)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{from:?} -> {to:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    let to = remote(s.root_user(), &dst);
+    let from = |n: u32| remote(s.root_user(), &snap(n));
+    run(&[], snap(1).as_os_str(), &to);
+    run(&[], &from(1), back.as_os_str());
+    wire(tmp.path());
+    for n in 2..=3u32 {
+        let log = common::mutate::mutate(&work, seed + u64::from(n), 20).unwrap();
+        snapshot(&work, &snap(n));
+        let want = scan_tree(&snap(n), true).unwrap();
+        let prev = snap(n - 1);
+        let what = format!("--prev snap{} (mutations:\n  {})", n - 1, log.join("\n  "));
+        // Push: DST equals snap(n-1); nothing is listed (the remote end sends only its
+        // greeting and status line).
+        let err = run(
+            &[OsStr::new("--prev"), prev.as_os_str()],
+            snap(n).as_os_str(),
+            &to,
+        );
+        assert!(!err.contains("listing"), "{what}: push fell back: {err}");
+        assert_exact(&want, &dst, &mirror_cmp(), &format!("push {what}"));
+        let (_, got) = wire(tmp.path());
+        assert!(got < 1024, "{what}: push received {got} bytes: was DST listed?");
+        // Pull: the same from the remote snapshots; no listing is sent.
+        let err = run(
+            &[OsStr::new("--prev"), prev.as_os_str()],
+            &from(n),
+            back.as_os_str(),
+        );
+        assert!(!err.contains("listing"), "{what}: pull fell back: {err}");
+        assert_exact(&want, &back, &mirror_cmp(), &format!("pull {what}"));
+        let (sent, _) = wire(tmp.path());
+        // (A listing of this tree is several kB.)
+        assert!(sent < 1024, "{what}: pull sent {sent} bytes: was DST listed?");
+    }
+    // DST changed by hand since: the incremental stream is refused, the run lists DST and
+    // still makes it exact. A --prev that is not DST's state: the same.
+    std::fs::write(dst.join("by-hand"), b"x").unwrap();
+    std::fs::write(back.join("by-hand"), b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    common::mutate::mutate(&work, seed + 4, 20).unwrap();
+    snapshot(&work, &snap(4));
+    let want = scan_tree(&snap(4), true).unwrap();
+    let err = run(
+        &[OsStr::new("--prev"), snap(3).as_os_str()],
+        snap(4).as_os_str(),
+        &to,
+    );
+    assert!(err.contains("comparing against DST's listing"), "{err}");
+    assert_exact(&want, &dst, &mirror_cmp(), "push after DST changed");
+    let err = run(
+        &[OsStr::new("--prev"), snap(2).as_os_str()],
+        &from(4),
+        back.as_os_str(),
+    );
+    assert!(err.contains("comparing against DST's listing"), "{err}");
+    assert_exact(&want, &back, &mirror_cmp(), "pull with the wrong --prev");
+    wire(tmp.path());
+    // And the run after a fallback can use --prev again.
+    common::mutate::mutate(&work, seed + 5, 20).unwrap();
+    snapshot(&work, &snap(5));
+    let want = scan_tree(&snap(5), true).unwrap();
+    let err = run(
+        &[OsStr::new("--prev"), snap(4).as_os_str()],
+        snap(5).as_os_str(),
+        &to,
+    );
+    assert!(!err.contains("listing"), "push after a fallback: {err}");
+    assert_exact(&want, &dst, &mirror_cmp(), "push after a fallback");
+    let (_, got) = wire(tmp.path());
+    assert!(got < 1024, "push after a fallback received {got} bytes");
 }

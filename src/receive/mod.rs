@@ -1700,9 +1700,7 @@ fn move_over(from: &OwnedFd, from_name: &CStr, to: &OwnedFd, to_name: &CStr) -> 
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::stream::hex;
 
 /// Create DST if missing (its parent must exist), as copy does.
 fn make_dst(dst: &Path) -> Result<PathBuf, String> {
@@ -1779,16 +1777,25 @@ pub fn lock_dst(dst: &Path) -> Result<(PathBuf, Guard), i32> {
     }
 }
 
-/// Apply a stream to `dst`, locked by `guard`. `listed`: the id of the listing of DST this
-/// process made under the same lock (a remote mirror): an incremental stream must have been
-/// made against it, and no resume token is kept (a later run lists DST again instead).
+/// The listing of DST a remote mirror's receiving end made under its lock.
+#[derive(Clone, Copy)]
+pub struct Listed {
+    pub id: [u8; 16],
+    /// Note DST's own state in its record at the end (`--prev`: a later run may then send an
+    /// incremental stream instead of listing DST); a walk of DST, skipped otherwise.
+    pub state: bool,
+}
+
+/// Apply a stream to `dst`, locked by `guard`. `listed`: the listing of DST this process made
+/// under the same lock (a remote mirror): an incremental stream must have been made against
+/// it, and no resume token is kept (a later run lists DST again instead).
 /// `counts`: where to count (file bytes and entries applied), for a caller's summary.
 pub fn apply_locked(
     input: impl Read,
     cfg: &ReceiveConfig,
     dst: &Path,
     guard: Guard,
-    listed: Option<[u8; 16]>,
+    listed: Option<Listed>,
     counts: Option<Arc<StreamCounts>>,
 ) -> i32 {
     let dst = dst.to_path_buf();
@@ -1812,7 +1819,7 @@ pub fn apply_locked(
     };
     let mut record = guard.read().ok().flatten().unwrap_or_default();
     if incremental {
-        let checked = match listed {
+        let checked = match listed.map(|l| l.id) {
             Some(id) if header.required & stream::FEATURE_RESUMED != 0 => Err(format!(
                 "a stream made against a listing is not resumed (the sender lists DST again), and this one resumes; the listing was {}",
                 hex(&id)
@@ -1995,11 +2002,12 @@ pub fn apply_locked(
                 record.finished = Some(guard::now());
                 record.stream_target = Some(hex(&header.target_id));
                 // DST's own state now: an incremental stream later checks nothing changed it.
-                // (Not after a remote mirror's stream: its next run lists DST again, and the
-                // walk would cost as much as the listing.)
+                // (Not after a remote mirror's stream unless asked (--prev): its next run lists
+                // DST again, and the walk would cost as much as the listing.)
+                // A full stream's DST is noted always (the walk is small beside the stream).
                 record.dst_state = match listed {
-                    Some(_) => None,
-                    None => crate::send::tree_id(&ap.root, false, false).1.map(|id| hex(&id)),
+                    Some(l) if !l.state && incremental => None,
+                    _ => crate::send::tree_id(&ap.root, false, false).1.map(|id| hex(&id)),
                 };
                 if let Err(e) = ap.guard.write(&record) {
                     eprintln!("ringsync: receive: {e}");

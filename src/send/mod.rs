@@ -972,9 +972,10 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
     let line = counts.line(cfg.progress);
     // SRC's state id: the stream's target, which an incremental stream or a resumption later
     // names. Not for a stream against a remote mirror's listing: its next run lists again
-    // (and it is not resumed), and the walk would cost as much as the comparison.
+    // (and it is not resumed), and the walk would cost as much as the comparison; unless
+    // asked (`--prev`).
     let against = cfg.listing.as_ref().filter(|a| !a.empty);
-    let (sv, state) = if against.is_some() {
+    let (sv, state) = if against.is_some_and(|a| !a.state) {
         (Survey::default(), None)
     } else {
         state_id(&root)

@@ -22,6 +22,11 @@ pub use record::{
 pub use rules::{Rules, HOLD_DIR};
 pub use token::ResumeToken;
 
+/// Lowercase hex of `b` (ids and hashes in records, tokens and messages).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Largest max-payload a stream may declare (and so the largest single allocation a reader
 /// makes for one record): 16 MiB.
 pub const PAYLOAD_BYTES_CAP: u32 = 1 << 24;
