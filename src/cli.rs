@@ -201,6 +201,9 @@ pub enum ServeRole {
         /// Read the filter rules (one JSON line) from stdin first.
         #[arg(long)]
         filters: bool,
+        /// Compress the listing (zstd at this level).
+        #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+        compress: Option<i32>,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -234,6 +237,9 @@ pub enum ServeRole {
         from: Option<PathBuf>,
         #[arg(long, value_name = "ID", requires = "from")]
         expect: Option<String>,
+        /// Compress the stream, and read the listing compressed (zstd at this level).
+        #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
+        compress: Option<i32>,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -465,6 +471,14 @@ pub struct RemoteArgs {
     /// up to 30 s between).
     #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Remote")]
     pub retries: u32,
+    /// Compress what crosses the link (zstd: the listing and the stream) for slow links;
+    /// --bwlimit then counts compressed bytes.
+    #[arg(long, short = 'z', help_heading = "Remote")]
+    pub compress: bool,
+    /// zstd level for --compress (1 fastest .. 19 smallest).
+    #[arg(long, value_name = "N", default_value_t = crate::stream_io::COMPRESS_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=19), requires = "compress", help_heading = "Remote")]
+    pub compress_level: i32,
 }
 
 /// Which entries a copy or mirror takes (rsync's rules; docs/copy.md, "Filters").
@@ -1030,6 +1044,7 @@ impl RemoteRun<'_> {
                 copy: self.copy,
                 checksum: self.checksum,
                 prev,
+                compress: self.remote.compress.then_some(self.remote.compress_level),
             };
             Ok((opts, side(src.clone(), self.src), side(dst.clone(), self.dst)))
         })())

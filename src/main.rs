@@ -94,9 +94,10 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             root,
             checksum,
             filters,
+            compress,
             quiet,
         } => match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
-            Ok(e) => ringsync::remote::serve_list_src(&src, root, checksum, filters, e, quiet),
+            Ok(e) => ringsync::remote::serve_list_src(&src, root, checksum, filters, compress, e, quiet),
             Err(e) => {
                 eprintln!("ringsync: serve: {}", e.0);
                 exit::FATAL
@@ -113,6 +114,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
             state,
             from,
             expect,
+            compress,
             quiet,
         } => {
             let listed = if root { ringsync::listing::FLAG_ROOT } else { 0 }
@@ -147,6 +149,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                     no_delete,
                     state,
                     from: from.zip(expect),
+                    compress,
                 },
                 ringsync::send::SendConfig {
                     src,

@@ -142,6 +142,8 @@ pub struct RemoteOpts {
     pub checksum: bool,
     /// `--prev`: the snapshot of SRC that DST was last made equal to, on SRC's machine.
     pub prev: Option<PathBuf>,
+    /// `--compress`: the zstd level for the listing and the stream.
+    pub compress: Option<i32>,
 }
 
 /// What a run shows and selects, made once from [`RemoteOpts`].
@@ -176,16 +178,20 @@ impl Wire {
     }
 }
 
-/// A reader or writer that counts the bytes through it.
+/// A reader or writer that counts the bytes through it (a reader paced by `limit`, too).
 struct Counted<T> {
     inner: T,
     n: Arc<AtomicU64>,
+    limit: Option<crate::bwlimit::Bucket>,
 }
 
 impl<T: Read> Read for Counted<T> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let k = self.inner.read(buf)?;
         self.n.fetch_add(k as u64, Relaxed);
+        if let Some(l) = &self.limit {
+            l.take(k as u64);
+        }
         Ok(k)
     }
 }
@@ -414,6 +420,47 @@ fn line_max(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<String>>
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
+/// Write a listing on `w` (one zstd frame at `level` with --compress) and flush.
+fn put_listing(
+    w: &mut impl Write,
+    flags: u8,
+    entries: &[crate::listing::Entry],
+    level: Option<i32>,
+) -> std::io::Result<[u8; 16]> {
+    let id = match level {
+        None => crate::listing::write(w, flags, entries)?,
+        Some(l) => {
+            let mut enc = zstd::stream::write::Encoder::new(&mut *w, l)?;
+            let id = crate::listing::write(&mut enc, flags, entries)?;
+            enc.finish()?;
+            id
+        }
+    };
+    w.flush()?;
+    Ok(id)
+}
+
+/// Read a listing from `r` (one zstd frame when `compressed`).
+fn get_listing(
+    r: &mut impl BufRead,
+    compressed: bool,
+) -> Result<crate::listing::Listing, crate::listing::ReadError> {
+    if !compressed {
+        return crate::listing::read(r);
+    }
+    let d =
+        crate::stream_io::decoder(r).map_err(|e| crate::listing::ReadError::from(format!("zstd: {e}")))?;
+    crate::listing::read(&mut BufReader::new(d))
+}
+
+/// Words for a serve command line: `--compress LEVEL`.
+fn compress_words(o: &RemoteOpts) -> Vec<Vec<u8>> {
+    match o.compress {
+        Some(l) => vec![b"--compress".to_vec(), l.to_string().into_bytes()],
+        None => Vec::new(),
+    }
+}
+
 /// The sender's side of the hash round after a listing (`crate::moves`): one request line
 /// on `w`; when it names paths, the answer line from `r`. `Err(true)`: the link failed.
 fn ask_hashes(
@@ -551,6 +598,9 @@ fn spawn(
         Counted {
             inner: child.stdout.take().expect("piped"),
             n: shown.wire.received.clone(),
+            // --bwlimit: what comes from the remote end is read at that pace (a pull's
+            // stream; the serving end has no limit of its own).
+            limit: o.bwlimit.map(crate::bwlimit::Bucket::new),
         },
     );
     Ok((child, out))
@@ -645,7 +695,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
     };
     let request = format!(
         "{}\n",
-        serde_json::json!({ "plan": plan, "checksum": o.checksum, "state": o.prev.is_some() })
+        serde_json::json!({ "plan": plan, "checksum": o.checksum, "state": o.prev.is_some(), "compress": o.compress })
     );
     shown.wire.sent.fetch_add(request.len() as u64, Relaxed);
     if stdin.write_all(request.as_bytes()).is_err() {
@@ -653,7 +703,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
         return ended_early(&r.host, child, "the remote end stopped before the request");
     }
     let listing = if token.is_none() && from.is_none() {
-        match crate::listing::read(&mut out) {
+        match get_listing(&mut out, o.compress.is_some()) {
             Ok(l) => {
                 let walked = ahead.join().expect("the walk does not panic");
                 // Moved files: the hash round (one request line, always, for a listing plan).
@@ -664,6 +714,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
                     let mut w = Counted {
                         inner: &mut stdin,
                         n: shown.wire.sent.clone(),
+                        limit: None,
                     };
                     ask_hashes(&mut w, &mut out, p).map_err(|(link, e)| {
                         *if link { &mut lost } else { &mut bad } = Some(e.clone());
@@ -684,6 +735,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
                     let mut w = Counted {
                         inner: &mut stdin,
                         n: shown.wire.sent.clone(),
+                        limit: None,
                     };
                     if let Err((_, e)) = ask_hashes(&mut w, &mut out, &[]) {
                         lost = Some(e);
@@ -792,8 +844,29 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
         quiet_reader_gone: true,
     };
     let bytes = AtomicU64::new(0);
-    let sent = crate::send::send_counted(&cfg, stdin, &bytes);
-    shown.wire.sent.fetch_add(bytes.load(Relaxed), Relaxed);
+    let sent = match o.compress {
+        None => {
+            let sent = crate::send::send_counted(&cfg, stdin, &bytes);
+            shown.wire.sent.fetch_add(bytes.load(Relaxed), Relaxed);
+            sent
+        }
+        // --compress: the stream goes through a zstd thread, which paces and counts the
+        // compressed bytes.
+        Some(level) => match crate::stream_io::compressor(stdin, level, o.bwlimit, shown.wire.sent.clone()) {
+            Ok((pipe, t)) => {
+                let cfg = crate::send::SendConfig { bwlimit: None, ..cfg };
+                let sent = crate::send::send_counted(&cfg, pipe, &bytes);
+                let _ = t.join();
+                sent
+            }
+            Err(e) => {
+                eprintln!("ringsync: mirror: start compressing: {e}");
+                let _ = child.kill();
+                let _ = child.wait();
+                return Attempt::Done(exit::FATAL);
+            }
+        },
+    };
     // Whatever the remote end says after the stream (nothing, normally) is drained so it
     // never blocks on a full pipe.
     let _ = std::io::copy(&mut out, &mut std::io::sink());
@@ -914,6 +987,8 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool, 
         words.push(b"--expect");
         words.push(e.as_bytes());
     }
+    let cw = compress_words(o);
+    words.extend(cw.iter().map(Vec::as_slice));
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
     let (mut child, mut out) = match start(o, shown, r, &words, Stdio::null()) {
@@ -948,7 +1023,16 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool, 
     }
     let cfg = receive_config(o, dst);
     let _ = crate::signals::install(|_| {});
-    let got = crate::receive::apply_stream(&mut out, &cfg);
+    let got = match o.compress {
+        None => crate::receive::apply_stream(&mut out, &cfg),
+        Some(_) => match crate::stream_io::decoder(&mut out) {
+            Ok(d) => crate::receive::apply_stream(d, &cfg),
+            Err(e) => {
+                eprintln!("ringsync: mirror: zstd: {e}");
+                exit::FATAL
+            }
+        },
+    };
     finish_pull(r, child, out, got, token.is_some())
 }
 
@@ -968,6 +1052,7 @@ fn send_filters(shown: &Shown, child: &mut Child, filters: Option<&str>) -> Opti
     let mut stdin = Counted {
         inner: std::fs::File::from(OwnedFd::from(child.stdin.take()?)),
         n: shown.wire.sent.clone(),
+        limit: None,
     };
     if let Some(f) = filters {
         // A remote end that stopped says why; its status decides.
@@ -989,11 +1074,13 @@ fn remote_listing(
     if filters.is_some() {
         words.push(b"--filters");
     }
+    let cw = compress_words(o);
+    words.extend(cw.iter().map(Vec::as_slice));
     words.push(b"--");
     words.push(r.path.as_os_str().as_bytes());
     let (mut child, mut out) = start(o, shown, r, &words, Stdio::piped())?;
     drop(send_filters(shown, &mut child, filters.as_deref()));
-    match crate::listing::read(&mut out) {
+    match get_listing(&mut out, o.compress.is_some()) {
         Ok(l) => {
             drop(out);
             let mut child = child;
@@ -1011,7 +1098,6 @@ fn remote_listing(
     }
 }
 
-/// The flags of this end's listing.
 /// The flags a push expects DST's listing to have: `--checksum`'s, and root's when the remote
 /// user is root (named, or by default this user, as ssh's default is).
 fn guessed_flags(o: &RemoteOpts, r: &Remote) -> u8 {
@@ -1038,6 +1124,7 @@ fn flag_words(flags: u8) -> Vec<&'static [u8]> {
     w
 }
 
+/// The flags of this end's listing.
 fn own_flags(o: &RemoteOpts) -> u8 {
     crate::listing::own_flags()
         | if o.checksum {
@@ -1160,6 +1247,8 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     if o.prev.is_some() {
         words.push(b"--state");
     }
+    let cw = compress_words(o);
+    words.extend(cw.iter().map(Vec::as_slice));
     if o.quiet {
         words.push(b"--quiet");
     }
@@ -1190,7 +1279,7 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     };
     let stdin = send_filters(shown, &mut child, filters.as_deref()).expect("piped");
     let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
-    let id = match crate::listing::write(&mut w, flags, &entries) {
+    let id = match put_listing(&mut w, flags, &entries, o.compress) {
         Ok(id) => id,
         Err(_) => return ended_early(&r.host, child, "the remote end stopped reading the listing"),
     };
@@ -1216,7 +1305,16 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
         id,
         state: o.prev.is_some(),
     };
-    let got = crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(listed), Some(counts.clone()));
+    let got = match o.compress {
+        None => crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(listed), Some(counts.clone())),
+        Some(_) => match crate::stream_io::decoder(&mut out) {
+            Ok(d) => crate::receive::apply_locked(d, &cfg, &dst, guard, Some(listed), Some(counts.clone())),
+            Err(e) => {
+                eprintln!("ringsync: mirror: zstd: {e}");
+                exit::FATAL
+            }
+        },
+    };
     shown.wire.files(counts.bytes.load(Relaxed));
     finish_pull(r, child, out, got, false)
 }
@@ -1278,6 +1376,7 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
     };
     let v = serde_json::from_str::<serde_json::Value>(&req).unwrap_or_default();
     let plan = v["plan"].as_str();
+    let compress = v["compress"].as_i64().map(|l| l.clamp(1, 19) as i32);
     // --checksum: the listing carries each regular file's content hash.
     let flags = crate::listing::own_flags()
         | if v["checksum"].as_bool() == Some(true) {
@@ -1286,9 +1385,26 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
             0
         };
     match plan {
-        Some("full") => crate::receive::apply_stream(si, cfg),
+        Some("full") => match compress {
+            None => crate::receive::apply_stream(si, cfg),
+            Some(_) => match crate::stream_io::decoder(si) {
+                Ok(d) => crate::receive::apply_stream(d, cfg),
+                Err(e) => {
+                    eprintln!("ringsync: serve: zstd: {e}");
+                    exit::FATAL
+                }
+            },
+        },
         // A dry run: DST as it is, not locked, not made.
-        Some("list") => serve_list(&cfg.dst, flags, engine, cfg.quiet),
+        Some("list") => write_listing(
+            &cfg.dst,
+            flags,
+            engine,
+            cfg.quiet,
+            false,
+            Default::default(),
+            compress,
+        ),
         Some("listing") => {
             let (dst, guard) = match crate::receive::lock_dst(&cfg.dst) {
                 Ok(x) => x,
@@ -1299,7 +1415,7 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
             else {
                 return exit::FATAL;
             };
-            let id = match crate::listing::write(&mut std::io::stdout().lock(), flags, &entries) {
+            let id = match put_listing(&mut std::io::stdout().lock(), flags, &entries, compress) {
                 Ok(id) => id,
                 Err(_) => return exit::LINK,
             };
@@ -1312,7 +1428,16 @@ pub fn serve_receive(cfg: &crate::receive::ReceiveConfig, engine: EngineKind) ->
                 id,
                 state: v["state"].as_bool() == Some(true),
             };
-            crate::receive::apply_locked(si, cfg, &dst, guard, Some(listed), None)
+            match compress {
+                None => crate::receive::apply_locked(si, cfg, &dst, guard, Some(listed), None),
+                Some(_) => match crate::stream_io::decoder(si) {
+                    Ok(d) => crate::receive::apply_locked(d, cfg, &dst, guard, Some(listed), None),
+                    Err(e) => {
+                        eprintln!("ringsync: serve: zstd: {e}");
+                        exit::FATAL
+                    }
+                },
+            }
         }
         _ => {
             let req: String = req.chars().take(120).collect();
@@ -1331,18 +1456,15 @@ fn write_listing(
     quiet: bool,
     skip_sockets: bool,
     filter: std::sync::Arc<crate::filter::Filter>,
+    compress: Option<i32>,
 ) -> i32 {
     let Ok(entries) = list_entries("serve", root, flags, engine, skip_sockets, filter, quiet) else {
         return exit::FATAL;
     };
-    match crate::listing::write(&mut std::io::stdout().lock(), flags, &entries) {
+    match put_listing(&mut std::io::stdout().lock(), flags, &entries, compress) {
         Ok(_) => exit::OK,
         Err(_) => exit::LINK,
     }
-}
-
-fn serve_list(dst: &Path, flags: u8, engine: EngineKind, quiet: bool) -> i32 {
-    write_listing(dst, flags, engine, quiet, false, Default::default())
 }
 
 /// `ringsync serve list [--root] [--filters] SRC`: the greeting, then SRC's listing, made for
@@ -1353,6 +1475,7 @@ pub fn serve_list_src(
     root: bool,
     checksum: bool,
     filters: bool,
+    compress: Option<i32>,
     engine: EngineKind,
     quiet: bool,
 ) -> i32 {
@@ -1369,7 +1492,7 @@ pub fn serve_list_src(
         } else {
             0
         };
-    write_listing(src, flags, engine, quiet, true, filter)
+    write_listing(src, flags, engine, quiet, true, filter, compress)
 }
 
 /// The filter line on stdin, when the local end said it sends one.
@@ -1409,6 +1532,8 @@ pub struct ServeSend {
     pub state: bool,
     /// `--from PREV --expect ID`: the incremental stream from PREV, if PREV's state is ID.
     pub from: Option<(PathBuf, String)>,
+    /// `--compress LEVEL`: the listing comes compressed, the stream goes so.
+    pub compress: Option<i32>,
 }
 
 pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
@@ -1419,6 +1544,7 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
         no_delete,
         state,
         from,
+        compress,
     } = a;
     if greet(None).is_err() {
         return exit::LINK;
@@ -1459,7 +1585,7 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
     if listing {
         let ahead = crate::listing::Walked::ahead(&cfg.src, listed, cfg.engine, filter.clone(), cfg.quiet);
         let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
-        let l = match crate::listing::read(&mut si) {
+        let l = match get_listing(&mut si, compress.is_some()) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("ringsync: serve: the receiving end's listing: {e}");
@@ -1516,7 +1642,27 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
     let cfg = &cfg;
     use std::os::fd::AsFd;
     match std::io::stdout().as_fd().try_clone_to_owned() {
-        Ok(fd) => crate::send::send_to(cfg, std::fs::File::from(fd)),
+        Ok(fd) => match compress {
+            None => crate::send::send_to(cfg, std::fs::File::from(fd)),
+            Some(level) => {
+                let wire = Arc::new(AtomicU64::new(0));
+                // (A serving end has no --bwlimit: the pulling end paces its reads.)
+                match crate::stream_io::compressor(std::fs::File::from(fd), level, None, wire) {
+                    Ok((pipe, t)) => {
+                        let code = crate::send::send_to(cfg, pipe);
+                        match t.join() {
+                            Ok(Ok(())) => code,
+                            _ if code != exit::OK => code,
+                            _ => exit::LINK,
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("ringsync: serve: start compressing: {e}");
+                        exit::FATAL
+                    }
+                }
+            }
+        },
         Err(e) => {
             eprintln!("ringsync: serve: standard output: {e}");
             exit::FATAL

@@ -1605,3 +1605,107 @@ fn prev_sends_the_incremental_stream_without_listing_dst_and_falls_back_when_dst
     let (_, got) = wire(tmp.path());
     assert!(got < 1024, "push after a fallback received {got} bytes");
 }
+
+/// List every directory below `root` once, as a sender's walk does, so that its atime (which
+/// relatime moves on the first read after a change) stays put while the test runs.
+fn settle_atimes(root: &Path) {
+    for e in std::fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            settle_atimes(&e.path());
+        }
+    }
+}
+
+#[test]
+fn compress_shrinks_the_wire_both_ways_and_bwlimit_paces_a_pull() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-compress");
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    // Text-like files (compressible) and one of noise (not).
+    std::fs::create_dir_all(src.join("text")).unwrap();
+    let mut text_bytes = 0;
+    for i in 0..40u64 {
+        let body: String = (0..2000)
+            .map(|l| format!("line {l} of file {i}: the quick brown fox jumps over the lazy dog\n"))
+            .collect();
+        text_bytes += body.len() as u64;
+        std::fs::write(src.join(format!("text/f{i}.txt")), body).unwrap();
+    }
+    std::fs::write(src.join("noise"), noise(7, 1 << 20)).unwrap();
+    let rsh = counting_rsh(&s, tmp.path());
+    let run = |extra: &[&str], from: &OsStr, to: &OsStr| {
+        let t0 = Instant::now();
+        let o = Command::new(bin())
+            .args(["mirror", "-q", "-e"])
+            .arg(&rsh)
+            .arg("--remote-bin")
+            .arg(s.remote_bin())
+            .args(extra)
+            .arg(from)
+            .arg(to)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+        t0.elapsed()
+    };
+    settle_atimes(&src);
+    let want = scan_tree(&src, true).unwrap();
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    let data = text_bytes + (1 << 20);
+    run(&["-z"], src.as_os_str(), &to);
+    assert_exact(&want, &dst, &mirror_cmp(), "push -z");
+    let (sent, _) = wire(tmp.path());
+    // The text shrinks many times (the noise does not): well under half of the data.
+    assert!(
+        sent < data / 2,
+        "push -z sent {sent} bytes for {data} bytes of files"
+    );
+    run(&["-z", "--compress-level", "1"], &from, back.as_os_str());
+    assert_exact(&want, &back, &mirror_cmp(), "pull -z");
+    let (_, got) = wire(tmp.path());
+    assert!(
+        got < data / 2,
+        "pull -z received {got} bytes for {data} bytes of files"
+    );
+    // Changes travel compressed too (the listing, the hash round, the stream).
+    for i in 0..5 {
+        std::fs::write(
+            src.join(format!("text/f{i}.txt")),
+            format!("rewritten {i}\n").repeat(5000),
+        )
+        .unwrap();
+    }
+    std::fs::rename(src.join("noise"), src.join("noise-moved")).unwrap();
+    settle_atimes(&src);
+    let want = scan_tree(&src, true).unwrap();
+    run(&["-z"], src.as_os_str(), &to);
+    assert_exact(&want, &dst, &mirror_cmp(), "push -z of changes");
+    run(&["-z"], &from, back.as_os_str());
+    assert_exact(&want, &back, &mirror_cmp(), "pull -z of changes");
+    let (sent, got) = wire(tmp.path());
+    assert!(
+        sent + got < 64 << 10,
+        "changes with -z: {sent} + {got} bytes on the wire"
+    );
+    // --bwlimit paces a pull (the pulling end reads at that pace): 1 MiB of noise at 256 KiB/s.
+    let slow = tmp.path().join("slow");
+    std::fs::create_dir(&slow).unwrap();
+    std::fs::write(slow.join("noise"), noise(8, 1 << 20)).unwrap();
+    let took = run(
+        &["--bwlimit", "256K"],
+        &remote(s.root_user(), &slow),
+        tmp.path().join("slow-back").as_os_str(),
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "a 1 MiB pull at --bwlimit 256K took {took:?}"
+    );
+}
