@@ -475,6 +475,11 @@ pub struct RemoteArgs {
     /// --bwlimit then counts compressed bytes.
     #[arg(long, short = 'z', help_heading = "Remote")]
     pub compress: bool,
+    /// Take the connection as dropped when no data has moved for SECS seconds (exit 6, or
+    /// a retry with --retries); 0: never. It must exceed the longest walk of SRC or DST
+    /// (nothing moves while the remote end lists a large DST).
+    #[arg(long, value_name = "SECS", default_value_t = 0, help_heading = "Remote")]
+    pub timeout: u64,
     /// zstd level for --compress (1 fastest .. 19 smallest).
     #[arg(long, value_name = "N", default_value_t = crate::stream_io::COMPRESS_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=19), requires = "compress", help_heading = "Remote")]
@@ -710,6 +715,7 @@ impl SendArgs {
             from: self.from.clone(),
             listing: None,
             quiet_reader_gone: false,
+            wire: None,
             resume: self
                 .resume
                 .as_deref()
@@ -1045,6 +1051,8 @@ impl RemoteRun<'_> {
                 checksum: self.checksum,
                 prev,
                 compress: self.remote.compress.then_some(self.remote.compress_level),
+                timeout: (self.remote.timeout > 0)
+                    .then(|| std::time::Duration::from_secs(self.remote.timeout)),
             };
             Ok((opts, side(src.clone(), self.src), side(dst.clone(), self.dst)))
         })())

@@ -163,6 +163,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                     from: None,
                     listing: None,
                     quiet_reader_gone: false,
+                    wire: None,
                 },
             )
         }

@@ -144,6 +144,8 @@ pub struct RemoteOpts {
     pub prev: Option<PathBuf>,
     /// `--compress`: the zstd level for the listing and the stream.
     pub compress: Option<i32>,
+    /// `--timeout`: no data moved for this long is a dropped connection.
+    pub timeout: Option<Duration>,
 }
 
 /// What a run shows and selects, made once from [`RemoteOpts`].
@@ -151,6 +153,11 @@ struct Shown {
     filter: std::sync::Arc<crate::filter::Filter>,
     report: crate::report::Reporter,
     wire: Wire,
+    /// The current attempt's remote shell (a pidfd: never another process after it is
+    /// reaped), for --timeout to stop.
+    shell: std::sync::Mutex<Option<OwnedFd>>,
+    /// --timeout stopped the current attempt's remote shell.
+    timed_out: std::sync::atomic::AtomicBool,
 }
 
 /// What crossed the channel over all attempts of a run.
@@ -259,12 +266,47 @@ pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
         filter,
         report,
         wire: Wire::default(),
+        shell: Default::default(),
+        timed_out: Default::default(),
     };
     let t0 = std::time::Instant::now();
-    let code = mirror_with(o, &shown, src, dst);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let code = std::thread::scope(|sc| {
+        if let Some(t) = o.timeout {
+            let (shown, done) = (&shown, &done);
+            sc.spawn(move || watchdog(shown, t, done));
+        }
+        let code = mirror_with(o, &shown, src, dst);
+        done.store(true, Relaxed);
+        code
+    });
     summary(o, &shown, code, t0.elapsed().as_secs_f64());
     shown.report.flush();
     code
+}
+
+/// --timeout: stop the remote shell when nothing has crossed the channel (either way) for
+/// `limit`; the attempt then ends as a dropped connection.
+fn watchdog(shown: &Shown, limit: Duration, done: &std::sync::atomic::AtomicBool) {
+    let moved = || shown.wire.sent.load(Relaxed) + shown.wire.received.load(Relaxed);
+    let tick = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let (mut last, mut since) = (moved(), std::time::Instant::now());
+    while !done.load(Relaxed) {
+        std::thread::sleep(tick);
+        let now = moved();
+        let shell = shown.shell.lock().expect("shell lock");
+        if now != last || shell.is_none() {
+            (last, since) = (now, std::time::Instant::now());
+            continue;
+        }
+        if since.elapsed() >= limit {
+            if let Some(fd) = shell.as_ref() {
+                shown.timed_out.store(true, Relaxed);
+                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+            }
+            since = std::time::Instant::now();
+        }
+    }
 }
 
 /// The summary (`--json`: one JSON object on stdout; `-v`: one line): wire bytes each way
@@ -335,6 +377,19 @@ fn mirror_with(o: &RemoteOpts, shown: &Shown, src: &Side, dst: &Side) -> i32 {
         if crate::signals::interrupted().is_some() {
             return exit::INTERRUPTED;
         }
+        *shown.shell.lock().expect("shell lock") = None;
+        let attempt = if shown.timed_out.swap(false, Relaxed) {
+            let host = match (src, dst) {
+                (Side::Remote(r), _) | (_, Side::Remote(r)) => r.host.as_str(),
+                _ => "",
+            };
+            Attempt::Dropped(format!(
+                "{host}: no data moved for {} s (--timeout)",
+                o.timeout.map_or(0, |t| t.as_secs())
+            ))
+        } else {
+            attempt
+        };
         let attempt = match attempt {
             // After a dropped link, the interrupted run's remote end may still hold DST's
             // lock for a moment (it stops at the missing bytes, then publishes).
@@ -593,6 +648,12 @@ fn spawn(
         eprintln!("ringsync: mirror: run the remote shell {:?}: {e}", o.rsh);
         Attempt::Done(exit::FATAL)
     })?;
+    // For --timeout (a pidfd stays this child's even after it is reaped).
+    *shown.shell.lock().expect("shell lock") = rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok();
     let out = BufReader::with_capacity(
         1 << 20,
         Counted {
@@ -842,14 +903,13 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
         from: from.clone(),
         listing,
         quiet_reader_gone: true,
+        // Counted as it goes (--timeout watches it), unless compressed (the compressing
+        // thread counts what the link carries).
+        wire: o.compress.is_none().then(|| shown.wire.sent.clone()),
     };
     let bytes = AtomicU64::new(0);
     let sent = match o.compress {
-        None => {
-            let sent = crate::send::send_counted(&cfg, stdin, &bytes);
-            shown.wire.sent.fetch_add(bytes.load(Relaxed), Relaxed);
-            sent
-        }
+        None => crate::send::send_counted(&cfg, stdin, &bytes),
         // --compress: the stream goes through a zstd thread, which paces and counts the
         // compressed bytes.
         Some(level) => match crate::stream_io::compressor(stdin, level, o.bwlimit, shown.wire.sent.clone()) {

@@ -218,6 +218,8 @@ pub struct StreamWriter {
     buf: Vec<u8>,
     written: u64,
     limit: Option<crate::bwlimit::Bucket>,
+    /// Every byte written is added here as it goes (a remote mirror's wire count).
+    live: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Buffered bytes that trigger a write.
@@ -246,6 +248,20 @@ impl StreamWriter {
             buf: Vec::with_capacity(WRITE_BUF_BYTES + 4096),
             written: 0,
             limit: bwlimit.map(crate::bwlimit::Bucket::new),
+            live: None,
+        }
+    }
+
+    /// Add every byte written to `live` too, as it goes.
+    pub fn live(mut self, live: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>) -> StreamWriter {
+        self.live = live;
+        self
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        if let Some(l) = &self.live {
+            l.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -280,7 +296,7 @@ impl StreamWriter {
         }
         self.pace(self.buf.len());
         self.out.write_all(&self.buf)?;
-        self.written += self.buf.len() as u64;
+        self.wrote(self.buf.len());
         self.buf.clear();
         Ok(())
     }
@@ -310,7 +326,7 @@ impl StreamWriter {
                 Err(e) => return Err(e),
             }
         }
-        self.written += total as u64;
+        self.wrote(total);
         self.buf.clear();
         Ok(())
     }

@@ -1709,3 +1709,59 @@ fn compress_shrinks_the_wire_both_ways_and_bwlimit_paces_a_pull() {
         "a 1 MiB pull at --bwlimit 256K took {took:?}"
     );
 }
+
+#[test]
+fn timeout_takes_a_stalled_remote_end_for_a_dropped_link() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-timeout");
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    // A remote end that greets (and, to a push, says its status) and then hangs with its
+    // stdout open: without --timeout the run would wait for ever.
+    let fake = s.plain_dir().join("stall.sh");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\n[ \"$2\" = receive ] && echo '{{\"token\":\"\"}}'\nexec sleep 60\n",
+            ringsync::remote::PROTOCOL
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (what, from, to) in [
+        (
+            "push",
+            src.clone().into_os_string(),
+            remote(s.root_user(), &tmp.path().join("dst")),
+        ),
+        (
+            "pull",
+            remote(s.root_user(), &src),
+            tmp.path().join("back").into_os_string(),
+        ),
+    ] {
+        let t0 = Instant::now();
+        let o = Command::new(bin())
+            .args(["mirror", "--timeout", "2", "-e"])
+            .arg(s.rsh())
+            .arg("--remote-bin")
+            .arg(&fake)
+            .arg(&from)
+            .arg(&to)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let took = t0.elapsed();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(6), "{what}: {err}");
+        assert!(err.contains("--timeout"), "{what}: {err}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+            "{what}: took {took:?}"
+        );
+    }
+}

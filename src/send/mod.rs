@@ -67,6 +67,9 @@ pub struct SendConfig {
     pub listing: Option<crate::listing::Against>,
     /// Say nothing when the reader goes away (a remote mirror: the remote end says why).
     pub quiet_reader_gone: bool,
+    /// Every byte written into the output is added here as it goes (a remote mirror's wire
+    /// count, which its --timeout watches).
+    pub wire: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 fn meta_of(m: &meta::Meta) -> stream::Meta {
@@ -1061,7 +1064,7 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
         header.required |= stream::FEATURE_RESUMED;
         header.resume_offset = t.offset;
     }
-    let mut w = StreamWriter::new(out, cfg.bwlimit);
+    let mut w = StreamWriter::new(out, cfg.bwlimit).live(cfg.wire.clone());
     let enc = Encoder::new(&header, w.buf());
     let mut s = Sender {
         src: &cfg.src,
