@@ -716,6 +716,7 @@ impl SendArgs {
             listing: None,
             quiet_reader_gone: false,
             wire: None,
+            wire_live: false,
             resume: self
                 .resume
                 .as_deref()
@@ -736,6 +737,7 @@ impl ReceiveArgs {
             progress: crate::progress::mode(self.quiet, self.progress),
             quiet: self.quiet,
             check_dst_state: true,
+            wire: None,
         })
     }
 }

@@ -80,6 +80,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 progress: ringsync::progress::mode(true, false),
                 quiet,
                 check_dst_state: true,
+                wire: None,
             },
             match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
                 Ok(e) => e,
@@ -164,6 +165,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                     listing: None,
                     quiet_reader_gone: false,
                     wire: None,
+                    wire_live: false,
                 },
             )
         }

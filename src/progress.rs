@@ -112,6 +112,8 @@ pub struct Snapshot {
     pub entries: u64,
     /// Files being copied right now (relative paths), for wide terminals.
     pub in_flight: Vec<String>,
+    /// Bytes through a remote mirror's link (compressed, framed), beside the file bytes.
+    pub wire: Option<u64>,
 }
 
 /// Where the progress line goes.
@@ -192,6 +194,9 @@ pub fn render(s: &Snapshot, elapsed: Duration, rate: f64, width: Option<usize>) 
             human_bytes(s.bytes_done as f64),
             human_bytes(bytes_total as f64)
         ));
+        if let Some(w) = s.wire {
+            fields.push(format!("wire {}", human_bytes(w as f64)));
+        }
         fields.push(format!("{}/{} files", s.files_done, files_total));
         fields.push(format!("{}/s", human_bytes(rate)));
         fields.push(duration(elapsed.as_secs_f64()));
@@ -360,6 +365,18 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_mirror_shows_wire_bytes_beside_file_bytes() {
+        let s = Snapshot {
+            wire: Some(3 << 20),
+            ..snap(1 << 20, 4 << 20, false)
+        };
+        let l = render(&s, Duration::from_secs(3), 1e6, None);
+        assert!(l.contains("1.0 MiB / 4.0 MiB  wire 3.0 MiB"), "{l}");
+        let l = render(&snap(1 << 20, 4 << 20, false), Duration::from_secs(3), 1e6, None);
+        assert!(!l.contains("wire"), "{l}");
+    }
+
+    #[test]
     fn done_never_shown_above_total() {
         let l = render(&snap(5 << 20, 4 << 20, false), Duration::from_secs(1), 1.0, None);
         assert!(l.contains("100%") && l.contains("5.0 MiB / 5.0 MiB"), "{l}");
@@ -374,6 +391,8 @@ pub struct StreamCounts {
     pub entries: AtomicU64,
     pub bytes_total: AtomicU64,
     pub entries_total: AtomicU64,
+    /// A remote mirror's link bytes (both ways, all attempts), shown beside.
+    pub wire: Option<Arc<AtomicU64>>,
 }
 
 impl StreamCounts {
@@ -389,6 +408,7 @@ impl StreamCounts {
                 files_total: entries_total,
                 scanning: entries_total == 0,
                 activity: "counting",
+                wire: c.wire.as_ref().map(|w| w.load(Ordering::Relaxed)),
                 ..Default::default()
             }
         })

@@ -505,7 +505,15 @@ fn get_listing(
     }
     let d =
         crate::stream_io::decoder(r).map_err(|e| crate::listing::ReadError::from(format!("zstd: {e}")))?;
-    crate::listing::read(&mut BufReader::new(d))
+    let mut d = BufReader::new(d);
+    let l = crate::listing::read(&mut d)?;
+    // To the frame's end (its last block and checksum), which the listing's own end can
+    // come before: what follows on the channel is plain again.
+    match d.read(&mut [0u8; 1]) {
+        Ok(0) => Ok(l),
+        Ok(_) => Err("data after the listing in its zstd frame".into()),
+        Err(e) => Err(format!("zstd: {e}").into()),
+    }
 }
 
 /// Words for a serve command line: `--compress LEVEL`.
@@ -903,9 +911,10 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
         from: from.clone(),
         listing,
         quiet_reader_gone: true,
-        // Counted as it goes (--timeout watches it), unless compressed (the compressing
-        // thread counts what the link carries).
-        wire: o.compress.is_none().then(|| shown.wire.sent.clone()),
+        // Shown on the progress line; counted as it goes (--timeout watches it), unless
+        // compressed (the compressing thread counts what the link carries).
+        wire: Some(shown.wire.sent.clone()),
+        wire_live: o.compress.is_none(),
     };
     let bytes = AtomicU64::new(0);
     let sent = match o.compress {
@@ -993,7 +1002,7 @@ fn ended_early(host: &str, mut child: Child, what: &str) -> Attempt {
     }
 }
 
-fn receive_config(o: &RemoteOpts, dst: &Path) -> crate::receive::ReceiveConfig {
+fn receive_config(o: &RemoteOpts, shown: &Shown, dst: &Path) -> crate::receive::ReceiveConfig {
     crate::receive::ReceiveConfig {
         dst: dst.to_path_buf(),
         input: None,
@@ -1002,6 +1011,7 @@ fn receive_config(o: &RemoteOpts, dst: &Path) -> crate::receive::ReceiveConfig {
         progress: o.progress,
         quiet: o.quiet,
         check_dst_state: true,
+        wire: Some(shown.wire.received.clone()),
     }
 }
 
@@ -1081,7 +1091,7 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool, 
             None => return ended_early(&r.host, child, "the remote end stopped before its status"),
         }
     }
-    let cfg = receive_config(o, dst);
+    let cfg = receive_config(o, shown, dst);
     let _ = crate::signals::install(|_| {});
     let got = match o.compress {
         None => crate::receive::apply_stream(&mut out, &cfg),
@@ -1359,8 +1369,11 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     }
     drop(stdin);
     drop(entries);
-    let cfg = receive_config(o, &dst);
-    let counts = Arc::new(crate::progress::StreamCounts::default());
+    let cfg = receive_config(o, shown, &dst);
+    let counts = Arc::new(crate::progress::StreamCounts {
+        wire: cfg.wire.clone(),
+        ..Default::default()
+    });
     let listed = crate::receive::Listed {
         id,
         state: o.prev.is_some(),

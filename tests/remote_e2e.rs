@@ -1699,14 +1699,25 @@ fn compress_shrinks_the_wire_both_ways_and_bwlimit_paces_a_pull() {
     let slow = tmp.path().join("slow");
     std::fs::create_dir(&slow).unwrap();
     std::fs::write(slow.join("noise"), noise(8, 1 << 20)).unwrap();
-    let took = run(
-        &["--bwlimit", "256K"],
-        &remote(s.root_user(), &slow),
-        tmp.path().join("slow-back").as_os_str(),
-    );
+    // With --progress the line shows the wire bytes beside the file bytes.
+    let t0 = Instant::now();
+    let o = remote_cmd(&s, &["mirror", "--bwlimit", "256K", "--progress"])
+        .arg(remote(s.root_user(), &slow))
+        .arg(tmp.path().join("slow-back"))
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(o.status.code(), Some(0), "pull --bwlimit: {}", stderr(&o));
     assert!(
         took >= Duration::from_secs(3),
         "a 1 MiB pull at --bwlimit 256K took {took:?}"
+    );
+    assert!(
+        stderr(&o)
+            .lines()
+            .any(|l| l.contains("progress:") && l.contains(" wire ")),
+        "{}",
+        stderr(&o)
     );
 }
 

@@ -294,6 +294,7 @@ impl Shared {
             files_done: t.files,
             files_total: t.files_found.saturating_sub(t.files_dropped),
             entries: 0,
+            wire: None,
             in_flight: self
                 .current
                 .iter()

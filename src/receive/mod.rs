@@ -77,6 +77,8 @@ pub struct ReceiveConfig {
     /// (a walk of DST). Only the fuzz harness turns it off: its DSTs are made moments before
     /// each input, and waiting for their ctimes to settle would slow it a hundredfold.
     pub check_dst_state: bool,
+    /// A remote mirror's link bytes, for the progress line.
+    pub wire: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 type Xattrs = Vec<(CString, Vec<u8>)>;
@@ -1888,7 +1890,12 @@ pub fn apply_locked(
         let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
         hex(&b)
     };
-    let counts = counts.unwrap_or_default();
+    let counts = counts.unwrap_or_else(|| {
+        Arc::new(StreamCounts {
+            wire: cfg.wire.clone(),
+            ..Default::default()
+        })
+    });
     let line = counts.line(cfg.progress);
     let ap = Arc::new(Apply {
         dst: dst.clone(),
@@ -2216,6 +2223,7 @@ pub fn check_fuzz_input(data: &[u8], scratch: &Path) {
             progress: progress::Mode::Off,
             quiet: true,
             check_dst_state: false,
+            wire: None,
         };
         let _ = apply_stream(&input[..], &cfg);
         let names: Vec<_> = std::fs::read_dir(scratch)

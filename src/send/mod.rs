@@ -67,9 +67,11 @@ pub struct SendConfig {
     pub listing: Option<crate::listing::Against>,
     /// Say nothing when the reader goes away (a remote mirror: the remote end says why).
     pub quiet_reader_gone: bool,
-    /// Every byte written into the output is added here as it goes (a remote mirror's wire
-    /// count, which its --timeout watches).
+    /// A remote mirror's link bytes (both ways), shown on the progress line.
     pub wire: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Add every byte written into the output to `wire` as it goes (what the link carries,
+    /// which --timeout watches); not when a compressor in between counts its own output.
+    pub wire_live: bool,
 }
 
 fn meta_of(m: &meta::Meta) -> stream::Meta {
@@ -971,7 +973,10 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
         }
     };
     let _ = crate::signals::install(|_| {});
-    let counts = Arc::new(StreamCounts::default());
+    let counts = Arc::new(StreamCounts {
+        wire: cfg.wire.clone(),
+        ..Default::default()
+    });
     let line = counts.line(cfg.progress);
     // SRC's state id: the stream's target, which an incremental stream or a resumption later
     // names. Not for a stream against a remote mirror's listing: its next run lists again
@@ -1064,7 +1069,7 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
         header.required |= stream::FEATURE_RESUMED;
         header.resume_offset = t.offset;
     }
-    let mut w = StreamWriter::new(out, cfg.bwlimit).live(cfg.wire.clone());
+    let mut w = StreamWriter::new(out, cfg.bwlimit).live(cfg.wire.clone().filter(|_| cfg.wire_live));
     let enc = Encoder::new(&header, w.buf());
     let mut s = Sender {
         src: &cfg.src,
