@@ -16,6 +16,10 @@
 #             for wire bytes: ringsync's through a counting -e wrapper, rsync's from --stats;
 #             and the changed file bytes (an independent content-based oracle, below).
 #   nochange  the same with `small` (50,000 x 4 KiB) and nothing changed between rounds.
+#   slow      (not by default) initial sync of a compressible tree (a copy of
+#             /usr/lib/python3.*, kept as $BENCH_DIR/data-full/text) through a link each tool
+#             limits to SLOW_RATE (default 10 MiB/s) with its own --bwlimit: ringsync with and
+#             without -z, rsync with and without -z (its default compression).
 #
 # Commands (initial sync of a warm source into a fresh directory on the same disk):
 #   ringsync        ringsync mirror -e SSH SRC root@127.0.0.1:DST      (default: durable)
@@ -265,3 +269,52 @@ for scen in change nochange; do
     [[ " $SCENARIOS " == *" $scen "* ]] || continue
     if [[ $scen == change ]]; then cron_scenario change mixed; else cron_scenario nochange small; fi
 done
+
+# ---- slow link: compression.
+if [[ " $SCENARIOS " == *" slow "* ]]; then
+    TEXT=$DATA/text
+    if [[ ! -d $TEXT ]]; then
+        py=$(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)
+        [[ -n $py ]] || die "no /usr/lib/python3.* to copy as the compressible tree"
+        cp -a "$py" "$TEXT"
+    fi
+    SLOW_RATE=${SLOW_RATE:-10485760}
+    warm "$TEXT"
+    slow_cmds=(ringsync ringsync-z rsync rsync-z)
+    declare -A st=() sw=()
+    for r in $(seq 1 "$ROUNDS"); do
+        for i in 0 1 2 3; do
+            c=${slow_cmds[$(((i + r) % 4))]}
+            d=$OUT/slow-$c-$r
+            rm -rf "$d"; mkdir -p "$OUT"; sync
+            # Bytes to the remote end: ringsync's through the counting -e wrapper, rsync's
+            # from --stats (rsync waits for its -e child, which waits for tee: no wrapper).
+            rm -f "$WORK/wire.in"
+            s=$(now)
+            case $c in
+                ringsync) "$RS" mirror -q --bwlimit "$SLOW_RATE" -e "$WORK/count-rsh" --remote-bin "$RS" "$TEXT" "root@127.0.0.1:$d" ;;
+                ringsync-z) "$RS" mirror -q -z --bwlimit "$SLOW_RATE" -e "$WORK/count-rsh" --remote-bin "$RS" "$TEXT" "root@127.0.0.1:$d" ;;
+                rsync) rsync -aHAX --delete --stats --bwlimit=$((SLOW_RATE / 1024)) -e "$SSH" "$TEXT/" "root@127.0.0.1:$d" > "$WORK/stats" ;;
+                rsync-z) rsync -aHAXz --delete --stats --bwlimit=$((SLOW_RATE / 1024)) -e "$SSH" "$TEXT/" "root@127.0.0.1:$d" > "$WORK/stats" ;;
+            esac
+            e=$(now)
+            st[$c]+="$(echo "$e - $s" | bc -l) "
+            case $c in
+                ringsync*) sw[$c]+="$(stat -c %s "$WORK/wire.in") " ;;
+                *) sw[$c]+="$(awk '/^Total bytes sent:/ {gsub(",", "", $4); print $4}' "$WORK/stats") " ;;
+            esac
+        done
+    done
+    echo
+    echo "## text ($(du -sh --apparent-size "$TEXT" | cut -f1), $(find "$TEXT" | wc -l) entries): initial sync through a link limited to $((SLOW_RATE / 1048576)) MiB/s (each tool's --bwlimit)"
+    echo
+    echo "| command | median s | min..max s | bytes to the remote end (median) |"
+    echo "|---|---:|---|---:|"
+    for c in "${slow_cmds[@]}"; do
+        t=(${st[$c]}) w=(${sw[$c]})
+        printf '| %s | %.2f | %.2f..%.2f | %s |\n' "$c" "$(printf '%s\n' "${t[@]}" | median)" \
+            "$(printf '%s\n' "${t[@]}" | sort -g | head -1)" "$(printf '%s\n' "${t[@]}" | sort -g | tail -1)" \
+            "$(printf '%s\n' "${w[@]}" | median | cut -d. -f1)"
+    done
+    rm -rf "$OUT"
+fi
