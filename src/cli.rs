@@ -988,7 +988,6 @@ impl RemoteRun<'_> {
             {
                 return Err("host: with no path would be the remote home directory, which a mirror makes equal to SRC (deleting the rest): give the path (host:PATH, host:. for the home itself)".into());
             }
-            let f = self.filter;
             let d = self.data;
             // --prev names a snapshot on SRC's machine: a local path when pushing, a path on
             // the remote host (`PATH` or `host:PATH`) when pulling.
@@ -1016,11 +1015,6 @@ impl RemoteRun<'_> {
                 },
             };
             let unsupported = [
-                // The rules travel to the remote sending end; a list file not yet.
-                (
-                    src.is_some() && f.files_from.is_some(),
-                    "--files-from when pulling",
-                ),
                 (d.threads.is_some(), "--threads"),
                 (!matches!(d.reflink, ReflinkArg::Auto), "--reflink"),
                 (!matches!(d.data_path, DataPathArg::Auto), "--data-path"),

@@ -511,9 +511,18 @@ impl Filter {
     /// resolved here: rule files were read on this machine). Not `--files-from`.
     pub fn to_wire(&self) -> Result<String, String> {
         use base64::Engine as _;
-        if self.files_from.is_some() {
-            return Err("--files-from is not supported when pulling yet".into());
-        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // The list as its paths (normalized; the root itself as "."), read back by
+        // `FilesFrom::parse` at the other end, NUL-separated.
+        let files_from = self.files_from.as_ref().map(|ff| {
+            let mut paths: Vec<&Vec<u8>> = ff.listed.keys().collect();
+            paths.sort();
+            let paths: Vec<String> = paths
+                .into_iter()
+                .map(|p| b64.encode(if p.is_empty() { &b"."[..] } else { p }))
+                .collect();
+            serde_json::json!({ "recursive": ff.recursive, "paths": paths })
+        });
         let rules: Vec<serde_json::Value> = self
             .list
             .iter()
@@ -528,6 +537,7 @@ impl Filter {
             "rules": rules,
             "one_file_system": self.one_file_system,
             "delete_excluded": self.delete_excluded,
+            "files_from": files_from,
         })
         .to_string())
     }
@@ -549,9 +559,27 @@ impl Filter {
                 .map_err(|_| bad())?;
             list.push((include, pat));
         }
+        let files_from = match &v["files_from"] {
+            serde_json::Value::Null => None,
+            ff => {
+                let mut data = Vec::new();
+                for p in ff["paths"].as_array().ok_or_else(bad)? {
+                    let p = base64::engine::general_purpose::STANDARD
+                        .decode(p.as_str().ok_or_else(bad)?)
+                        .map_err(|_| bad())?;
+                    if p.contains(&0) {
+                        return Err(bad());
+                    }
+                    data.extend_from_slice(&p);
+                    data.push(0);
+                }
+                let recursive = ff["recursive"].as_bool().ok_or_else(bad)?;
+                Some(FilesFrom::parse(&data, recursive).map_err(|e| format!("--files-from: {e}"))?)
+            }
+        };
         Filter::build(
             list,
-            None,
+            files_from,
             v["one_file_system"].as_bool().ok_or_else(bad)?,
             v["delete_excluded"].as_bool().ok_or_else(bad)?,
         )
@@ -669,15 +697,40 @@ mod tests {
         ] {
             assert!(Filter::from_wire(bad).is_err(), "{bad}");
         }
-        // A list file does not travel (yet).
+        // A --files-from list travels too, and decides the same at the other end.
         let ff = dir.path().join("list");
-        std::fs::write(&ff, "a\n").unwrap();
+        std::fs::write(&ff, "a/b\n./c//\nline\nbreak\n").unwrap();
         let with_list = Filter::load(&FilterSpec {
             files_from: Some(ff),
             ..Default::default()
         })
         .unwrap();
-        assert!(with_list.to_wire().is_err());
+        let there = Filter::from_wire(&with_list.to_wire().unwrap()).unwrap();
+        assert_eq!(there.digest(), with_list.digest());
+        for (path, dir) in [
+            ("a", true),
+            ("a/b", false),
+            ("a/x", false),
+            ("c", true),
+            ("c/d", false),
+            ("line", false),
+            ("z", false),
+        ] {
+            assert_eq!(
+                there.verdict(path.as_bytes(), dir, false),
+                with_list.verdict(path.as_bytes(), dir, false),
+                "{path}"
+            );
+        }
+        // A list from the other end is checked as a local one.
+        use base64::Engine as _;
+        let b = |p: &[u8]| base64::engine::general_purpose::STANDARD.encode(p);
+        for bad in [b(b"../etc"), b(b"a/\0b")] {
+            let line = format!(
+                r#"{{"rules":[],"one_file_system":false,"delete_excluded":false,"files_from":{{"recursive":false,"paths":["{bad}"]}}}}"#
+            );
+            assert!(Filter::from_wire(&line).is_err(), "{line}");
+        }
     }
 
     fn rules(list: &[(&str, bool)]) -> Rules {

@@ -607,7 +607,8 @@ pub type Ask<'a> = &'a mut dyn FnMut(&[Vec<u8>]) -> Result<HashMap<Vec<u8>, [u8;
 /// What a sender compares with a receiver's listing: the listing's id and the changes.
 pub struct Against {
     pub id: [u8; 16],
-    /// The listing held no entry (a full stream does the same, and resumes).
+    /// The listing held no entry and no filter narrows SRC (a full stream does the same, and
+    /// resumes).
     pub empty: bool,
     pub changes: Vec<Change>,
     /// Protected entries standing where SRC has another type (reported, left alone).
@@ -677,7 +678,8 @@ fn against_walked(
     }
     Ok(Against {
         id: l.id,
-        empty: l.entries.is_empty(),
+        // (A full stream carries all of SRC: not when filters narrow it.)
+        empty: l.entries.is_empty() && !filter.is_active(),
         changes,
         errors: protected.errors(),
         state: false,

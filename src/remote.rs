@@ -251,6 +251,23 @@ pub fn mirror(o: &RemoteOpts, src: &Side, dst: &Side) -> i32 {
             return exit::USAGE;
         }
     };
+    // A pull sends its rules and --files-from list as one line: bounded.
+    if matches!(src, Side::Remote(_)) && filter.is_active() {
+        match filter.to_wire() {
+            Ok(l) if l.len() < FILTER_LINE_MAX => {}
+            Ok(l) => {
+                eprintln!(
+                    "ringsync: the filter rules and --files-from list come to {} bytes on the wire, more than a pull sends ({FILTER_LINE_MAX})",
+                    l.len()
+                );
+                return exit::USAGE;
+            }
+            Err(e) => {
+                eprintln!("ringsync: {e}");
+                return exit::USAGE;
+            }
+        }
+    }
     let report = match crate::report::Reporter::open(
         o.verbose || (o.dry_run && !o.json),
         o.verbose,
@@ -748,7 +765,8 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
     // The request: resume the interrupted full stream, or list DST and send the differences
     // (a dry run: list DST only).
     let mut stdin = std::fs::File::from(OwnedFd::from(child.stdin.take().expect("piped")));
-    let token = token.filter(|_| !o.dry_run && !o.lists() && !o.copy);
+    // (Not with filters: the interrupted full stream carries all of SRC.)
+    let token = token.filter(|_| !o.dry_run && !o.lists() && !o.copy && !shown.filter.is_active());
     let resumed = resumed.filter(|_| token.is_some());
     // --prev: when DST's record says it equals PREV's state, the incremental stream from PREV
     // (DST is not listed).
@@ -849,6 +867,10 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
                     against.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
                 }
                 against.state = o.prev.is_some();
+                // --files-from paths the walk did not find: reported, and the run is partial.
+                let unseen = crate::error::ErrorLog::new(o.quiet);
+                crate::filter::report_unseen(&shown.filter, src, &unseen);
+                against.errors += unseen.errors();
                 show(o, shown, &mut against.changes);
                 shown
                     .wire
@@ -1619,6 +1641,7 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
         from,
         compress,
     } = a;
+    let mut partial = false;
     if greet(None).is_err() {
         return exit::LINK;
     }
@@ -1666,6 +1689,7 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
             }
         };
         let walked = ahead.join().expect("the walk does not panic");
+        let listed_filter = filter.clone();
         // Moved files: the hash round (one request line, always).
         let mut asked = false;
         let mut ask = |p: &[Vec<u8>]| {
@@ -1693,6 +1717,10 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
                     a.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
                 }
                 a.state = state;
+                // --files-from paths the walk did not find: reported, and the run is partial.
+                let unseen = crate::error::ErrorLog::new(cfg.quiet);
+                crate::filter::report_unseen(&listed_filter, &cfg.src, &unseen);
+                partial = unseen.errors() > 0;
                 cfg.listing = Some(a)
             }
             Ok(_) => {
@@ -1714,7 +1742,7 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
     }
     let cfg = &cfg;
     use std::os::fd::AsFd;
-    match std::io::stdout().as_fd().try_clone_to_owned() {
+    let code = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => match compress {
             None => crate::send::send_to(cfg, std::fs::File::from(fd)),
             Some(level) => {
@@ -1740,6 +1768,11 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
             eprintln!("ringsync: serve: standard output: {e}");
             exit::FATAL
         }
+    };
+    if code == exit::OK && partial {
+        exit::PARTIAL
+    } else {
+        code
     }
 }
 

@@ -1776,3 +1776,114 @@ fn timeout_takes_a_stalled_remote_end_for_a_dropped_link() {
         );
     }
 }
+
+/// Every path below `root` (relative, sorted), and the content of each regular file.
+fn paths_and_data(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel.starts_with(".ringsync") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, None);
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn excluded_entries_never_travel_into_empty_or_new_directories_and_files_from_pulls() {
+    if !need_root() {
+        return;
+    }
+    let Some(s) = Sshd::start_or_skip() else { return };
+    let tmp = scratch("remote-filtered-new");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    for (p, d) in [
+        ("a.txt", "a"),
+        ("b.tmp", "secret b"),
+        ("sub/c.tmp", "secret c"),
+        ("sub/d.txt", "d"),
+    ] {
+        std::fs::write(src.join(p), d).unwrap();
+    }
+    // What a mirror with --exclude '*.tmp' must leave, written out by hand.
+    let want = |extra: &[(&str, Option<&str>)]| {
+        let m: std::collections::BTreeMap<String, Option<Vec<u8>>> =
+            [("a.txt", Some("a")), ("sub", None), ("sub/d.txt", Some("d"))]
+                .iter()
+                .chain(extra)
+                .map(|(p, d)| (p.to_string(), d.map(|d| d.as_bytes().to_vec())))
+                .collect();
+        m
+    };
+    let ex = [OsStr::new("--exclude"), OsStr::new("*.tmp")];
+    let dst = tmp.path().join("dst");
+    let back = tmp.path().join("back");
+    let to = remote(s.root_user(), &dst);
+    let from = remote(s.root_user(), &src);
+    // Into empty (missing) targets.
+    for (what, f, t, target) in [
+        ("push", src.as_os_str(), to.as_os_str(), &dst),
+        ("pull", from.as_os_str(), back.as_os_str(), &back),
+    ] {
+        let o = mirror(&s, &ex, f, t);
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+        assert_eq!(paths_and_data(target), want(&[]), "{what} into an empty DST");
+    }
+    // A new directory holding excluded entries, deeper too.
+    std::fs::create_dir_all(src.join("newd/deeper")).unwrap();
+    for (p, d) in [
+        ("newd/x.tmp", "secret x"),
+        ("newd/y.txt", "y"),
+        ("newd/deeper/z.tmp", "secret z"),
+    ] {
+        std::fs::write(src.join(p), d).unwrap();
+    }
+    let more = [("newd", None), ("newd/deeper", None), ("newd/y.txt", Some("y"))];
+    for (what, f, t, target) in [
+        ("push", src.as_os_str(), to.as_os_str(), &dst),
+        ("pull", from.as_os_str(), back.as_os_str(), &back),
+    ] {
+        let o = mirror(&s, &ex, f, t);
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+        assert_eq!(paths_and_data(target), want(&more), "{what} of a new directory");
+    }
+    // --files-from when pulling (and pushing): only the listed paths (and the directories to
+    // them); a listed path SRC lacks is reported and the run is partial (exit 3).
+    let list = tmp.path().join("list");
+    std::fs::write(&list, "a.txt\nnewd/y.txt\nnot-there\n").unwrap();
+    let ff = [OsStr::new("--files-from"), list.as_os_str()];
+    let listed: std::collections::BTreeMap<String, Option<Vec<u8>>> = [
+        ("a.txt", Some(b"a".to_vec())),
+        ("newd", None),
+        ("newd/y.txt", Some(b"y".to_vec())),
+    ]
+    .into_iter()
+    .map(|(p, d)| (p.to_string(), d))
+    .collect();
+    for (what, f, target) in [
+        ("pull", from.clone(), tmp.path().join("ff-pull")),
+        ("push", src.clone().into_os_string(), tmp.path().join("ff-push")),
+    ] {
+        let t = if what == "pull" {
+            target.clone().into_os_string()
+        } else {
+            remote(s.root_user(), &target)
+        };
+        let o = mirror(&s, &ff, &f, &t);
+        assert_eq!(o.status.code(), Some(3), "{what} --files-from: {}", stderr(&o));
+        assert!(stderr(&o).contains("not-there"), "{what}: {}", stderr(&o));
+        assert_eq!(paths_and_data(&target), listed, "{what} --files-from");
+    }
+}

@@ -360,7 +360,10 @@ impl Plan {
         rel: &[u8],
         all: bool,
     ) -> Result<(), Failure> {
-        let names: Vec<Vec<u8>> = if all {
+        // A new directory of SRC: everything in it, as read now; but against a listing, what
+        // the walk took (filters may have left entries out, and the walk lists every entry
+        // of a new directory).
+        let names: Vec<Vec<u8>> = if all && self.prev.is_some() {
             match super::sorted_names(fd) {
                 Ok(n) => n.into_iter().map(|c| c.into_bytes()).collect(),
                 Err(e) => {
