@@ -574,16 +574,38 @@ pub struct Walked {
     flags: u8,
     entries: Result<Vec<(Entry, Meta)>, String>,
     pub errors: ErrorLog,
+    /// With `state`: SRC's state id taken before the walk (the sender takes it again when it
+    /// sends; a change in between leaves the stream without one).
+    state_before: Option<[u8; 16]>,
 }
 
 impl Walked {
-    pub fn now(src: &Path, flags: u8, engine: EngineKind, filter: Arc<Filter>, quiet: bool) -> Walked {
+    pub fn now(
+        src: &Path,
+        flags: u8,
+        engine: EngineKind,
+        filter: Arc<Filter>,
+        quiet: bool,
+        state: bool,
+    ) -> Walked {
+        let state_before = if state {
+            rustix::fs::open(
+                src,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+            .and_then(|fd| crate::send::state_id(&fd).1)
+        } else {
+            None
+        };
         let errors = ErrorLog::new(quiet);
         let entries = walk(src, flags, engine, true, filter, &errors);
         Walked {
             flags,
             entries,
             errors,
+            state_before,
         }
     }
 
@@ -595,9 +617,10 @@ impl Walked {
         engine: EngineKind,
         filter: Arc<Filter>,
         quiet: bool,
+        state: bool,
     ) -> std::thread::JoinHandle<Walked> {
         let src = src.to_path_buf();
-        std::thread::spawn(move || Walked::now(&src, flags, engine, filter, quiet))
+        std::thread::spawn(move || Walked::now(&src, flags, engine, filter, quiet, state))
     }
 }
 
@@ -616,6 +639,9 @@ pub struct Against {
     /// Take SRC's state id for the stream's target, as a full stream does (`--prev`: a later
     /// run may send an incremental stream from this state); a walk, skipped otherwise.
     pub state: bool,
+    /// SRC's state id before the comparison's walk: the target only if SRC still has it when
+    /// the stream is sent (else what changed in between would be in the id, not the stream).
+    pub state_before: Option<[u8; 16]>,
 }
 
 /// Compare SRC (walked through `filter`: `walked`, or walked again when it was walked for
@@ -638,9 +664,13 @@ pub fn against(
     let walked = if walked.flags == l.flags {
         walked
     } else {
-        Walked::now(src, l.flags, engine, filter.clone(), quiet)
+        let state = walked.state_before.is_some();
+        Walked::now(src, l.flags, engine, filter.clone(), quiet, state)
     };
-    let r = against_walked(l, walked.entries, src, &filter, ask);
+    let r = against_walked(l, walked.entries, src, &filter, ask).map(|a| Against {
+        state_before: walked.state_before,
+        ..a
+    });
     (r, walked.errors)
 }
 
@@ -680,6 +710,7 @@ fn against_walked(
         id: l.id,
         // (A full stream carries all of SRC: not when filters narrow it.)
         empty: l.entries.is_empty() && !filter.is_active(),
+        state_before: None,
         changes,
         errors: protected.errors(),
         state: false,

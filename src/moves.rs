@@ -194,13 +194,20 @@ pub fn parse_request(line: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err(format!("{} paths, more than {MAX_ASK}", list.len()));
     }
     let b64 = base64::engine::general_purpose::STANDARD;
-    list.iter()
+    let paths: Vec<Vec<u8>> = list
+        .iter()
         .map(|p| {
             p.as_str()
                 .and_then(|s| b64.decode(s).ok())
                 .ok_or_else(|| "a path that is not base64".to_string())
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // Each file at most once: what the answer costs is then bounded by what DST holds.
+    let mut seen = HashSet::new();
+    if let Some(p) = paths.iter().find(|p| !seen.insert(p.as_slice())) {
+        return Err(format!("'{}' asked for twice", String::from_utf8_lossy(p)));
+    }
+    Ok(paths)
 }
 
 /// The answer line: for each asked path, in order, the hex BLAKE3 of its content, or null
@@ -442,6 +449,8 @@ mod tests {
         let asked = vec![b"d/f".to_vec(), vec![0xff, b'\n']];
         assert_eq!(parse_request(request(&asked).trim_end()).unwrap(), asked);
         assert!(parse_request("{\"hash\":[\"!!\"]}").is_err());
+        // The same path twice (a way to make the other end hash one big file for ever).
+        assert!(parse_request("{\"hash\":[\"YQ==\",\"Yg==\",\"YQ==\"]}").is_err());
         assert!(parse_request("[]").is_err());
         let line = format!("{{\"hashes\":[\"{}\",null]}}", "ab".repeat(32));
         let got = parse_answer(&line, &asked).unwrap();

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -318,8 +318,14 @@ fn watchdog(shown: &Shown, limit: Duration, done: &std::sync::atomic::AtomicBool
         }
         if since.elapsed() >= limit {
             if let Some(fd) = shell.as_ref() {
-                shown.timed_out.store(true, Relaxed);
-                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+                // A remote shell that exited (the run is finishing here) is not stopped: only
+                // a running one that moved nothing for `limit`.
+                use rustix::process::{waitid, WaitId, WaitIdOptions};
+                let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+                let running = matches!(waitid(WaitId::PidFd(fd.as_fd()), opts), Ok(None));
+                if running && rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL).is_ok() {
+                    shown.timed_out.store(true, Relaxed);
+                }
             }
             since = std::time::Instant::now();
         }
@@ -747,7 +753,17 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
     // SRC is walked while the remote shell connects and DST is listed (for the flags the
     // listing will most likely have: checked when it comes).
     let ahead =
-        crate::listing::Walked::ahead(src, guessed_flags(o, r), o.engine, shown.filter.clone(), o.quiet);
+        // (Not when --prev will most likely send the incremental stream without a listing.)
+        (!use_prev).then(|| {
+            crate::listing::Walked::ahead(
+                src,
+                guessed_flags(o, r),
+                o.engine,
+                shown.filter.clone(),
+                o.quiet,
+                note_states(o, shown),
+            )
+        });
     let (mut child, mut out) = match start(o, shown, r, &words, Stdio::piped()) {
         Ok(c) => c,
         Err(a) => return a,
@@ -782,7 +798,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
     };
     let request = format!(
         "{}\n",
-        serde_json::json!({ "plan": plan, "checksum": o.checksum, "state": o.prev.is_some(), "compress": o.compress })
+        serde_json::json!({ "plan": plan, "checksum": o.checksum, "state": note_states(o, shown), "compress": o.compress })
     );
     shown.wire.sent.fetch_add(request.len() as u64, Relaxed);
     if stdin.write_all(request.as_bytes()).is_err() {
@@ -792,7 +808,17 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
     let listing = if token.is_none() && from.is_none() {
         match get_listing(&mut out, o.compress.is_some()) {
             Ok(l) => {
-                let walked = ahead.join().expect("the walk does not panic");
+                let walked = match ahead {
+                    Some(h) => h.join().expect("the walk does not panic"),
+                    None => crate::listing::Walked::now(
+                        src,
+                        l.flags,
+                        o.engine,
+                        shown.filter.clone(),
+                        o.quiet,
+                        note_states(o, shown),
+                    ),
+                };
                 // Moved files: the hash round (one request line, always, for a listing plan).
                 let mut asked = false;
                 let (mut lost, mut bad) = (None, None);
@@ -866,7 +892,7 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
                 if o.copy {
                     against.changes.retain(|c| c.kind != crate::diff::Kind::Deleted);
                 }
-                against.state = o.prev.is_some();
+                against.state = note_states(o, shown);
                 // --files-from paths the walk did not find: reported, and the run is partial.
                 let unseen = crate::error::ErrorLog::new(o.quiet);
                 crate::filter::report_unseen(&shown.filter, src, &unseen);
@@ -958,6 +984,9 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
             }
         },
     };
+    // The stream is out: the receiving end's last work (publishing, syncfs, its record) moves
+    // nothing over the link, and is not a stall for --timeout.
+    *shown.shell.lock().expect("shell lock") = None;
     // Whatever the remote end says after the stream (nothing, normally) is drained so it
     // never blocks on a full pipe.
     let _ = std::io::copy(&mut out, &mut std::io::sink());
@@ -984,6 +1013,13 @@ fn push(o: &RemoteOpts, shown: &Shown, src: &Path, r: &Remote, use_token: bool, 
         // The remote end said why on stderr; its status is the run's.
         (_, code) => Attempt::Done(code),
     }
+}
+
+/// Whether this run notes the states a later `--prev` run relies on (SRC's state id as the
+/// stream's target, DST's own state): with `--prev`, and not with filters (the stream then
+/// carries part of SRC, so DST does not equal SRC's state).
+fn note_states(o: &RemoteOpts, shown: &Shown) -> bool {
+    o.prev.is_some() && !shown.filter.is_active()
 }
 
 /// `--prev PREV` when pushing: PREV, when its state id is the one DST's record says DST
@@ -1125,7 +1161,16 @@ fn pull(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path, use_token: bool, 
             }
         },
     };
-    finish_pull(r, child, out, got, token.is_some())
+    match finish_pull(r, child, out, got, token.is_some()) {
+        // This end refused the incremental stream (DST changed since): it said why.
+        Attempt::Done(exit::FATAL) if prev.is_some() => {
+            if !o.quiet {
+                eprintln!("ringsync: mirror: --prev: the incremental stream was refused; comparing against DST's listing");
+            }
+            Attempt::PrevRefused
+        }
+        a => a,
+    }
 }
 
 /// The filter line a pull sends to the remote end first, when filters are active.
@@ -1336,7 +1381,7 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     // The remote end walks SRC while this one lists DST: it is told the listing's flags.
     let mut words: Vec<&[u8]> = vec![b"serve", b"send", b"--listing"];
     words.extend(flag_words(flags));
-    if o.prev.is_some() {
+    if note_states(o, shown) {
         words.push(b"--state");
     }
     let cw = compress_words(o);
@@ -1398,7 +1443,7 @@ fn pull_listing(o: &RemoteOpts, shown: &Shown, r: &Remote, dst: &Path) -> Attemp
     });
     let listed = crate::receive::Listed {
         id,
-        state: o.prev.is_some(),
+        state: note_states(o, shown),
     };
     let got = match o.compress {
         None => crate::receive::apply_locked(&mut out, &cfg, &dst, guard, Some(listed), Some(counts.clone())),
@@ -1679,7 +1724,8 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
         cfg.from = Some(prev);
     }
     if listing {
-        let ahead = crate::listing::Walked::ahead(&cfg.src, listed, cfg.engine, filter.clone(), cfg.quiet);
+        let ahead =
+            crate::listing::Walked::ahead(&cfg.src, listed, cfg.engine, filter.clone(), cfg.quiet, state);
         let mut si = BufReader::with_capacity(1 << 16, std::io::stdin().lock());
         let l = match get_listing(&mut si, compress.is_some()) {
             Ok(l) => l,

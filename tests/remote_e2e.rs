@@ -1604,6 +1604,35 @@ fn prev_sends_the_incremental_stream_without_listing_dst_and_falls_back_when_dst
     assert_exact(&want, &dst, &mirror_cmp(), "push after a fallback");
     let (_, got) = wire(tmp.path());
     assert!(got < 1024, "push after a fallback received {got} bytes");
+    // A pull whose own DST changed by hand: this end refuses the stream, lists DST, exact.
+    std::fs::write(back.join("by-hand-2"), b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let err = run(
+        &[OsStr::new("--prev"), snap(4).as_os_str()],
+        &from(5),
+        back.as_os_str(),
+    );
+    assert!(err.contains("comparing against DST's listing"), "{err}");
+    assert_exact(&want, &back, &mirror_cmp(), "pull after DST changed");
+    // A filtered run with --prev notes no state (its DST is not all of SRC): the next --prev
+    // run lists DST and brings what the filter left out.
+    std::fs::write(work.join("left-out.tmp"), b"t").unwrap();
+    snapshot(&work, &snap(6));
+    let ex = [OsStr::new("--exclude"), OsStr::new("*.tmp")];
+    run(
+        &[ex[0], ex[1], OsStr::new("--prev"), snap(5).as_os_str()],
+        snap(6).as_os_str(),
+        &to,
+    );
+    assert!(!dst.join("left-out.tmp").exists());
+    let want = scan_tree(&snap(6), true).unwrap();
+    let err = run(
+        &[OsStr::new("--prev"), snap(6).as_os_str()],
+        snap(6).as_os_str(),
+        &to,
+    );
+    assert!(err.contains("comparing against DST's listing"), "{err}");
+    assert_exact(&want, &dst, &mirror_cmp(), "--prev after a filtered run");
 }
 
 /// List every directory below `root` once, as a sender's walk does, so that its atime (which

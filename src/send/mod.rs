@@ -983,10 +983,14 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
     // (and it is not resumed), and the walk would cost as much as the comparison; unless
     // asked (`--prev`).
     let against = cfg.listing.as_ref().filter(|a| !a.empty);
-    let (sv, state) = if against.is_some_and(|a| !a.state) {
-        (Survey::default(), None)
-    } else {
-        state_id(&root)
+    let (sv, state) = match against {
+        Some(a) if !a.state => (Survey::default(), None),
+        // The id before the comparison's walk, if SRC still has it.
+        Some(a) => {
+            let (sv, id) = state_id(&root);
+            (sv, id.filter(|id| Some(*id) == a.state_before))
+        }
+        None => state_id(&root),
     };
     let (mut est_bytes, mut est_entries) = (sv.bytes, sv.entries);
     if state.is_none() && cfg.resume.is_none() && against.is_none() && !cfg.quiet {
