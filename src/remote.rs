@@ -1022,21 +1022,30 @@ fn note_states(o: &RemoteOpts, shown: &Shown) -> bool {
     o.prev.is_some() && !shown.filter.is_active()
 }
 
-/// `--prev PREV` when pushing: PREV, when its state id is the one DST's record says DST
-/// equals (`equals`, from the status line); otherwise `None`, and why (unless -q).
-fn prev_matches(o: &RemoteOpts, prev: &Path, equals: Option<&str>) -> Option<PathBuf> {
-    let why = match rustix::fs::open(
+/// Whether PREV's state id is `equals`, the state DST's record says DST equals; why not.
+fn prev_is(prev: &Path, equals: Option<&str>) -> Result<(), String> {
+    let fd = rustix::fs::open(
         prev,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
-    ) {
-        Err(e) => format!("open: {e}"),
-        Ok(fd) => match (crate::send::state_id(&fd).1, equals) {
-            (Some(id), Some(e)) if crate::stream::hex(&id) == e => return Some(prev.to_path_buf()),
-            (None, _) => "it changed moments ago or could not be read in full (a snapshot does not)".into(),
-            (_, None) => "DST's record names no state it equals (it was not made by a clean run with --prev, or changed since)".into(),
-            (Some(_), Some(_)) => "DST's record says it equals another state".into(),
-        },
+    )
+    .map_err(|e| format!("open: {e}"))?;
+    match (crate::send::state_id(&fd).1, equals) {
+        (Some(id), Some(e)) if crate::stream::hex(&id) == e => Ok(()),
+        (None, _) => Err("it changed moments ago or could not be read in full (a snapshot does not)".into()),
+        (_, None) => Err(
+            "DST's record names no state it equals (it was not made by a clean run with --prev, or changed since)"
+                .into(),
+        ),
+        (Some(_), Some(_)) => Err("DST's record says it equals another state".into()),
+    }
+}
+
+/// `--prev PREV` when pushing: PREV, when its state id is the one DST's record says DST
+/// equals (`equals`, from the status line); otherwise `None`, and why (unless -q).
+fn prev_matches(o: &RemoteOpts, prev: &Path, equals: Option<&str>) -> Option<PathBuf> {
+    let Err(why) = prev_is(prev, equals) else {
+        return Some(prev.to_path_buf());
     };
     if !o.quiet {
         eprintln!(
@@ -1697,22 +1706,7 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
     if let Some((prev, expect)) = from {
         // A status line: the stream follows only when PREV is the state DST equals (the
         // puller lists DST otherwise).
-        let id = rustix::fs::open(
-            &prev,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| format!("open: {e}"))
-        .and_then(|fd| {
-            crate::send::state_id(&fd).1.ok_or_else(|| {
-                "it changed moments ago or could not be read in full (a snapshot does not)".to_string()
-            })
-        });
-        let why = match id {
-            Ok(id) if crate::stream::hex(&id) == expect => None,
-            Ok(_) => Some("DST's record says it equals another state".to_string()),
-            Err(e) => Some(e),
-        };
+        let why = prev_is(&prev, Some(&expect)).err();
         let st = serde_json::json!({ "from": why.is_none(), "why": why });
         let mut so = std::io::stdout().lock();
         if writeln!(so, "{st}").and_then(|_| so.flush()).is_err() {

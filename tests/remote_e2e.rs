@@ -54,6 +54,34 @@ fn remote(user: &str, path: &Path) -> OsString {
     s
 }
 
+/// Run `ringsync mirror -e RSH --remote-bin FAKE EXTRA... FROM TO`, where FAKE is a shell
+/// script (`body` after its shebang, the greeting line first) that the test sshd runs in place
+/// of ringsync: a remote end that misbehaves on purpose.
+fn with_fake_remote(s: &Sshd, name: &str, body: &str, extra: &[&str], from: &OsStr, to: &OsStr) -> Output {
+    let fake = s.plain_dir().join(format!("{name}.sh"));
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\n{body}",
+            ringsync::remote::PROTOCOL
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new(bin())
+        .arg("mirror")
+        .args(extra)
+        .arg("-e")
+        .arg(s.rsh())
+        .arg("--remote-bin")
+        .arg(&fake)
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 fn diffs(before: &Tree, dst: &Path, opts: &CompareOpts) -> Vec<String> {
     let after = scan_tree(dst, true).unwrap();
     compare_scanned(before, &after, opts)
@@ -1253,48 +1281,54 @@ fn a_hostile_listing_from_the_remote_end_is_refused_and_nothing_is_sent() {
         listing.truncate(listing.len() - cut);
         let lpath = s.plain_dir().join(format!("{name}.listing"));
         std::fs::write(&lpath, &listing).unwrap();
-        let got = s.plain_dir().join(format!("{name}.got"));
-        // A fake remote end: greeting, status, reads the request, sends the listing, closes
-        // its stdout, keeps whatever comes after (nothing must).
-        let fake = s.plain_dir().join(format!("{name}.sh"));
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\necho '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\nexec >&- 2>&-\ncat > {}\n",
-                ringsync::remote::PROTOCOL,
-                lpath.display(),
-                got.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let o = Command::new(bin())
-            .args(["mirror", "-q", "-e"])
-            .arg(s.rsh())
-            .arg("--remote-bin")
-            .arg(&fake)
-            .arg(&src)
-            .arg(remote(s.root_user(), &tmp.path().join("dst")))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(7), "{name}: {err}");
-        assert!(
-            err.contains("DST's listing") || err.contains("listing ends early"),
-            "{name}: {err}"
-        );
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("ringsync:")).count(),
-            1,
-            "{name}: {err}"
-        );
-        let sent = std::fs::read(&got).unwrap_or_default();
-        assert!(
-            !sent.windows(15).any(|w| w == b"must not travel"),
-            "{name}: SRC's data was sent to a remote end whose listing was refused"
-        );
+        let o = push_to_a_fake_receiver(&s, &tmp.path().join("dst"), &src, name, &lpath, "");
+        assert_refused_and_nothing_sent(&s, name, &o, &["DST's listing", "listing ends early"]);
     }
+}
+
+/// Push SRC to a fake receiving end that says its status, reads the request, sends the
+/// listing at `listing`, does `then` (shell lines), closes its stdout and keeps whatever comes
+/// after in `NAME.got`.
+fn push_to_a_fake_receiver(
+    s: &Sshd,
+    dst: &Path,
+    src: &Path,
+    name: &str,
+    listing: &Path,
+    then: &str,
+) -> Output {
+    let got = s.plain_dir().join(format!("{name}.got"));
+    let body = format!(
+        "echo '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\n{then}exec >&- 2>&-\ncat > {}\n",
+        listing.display(),
+        got.display()
+    );
+    with_fake_remote(
+        s,
+        name,
+        &body,
+        &["-q"],
+        src.as_os_str(),
+        &remote(s.root_user(), dst),
+    )
+}
+
+/// The run was refused with one line naming one of `why`, exit 7, and SRC's file (which
+/// holds "must not travel") did not reach the fake remote end.
+fn assert_refused_and_nothing_sent(s: &Sshd, name: &str, o: &Output, why: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(7), "{name}: {err}");
+    assert!(why.iter().any(|w| err.contains(w)), "{name}: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("ringsync:")).count(),
+        1,
+        "{name}: {err}"
+    );
+    let sent = std::fs::read(s.plain_dir().join(format!("{name}.got"))).unwrap_or_default();
+    assert!(
+        !sent.windows(15).any(|w| w == b"must not travel"),
+        "{name}: SRC's data was sent to a remote end whose answers were refused"
+    );
 }
 
 /// `len` bytes that differ for every `seed` (no two files of the test share content).
@@ -1445,42 +1479,10 @@ fn a_hostile_hash_answer_from_the_remote_end_is_refused_and_nothing_is_sent() {
         ("wrong-count", "{\"hashes\":[null,null]}"),
         ("not-hex", "{\"hashes\":[\"zz\"]}"),
     ] {
-        let got = s.plain_dir().join(format!("{name}.got"));
-        let fake = s.plain_dir().join(format!("{name}.sh"));
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\necho '{{\"token\":\"\"}}'\nhead -n 1 > /dev/null\ncat {}\nhead -n 1 > /dev/null\necho '{answer}'\nexec >&- 2>&-\ncat > {}\n",
-                ringsync::remote::PROTOCOL,
-                lpath.display(),
-                got.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let o = Command::new(bin())
-            .args(["mirror", "-q", "-e"])
-            .arg(s.rsh())
-            .arg("--remote-bin")
-            .arg(&fake)
-            .arg(&src)
-            .arg(remote(s.root_user(), &tmp.path().join("dst")))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(7), "{name}: {err}");
-        assert!(err.contains("content hashes"), "{name}: {err}");
-        assert_eq!(
-            err.lines().filter(|l| l.starts_with("ringsync:")).count(),
-            1,
-            "{name}: {err}"
-        );
-        let sent = std::fs::read(&got).unwrap_or_default();
-        assert!(
-            !sent.windows(15).any(|w| w == b"must not travel"),
-            "{name}: SRC's data was sent after a refused hash answer"
-        );
+        // The listing, then this answer to the hash request.
+        let then = format!("head -n 1 > /dev/null\necho '{answer}'\n");
+        let o = push_to_a_fake_receiver(&s, &tmp.path().join("dst"), &src, name, &lpath, &then);
+        assert_refused_and_nothing_sent(&s, name, &o, &["content hashes"]);
     }
 }
 
@@ -1762,16 +1764,7 @@ fn timeout_takes_a_stalled_remote_end_for_a_dropped_link() {
     std::fs::write(src.join("f"), b"data").unwrap();
     // A remote end that greets (and, to a push, says its status) and then hangs with its
     // stdout open: without --timeout the run would wait for ever.
-    let fake = s.plain_dir().join("stall.sh");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\necho 'RINGSYNC-SERVE {} ringsync fake'\n[ \"$2\" = receive ] && echo '{{\"token\":\"\"}}'\nexec sleep 60\n",
-            ringsync::remote::PROTOCOL
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body = "[ \"$2\" = receive ] && echo '{\"token\":\"\"}'\nexec sleep 60\n";
     for (what, from, to) in [
         (
             "push",
@@ -1785,16 +1778,7 @@ fn timeout_takes_a_stalled_remote_end_for_a_dropped_link() {
         ),
     ] {
         let t0 = Instant::now();
-        let o = Command::new(bin())
-            .args(["mirror", "--timeout", "2", "-e"])
-            .arg(s.rsh())
-            .arg("--remote-bin")
-            .arg(&fake)
-            .arg(&from)
-            .arg(&to)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let o = with_fake_remote(&s, "stall", body, &["--timeout", "2"], &from, &to);
         let took = t0.elapsed();
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(6), "{what}: {err}");

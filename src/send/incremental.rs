@@ -67,6 +67,17 @@ pub struct Plan {
     bytes: u64,
 }
 
+/// DIR of a directory that exists at the receiver; its id (the next one).
+fn enter(s: &mut Sender, parent: u64, name: &[u8], meta: stream::Meta) -> Result<u64, Failure> {
+    s.next_dir += 1;
+    s.put(&Record::Dir {
+        parent,
+        name: name.to_vec(),
+        meta,
+    })?;
+    Ok(s.next_dir)
+}
+
 fn parents(path: &[u8], mut f: impl FnMut(&[u8], &[u8])) {
     let mut p = path;
     while !p.is_empty() {
@@ -280,13 +291,7 @@ impl Plan {
                     )));
                 };
                 let meta = meta_of(m);
-                s.next_dir += 1;
-                let cid = s.next_dir;
-                s.put(&Record::Dir {
-                    parent: id,
-                    name: name.clone(),
-                    meta,
-                })?;
+                let cid = enter(s, id, name, meta)?;
                 self.old_dir(s, None, None, cid, &p)?;
                 s.put(&Record::DirEnd { dir: cid, meta })?;
                 s.maybe_checkpoint()?;
@@ -318,13 +323,7 @@ impl Plan {
                     Some((Ok(sm), sd)) if sm.file_type() == FileType::Directory => (meta_of(&sm), sd),
                     _ => (meta_of(&m), fd),
                 };
-                s.next_dir += 1;
-                let cid = s.next_dir;
-                s.put(&Record::Dir {
-                    parent: id,
-                    name: name.clone(),
-                    meta,
-                })?;
+                let cid = enter(s, id, name, meta)?;
                 s.xattrs(xdir, &n, &p)?;
                 let prev_child = self.prev.is_some().then_some(&child);
                 self.old_dir(s, prev_child, src_child.as_ref(), cid, &p)?;
