@@ -1781,7 +1781,6 @@ pub fn serve_send(a: ServeSend, mut cfg: crate::send::SendConfig) -> i32 {
         }
     }
     let cfg = &cfg;
-    use std::os::fd::AsFd;
     let code = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => match compress {
             None => crate::send::send_to(cfg, std::fs::File::from(fd)),
