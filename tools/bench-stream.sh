@@ -5,7 +5,8 @@
 # Run as root (drop_caches, loop mounts).
 #
 #   [RINGSYNC_BIN=target/release/ringsync] [ROUNDS=5] [DATASETS="mixed big"]
-#   [BENCH_DIR=/var/tmp/ringsync-bench] [PARTS="disk btrfs"] tools/bench-stream.sh > perf/report.md
+#   [BENCH_DIR=/var/tmp/ringsync-bench] [PARTS="disk btrfs"] [OTHER_BIN=path]
+#   tools/bench-stream.sh > perf/report.md
 #
 # Commands per dataset (warm source, page cache holding it):
 #   copy         ringsync copy SRC DST                       (default: durable at exit)
@@ -13,6 +14,8 @@
 #   pipe-nofsync ringsync send SRC | ringsync receive --no-fsync DST
 #   tar+sync     tar -C SRC -cf - . | tar -C DST -xpf - ; sync -f DST   (durable, like for like)
 #   tar          tar -C SRC -cf - . | tar -C DST -xpf -                 (tar's default)
+#   pipe-other   as pipe, with OTHER_BIN (only when given): another build of ringsync in the
+#                same rounds, for an A/B of a change
 #   dd-cache, dd+fsync, dd-direct: the dataset's bytes written as one file with dd (page cache
 #                only; then fsync; O_DIRECT): the write floors the copies cannot beat
 # Then, cold (caches dropped before each): send SRC > /dev/null against `cat` of every file
@@ -26,7 +29,7 @@ set -euo pipefail
 TOOL=bench-stream
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 tool_args "$@"
-record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR PARTS
+record_cmdline "$@" -- RINGSYNC_BIN ROUNDS DATASETS BENCH_DIR PARTS OTHER_BIN
 RINGSYNC_BIN=${RINGSYNC_BIN:-$REPO/target/release/ringsync}
 ROUNDS=${ROUNDS:-5}
 DATASETS=${DATASETS:-mixed big}
@@ -36,6 +39,11 @@ DATA=$BENCH_DIR/data-full
 OUT=$BENCH_DIR/stream-dst
 WORK=$(mktemp -d "$BENCH_DIR/stream-bin.XXXXXX")
 private_binary "$WORK"
+OTHER=()
+if [[ -n ${OTHER_BIN:-} ]]; then
+    cp "$OTHER_BIN" "$WORK/ringsync-other"
+    OTHER=(pipe-other)
+fi
 [[ $(id -u) == 0 ]] || die "run as root (drop_caches, loop mounts)"
 for ds in $DATASETS; do [[ -d $DATA/$ds ]] || die "$DATA/$ds missing: run tools/bench-copy.sh once"; done
 
@@ -47,6 +55,7 @@ run_cmd() {
         copy) "$RS" copy -q "$src" "$dst" ;;
         pipe) "$RS" send -q "$src" | "$RS" receive -q "$dst" ;;
         pipe-nofsync) "$RS" send -q "$src" | "$RS" receive -q --no-fsync "$dst" ;;
+        pipe-other) "$WORK/ringsync-other" send -q "$src" | "$WORK/ringsync-other" receive -q "$dst" ;;
         tar+sync) mkdir "$dst"; tar -C "$src" -cf - . | tar -C "$dst" -xpf -; sync -f "$dst" ;;
         tar) mkdir "$dst"; tar -C "$src" -cf - . | tar -C "$dst" -xpf - ;;
         btrfs) mkdir "$dst"; btrfs send -q "$src" | btrfs receive -q "$dst" ;;
@@ -119,7 +128,7 @@ for ds in $DATASETS; do
     echo "## $ds ($(du -sh --apparent-size "$src" | cut -f1), $(find "$src" | wc -l) entries)"
     DD_COUNT=$(( ($(du -sb --apparent-size "$src" | cut -f1) + (4 << 20) - 1) / (4 << 20) ))
     block "$ds: warm source, fresh destination on the same disk" "$src" "$OUT" copy \
-        copy pipe pipe-nofsync tar+sync tar dd-cache dd+fsync dd-direct
+        copy pipe "${OTHER[@]}" pipe-nofsync tar+sync tar dd-cache dd+fsync dd-direct
     # Cold reads: send to /dev/null against cat of every file.
     ts=(); tc=()
     for r in $(seq 1 "$ROUNDS"); do
@@ -149,7 +158,7 @@ if [[ " $PARTS " == *" btrfs "* ]]; then
         echo "## $ds on a loop btrfs (source: a read-only snapshot; destination on the same btrfs)"
         DD_COUNT=$(( ($(du -sb --apparent-size "$DATA/$ds" | cut -f1) + (4 << 20) - 1) / (4 << 20) ))
         block "$ds: btrfs send | btrfs receive against ringsync" "$mnt/$ds-snap" "$mnt/out" pipe \
-            pipe pipe-nofsync btrfs btrfs+sync dd-cache dd+fsync dd-direct
+            pipe "${OTHER[@]}" pipe-nofsync btrfs btrfs+sync dd-cache dd+fsync dd-direct
     done
 else
     rm -rf "$WORK"
