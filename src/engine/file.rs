@@ -9,12 +9,16 @@
 //! through the ring instead of copy_file_range: the data goes from the pool buffer to the
 //! device, not into fresh page-cache pages that the final sync then writes back (the 2 GiB
 //! file on this project's VMs: 0.93 s direct against 1.45 s through the cache and a sync).
-//! Such a file is not split over workers (see `plan`).
-//! Pieces are 4 KiB aligned (the pool's buffers are; offsets are op-size multiples from
-//! block-aligned data segments); the file's last, partial block is written padded with zeros
-//! and the size set back before the attributes. Where the filesystem refuses O_DIRECT (at
-//! `fcntl`, or a write answers EINVAL) the file goes on through the cache. Not on btrfs,
-//! which turns direct writes to checksummed files into buffered ones and a wait for each.
+//! Such a file is not split over workers (see `plan`). Pieces are 4 KiB aligned (the pool's
+//! buffers are; offsets are op-size multiples from block-aligned data segments); the piece
+//! that holds the file's last, partial block stops at the block before it, and that block is
+//! written through the cache once the file's other writes are done (padding it instead and
+//! setting the size back made ext4 and xfs read the block back, a synchronous read per
+//! file; turning O_DIRECT off while direct writes are queued makes them cached ones). An
+//! unaligned data run (small-block filesystems) is held the same way. Where it refuses O_DIRECT
+//! (at `fcntl`, or a write answers EINVAL) the file goes on through the cache. Only on ext4 and
+//! xfs: btrfs turns direct writes to checksummed files into buffered ones and a wait for each,
+//! and on network and FUSE filesystems a direct write is a synchronous round trip.
 //!
 //! A file bigger than `CHUNK_BYTES` is split: its other chunks go to the shared queue as jobs that
 //! any worker runs against the same open descriptors, and whichever chunk finishes last does the
@@ -37,7 +41,7 @@ use crate::config::{DataPath, Fsync, Reflink};
 use crate::error::EntryError;
 use crate::meta::{self, Meta};
 use crate::progress::Counters;
-use crate::ring::{Completion, Op};
+use crate::ring::{Completion, Lease, Op};
 
 const SUB_OPEN_SRC: u32 = 0;
 const SUB_OPEN_DST: u32 = 1;
@@ -66,10 +70,9 @@ pub struct FileCtx {
     error: Mutex<Option<EntryError>>,
     /// Set with `error`, so other chunks stop early (after ENOSPC, say).
     failed: AtomicBool,
-    /// The target's descriptor has O_DIRECT (cleared if a write is refused).
+    /// The target's descriptor has O_DIRECT (cleared for the last partial block, or if a
+    /// write is refused). Such a file is never split, so one task reads and changes it.
     direct: AtomicBool,
-    /// A padded last block made the target longer than the source: its size is set back.
-    padded: AtomicBool,
 }
 
 impl FileCtx {
@@ -114,6 +117,10 @@ pub struct CopyTask {
     final_error: Option<EntryError>,
     /// Move this task's bytes with copy_file_range instead of ring reads/writes.
     cfr: bool,
+    /// Pieces read that O_DIRECT cannot take (buffer, offset, length), held until nothing of
+    /// the file is in flight: turning O_DIRECT off earlier would also turn the direct writes
+    /// queued before it into writes through the cache.
+    parked: Vec<(Lease, u64, u32)>,
 }
 
 impl CopyTask {
@@ -183,6 +190,7 @@ impl CopyTask {
             failed: None,
             final_error: None,
             cfr: false,
+            parked: Vec::new(),
         }
     }
 
@@ -210,6 +218,7 @@ impl CopyTask {
             failed: None,
             final_error: None,
             cfr: use_cfr(w, ctx_size),
+            parked: Vec::new(),
         }
     }
 
@@ -317,8 +326,6 @@ impl CopyTask {
         let mut error = None;
         let mut segments = Vec::new();
         let mut cloned = false;
-        // The target's size is set already.
-        let mut sized = false;
         if size > 0 && w.shared.reflink_try.load(Ordering::Relaxed) {
             match rustix::fs::ioctl_ficlone(&*dst, &*src) {
                 Ok(()) => {
@@ -352,17 +359,9 @@ impl CopyTask {
                 if let Err(e) = rustix::fs::ftruncate(&*dst, size) {
                     error = Some(EntryError::new("truncate", path(&o), e));
                 }
-                sized = true;
             }
         }
-        let direct = !cloned && error.is_none() && use_direct(w, &dst, size);
-        if direct && !sized {
-            // Writes inside the file's size, not extending it: ext4 completes those without
-            // waiting for a size update each.
-            if let Err(e) = rustix::fs::ftruncate(&*dst, size) {
-                error = Some(EntryError::new("truncate", path(&o), e));
-            }
-        }
+        let direct = !cloned && error.is_none() && try_direct(w, &dst, size);
         // copy_file_range of one file from several workers only contends on the target's inode
         // lock (measured: no faster than one worker), so only ring copies are split.
         let cfr = !cloned && !direct && use_cfr(w, size);
@@ -383,7 +382,6 @@ impl CopyTask {
             failed: AtomicBool::new(error.is_some()),
             error: Mutex::new(error),
             direct: AtomicBool::new(direct),
-            padded: AtomicBool::new(false),
         });
         if chunks > 1 {
             share_next_chunk(w, &ctx, CHUNK_BYTES);
@@ -413,7 +411,17 @@ impl CopyTask {
             let s = s.max(self.start).max(self.next);
             let e = e.min(self.end);
             if s < e {
-                return Some((s, (e - s).min(OP_BYTES_MAX)));
+                let mut len = (e - s).min(OP_BYTES_MAX);
+                let end = s + len;
+                if ctx.direct.load(Ordering::Relaxed)
+                    && end % DIRECT_ALIGN != 0
+                    && end - end % DIRECT_ALIGN > s
+                {
+                    // A partial last block: the aligned part first, direct; it then follows
+                    // through the cache (`direct_len`).
+                    len -= end % DIRECT_ALIGN;
+                }
+                return Some((s, len));
             }
             if segs[self.seg].1 >= self.end {
                 return None;
@@ -512,6 +520,9 @@ impl CopyTask {
             self.next = offset + len as u64;
             self.in_flight += 1;
         }
+        if self.in_flight == 0 && !self.parked.is_empty() {
+            self.write_parked(w, slot);
+        }
         if self.in_flight > 0 {
             return Step::Running;
         }
@@ -519,6 +530,28 @@ impl CopyTask {
             return Step::Blocked;
         }
         self.chunk_done(w, slot)
+    }
+
+    /// Nothing of the file is in flight: turn O_DIRECT off and write the parked pieces through
+    /// the cache (or give their buffers back, once the file failed).
+    fn write_parked(&mut self, w: &mut Worker, slot: u32) {
+        let ctx = self.ctx.clone().expect("ctx");
+        let dst = self.dst.clone().expect("open");
+        if ctx.direct.swap(false, Ordering::Relaxed) && !set_direct(&dst, false) {
+            let e = EntryError::msg("fcntl", dst_path(w, &ctx), "cannot turn O_DIRECT off");
+            self.failed.get_or_insert(e);
+        }
+        for (buf, offset, n) in std::mem::take(&mut self.parked) {
+            if self.failed.is_some() || self.stop_if_interrupted(w) {
+                w.ring.pool().release(buf);
+                continue;
+            }
+            w.ring.push(
+                super::token(slot, SUB_DATA),
+                Op::write(dst.clone(), buf, offset, n),
+            );
+            self.in_flight += 1;
+        }
     }
 
     /// Once the run is interrupted, this file fails (quietly) so it is removed, not finished.
@@ -547,8 +580,12 @@ impl CopyTask {
                             // Sleeping holds up only this worker; its ops in flight carry on.
                             limit.take(n as u64);
                         }
-                        let mut buf = buf;
-                        let n = direct_len(w, &ctx, &dst, &mut buf, offset, n);
+                        if ctx.direct.load(Ordering::Relaxed)
+                            && (offset % DIRECT_ALIGN != 0 || n as u64 % DIRECT_ALIGN != 0)
+                        {
+                            self.parked.push((buf, offset, n));
+                            return self.pump_data(w, slot);
+                        }
                         let sub = if ctx.direct.load(Ordering::Relaxed) {
                             SUB_DATA_DIRECT
                         } else {
@@ -580,31 +617,30 @@ impl CopyTask {
                 buf, fd, offset, len, ..
             } if sub == SUB_DATA_DIRECT && c.result == Err(Errno::INVAL) => {
                 // The filesystem (or device) wants other alignment after all: this file goes
-                // on through the cache, starting with this piece, unpadded (and so does every
-                // other piece submitted before this answer came: each is retried once, as a
-                // write through the cache).
-                if ctx.direct.swap(false, Ordering::Relaxed) {
-                    set_direct(&fd, false);
+                // on through the cache, starting with this piece (and so does every other
+                // piece submitted before this answer came: each is retried once, as a write
+                // through the cache).
+                if ctx.direct.swap(false, Ordering::Relaxed) && !set_direct(&fd, false) {
+                    let e = EntryError::msg(
+                        "fcntl",
+                        dst_path(w, &ctx),
+                        "O_DIRECT refused and cannot be turned off",
+                    );
+                    self.failed.get_or_insert(e);
                 }
-                let n = len.min(ctx.meta.size.saturating_sub(offset).min(u32::MAX as u64) as u32);
-                w.ring
-                    .push(super::token(slot, SUB_DATA), Op::write(fd, buf, offset, n));
-                self.in_flight += 1;
+                if self.failed.is_none() && !self.stop_if_interrupted(w) {
+                    w.ring
+                        .push(super::token(slot, SUB_DATA), Op::write(fd, buf, offset, len));
+                    self.in_flight += 1;
+                } else {
+                    w.ring.pool().release(buf);
+                }
             }
-            Op::Write {
-                buf, fd, offset, len, ..
-            } => {
+            Op::Write { buf, fd, .. } => {
                 drop(fd);
                 w.ring.pool().release(buf);
                 match c.result {
-                    Ok(n) => {
-                        // Padding past the source's end is not data copied.
-                        let data = (n as u64).min(ctx.meta.size.saturating_sub(offset));
-                        if data < len as u64 {
-                            ctx.padded.store(true, Ordering::Relaxed);
-                        }
-                        Counters::add(&w.counters().bytes, data)
-                    }
+                    Ok(n) => Counters::add(&w.counters().bytes, n as u64),
                     Err(e) => {
                         let detail = EntryError::new("write", dst_path(w, &ctx), e);
                         self.failed.get_or_insert(detail);
@@ -630,11 +666,6 @@ impl CopyTask {
         }
         let (src, dst) = ctx.fds.lock().expect("poisoned").take().expect("fds taken once");
         self.final_error = ctx.error.lock().expect("poisoned").take();
-        if self.final_error.is_none() && ctx.padded.load(Ordering::Relaxed) {
-            if let Err(e) = rustix::fs::ftruncate(&*dst, ctx.meta.size) {
-                self.final_error = Some(EntryError::new("truncate", dst_path(w, &ctx), e));
-            }
-        }
         if self.final_error.is_none() {
             match meta::apply_fd(
                 meta::fd(&*src),
@@ -749,14 +780,17 @@ pub const DIRECT_MIN_BYTES: u64 = 256 << 10;
 /// The alignment O_DIRECT pieces keep (offsets, lengths, buffers).
 const DIRECT_ALIGN: u64 = 4096;
 
-/// Whether `dst` (a new, empty file of `size` bytes to be) is written with O_DIRECT; if so,
-/// the flag is set on it now.
-fn use_direct(w: &Worker, dst: &OwnedFd, size: u64) -> bool {
+/// statfs magic numbers of the filesystems that get O_DIRECT writes: ext4 (and ext2/3), xfs.
+const DIRECT_FS: [i64; 2] = [0xef53, 0x5846_5342];
+
+/// Set O_DIRECT on `dst` (a new, empty file of `size` bytes to be) when it is to be written
+/// that way; whether it is.
+fn try_direct(w: &Worker, dst: &OwnedFd, size: u64) -> bool {
     let cfg = &w.shared.cfg;
     if size < DIRECT_MIN_BYTES || cfg.fsync == Fsync::None || cfg.data_path == DataPath::Cfr {
         return false;
     }
-    if rustix::fs::fstatfs(dst).is_ok_and(|s| s.f_type == crate::mirror::BTRFS_SUPER_MAGIC) {
+    if !rustix::fs::fstatfs(dst).is_ok_and(|s| DIRECT_FS.contains(&s.f_type)) {
         return false;
     }
     set_direct(dst, true)
@@ -774,31 +808,6 @@ fn set_direct(fd: &OwnedFd, on: bool) -> bool {
             rustix::fs::fcntl_setfl(fd, f)
         })
         .is_ok()
-}
-
-/// The length to write of a piece of `n` bytes read at `offset` into `buf`: `n`, or with
-/// O_DIRECT and the file's last, partial block, `n` rounded up to the alignment with the
-/// padding zeroed. A piece O_DIRECT cannot take (unaligned offset or length anywhere but at
-/// the end) turns O_DIRECT off for the rest of the file.
-fn direct_len(
-    w: &mut Worker,
-    ctx: &FileCtx,
-    dst: &OwnedFd,
-    buf: &mut crate::ring::Lease,
-    offset: u64,
-    n: u32,
-) -> u32 {
-    if !ctx.direct.load(Ordering::Relaxed) || n as u64 % DIRECT_ALIGN == 0 && offset % DIRECT_ALIGN == 0 {
-        return n;
-    }
-    let padded = (n as u64).next_multiple_of(DIRECT_ALIGN);
-    if offset % DIRECT_ALIGN == 0 && offset + n as u64 == ctx.meta.size && padded <= buf.len() as u64 {
-        w.ring.pool().bytes_mut(buf)[n as usize..padded as usize].fill(0);
-        return padded as u32;
-    }
-    set_direct(dst, false);
-    ctx.direct.store(false, Ordering::Relaxed);
-    n
 }
 
 /// Whether a file of `size` bytes moves through copy_file_range.

@@ -30,7 +30,7 @@ pub use apply::remove_tree;
 pub use guard::{Guard, Record};
 
 /// btrfs's statfs magic: subvolumes and their snapshots keep inode numbers.
-pub(crate) const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 
 /// Whether inode identity means the same file in OLD and NEW: one filesystem, or btrfs
 /// snapshots (each subvolume has its own device number).
