@@ -417,8 +417,8 @@ impl CopyTask {
                     && end % DIRECT_ALIGN != 0
                     && end - end % DIRECT_ALIGN > s
                 {
-                    // A partial last block: the aligned part first, direct; it then follows
-                    // through the cache (`direct_len`).
+                    // A partial last block: the aligned part first, direct; the block then
+                    // follows through the cache (parked in `data_done`, see `write_parked`).
                     len -= end % DIRECT_ALIGN;
                 }
                 return Some((s, len));
