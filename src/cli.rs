@@ -591,6 +591,12 @@ pub struct MirrorArgs {
     /// either way).
     #[arg(long)]
     pub atimes: bool,
+    /// Walk and compare all of SRC and DST. By default, when SRC is a btrfs subvolume (run as
+    /// root) and DST's record says which generation of it DST equals, only what btrfs says
+    /// changed since is compared: a change made in DST behind the mirror's back is then not
+    /// seen (docs/mirror.md).
+    #[arg(long)]
+    pub full_walk: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
     #[command(flatten)]
@@ -930,6 +936,7 @@ impl MirrorArgs {
             checksum: self.checksum,
             json: self.data.json,
             atimes: self.atimes,
+            full_walk: self.full_walk,
         })
     }
 }

@@ -113,6 +113,8 @@ pub struct MirrorConfig {
     pub json: bool,
     /// List changes of atime alone in `--dry-run` and `-v` output.
     pub atimes: bool,
+    /// Never take the btrfs shortcut (`mirror::changes`).
+    pub full_walk: bool,
 }
 
 /// A copy path `ringsync bench` can measure.

@@ -191,6 +191,7 @@ fn dry_run(cfg: &CopyConfig, source: &Source, report: &Reporter) -> i32 {
         filter: cfg.filter.clone(),
         copy_view: true,
         seen: Default::default(),
+        scope: None,
     };
     let errors = ErrorLog::with_report(cfg.quiet, cfg.report.clone());
     let walk = |old: Option<&Path>| diff::walk(old, &cfg.src, &opts, &errors).map_err(|e| e.to_string());

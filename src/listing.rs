@@ -142,6 +142,7 @@ pub fn walk(
         filter,
         copy_view: false,
         seen: Default::default(),
+        scope: None,
     };
     let d = diff::walk(None, root, &opts, errors).map_err(|e| e.to_string())?;
     if let Some(s) = crate::signals::interrupted() {

@@ -127,6 +127,29 @@ pub struct WalkOpts {
     pub copy_view: bool,
     /// Entries listed so far (both sides), for a progress line.
     pub seen: Arc<AtomicU64>,
+    /// Only these parts of the trees can differ (what a btrfs source says changed since DST
+    /// was last made equal to it, `mirror::changes`); `None`: walk everything.
+    pub scope: Option<Arc<Scope>>,
+}
+
+/// Which directory pairs a scoped walk visits (paths relative to the roots, NEW side). A
+/// directory pair not named is not visited; created, deleted and replaced directories are
+/// always listed in full.
+#[derive(Debug, Default)]
+pub struct Scope {
+    pub dirs: HashMap<Vec<u8>, DirScope>,
+    /// NEW's inodes that changed: in a [`DirScope::Full`] directory, a name both sides have
+    /// whose NEW inode is not one of these is not compared.
+    pub inodes: HashSet<u64>,
+}
+
+#[derive(Debug)]
+pub enum DirScope {
+    /// Entries may have come, gone or changed: list both sides.
+    Full,
+    /// The entries are the same as last time: compare only these names (each may be absent
+    /// on either side by now).
+    Names(HashSet<CString>),
 }
 
 /// The result of a walk.
@@ -548,6 +571,8 @@ struct Name {
     /// A statx failed (other than the entry being gone): nothing is said about this name, so
     /// a mirror neither deletes nor rewrites it.
     failed: bool,
+    /// Named by the scope, not listed: absent on a side is no error.
+    probe: bool,
     old: Option<Meta>,
     new: Option<Meta>,
 }
@@ -605,15 +630,21 @@ impl<'a> Walker<'a> {
 
     fn list(&mut self, fd: &OwnedFd) -> Result<Vec<CString>, Errno> {
         let mut names = Vec::new();
+        self.list_each(fd, |name, _| names.push(name.to_owned()))?;
+        Ok(names)
+    }
+
+    /// Each name of the directory with its inode number.
+    fn list_each(&mut self, fd: &OwnedFd, mut each: impl FnMut(&CStr, u64)) -> Result<(), Errno> {
         let mut dir = RawDir::new(fd, &mut self.dirent);
         while let Some(entry) = dir.next() {
             let entry = entry?;
             let name = entry.file_name();
             if name != c"." && name != c".." {
-                names.push(name.to_owned());
+                each(name, entry.ino());
             }
         }
-        Ok(names)
+        Ok(())
     }
 
     /// Compare one directory pair (either side may be absent: a created or deleted directory
@@ -637,6 +668,33 @@ impl<'a> Walker<'a> {
         ctx.dirs.fetch_add(1, Ordering::Relaxed);
         self.listing = ctx.opts.renames && (old_fd.is_none() || new_fd.is_none());
         self.dir_trusted = pair.trusted;
+        if let (Some(scope), true) = (&ctx.opts.scope, old_fd.is_some() && new_fd.is_some()) {
+            match scope.dirs.get(&pair.path) {
+                None => return Ok(()),
+                Some(DirScope::Full) => {}
+                Some(DirScope::Names(names)) => {
+                    let mut names: Vec<Name> = names
+                        .iter()
+                        .map(|n| Name {
+                            name: n.clone(),
+                            in_old: true,
+                            in_new: true,
+                            failed: false,
+                            probe: true,
+                            old: None,
+                            new: None,
+                        })
+                        .collect();
+                    names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                    ctx.opts.seen.fetch_add(names.len() as u64, Ordering::Relaxed);
+                    self.statx_all(&old_fd, &new_fd, &mut names, &pair)?;
+                    for n in names {
+                        self.entry(&pair, &old_fd, &new_fd, n);
+                    }
+                    return Ok(());
+                }
+            }
+        }
         let mut old_names = match &old_fd {
             Some(fd) => match self.list(fd) {
                 Ok(n) => n,
@@ -647,19 +705,41 @@ impl<'a> Walker<'a> {
             },
             None => Vec::new(),
         };
+        // A scoped walk: NEW's inodes that did not change since the last run are still what
+        // OLD has under their names (a rename or link changes the inode too).
+        let scope = ctx.opts.scope.as_ref().filter(|_| old_fd.is_some());
+        let mut unchanged: HashSet<CString> = HashSet::new();
         let mut new_names = match &new_fd {
-            Some(fd) => match self.list(fd) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.report("getdents", ctx.new_root, &pair.path, e);
-                    return Ok(());
+            Some(fd) => {
+                let mut names = Vec::new();
+                let listed = self.list_each(fd, |name, ino| {
+                    if scope.is_some_and(|s| !s.inodes.contains(&ino)) {
+                        unchanged.insert(name.to_owned());
+                    }
+                    names.push(name.to_owned());
+                });
+                match listed {
+                    Ok(()) => names,
+                    Err(e) => {
+                        self.report("getdents", ctx.new_root, &pair.path, e);
+                        return Ok(());
+                    }
                 }
-            },
+            }
             None => Vec::new(),
         };
         old_names.sort_unstable();
         new_names.sort_unstable();
         let mut names = merge_names(old_names, new_names);
+        if let (Some(scope), false) = (scope, unchanged.is_empty()) {
+            // Unless something below it changed.
+            names.retain(|n| {
+                !(n.in_old
+                    && n.in_new
+                    && unchanged.contains(&n.name)
+                    && !scope.dirs.contains_key(&join(&pair.path, n.name.as_bytes())))
+            });
+        }
         ctx.opts.seen.fetch_add(names.len() as u64, Ordering::Relaxed);
         self.statx_all(&old_fd, &new_fd, &mut names, &pair)?;
         for n in names {
@@ -718,7 +798,9 @@ impl<'a> Walker<'a> {
                             (self.ctx.old_root, &pair.old_path)
                         };
                         let name = names[i].name.as_bytes();
-                        if e != Errno::NOENT {
+                        if e == Errno::NOENT && names[i].probe {
+                            // A scope's name that is not (or no longer) on this side.
+                        } else if e != Errno::NOENT {
                             names[i].failed = true;
                             self.report("statx", root, &join(base, name), e);
                         } else if is_new {
@@ -833,7 +915,11 @@ impl<'a> Walker<'a> {
                     c.old_path = old_path.clone();
                     self.found.changes.push(c);
                 }
+                let in_scope = opts.scope.as_ref().is_none_or(|s| s.dirs.contains_key(&path));
                 if nm.file_type() == FileType::Directory && self.descends(&path, &nm) {
+                    if !in_scope {
+                        return;
+                    }
                     let trusted = self.dir_trusted && self.ctime_trusted(&nm);
                     self.ctx.queue.push(Pair {
                         old: Some(DirRef::Child(ofd.clone(), n.name.clone())),
@@ -1131,6 +1217,7 @@ fn merge_names(old: Vec<CString>, new: Vec<CString>) -> Vec<Name> {
             in_old,
             in_new,
             failed: false,
+            probe: false,
             old: None,
             new: None,
         });

@@ -59,6 +59,10 @@ pub struct Record {
     /// While a receive is unfinished: its resume token (`ringsync receive --token`).
     #[serde(default)]
     pub resume: Option<String>,
+    /// SRC's btrfs subvolume and the generation it had when the run started (after a
+    /// `syncfs`): what changed since is what `mirror::changes` finds.
+    #[serde(default)]
+    pub btrfs: Option<crate::mirror::changes::Mark>,
 }
 
 impl Record {

@@ -10,6 +10,7 @@
 //! `--prev` or the ctime shortcut when the record is dirty or from another source.
 
 pub mod apply;
+pub mod changes;
 pub mod guard;
 mod plan;
 
@@ -108,6 +109,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
         filter: Default::default(),
         copy_view: false,
         seen: Default::default(),
+        scope: None,
     };
     let errors = ErrorLog::new(cfg.quiet);
     let mut d = match diff::walk(Some(&cfg.old), &cfg.new, &opts, &errors) {
@@ -238,7 +240,7 @@ fn mirror_checked(cfg: &MirrorConfig, start: Instant, started: (i64, i64)) -> i3
 
 /// `--dry-run` into a DST that does not exist: everything would be created.
 fn dry_run_into_nothing(cfg: &MirrorConfig, src: &Path) -> i32 {
-    walk_and_print(cfg, None, src, None, false)
+    walk_and_print(cfg, None, src, None, false, None)
 }
 
 fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool) -> WalkOpts {
@@ -260,6 +262,7 @@ fn walk_opts(cfg: &MirrorConfig, engine: crate::ring::EngineKind, renames: bool)
         filter: cfg.copy.filter.clone(),
         copy_view: false,
         seen: Default::default(),
+        scope: None,
     }
 }
 
@@ -269,6 +272,7 @@ fn walk_and_print(
     src: &Path,
     since: Option<Timespec>,
     renames: bool,
+    scope: Option<std::sync::Arc<diff::Scope>>,
 ) -> i32 {
     let engine = match engine::choose_engine(cfg.copy.engine, cfg.copy.quiet) {
         Ok(k) => k,
@@ -276,6 +280,7 @@ fn walk_and_print(
     };
     let mut opts = walk_opts(cfg, engine, renames);
     opts.changed_since = since;
+    opts.scope = scope;
     let errors = ErrorLog::with_report(cfg.copy.quiet, cfg.copy.report.clone());
     let mut d = match diff::walk(old, src, &opts, &errors) {
         Ok(d) => d,
@@ -390,7 +395,12 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     // Entries a run with other filters left alone were not compared by it.
     let since = match &record {
         Some(r)
-            if mode == "compare" && r.is_clean() && r.is_from(&src_id) && !cfg.checksum && same_filter =>
+            if mode == "compare"
+                && r.is_clean()
+                && r.is_from(&src_id)
+                && !cfg.checksum
+                && !cfg.full_walk
+                && same_filter =>
         {
             r.started.map(|(s, ns)| Timespec {
                 tv_sec: s - 1,
@@ -399,14 +409,36 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         }
         _ => None,
     };
+    // SRC on btrfs: what changed since the generation the record holds, if it can be proven.
+    // (Its mark is recorded after any clean run, so one with --full-walk starts the shortcut.)
+    let btrfs = is_root().then(|| changes::begin(src)).flatten();
+    let scope = match (&btrfs, &record) {
+        (Some(b), Some(r)) if since.is_some() => match &r.btrfs {
+            Some(prev) => match b.scope(src, prev) {
+                Ok(s) => Some(std::sync::Arc::new(s)),
+                Err(why) => {
+                    c.report.log_only(&format!(
+                        "mirror: btrfs changes not used: {why}; comparing in full"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        },
+        _ => None,
+    };
+    if scope.is_some() {
+        mode = "btrfs";
+    }
     if cfg.dry_run {
-        return walk_and_print(cfg, Some(&old_root), src, since, mode == "prev");
+        return walk_and_print(cfg, Some(&old_root), src, since, mode == "prev", scope);
     }
     let guard = guard.expect("not a dry run");
 
     let errors = ErrorLog::with_report(c.quiet, c.report.clone());
     let mut opts = walk_opts(cfg, engine, mode == "prev");
     opts.changed_since = since;
+    opts.scope = scope;
     let t_walk = Instant::now();
     let seen = opts.seen.clone();
     let line = crate::progress::ProgressLine::start(
@@ -418,7 +450,15 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
             ..Default::default()
         },
     );
-    let walked = diff::walk(Some(&old_root), src, &opts, &errors);
+    let mut walked = diff::walk(Some(&old_root), src, &opts, &errors);
+    // Hardlink groups are judged from every link of a group: a scoped walk sees only some.
+    if opts.scope.is_some() && walked.as_ref().is_ok_and(|d| !d.links.is_empty()) {
+        c.report
+            .log_only("mirror: btrfs changes not used: hard links in the changed part; comparing in full");
+        opts.scope = None;
+        mode = "compare";
+        walked = diff::walk(Some(&old_root), src, &opts, &errors);
+    }
     line.finish();
     let mut d = match walked {
         Ok(d) => d,
@@ -443,6 +483,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         stopped: None,
         incomplete: None,
         resume: None,
+        btrfs: btrfs.as_ref().map(|b| b.mark.clone()),
     };
     if d.changes.is_empty() {
         // Nothing to change, so nothing is written but the record, which moves forward after a

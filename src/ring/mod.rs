@@ -18,6 +18,7 @@
 //! completion vector are sized at start-up).
 
 pub mod aligned;
+pub mod btrfs;
 pub mod pool;
 pub mod sync;
 pub mod uring;

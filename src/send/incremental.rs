@@ -120,6 +120,7 @@ pub fn prepare(prev: &Path, src: &Path, engine: EngineKind, quiet: bool) -> Resu
         filter: Default::default(),
         copy_view: false,
         seen: Default::default(),
+        scope: None,
     };
     let errors = ErrorLog::new(quiet);
     let d = diff::walk(Some(prev), src, &opts, &errors).map_err(|e| e.to_string())?;
