@@ -17,7 +17,8 @@
 # Pairs (ratio = median ringsync / median rsync, per scenario, cache and pair):
 #   nofsync   `ringsync mirror --fsync none -q SRC DST_R`  vs `rsync -aHAX --delete SRC/ DST_S/`
 #   fsync     `ringsync mirror -q SRC DST_R` (--fsync end)  vs the same rsync `&& sync` (timed)
-# Target (the issue's acceptance item): ratio <= 0.3 for every row.
+# Targets (issue 15, goal 3): change <= 0.3 warm, <= 0.5 cold; nochange <= 0.2.
+# With SRC_FS=btrfs (goal 4): change <= 0.1, nochange <= 0.05.
 #
 # Environment (all optional):
 #   RUNS=5                 rounds per scenario x cache mode (change: one mutation
@@ -50,6 +51,11 @@
 #                          also kept after a failure); the next run deletes it first
 #   SEED=20240601          dataset seed (as in bench-copy.sh; changing it
 #                          regenerates the datasets)
+#   SRC_FS=                btrfs: each scenario's SRC is a btrfs subvolume on a
+#                          loop-mounted image ($BENCH_DIR/mirror-src-btrfs.img,
+#                          mounted under mirror-work/), so ringsync takes its
+#                          O(changes) path; the targets stay under $BENCH_DIR.
+#                          Default: SRC under $BENCH_DIR too.
 #
 # Each round (change): per pair, mutate SRC; `sync`; wait for the next wall-clock
 # second (rsync compares mtimes in whole seconds by default and would keep its own
@@ -74,7 +80,7 @@ MUTATE="$TOOLS_DIR/mutate-tree.py"
 RECORD_XATTR=user.ringsync.mirror
 
 # Record the exact invocation (user-set variables + command) before defaulting.
-record_cmdline "$@" -- QUICK RUNS BENCH_DIR SCENARIOS CACHES PAIRS CHANGE_DATASET NOCHANGE_DATASET FRACTION MUTATE_SEED RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR VERIFY INSTALL KEEP SEED
+record_cmdline "$@" -- QUICK RUNS BENCH_DIR SCENARIOS CACHES PAIRS CHANGE_DATASET NOCHANGE_DATASET FRACTION MUTATE_SEED RINGSYNC_BIN RINGSYNC_ARGS OUT_DIR VERIFY INSTALL KEEP SEED SRC_FS
 
 QUICK=${QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
@@ -98,7 +104,14 @@ KEEP=${KEEP:-0}
 SEED=${SEED:-20240601}
 RINGSYNC_ARGS=${RINGSYNC_ARGS:-}
 read -r -a RS_EXTRA <<<"$RINGSYNC_ARGS"
-TARGET_RATIO=0.3
+SRC_FS=${SRC_FS:-}
+[[ "$SRC_FS" =~ ^(|btrfs)$ ]] || die "SRC_FS must be empty or btrfs (got '$SRC_FS')"
+# Per scenario:cache; "*" matches any cache.
+if [[ "$SRC_FS" == btrfs ]]; then
+    TARGETS="change:*=0.1 nochange:*=0.05"
+else
+    TARGETS="change:warm=0.3 change:cold=0.5 nochange:*=0.2"
+fi
 
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
 [[ "$FRACTION" =~ ^0?\.[0-9]+$ ]] || die "FRACTION must be a decimal fraction like 0.01 (got '$FRACTION')"
@@ -146,6 +159,12 @@ if [[ -f "$DELETE_STAMP" ]] && t=$(cat "$DELETE_STAMP") && [[ "$t" =~ ^[0-9]+$ ]
     SETTLE_PENDING=1
 fi
 mass_delete() { rm -rf "$@"; sync; date +%s >"$DELETE_STAMP"; SETTLE_PENDING=1; }
+BTRFS_IMG="$BENCH_DIR/mirror-src-btrfs.img"
+BTRFS_MNT="$WS/btrfs"
+umount_src_fs() {
+    if mountpoint -q "$BTRFS_MNT" 2>/dev/null; then umount "$BTRFS_MNT" || umount -l "$BTRFS_MNT"; fi
+    rm -f "$BTRFS_IMG"
+}
 
 FAILURES=0
 cleanup() {
@@ -155,6 +174,7 @@ cleanup() {
     elif ((rc != 0)) && [[ -d "$WS" ]]; then
         log "failed: working trees left in $WS for inspection (the next run deletes them)"
     elif [[ -d "$WS" ]]; then
+        umount_src_fs
         mass_delete "$WS"
     fi
     rm -rf "$WORK"
@@ -162,6 +182,7 @@ cleanup() {
 trap cleanup EXIT
 if [[ -e "$WS" ]]; then
     log "removing the working trees of an earlier run ($WS)"
+    umount_src_fs
     mass_delete "$WS"
 fi
 
@@ -202,6 +223,16 @@ need_b=0
 for s in "${SCENARIO_LIST[@]}"; do need_b=$((need_b + 3 * $(du -sB1 "$DATA/${SCEN_DS[$s]}" | cut -f1))); done
 free_b=$(df -P -B1 "$BENCH_DIR" | awk 'NR==2 {print $4}')
 ((need_b * 10 <= free_b * 9)) || die "working trees need $((need_b >> 20)) MiB, only $((free_b >> 20)) MiB free under $BENCH_DIR"
+if [[ "$SRC_FS" == btrfs ]]; then
+    command -v mkfs.btrfs >/dev/null || die "SRC_FS=btrfs needs mkfs.btrfs (apt-get install btrfs-progs)"
+    # Room for every scenario's SRC twice over (metadata, the mutations), at least 2 GiB.
+    img_b=$((need_b * 2 / 3 + (2 << 30)))
+    mkdir -p "$BTRFS_MNT"
+    truncate -s "$img_b" "$BTRFS_IMG"
+    mkfs.btrfs -q -f "$BTRFS_IMG" >/dev/null || die "mkfs.btrfs $BTRFS_IMG failed"
+    mount -o loop "$BTRFS_IMG" "$BTRFS_MNT" || die "mount -o loop $BTRFS_IMG failed"
+    log "SRC_FS=btrfs: $BTRFS_IMG ($((img_b >> 20)) MiB) on $BTRFS_MNT"
+fi
 
 # ---------------------------------------------------------------- 3. helpers
 now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
@@ -310,7 +341,13 @@ setup_trees() {
     SRC="$base/src" DST_R="$base/dst-ringsync" DST_S="$base/dst-rsync"
     mkdir -p "$base"
     log "== $scen: copying dataset $ds to $SRC (cp -a)"
-    cp -a "$DATA/$ds" "$SRC"
+    if [[ "$SRC_FS" == btrfs ]]; then
+        SRC="$BTRFS_MNT/$scen"
+        btrfs -q subvolume create "$SRC" >/dev/null || die "btrfs subvolume create $SRC failed"
+        cp -a "$DATA/$ds/." "$SRC/"
+    else
+        cp -a "$DATA/$ds" "$SRC"
+    fi
     if [[ "$scen" == change ]]; then
         python3 "$MUTATE" prep "$SRC" --seed "$MUTATE_SEED" --fraction "$FRACTION" >&2
     fi
@@ -455,10 +492,13 @@ done
 fstype=$(stat -f -c %T "$BENCH_DIR")
 SUMMARY_TXT="$WORK/summary.txt"
 RESULTS_MD="$WORK/results.md"
-python3 - "$CSV" "$MUT_TSV" "$VERIFY_TSV" "$SUMMARY_TXT" "$RESULTS_MD" "$TARGET_RATIO" <<'EOF'
+python3 - "$CSV" "$MUT_TSV" "$VERIFY_TSV" "$SUMMARY_TXT" "$RESULTS_MD" "$TARGETS" <<'EOF'
 import csv, statistics, sys
-csv_path, mut_path, ver_path, txt_path, md_path, target = sys.argv[1:7]
-target = float(target)
+csv_path, mut_path, ver_path, txt_path, md_path, targets = sys.argv[1:7]
+TARGETS = {k: float(v) for k, v in (t.split("=") for t in targets.split())}
+
+def target_of(scen, cache):
+    return TARGETS.get("%s:%s" % (scen, cache), TARGETS.get("%s:*" % scen))
 rows = list(csv.DictReader(open(csv_path)))
 CMDS = {
     "ringsync-nofsync": "ringsync mirror --fsync none -q",
@@ -514,6 +554,7 @@ for scen, ds, cache, pair in blocks:
     mr, ms = med(rv), med(sv)
     ratio = mr / ms if mr is not None and ms else None
     failed = any(r["seconds"] == "FAILED" for r in sel)
+    target = target_of(scen, cache)
     verdict = "FAILED RUN" if failed else ("-" if ratio is None else ("PASS" if ratio <= target else "FAIL"))
     summary.append([scen, ds, cache, pair, CMDS[rt], f(mr), CMDS[st], f(ms), f(ratio, 3),
                     f(med(paired), 3), "%d/%d" % (len(rv), len(sv)), "<= %.2f" % target, verdict])
@@ -543,7 +584,7 @@ with open(md_path, "w") as out:
     out.write("## Results\n\n")
     out.write("Medians of the rounds (seconds). ratio = median ringsync / median rsync; paired = median of the\n"
               "per-round ratios (each ringsync run against the rsync run that synced the same mutation); runs =\n"
-              "successful ringsync/rsync runs. Target: ratio <= %.2f.\n\n" % target)
+              "successful ringsync/rsync runs. Targets: %s.\n\n" % targets)
     table(out, head, summary, ["---"] * 4 + ["---", "---:", "---", "---:", "---:", "---:", "---:", ":-:", ":-:"])
     out.write("## Raw runs\n\n")
     table(out, ["scenario", "dataset", "cache", "pair", "round", "mutation (seed)", "first", "ringsync s",
@@ -587,6 +628,9 @@ fail=()
     echo "- CPU: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "- kernel: $(uname -r)"
     echo "- \`$BENCH_DIR\`: fs type \`$fstype\` ($(findmnt -n -o SOURCE,FSTYPE,OPTIONS -T "$BENCH_DIR" 2>/dev/null || echo '?'))"
+    if [[ "$SRC_FS" == btrfs ]]; then
+        echo "- SRC: a btrfs subvolume per scenario on a loop-mounted image (\`$BTRFS_IMG\` on \`$BTRFS_MNT\`, $(findmnt -n -o OPTIONS "$BTRFS_MNT" 2>/dev/null || echo '?')); the targets under \`$BENCH_DIR\`"
+    fi
     echo "- \`free -g\`:"
     echo
     echo '```'
