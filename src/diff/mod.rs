@@ -141,6 +141,10 @@ pub struct Scope {
     /// NEW's inodes that changed: in a [`DirScope::Full`] directory, a name both sides have
     /// whose NEW inode is not one of these is not compared.
     pub inodes: HashSet<u64>,
+    /// Names (full relative paths) bound to their inode since: compared whatever their inode,
+    /// and a directory among them is walked in full (it may be another directory than OLD had
+    /// there, with unchanged inodes inside).
+    pub fresh: HashSet<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -245,6 +249,9 @@ struct Pair {
     /// was renamed into this place since the last run, so its entries' own ctimes can be
     /// trusted.
     trusted: bool,
+    /// Walked in full whatever the scope says (a directory that may be another one than OLD
+    /// had at this path, and everything below it).
+    unscoped: bool,
 }
 
 /// Created or deleted directory not listed yet (rename mode lists them only when needed).
@@ -395,6 +402,7 @@ pub fn walk(
         path: Vec::new(),
         old_path: Vec::new(),
         trusted: opts.changed_since.is_some_and(|t| ts_before(&nm.ctime, &t)),
+        unscoped: false,
     });
 
     let mut unlisted: Vec<Unlisted> = Vec::new();
@@ -668,7 +676,8 @@ impl<'a> Walker<'a> {
         ctx.dirs.fetch_add(1, Ordering::Relaxed);
         self.listing = ctx.opts.renames && (old_fd.is_none() || new_fd.is_none());
         self.dir_trusted = pair.trusted;
-        if let (Some(scope), true) = (&ctx.opts.scope, old_fd.is_some() && new_fd.is_some()) {
+        let scope = ctx.opts.scope.as_ref().filter(|_| !pair.unscoped);
+        if let (Some(scope), true) = (scope, old_fd.is_some() && new_fd.is_some()) {
             match scope.dirs.get(&pair.path) {
                 None => return Ok(()),
                 Some(DirScope::Full) => {}
@@ -707,7 +716,7 @@ impl<'a> Walker<'a> {
         };
         // A scoped walk: NEW's inodes that did not change since the last run are still what
         // OLD has under their names (a rename or link changes the inode too).
-        let scope = ctx.opts.scope.as_ref().filter(|_| old_fd.is_some());
+        let scope = scope.filter(|_| old_fd.is_some());
         let mut unchanged: HashSet<CString> = HashSet::new();
         let mut new_names = match &new_fd {
             Some(fd) => {
@@ -732,12 +741,15 @@ impl<'a> Walker<'a> {
         new_names.sort_unstable();
         let mut names = merge_names(old_names, new_names);
         if let (Some(scope), false) = (scope, unchanged.is_empty()) {
-            // Unless something below it changed.
+            // Unless the name is bound to it since (a directory moved here holds unchanged
+            // inodes that OLD has elsewhere), or something below it changed.
             names.retain(|n| {
+                let path = || join(&pair.path, n.name.as_bytes());
                 !(n.in_old
                     && n.in_new
                     && unchanged.contains(&n.name)
-                    && !scope.dirs.contains_key(&join(&pair.path, n.name.as_bytes())))
+                    && !scope.fresh.contains(&path())
+                    && !scope.dirs.contains_key(&path()))
             });
         }
         ctx.opts.seen.fetch_add(names.len() as u64, Ordering::Relaxed);
@@ -915,7 +927,8 @@ impl<'a> Walker<'a> {
                     c.old_path = old_path.clone();
                     self.found.changes.push(c);
                 }
-                let in_scope = opts.scope.as_ref().is_none_or(|s| s.dirs.contains_key(&path));
+                let fresh = pair.unscoped || opts.scope.as_ref().is_some_and(|s| s.fresh.contains(&path));
+                let in_scope = fresh || opts.scope.as_ref().is_none_or(|s| s.dirs.contains_key(&path));
                 if nm.file_type() == FileType::Directory && self.descends(&path, &nm) {
                     if !in_scope {
                         return;
@@ -927,6 +940,7 @@ impl<'a> Walker<'a> {
                         path,
                         old_path,
                         trusted,
+                        unscoped: fresh,
                     });
                 } else if om.nlink > 1 || nm.nlink > 1 {
                     self.link_entry(&path, Some(&om), &nm);
@@ -1005,6 +1019,7 @@ impl<'a> Walker<'a> {
             path: c.path.clone(),
             old_path: c.old_path.clone(),
             trusted: false,
+            unscoped: true,
         };
         if opts.renames {
             self.found.unlisted.push((c, pair, self.listing));
@@ -1346,6 +1361,7 @@ fn match_renames(
                 path,
                 old_path,
                 trusted: false,
+                unscoped: false,
             });
         }
     }

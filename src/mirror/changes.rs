@@ -9,7 +9,10 @@
 //! So the inode items (and file extent items) of generation G or later name every inode that
 //! changed since G. Each is resolved to its path through its INODE_REF items, and the result is
 //! a [`Scope`]: directories whose entries changed are listed in full, their unchanged ancestors
-//! only look at the changed names, and everything else is not visited.
+//! only look at the changed names, and everything else is not visited. In a listed directory a
+//! name both sides have whose inode did not change is skipped, unless its directory entry is
+//! new since G (each entry carries the transaction that made it): a directory moved or swapped
+//! into a name holds unchanged inodes that DST has at other paths, so it is walked in full.
 //!
 //! What makes the generation a proof ([`begin`]): `syncfs` first, so the tree holds every
 //! change made so far (btrfs keeps inode item updates in memory until a commit, and data a
@@ -45,6 +48,7 @@ const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 const INODE_ITEM_KEY: u8 = 1;
 const INODE_REF_KEY: u8 = 12;
 const INODE_EXTREF_KEY: u8 = 13;
+const DIR_INDEX_KEY: u8 = 96;
 const EXTENT_DATA_KEY: u8 = 108;
 const ROOT_REF_KEY: u8 = 156;
 /// The root tree's id, and the first and last inode numbers of a subvolume (its root
@@ -57,6 +61,11 @@ const INODE_ITEM_BYTES: usize = 160;
 const INODE_TRANSID_AT: usize = 8;
 const INODE_NLINK_AT: usize = 40;
 const INODE_MODE_AT: usize = 52;
+/// `struct btrfs_dir_item`: location key (17 bytes), transid, data_len, name_len, type; then
+/// the name.
+const DIR_ITEM_TRANSID_AT: usize = 17;
+const DIR_ITEM_NAME_LEN_AT: usize = 27;
+const DIR_ITEM_BYTES: usize = 30;
 /// Directory levels followed up to the subvolume root before giving up (a loop would be a
 /// corrupt filesystem; PATH_MAX allows ~2048).
 const DEPTH_MAX: usize = 4096;
@@ -129,6 +138,8 @@ impl Start {
         // Inodes whose item, or one of whose file extents, a transaction after `prev` wrote.
         let since = prev.generation + 1;
         let mut changed: HashMap<u64, Option<Changed>> = HashMap::new();
+        // Directory entries made since: (directory, name).
+        let mut bound: Vec<(u64, Vec<u8>)> = Vec::new();
         btrfs::tree_search(
             fd,
             0,
@@ -149,6 +160,14 @@ impl Start {
                         if le64(item.data, INODE_TRANSID_AT).unwrap_or(u64::MAX) >= since {
                             changed.insert(item.key.objectid, Some(c));
                         }
+                    }
+                }
+                DIR_INDEX_KEY if le64(item.data, DIR_ITEM_TRANSID_AT).unwrap_or(u64::MAX) >= since => {
+                    let len = le16(item.data, DIR_ITEM_NAME_LEN_AT).unwrap_or(0) as usize;
+                    match item.data.get(DIR_ITEM_BYTES..DIR_ITEM_BYTES + len) {
+                        Some(name) => bound.push((item.key.objectid, name.to_vec())),
+                        // Unparsable: its directory is listed in full anyway; mark it so.
+                        None => bound.push((item.key.objectid, Vec::new())),
                     }
                 }
                 // `struct btrfs_file_extent_item` starts with its generation.
@@ -200,6 +219,19 @@ impl Start {
                 let mut p = r.dir_path(parent)?;
                 push_name(&mut p, &name);
                 if let Some(rel) = under(&p, &prefix) {
+                    scope.name(rel);
+                }
+            }
+        }
+        for (dir, name) in bound {
+            if name.is_empty() {
+                return Err(format!("directory inode {dir}: an entry does not parse"));
+            }
+            let mut p = r.dir_path(dir)?;
+            push_name(&mut p, &name);
+            if let Some(rel) = under(&p, &prefix) {
+                if !rel.is_empty() {
+                    scope.fresh.insert(rel.to_vec());
                     scope.name(rel);
                 }
             }
