@@ -95,6 +95,8 @@ pub struct LinkEntry {
     pub old: Option<(u64, u64)>,
     pub new: (u64, u64),
     pub new_meta: Meta,
+    /// The OLD inode's link count (0 when `old` is none).
+    pub old_nlink: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -961,6 +963,7 @@ impl<'a> Walker<'a> {
             old: old.map(|m| (m.dev, m.ino)),
             new: (new.dev, new.ino),
             new_meta: *new,
+            old_nlink: old.map_or(0, |m| m.nlink),
         };
         if self.listing {
             self.found.listed_links.push(e);
@@ -1458,6 +1461,33 @@ fn link_changes(links: &[LinkEntry], changes: &[Change]) -> Vec<Change> {
 }
 
 /// Same-inode path sets on both sides, over the entries of [`Diff::links`].
+/// Whether every hardlink group a walk met was met whole, on both sides: each inode with
+/// more than one link was seen under as many paths as it has links (OLD's gone partners
+/// counted). A scoped walk that met part of a group cannot judge it.
+pub fn links_complete(d: &Diff) -> bool {
+    let mut new: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+    let mut old: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+    for e in &d.links {
+        let n = new.entry(e.new).or_insert((0, e.new_meta.nlink.into()));
+        n.0 += 1;
+        if let Some(o) = e.old {
+            let n = old.entry(o).or_insert((0, e.old_nlink as u64));
+            n.0 += 1;
+        }
+    }
+    for c in &d.changes {
+        if let (Kind::Deleted | Kind::Type, Some(m)) = (c.kind, &c.old) {
+            if m.file_type() != FileType::Directory && m.nlink > 1 {
+                let n = old.entry((m.dev, m.ino)).or_insert((0, m.nlink.into()));
+                n.0 += 1;
+            }
+        }
+    }
+    new.values()
+        .chain(old.values())
+        .all(|&(seen, nlink)| seen == nlink)
+}
+
 pub struct LinkGroups<'a> {
     links: &'a [LinkEntry],
     by_new: HashMap<(u64, u64), Vec<usize>>,

@@ -24,8 +24,9 @@
 //!
 //! Refused (the caller falls back to the full walk, [`Refusal`]): no CAP_SYS_ADMIN for the tree
 //! search; another subvolume or a mount point inside SRC (their changes are not in this tree);
-//! a changed non-directory with several links (hardlink groups need the full walk); a path
-//! that cannot be resolved. The subvolume itself must be the one recorded (id and UUID: a
+//! a path that cannot be resolved. A changed file with several links puts all its paths in the
+//! scope; the mirror falls back to the full walk when the scoped walk met part of a hardlink
+//! group (`diff::links_complete`). The subvolume itself must be the one recorded (id and UUID: a
 //! snapshot put back in its place has another).
 //!
 //! Must not: write anything; say "unchanged" about an entry it cannot prove unchanged.
@@ -59,7 +60,6 @@ const LAST_FREE_OBJECTID: u64 = (-256i64) as u64;
 /// `struct btrfs_inode_item`: its size and where the fields read here are.
 const INODE_ITEM_BYTES: usize = 160;
 const INODE_TRANSID_AT: usize = 8;
-const INODE_NLINK_AT: usize = 40;
 const INODE_MODE_AT: usize = 52;
 /// `struct btrfs_dir_item`: location key (17 bytes), transid, data_len, name_len, type; then
 /// the name.
@@ -115,7 +115,6 @@ pub fn begin(src: &Path) -> Option<Start> {
 /// One changed inode.
 struct Changed {
     mode: u32,
-    nlink: u32,
 }
 
 impl Start {
@@ -192,10 +191,7 @@ impl Start {
         };
         for (&ino, c) in &changed {
             let c = match c {
-                Some(c) => Changed {
-                    mode: c.mode,
-                    nlink: c.nlink,
-                },
+                Some(c) => Changed { mode: c.mode },
                 None => match r.inode(ino)? {
                     Some(c) => c,
                     // Gone since: its directory changed too.
@@ -210,12 +206,10 @@ impl Start {
                 }
                 continue;
             }
-            let names = r.names(ino)?;
-            if names.len() > 1 || c.nlink > 1 {
-                return Err("a changed file has several hard links".into());
-            }
-            // No name: unlinked (an orphan still open); its directory changed too.
-            for (parent, name) in names {
+            // Every link of it: its hardlink group is judged whole (and the mirror checks that
+            // the walk met whole groups on both sides). No name: unlinked (an orphan still
+            // open); its directory changed too.
+            for (parent, name) in r.names(ino)? {
                 let mut p = r.dir_path(parent)?;
                 push_name(&mut p, &name);
                 if let Some(rel) = under(&p, &prefix) {
@@ -309,7 +303,6 @@ fn parse_inode(b: &[u8]) -> Option<Changed> {
     }
     Some(Changed {
         mode: le32(b, INODE_MODE_AT)?,
-        nlink: le32(b, INODE_NLINK_AT)?,
     })
 }
 

@@ -451,10 +451,12 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         },
     );
     let mut walked = diff::walk(Some(&old_root), src, &opts, &errors);
-    // Hardlink groups are judged from every link of a group: a scoped walk sees only some.
-    if opts.scope.is_some() && walked.as_ref().is_ok_and(|d| !d.links.is_empty()) {
-        c.report
-            .log_only("mirror: btrfs changes not used: hard links in the changed part; comparing in full");
+    // Hardlink groups are judged from every link of a group: a scoped walk may meet part of
+    // one (an unchanged inode with a link outside a directory moved in, or outside SRC).
+    if opts.scope.is_some() && walked.as_ref().is_ok_and(|d| !diff::links_complete(d)) {
+        c.report.log_only(
+            "mirror: btrfs changes not used: the changed part holds part of a hardlink group; comparing in full",
+        );
         opts.scope = None;
         mode = "compare";
         walked = diff::walk(Some(&old_root), src, &opts, &errors);
