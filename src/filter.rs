@@ -425,6 +425,11 @@ fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 }
 
 impl Filter {
+    /// Whether a `--files-from` list decides what is taken.
+    pub fn has_files_from(&self) -> bool {
+        self.files_from.is_some()
+    }
+
     /// Read the rule and list files the spec names and build the filter.
     pub fn load(spec: &FilterSpec) -> Result<Filter, String> {
         let stdin_uses = spec

@@ -282,7 +282,8 @@ fn walk_and_print(
     opts.changed_since = since;
     opts.scope = scope;
     let errors = ErrorLog::with_report(cfg.copy.quiet, cfg.copy.report.clone());
-    let mut d = match diff::walk(old, src, &opts, &errors) {
+    let mut mode = "";
+    let mut d = match walk(old, src, &mut opts, &errors, cfg, &mut mode) {
         Ok(d) => d,
         Err(e) => return fail(format!("diff: {e}")),
     };
@@ -293,6 +294,36 @@ fn walk_and_print(
     diff::sort(&mut d.changes);
     print_changes(&visible(&d.changes, cfg.atimes), cfg.json, &cfg.copy.report);
     errors.exit_code()
+}
+
+/// The diff walk; with a btrfs scope (`opts.scope`), `mode` becomes "btrfs", unless the walk
+/// met part of a hardlink group (groups are judged whole; e.g. an unchanged inode with one
+/// link inside a directory moved in, the other outside): then it walks again in full.
+fn walk(
+    old: Option<&Path>,
+    src: &Path,
+    opts: &mut WalkOpts,
+    errors: &ErrorLog,
+    cfg: &MirrorConfig,
+    mode: &mut &'static str,
+) -> std::io::Result<diff::Diff> {
+    if opts.scope.is_none() {
+        return diff::walk(old, src, opts, errors);
+    }
+    // New directories are listed, so hard links inside them are seen.
+    let expand = opts.expand;
+    opts.expand = true;
+    let d = diff::walk(old, src, opts, errors)?;
+    opts.expand = expand;
+    if diff::links_complete(&d) {
+        *mode = "btrfs";
+        return Ok(d);
+    }
+    cfg.copy.report.log_only(
+        "mirror: btrfs changes not used: the changed part holds part of a hardlink group; comparing in full",
+    );
+    opts.scope = None;
+    diff::walk(old, src, opts, errors)
 }
 
 /// Once interrupted: the one line, and the exit status 130.
@@ -413,7 +444,8 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     // (Its mark is recorded after any clean run, so one with --full-walk starts the shortcut.)
     let btrfs = is_root().then(|| changes::begin(src)).flatten();
     let scope = match (&btrfs, &record) {
-        (Some(b), Some(r)) if since.is_some() => match &r.btrfs {
+        // A files-from list is checked against what the walk saw: all of it.
+        (Some(b), Some(r)) if since.is_some() && !c.filter.has_files_from() => match &r.btrfs {
             Some(prev) => match b.scope(src, prev) {
                 Ok(s) => Some(std::sync::Arc::new(s)),
                 Err(why) => {
@@ -427,9 +459,8 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
         },
         _ => None,
     };
-    if scope.is_some() {
-        mode = "btrfs";
-    }
+    // Under a scope every entry compared is one btrfs says changed: no ctime shortcut.
+    let since = if scope.is_some() { None } else { since };
     if cfg.dry_run {
         return walk_and_print(cfg, Some(&old_root), src, since, mode == "prev", scope);
     }
@@ -450,17 +481,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
             ..Default::default()
         },
     );
-    let mut walked = diff::walk(Some(&old_root), src, &opts, &errors);
-    // Hardlink groups are judged from every link of a group: a scoped walk may meet part of
-    // one (an unchanged inode with a link outside a directory moved in, or outside SRC).
-    if opts.scope.is_some() && walked.as_ref().is_ok_and(|d| !diff::links_complete(d)) {
-        c.report.log_only(
-            "mirror: btrfs changes not used: the changed part holds part of a hardlink group; comparing in full",
-        );
-        opts.scope = None;
-        mode = "compare";
-        walked = diff::walk(Some(&old_root), src, &opts, &errors);
-    }
+    let walked = walk(Some(&old_root), src, &mut opts, &errors, cfg, &mut mode);
     line.finish();
     let mut d = match walked {
         Ok(d) => d,
