@@ -41,6 +41,18 @@ Exit status: 0 DST equals SRC; 1 fatal; 2 usage; 3 some entries failed (DST stay
 dirty; the next run compares it in full); 4 busy (another mirror runs into DST); 5 source \
 entries vanished; 130 interrupted. Contract: docs/mirror.md and docs/copy.md.";
 
+const CHECK_HELP: &str = "Every entry of both trees is compared: type, size, every byte of \
+regular files (whatever their sizes and mtimes say), symlink targets, device numbers, mode, owner, \
+mtime, the xattrs a copy carries, hardlink groups. Atimes are not compared (reading a tree moves \
+them). The lines say what differs from DST to SRC, in the diff format ('+ PATH': SRC has it, \
+DST does not; '- PATH': DST only; 'M', 'A', 'T', 'L' as in diff), which is what `ringsync mirror \
+SRC DST` would change. Exit status: 0 DST equals SRC; 1 they differ; 2 trouble (an entry could \
+not be read: said on stderr).
+
+Examples:
+  ringsync check /data /backup/data                   # after a copy or mirror: is it exact?
+  ringsync check --json /data /backup/data | jq -r .path";
+
 const DIFF_HELP: &str = "One line per change, sorted by path, TAB-separated: '+ PATH' created, \
 '- PATH' deleted, 'M PATH' content (data, symlink target, device), 'A PATH' attributes only \
 (atime alone only with --atimes), 'T PATH' type changed, 'L PATH' hardlink group changed, \
@@ -129,6 +141,10 @@ pub enum Command {
     /// Show what changed from OLD to NEW (one line per change, like `zfs diff`).
     #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
+    /// Check that DST equals SRC, reading every byte of both (like `rclone check`): print
+    /// what differs in the diff format, exit 1 when anything does.
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
     /// Measure copy paths against a disk: io_uring (vectored, fixed buffers, O_DIRECT),
     /// pread/pwrite, copy_file_range, splice and reflink, across block sizes, queue depths and
     /// threads. Makes (and removes) its own test files.
@@ -638,6 +654,45 @@ pub struct DiffArgs {
     pub atimes: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// The source (the reference).
+    pub src: PathBuf,
+    /// The copy to check.
+    pub dst: PathBuf,
+    /// NDJSON: one object per difference.
+    #[arg(long)]
+    pub json: bool,
+    /// I/O engine for the statx calls.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    pub engine: EngineArg,
+    /// Walker threads [default: online cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No warnings; errors are still printed.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl CheckArgs {
+    /// A check is a diff from DST to SRC that reads every byte and exits 1 on differences.
+    pub fn validate(&self) -> Result<DiffConfig, String> {
+        Ok(DiffConfig {
+            command: "check",
+            old: self.dst.clone(),
+            new: self.src.clone(),
+            json: self.json,
+            exit_code: true,
+            checksum: true,
+            renames: Renames::Never,
+            threads: threads(self.threads)?,
+            engine: engine(self.engine),
+            quiet: self.quiet,
+            atimes: false,
+        })
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum RenamesArg {
     Auto,
@@ -1113,6 +1168,7 @@ impl CopyArgs {
 impl DiffArgs {
     pub fn validate(&self) -> Result<DiffConfig, String> {
         Ok(DiffConfig {
+            command: "diff",
             old: self.old.clone(),
             new: self.new.clone(),
             json: self.json,

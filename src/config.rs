@@ -89,6 +89,8 @@ pub enum Renames {
 
 #[derive(Debug, Clone)]
 pub struct DiffConfig {
+    /// The command's name in messages (`diff`, `check`).
+    pub command: &'static str,
     pub old: PathBuf,
     pub new: PathBuf,
     pub json: bool,

@@ -206,6 +206,10 @@ fn main() {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::mirror::diff(&cfg)
         }
+        Command::Check(args) => {
+            let cfg = args.validate().unwrap_or_else(|e| usage(e));
+            ringsync::mirror::diff(&cfg)
+        }
         Command::Send(args) => {
             let cfg = args.validate().unwrap_or_else(|e| usage(e));
             ringsync::send::send(&cfg)

@@ -77,7 +77,8 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// `ringsync diff OLD NEW`: exit 0 (or 1 with differences and `--exit-code`), 2 on trouble.
+/// `ringsync diff OLD NEW` (and `check SRC DST`: DST→SRC with every byte compared): exit 0
+/// (or 1 with differences and `--exit-code`), 2 on trouble.
 pub fn diff(cfg: &DiffConfig) -> i32 {
     const TROUBLE: i32 = 2;
     engine::raise_nofile_limit();
@@ -115,7 +116,7 @@ pub fn diff(cfg: &DiffConfig) -> i32 {
     let mut d = match diff::walk(Some(&cfg.old), &cfg.new, &opts, &errors) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("ringsync: diff: {e}");
+            eprintln!("ringsync: {}: {e}", cfg.command);
             return TROUBLE;
         }
     };
