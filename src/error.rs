@@ -124,6 +124,14 @@ pub struct ErrorLog {
     quiet_warnings: bool,
     /// `--log-file`: every message goes there too.
     report: Option<std::sync::Arc<crate::report::Reporter>>,
+    /// A held log ([`ErrorLog::held`]): what would have been reported, in order.
+    held: Option<Mutex<Vec<Held>>>,
+}
+
+/// A report kept by a held log.
+enum Held {
+    Entry(EntryError),
+    Warning(String),
 }
 
 impl ErrorLog {
@@ -143,7 +151,33 @@ impl ErrorLog {
         }
     }
 
+    /// A log that prints and counts nothing until [`ErrorLog::replay`]: for work whose result
+    /// may be thrown away (a mirror's scoped walk that falls back to the full one).
+    pub fn held() -> ErrorLog {
+        ErrorLog {
+            held: Some(Mutex::new(Vec::new())),
+            ..Default::default()
+        }
+    }
+
+    /// Report into `to` what this held log kept, in order.
+    pub fn replay(self, to: &ErrorLog) {
+        let held = self
+            .held
+            .map(|h| h.into_inner().unwrap_or_else(|e| e.into_inner()));
+        for h in held.into_iter().flatten() {
+            match h {
+                Held::Entry(e) => to.report(e),
+                Held::Warning(w) => to.warn(w),
+            }
+        }
+    }
+
     pub fn report(&self, e: EntryError) {
+        if let Some(h) = &self.held {
+            h.lock().unwrap_or_else(|e| e.into_inner()).push(Held::Entry(e));
+            return;
+        }
         match e.severity {
             Severity::Error => self.errors.fetch_add(1, Ordering::Relaxed),
             Severity::Vanished => self.vanished.fetch_add(1, Ordering::Relaxed),
@@ -162,6 +196,12 @@ impl ErrorLog {
 
     /// A note that does not make the run fail (skipped socket, xattrs unsupported on target).
     pub fn warn(&self, line: String) {
+        if let Some(h) = &self.held {
+            h.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Held::Warning(line));
+            return;
+        }
         self.warnings.fetch_add(1, Ordering::Relaxed);
         if !self.quiet_warnings {
             eprintln!("ringsync: warning: {line}");
@@ -195,5 +235,28 @@ impl ErrorLog {
         } else {
             exit::OK
         }
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    #[test]
+    fn a_held_log_counts_nothing_until_replayed_then_counts_once() {
+        let held = ErrorLog::held();
+        held.report(EntryError::new("statx", PathBuf::from("/x"), Errno::ACCESS));
+        held.report(EntryError::vanished("statx", PathBuf::from("/y")));
+        held.warn("socket skipped".into());
+        assert_eq!((held.errors(), held.vanished(), held.warnings()), (0, 0, 0));
+        let log = ErrorLog::new(true);
+        held.replay(&log);
+        assert_eq!((log.errors(), log.vanished(), log.warnings()), (1, 1, 1));
+        assert_eq!(log.messages().len(), 2);
+        // A held log thrown away reports nothing anywhere.
+        let dropped = ErrorLog::held();
+        dropped.report(EntryError::new("statx", PathBuf::from("/z"), Errno::IO));
+        drop(dropped);
+        assert_eq!(log.errors(), 1);
     }
 }

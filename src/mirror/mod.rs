@@ -311,12 +311,22 @@ fn walk(
     if opts.scope.is_none() {
         return diff::walk(old, src, opts, errors);
     }
-    // New directories are listed, so hard links inside them are seen.
+    // New directories are listed, so hard links inside them are seen. What the walk reports
+    // is held until its result is kept (a fallback walks again and reports for itself).
     let expand = opts.expand;
     opts.expand = true;
-    let d = diff::walk(old, src, opts, errors)?;
+    let held = ErrorLog::held();
+    let d = diff::walk(old, src, opts, &held);
     opts.expand = expand;
+    let d = match d {
+        Ok(d) => d,
+        Err(e) => {
+            held.replay(errors);
+            return Err(e);
+        }
+    };
     if diff::links_complete(&d) {
+        held.replay(errors);
         *mode = "btrfs";
         return Ok(d);
     }
