@@ -165,7 +165,7 @@ impl Start {
                     let len = le16(item.data, DIR_ITEM_NAME_LEN_AT).unwrap_or(0) as usize;
                     match item.data.get(DIR_ITEM_BYTES..DIR_ITEM_BYTES + len) {
                         Some(name) => bound.push((item.key.objectid, name.to_vec())),
-                        // Unparsable: its directory is listed in full anyway; mark it so.
+                        // Unparsable: an empty name, refused below.
                         None => bound.push((item.key.objectid, Vec::new())),
                     }
                 }
