@@ -1582,3 +1582,56 @@ fn btrfs_shortcut_not_taken_with_files_from() {
         assert!(dst.join("b/c/deep").is_file() && !dst.join("top").exists());
     }
 }
+
+/// On btrfs the shortcut knows which files' data extents were written and which names were
+/// bound since the last run: a same-size rewrite with its mtime put back, and a file renamed
+/// over another of the same size and mtime, are compared byte for byte (a size+mtime compare,
+/// rsync's and the full walk's rule, cannot see either).
+#[test]
+fn btrfs_shortcut_sees_same_size_rewrites_with_mtime_put_back() {
+    let Some((fs, src)) = btrfs_with_subvolume(256) else {
+        return;
+    };
+    small_tree(&src);
+    write(&src.join("twin-a"), b"same size, content A\n");
+    write(&src.join("twin-b"), b"same size, content B\n");
+    let t = scan_tree(&src, false).expect("scan").entries[&b"twin-a".to_vec()].clone();
+    let times = Timestamps {
+        last_access: ts(t.atime),
+        last_modification: ts(t.mtime),
+    };
+    rustix::fs::utimensat(CWD, src.join("twin-b"), &times, AtFlags::empty()).expect("utimensat");
+    freeze_atimes(&src);
+    let dst = fs.path().join("dst");
+    prime(&src, &dst);
+
+    // 1. Rewrite in place, same size, then put atime and mtime back.
+    let f = src.join("a/f1");
+    let t = scan_tree(&src, false).expect("scan").entries[&b"a/f1".to_vec()].clone();
+    let mut data = std::fs::read(&f).expect("read");
+    data.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+    std::fs::write(&f, &data).expect("rewrite");
+    let times = Timestamps {
+        last_access: ts(t.atime),
+        last_modification: ts(t.mtime),
+    };
+    rustix::fs::utimensat(CWD, &f, &times, AtFlags::empty()).expect("utimensat");
+    let o = mirror(&[], &src, &dst, "mirror after a same-size rewrite");
+    assert_exact(
+        &src,
+        &dst,
+        "mirror after a same-size rewrite with the mtime put back",
+    );
+    expect_mode(&o, "btrfs", "same-size rewrite");
+
+    // 2. twin-b renamed over twin-a: same size and mtime at that name, other bytes.
+    std::fs::rename(src.join("twin-b"), src.join("twin-a")).expect("rename over");
+    let o = mirror(
+        &[],
+        &src,
+        &dst,
+        "mirror after a rename over an equal-looking file",
+    );
+    assert_exact(&src, &dst, "mirror after a rename over an equal-looking file");
+    expect_mode(&o, "btrfs", "rename over");
+}

@@ -147,6 +147,10 @@ pub struct Scope {
     /// and a directory among them is walked in full (it may be another directory than OLD had
     /// there, with unchanged inodes inside).
     pub fresh: HashSet<Vec<u8>>,
+    /// NEW's inodes whose data extents were written since, or that were bound to a name
+    /// since: a regular file among them with OLD's size and mtime has its bytes compared (a
+    /// same-size rewrite with the mtime put back, a file renamed over an equal-looking one).
+    pub data: HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -1069,6 +1073,13 @@ impl<'a> Walker<'a> {
             // With --checksum the bytes decide; an mtime difference alone is then an attribute.
             FileType::RegularFile if opts.checksum => {
                 om.size != nm.size || self.content_differs(old_dir, new_dir, old_name, new_name, path)
+            }
+            FileType::RegularFile
+                if om.size == nm.size
+                    && om.mtime == nm.mtime
+                    && opts.scope.as_ref().is_some_and(|s| s.data.contains(&nm.ino)) =>
+            {
+                self.content_differs(old_dir, new_dir, old_name, new_name, path)
             }
             FileType::RegularFile => om.size != nm.size || om.mtime != nm.mtime || replaced,
             FileType::Symlink => {

@@ -13,6 +13,8 @@
 //! name both sides have whose inode did not change is skipped, unless its directory entry is
 //! new since G (each entry carries the transaction that made it): a directory moved or swapped
 //! into a name holds unchanged inodes that DST has at other paths, so it is walked in full.
+//! Files whose data extents were written, or that got a name, since G have their bytes
+//! compared when size and mtime look unchanged (`Scope::data`).
 //!
 //! What makes the generation a proof ([`begin`]): `syncfs` first, so the tree holds every
 //! change made so far (btrfs keeps inode item updates in memory until a commit, and data a
@@ -137,6 +139,8 @@ impl Start {
         // Inodes whose item, or one of whose file extents, a transaction after `prev` wrote.
         let since = prev.generation + 1;
         let mut changed: HashMap<u64, Option<Changed>> = HashMap::new();
+        // Inodes whose data was written since, or that got a name since.
+        let mut data: HashSet<u64> = HashSet::new();
         // Directory entries made since: (directory, name).
         let mut bound: Vec<(u64, Vec<u8>)> = Vec::new();
         btrfs::tree_search(
@@ -162,6 +166,10 @@ impl Start {
                     }
                 }
                 DIR_INDEX_KEY if le64(item.data, DIR_ITEM_TRANSID_AT).unwrap_or(u64::MAX) >= since => {
+                    // The entry's location key starts with the inode it names.
+                    if let Some(ino) = le64(item.data, 0) {
+                        data.insert(ino);
+                    }
                     let len = le16(item.data, DIR_ITEM_NAME_LEN_AT).unwrap_or(0) as usize;
                     match item.data.get(DIR_ITEM_BYTES..DIR_ITEM_BYTES + len) {
                         Some(name) => bound.push((item.key.objectid, name.to_vec())),
@@ -172,6 +180,7 @@ impl Start {
                 // `struct btrfs_file_extent_item` starts with its generation.
                 EXTENT_DATA_KEY if le64(item.data, 0).unwrap_or(u64::MAX) >= since => {
                     changed.entry(item.key.objectid).or_insert(None);
+                    data.insert(item.key.objectid);
                 }
                 _ => {}
             },
@@ -187,6 +196,7 @@ impl Start {
         refuse_mounts(src)?;
         let mut scope = Scope {
             inodes: changed.keys().copied().collect(),
+            data,
             ..Default::default()
         };
         for (&ino, c) in &changed {
