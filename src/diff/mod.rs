@@ -750,12 +750,11 @@ impl<'a> Walker<'a> {
             // Unless the name is bound to it since (a directory moved here holds unchanged
             // inodes that OLD has elsewhere), or something below it changed.
             names.retain(|n| {
-                let path = || join(&pair.path, n.name.as_bytes());
-                !(n.in_old
-                    && n.in_new
-                    && unchanged.contains(&n.name)
-                    && !scope.fresh.contains(&path())
-                    && !scope.dirs.contains_key(&path()))
+                if !(n.in_old && n.in_new && unchanged.contains(&n.name)) {
+                    return true;
+                }
+                let path = join(&pair.path, n.name.as_bytes());
+                scope.fresh.contains(&path) || scope.dirs.contains_key(&path)
             });
         }
         ctx.opts.seen.fetch_add(names.len() as u64, Ordering::Relaxed);
