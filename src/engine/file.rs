@@ -716,6 +716,17 @@ impl CopyTask {
         let mut error = self.final_error.take();
         if error.is_none() {
             if let Some(tmp) = &ctx.tmp {
+                if w.shared.cfg.fsync == Fsync::End {
+                    // Renamed into place only once its data is durable (`Shared::defer`).
+                    w.shared.defer(super::Deferred {
+                        parent: ctx.parent.clone(),
+                        tmp: tmp.clone(),
+                        name: ctx.name.clone(),
+                        marker: ctx.marker,
+                        meta: ctx.meta,
+                    });
+                    return Step::Done;
+                }
                 if let Err(e) = scan::rename_over(&ctx.parent, tmp, &ctx.name) {
                     error = Some(EntryError::new("rename", dst_path(w, &ctx), e));
                 }
@@ -724,24 +735,37 @@ impl CopyTask {
             // Never leave a partial file under a name we created.
             let _ = rustix::fs::unlinkat(&*ctx.parent.dst, ctx.created_name().as_c_str(), AtFlags::empty());
         }
-        let ok = error.is_none();
-        match error {
-            Some(e) => {
-                if e.severity == crate::error::Severity::Interrupted {
-                    w.shared.unfinished.fetch_add(1, Ordering::Relaxed);
-                }
-                drop_from_totals(w, &ctx.meta);
-                w.report(e)
-            }
-            None => {
-                Counters::add(&w.counters().files, 1);
-                w.shared.note_change(ctx.marker, &ctx.parent, &ctx.name);
-            }
-        }
-        resolve_links(w, &ctx.parent, &ctx.name, &ctx.meta, ok);
-        w.shared.child_done(ctx.parent.clone());
+        file_finished(w, &ctx.parent, &ctx.name, ctx.marker, &ctx.meta, error);
         Step::Done
     }
+}
+
+/// The end of a regular file's copy, once it is at its final name (`error` is `None`) or
+/// removed: count or report it, link the rest of its hardlink group, finish its directory.
+pub(super) fn file_finished(
+    w: &mut Worker,
+    parent: &Arc<DirNode>,
+    name: &CString,
+    marker: char,
+    meta: &Meta,
+    error: Option<EntryError>,
+) {
+    let ok = error.is_none();
+    match error {
+        Some(e) => {
+            if e.severity == crate::error::Severity::Interrupted {
+                w.shared.unfinished.fetch_add(1, Ordering::Relaxed);
+            }
+            drop_from_totals(w, meta);
+            w.report(e)
+        }
+        None => {
+            Counters::add(&w.counters().files, 1);
+            w.shared.note_change(marker, parent, name);
+        }
+    }
+    resolve_links(w, parent, name, meta, ok);
+    w.shared.child_done(parent.clone());
 }
 
 /// A file given up leaves the progress totals (its bytes will never be done).

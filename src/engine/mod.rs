@@ -135,6 +135,22 @@ pub enum Job {
     },
 }
 
+/// A file written under a temporary name whose rename into place waits for its data to be
+/// durable (`--fsync end`; see [`Shared::defer`]).
+pub(crate) struct Deferred {
+    pub(crate) parent: Arc<DirNode>,
+    pub(crate) tmp: CString,
+    pub(crate) name: CString,
+    pub(crate) marker: char,
+    pub(crate) meta: Meta,
+}
+
+/// Files waiting for publication: a `syncfs` of the target, then their renames, once this many
+/// wait (bounding the temporaries' extra space and this list), or when nothing else is left to
+/// do (the end of most runs: one batch).
+const DEFER_FILES_MAX: usize = 8192;
+const DEFER_BYTES_MAX: u64 = 1 << 30;
+
 /// Where a hardlinked inode stands.
 enum Link {
     /// First path being copied; these (directory, name) pairs wait to be linked to it.
@@ -232,6 +248,15 @@ pub struct Shared {
     /// and is submitted at once after the wait. Reads are paced through the buffers: each one
     /// needs a buffer that only a finished write frees, and the pool is kept small.
     limiter: Option<crate::bwlimit::Bucket>,
+    /// The target root, for `syncfs`.
+    dst_root: Arc<OwnedFd>,
+    /// Written files waiting to be renamed into place, and their bytes.
+    deferred: Mutex<(Vec<Deferred>, u64)>,
+    /// How many wait (read without the lock on every turn of a worker's loop).
+    deferred_n: AtomicUsize,
+    /// A `syncfs` before a publication failed: no later batch is trusted either (the error is
+    /// reported once per descriptor, so a later `syncfs` succeeding proves nothing).
+    sync_failed: Mutex<Option<Errno>>,
 }
 
 impl Shared {
@@ -318,6 +343,37 @@ impl Shared {
                 path.display()
             ));
         }
+    }
+
+    /// Hold a written temporary file back from its final name until a `syncfs` has made its
+    /// data durable: a crash (power loss, a filesystem shutdown) then leaves at that name the
+    /// old version or the new one, never a renamed file whose data never reached the disk
+    /// (ext4 with `noauto_da_alloc`, xfs). One `syncfs` per batch costs far less than an
+    /// fsync per file. Until published, the file counts as a job still running and as a
+    /// pending child of its directory (whose attributes come after the rename).
+    fn defer(&self, d: Deferred) {
+        self.new_job();
+        let mut q = self.deferred.lock().expect("deferred poisoned");
+        q.1 += d.meta.size;
+        q.0.push(d);
+        self.deferred_n.store(q.0.len(), Ordering::Release);
+    }
+
+    /// Take the files waiting for publication if the batch is full, or if `idle` (the caller
+    /// has nothing to do) and every job not yet finished is one of them, or if `all`.
+    fn take_deferred(&self, idle: bool, all: bool) -> Vec<Deferred> {
+        if self.deferred_n.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut q = self.deferred.lock().expect("deferred poisoned");
+        let full = q.0.len() >= DEFER_FILES_MAX || q.1 >= DEFER_BYTES_MAX;
+        let rest = idle && self.queue.outstanding.load(Ordering::Acquire) == q.0.len();
+        if q.0.is_empty() || !(all || full || rest) {
+            return Vec::new();
+        }
+        q.1 = 0;
+        self.deferred_n.store(0, Ordering::Release);
+        std::mem::take(&mut q.0)
     }
 
     /// One child of `node` is finished; finish directories whose last child this was.
@@ -568,6 +624,10 @@ fn run(
         is_root,
         euid: rustix::process::geteuid().as_raw(),
         limiter: cfg.bwlimit.map(crate::bwlimit::Bucket::new),
+        dst_root: dst_root.clone(),
+        deferred: Mutex::new((Vec::new(), 0)),
+        deferred_n: AtomicUsize::new(0),
+        sync_failed: Mutex::new(None),
         cfg: cfg.clone(),
     });
     let shared_for_line = shared.clone();
@@ -657,6 +717,10 @@ fn run(
         }
     }
     progress.finish();
+    // A run stopped by a failure leaves files unpublished: never at their final names.
+    for d in shared.take_deferred(true, true) {
+        let _ = rustix::fs::unlinkat(&*d.parent.dst, d.tmp.as_c_str(), rustix::fs::AtFlags::empty());
+    }
     if let Some(e) = failure {
         return Err(Fatal(e));
     }
@@ -801,6 +865,13 @@ impl Worker {
                     self.start(job);
                 }
             }
+            let batch = self
+                .shared
+                .take_deferred(self.live_tasks == 0 && self.local.is_empty(), false);
+            if !batch.is_empty() {
+                self.publish(batch);
+                continue;
+            }
             if self.live_tasks == 0 {
                 match self.shared.queue.pop_blocking() {
                     Some(job) if stopping => self.cancel(job),
@@ -888,6 +959,37 @@ impl Worker {
         };
         self.tasks[slot as usize] = Some(task);
         self.pump(slot);
+    }
+
+    /// Make a batch of deferred files durable (one `syncfs` of the target), then rename each
+    /// into place and finish it. If the `syncfs` fails, none is published: each temporary is
+    /// removed and its file reported. An interrupted run renames without syncing (it promises
+    /// no durability), as files not deferred are.
+    fn publish(&mut self, batch: Vec<Deferred>) {
+        let synced = if crate::signals::interrupted().is_some() {
+            Ok(())
+        } else {
+            let mut failed = self.shared.sync_failed.lock().expect("sync_failed poisoned");
+            match *failed {
+                Some(e) => Err(e),
+                None => rustix::fs::syncfs(&*self.shared.dst_root).inspect_err(|e| *failed = Some(*e)),
+            }
+        };
+        for d in batch {
+            let path = || self.shared.dst_path(&d.parent.child_rel(&d.name));
+            let error = match synced {
+                Ok(()) => scan::rename_over(&d.parent, &d.tmp, &d.name)
+                    .err()
+                    .map(|e| EntryError::new("rename", path(), e)),
+                Err(e) => {
+                    let _ =
+                        rustix::fs::unlinkat(&*d.parent.dst, d.tmp.as_c_str(), rustix::fs::AtFlags::empty());
+                    Some(EntryError::new("syncfs before rename", path(), e))
+                }
+            };
+            file::file_finished(self, &d.parent, &d.name, d.marker, &d.meta, error);
+            self.shared.queue.job_done();
+        }
     }
 
     /// Drop a queued job of an interrupted run, releasing what it holds: its parent's pending
