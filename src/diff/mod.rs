@@ -568,6 +568,8 @@ fn run_phase(ctx: &Ctx) -> std::io::Result<Vec<Found>> {
 struct Walker<'a> {
     ctx: &'a Ctx<'a>,
     ring: Box<dyn Backend>,
+    /// The sync backend: statx is called here directly.
+    direct: bool,
     found: Found,
     /// The pair being walked lists a created or deleted directory (one side absent).
     listing: bool,
@@ -603,6 +605,7 @@ impl<'a> Walker<'a> {
         Ok(Walker {
             ctx,
             ring: ring::build(ctx.opts.engine, cfg)?,
+            direct: ctx.opts.engine == EngineKind::Sync,
             found: Found::default(),
             listing: false,
             dir_trusted: true,
@@ -782,6 +785,22 @@ impl<'a> Walker<'a> {
                 todo.push((i, true));
             }
         }
+        if self.direct {
+            // The sync backend would do the same calls, plus a name copy, a result box and
+            // two clock reads per call: a quarter of a no-change walk's user time.
+            for (i, is_new) in todo {
+                let fd = if is_new { new_fd } else { old_fd };
+                let fd = fd.as_ref().expect("listed side is open");
+                let res = rustix::fs::statx(
+                    &**fd,
+                    names[i].name.as_c_str(),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    rustix::fs::StatxFlags::BASIC_STATS | rustix::fs::StatxFlags::BTIME,
+                );
+                self.statx_done(&mut names[i], is_new, res.map(|stx| Meta::from_statx(&stx)), pair);
+            }
+            return Ok(());
+        }
         let mut next = 0;
         let mut batch = std::mem::take(&mut self.batch);
         while next < todo.len() || self.ring.in_flight() > 0 {
@@ -799,38 +818,41 @@ impl<'a> Walker<'a> {
             for c in batch.drain(..) {
                 let i = (c.token >> 1) as usize;
                 let is_new = c.token & 1 == 1;
-                match (c.result, c.op) {
-                    (Ok(_), Op::Statx { buf, .. }) => {
-                        let m = Meta::from_statx(&buf);
-                        if is_new {
-                            names[i].new = Some(m);
-                        } else {
-                            names[i].old = Some(m);
-                        }
-                    }
-                    (Err(e), _) => {
-                        let (root, base) = if is_new {
-                            (self.ctx.new_root, &pair.path)
-                        } else {
-                            (self.ctx.old_root, &pair.old_path)
-                        };
-                        let name = names[i].name.as_bytes();
-                        if e == Errno::NOENT && names[i].probe {
-                            // A scope's name that is not (or no longer) on this side.
-                        } else if e != Errno::NOENT {
-                            names[i].failed = true;
-                            self.report("statx", root, &join(base, name), e);
-                        } else if is_new {
-                            // Gone from the source since the listing: absent (and said so).
-                            self.report("statx", root, &join(base, name), e);
-                        }
-                    }
+                let res = match (c.result, c.op) {
+                    (Ok(_), Op::Statx { buf, .. }) => Ok(Meta::from_statx(&buf)),
+                    (Err(e), _) => Err(e),
                     (Ok(_), _) => unreachable!("the walk only submits statx"),
-                }
+                };
+                self.statx_done(&mut names[i], is_new, res, pair);
             }
         }
         self.batch = batch;
         Ok(())
+    }
+
+    /// Record one statx of `n` (NEW side when `is_new`), or why there is none.
+    fn statx_done(&self, n: &mut Name, is_new: bool, res: Result<Meta, Errno>, pair: &Pair) {
+        match res {
+            Ok(m) if is_new => n.new = Some(m),
+            Ok(m) => n.old = Some(m),
+            Err(e) => {
+                let (root, base) = if is_new {
+                    (self.ctx.new_root, &pair.path)
+                } else {
+                    (self.ctx.old_root, &pair.old_path)
+                };
+                let name = n.name.as_bytes();
+                if e == Errno::NOENT && n.probe {
+                    // A scope's name that is not (or no longer) on this side.
+                } else if e != Errno::NOENT {
+                    n.failed = true;
+                    self.report("statx", root, &join(base, name), e);
+                } else if is_new {
+                    // Gone from the source since the listing: absent (and said so).
+                    self.report("statx", root, &join(base, name), e);
+                }
+            }
+        }
     }
 
     fn entry(&mut self, pair: &Pair, old_fd: &Option<Arc<OwnedFd>>, new_fd: &Option<Arc<OwnedFd>>, n: Name) {
