@@ -15,6 +15,9 @@ use super::{have_tool, is_root, scratch, skip_or_fail};
 pub struct LoopFs {
     mnt: PathBuf,
     pub fstype: &'static str,
+    /// The image and the options it is mounted with (`None` for a tmpfs), for [`LoopFs::cycle`].
+    img: Option<PathBuf>,
+    mount_opts: String,
     // Dropped after `Drop::drop` has unmounted.
     _tmp: tempfile::TempDir,
 }
@@ -27,6 +30,17 @@ impl LoopFs {
 
     /// As [`LoopFs::new`], with more options for mkfs (e.g. `-b 1024`).
     pub fn with_mkfs(fstype: &'static str, size_mib: u64, mkfs_extra: &[&str]) -> Result<LoopFs, String> {
+        LoopFs::with_options(fstype, size_mib, mkfs_extra, "")
+    }
+
+    /// As [`LoopFs::with_mkfs`], mounted with `-o loop,<mount_opts>` (e.g. `noauto_da_alloc`;
+    /// `""` for none). [`LoopFs::cycle`] mounts it again with the same options.
+    pub fn with_options(
+        fstype: &'static str,
+        size_mib: u64,
+        mkfs_extra: &[&str],
+        mount_opts: &str,
+    ) -> Result<LoopFs, String> {
         if !is_root() {
             return Err(format!("{fstype} loop mount needs root"));
         }
@@ -63,23 +77,26 @@ impl LoopFs {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let out = Command::new("mount")
-            .args(["-t", fstype, "-o", "loop"])
-            .arg(&img)
-            .arg(&mnt)
-            .output()
-            .map_err(|e| format!("run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -o loop ({fstype}) failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        mount_loop(fstype, &img, &mnt, mount_opts)?;
         Ok(LoopFs {
             mnt,
             fstype,
+            img: Some(img),
+            mount_opts: mount_opts.to_string(),
             _tmp: tmp,
         })
+    }
+
+    /// Unmount (retrying while the filesystem is busy) and mount the image again with the same
+    /// options: after a shutdown, this replays the journal as a reboot would. Panics on failure.
+    pub fn cycle(&self) {
+        if let Err(e) = self.umount_retrying() {
+            panic!("umount {}: {e}", self.mnt.display());
+        }
+        let img = self.img.as_ref().expect("a tmpfs has no image to mount again");
+        if let Err(e) = mount_loop(self.fstype, img, &self.mnt, &self.mount_opts) {
+            panic!("mount {} again: {e}", self.mnt.display());
+        }
     }
 
     /// A fresh tmpfs mounted with `opts` (e.g. `size=64m,ro`; no image); `Err` is the reason
@@ -108,6 +125,8 @@ impl LoopFs {
         Ok(LoopFs {
             mnt,
             fstype: "tmpfs",
+            img: None,
+            mount_opts: String::new(),
             _tmp: tmp,
         })
     }
@@ -132,34 +151,57 @@ impl LoopFs {
     }
 }
 
-impl Drop for LoopFs {
-    fn drop(&mut self) {
+/// `mount -t <fstype> -o loop[,<opts>] IMG MNT`; `Err` is the reason.
+fn mount_loop(fstype: &str, img: &Path, mnt: &Path, opts: &str) -> Result<(), String> {
+    let opts = match opts {
+        "" => "loop".to_string(),
+        o => format!("loop,{o}"),
+    };
+    let out = Command::new("mount")
+        .args(["-t", fstype, "-o", &opts])
+        .arg(img)
+        .arg(mnt)
+        .output()
+        .map_err(|e| format!("run mount: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mount -o {opts} ({fstype}) failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+impl LoopFs {
+    /// `umount MNT`, retried for about 10 s while it fails (busy).
+    fn umount_retrying(&self) -> Result<(), String> {
         // A filesystem can stay busy for a moment after the last process using it exited (a
-        // btrfs transaction commit, a child being reaped): retry quietly, then fall back to a
-        // lazy unmount. umount's own stderr is captured so a retried "target is busy" is not
-        // printed into the test run.
-        let umount = |lazy: bool| {
-            let mut c = Command::new("umount");
-            if lazy {
-                c.arg("-l");
-            }
-            c.arg(&self.mnt).output()
-        };
-        let mut last = None;
+        // btrfs transaction commit, a child being reaped): retry quietly. umount's own stderr is
+        // captured so a retried "target is busy" is not printed into the test run.
+        let mut last = String::new();
         for attempt in 0..20 {
-            match umount(false) {
-                Ok(o) if o.status.success() => return,
-                Ok(o) => last = Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                Err(e) => last = Some(e.to_string()),
+            match Command::new("umount").arg(&self.mnt).output() {
+                Ok(o) if o.status.success() => return Ok(()),
+                Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => last = e.to_string(),
             }
             std::thread::sleep(std::time::Duration::from_millis(50 * (attempt + 1)));
         }
-        match umount(true) {
+        Err(last)
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        // Busy for longer than the retries: fall back to a lazy unmount.
+        let Err(last) = self.umount_retrying() else {
+            return;
+        };
+        match Command::new("umount").arg("-l").arg(&self.mnt).output() {
             Ok(o) if o.status.success() => {}
             _ => super::note(&format!(
-                "umount {} failed ({}), and so did a lazy unmount",
-                self.mnt.display(),
-                last.unwrap_or_default()
+                "umount {} failed ({last}), and so did a lazy unmount",
+                self.mnt.display()
             )),
         }
     }
