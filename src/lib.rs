@@ -14,6 +14,17 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// `eprintln!` that cannot panic (it shadows std's in this crate): with stderr closed
+/// (`ringsync mirror ... 2>&1 | head`), std's panics at the next message and stops a run
+/// half-way, temporaries left behind. A message that cannot be written is dropped; the exit
+/// status still says what happened.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 pub mod bwlimit;
 pub mod cli;
@@ -23,6 +34,7 @@ pub mod diff;
 pub mod dump;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod filter;
 pub mod listing;
 pub mod meta;

@@ -1,5 +1,13 @@
 //! The binary is glue: parse, validate, run, report, exit.
 
+/// `eprintln!` that cannot panic on a closed stderr (as in the library, src/lib.rs).
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use clap::{CommandFactory, FromArgMatches};
 use ringsync::cli::{Cli, Command};
 use ringsync::error::exit;

@@ -215,7 +215,9 @@ pub fn copy_xattrs_fd(
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
         };
-        match rustix::fs::fsetxattr(dst, name, &value, rustix::fs::XattrFlags::empty()) {
+        let set = crate::failpoint::fail("xattr", name.to_bytes())
+            .and_then(|()| rustix::fs::fsetxattr(dst, name, &value, rustix::fs::XattrFlags::empty()));
+        match set {
             Ok(()) => {}
             Err(e) if unsupported(e) => out.unsupported = true,
             Err(e) => return Err(e),

@@ -9,7 +9,11 @@
 #   BENCH_DIR=/var/tmp/ringsync-bench   datasets (cached), destinations, fio files
 #   DATASETS="big small mixed"          subset of: big small mixed
 #   CACHES="warm cold"                  subset of: warm cold
-#   TOOLS="ringsync ringsync-nofsync cp rsync xcp fcp"   subset of those
+#   TOOLS="ringsync ringsync-nofsync cp rsync xcp fcp"   subset of those, plus
+#                          `floor`: tools/floor-small.py, the fewest syscalls a copy can
+#                          make (open, read, create, write, futimens, close; mkdir), one
+#                          process per core, then syncfs: the durable floor of a small-file
+#                          tree (it drops owner and xattrs: not copy-checked)
 #   QUICK=1                tiny datasets, RUNS=1 (unless RUNS is set), report
 #                          goes to $BENCH_DIR/quick-reports unless OUT_DIR is set
 #   RINGSYNC_BIN=...       binary to bench (default: target/release/ringsync,
@@ -84,8 +88,8 @@ MEM_LIMIT_MIB=160
 for d in $DATASETS; do [[ "$d" =~ ^(big|small|mixed)$ ]] || die "unknown dataset '$d' (big small mixed)"; done
 for c in $CACHES; do [[ "$c" =~ ^(warm|cold)$ ]] || die "unknown cache mode '$c' (warm cold)"; done
 for t in $TOOLS; do
-    [[ "$t" =~ ^(ringsync|ringsync-nofsync|cp|rsync|xcp|fcp)$ ]] ||
-        die "unknown tool '$t' (ringsync ringsync-nofsync cp rsync xcp fcp)"
+    [[ "$t" =~ ^(ringsync|ringsync-nofsync|cp|rsync|xcp|fcp|floor)$ ]] ||
+        die "unknown tool '$t' (ringsync ringsync-nofsync cp rsync xcp fcp floor)"
 done
 [[ "$(id -u)" == 0 ]] || die "must run as root (drop_caches, ownership-preserving copies)"
 command -v python3 >/dev/null || die "python3 is required"
@@ -268,6 +272,7 @@ tool_cmd() {
         xcp)              CMD=("${BIN[xcp]}" -r -o --no-progress "$src" "$dst") ;;
         # fcp: same rule; it has no options besides --help/--version.
         fcp)              CMD=("${BIN[fcp]}" "$src" "$dst") ;;
+        floor)            CMD=(python3 "$TOOLS_DIR/floor-small.py" "$src" "$dst") ;;
     esac
 }
 
@@ -324,7 +329,7 @@ run_one() {
     echo "$tool,$ds,$cache,$round,$secs" >>"$CSV"
     echo "$tool,$ds,$cache,$round,$(us_to_s $((s1 - s0)))" >>"$SYNC_CSV"
     printf 'bench-copy:   %-17s %-6s %-5s round %d: %ss\n' "$tool" "$ds" "$cache" "$round" "$secs" >&2
-    if [[ "$VERIFY" == 1 && -z "${VERIFIED[$tool,$ds]:-}" ]]; then
+    if [[ "$VERIFY" == 1 && "$tool" != floor && -z "${VERIFIED[$tool,$ds]:-}" ]]; then
         VERIFIED[$tool,$ds]=1
         local line
         if line=$(python3 "$TOOLS_DIR/treecmp.py" "$src" "$dst"); then :; else

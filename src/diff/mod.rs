@@ -791,12 +791,14 @@ impl<'a> Walker<'a> {
             for (i, is_new) in todo {
                 let fd = if is_new { new_fd } else { old_fd };
                 let fd = fd.as_ref().expect("listed side is open");
-                let res = rustix::fs::statx(
-                    &**fd,
-                    names[i].name.as_c_str(),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                    rustix::fs::StatxFlags::BASIC_STATS | rustix::fs::StatxFlags::BTIME,
-                );
+                let res = crate::failpoint::fail("statx", names[i].name.as_bytes()).and_then(|()| {
+                    rustix::fs::statx(
+                        &**fd,
+                        names[i].name.as_c_str(),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                        rustix::fs::StatxFlags::BASIC_STATS | rustix::fs::StatxFlags::BTIME,
+                    )
+                });
                 self.statx_done(&mut names[i], is_new, res.map(|stx| Meta::from_statx(&stx)), pair);
             }
             return Ok(());

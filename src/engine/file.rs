@@ -272,7 +272,13 @@ impl CopyTask {
                 o.error
                     .get_or_insert(source_error("open", w.shared.src_path(&rel()), e));
             }
-            (SUB_OPEN_DST | SUB_OPEN_TMP, Ok(_)) => o.dst = c.opened,
+            (SUB_OPEN_DST | SUB_OPEN_TMP, Ok(_)) => {
+                if let Some(fd) = &c.opened {
+                    // Rules name the entry, not its temporary name.
+                    crate::failpoint::opened(std::os::fd::AsRawFd::as_raw_fd(fd), o.name.to_bytes());
+                }
+                o.dst = c.opened
+            }
             (SUB_OPEN_DST, Err(Errno::EXIST)) => {
                 // Something is there: write beside it and rename over it at the end.
                 o.marker = match w.shared.listing_changes() {
@@ -450,13 +456,16 @@ impl CopyTask {
                 limit.take(len);
             }
             let (mut off_in, mut off_out) = (offset, offset);
-            let res = rustix::fs::copy_file_range(
-                &*src,
-                Some(&mut off_in),
-                &*dst,
-                Some(&mut off_out),
-                len as usize,
-            );
+            let res = crate::failpoint::fail("cfr", self.ctx.as_ref().expect("ctx").name.to_bytes())
+                .and_then(|()| {
+                    rustix::fs::copy_file_range(
+                        &*src,
+                        Some(&mut off_in),
+                        &*dst,
+                        Some(&mut off_out),
+                        len as usize,
+                    )
+                });
             match res {
                 // Some kernels and filesystems answer 0 instead of an error: use the ring.
                 Ok(0) if first => {
@@ -636,11 +645,20 @@ impl CopyTask {
                     w.ring.pool().release(buf);
                 }
             }
-            Op::Write { buf, fd, .. } => {
+            Op::Write {
+                buf, fd, offset, len, ..
+            } => {
                 drop(fd);
                 w.ring.pool().release(buf);
                 match c.result {
-                    Ok(n) => Counters::add(&w.counters().bytes, n as u64),
+                    Ok(n) if n == len => Counters::add(&w.counters().bytes, n as u64),
+                    // The backends continue short writes, so this is never expected; if one
+                    // ever comes through, the file is not complete and must not be published.
+                    Ok(n) => {
+                        let detail = format!("short write: {n} of {len} bytes at offset {offset}");
+                        self.failed
+                            .get_or_insert(EntryError::msg("write", dst_path(w, &ctx), detail));
+                    }
                     Err(e) => {
                         let detail = EntryError::new("write", dst_path(w, &ctx), e);
                         self.failed.get_or_insert(detail);

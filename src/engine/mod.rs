@@ -730,7 +730,9 @@ fn run(
     }
     // An interrupted run promises nothing about durability; flushing could take long.
     if cfg.fsync == Fsync::End && interrupted.is_none() {
-        rustix::fs::syncfs(&*dst_root).map_err(|e| fatal("syncfs", &cfg.dst, e))?;
+        crate::failpoint::fail("syncfs", b"")
+            .and_then(|()| rustix::fs::syncfs(&*dst_root))
+            .map_err(|e| fatal("syncfs", &cfg.dst, e))?;
     }
     let errors = &shared.errors;
     let exit_code = match interrupted {
@@ -972,7 +974,9 @@ impl Worker {
             let mut failed = self.shared.sync_failed.lock().expect("sync_failed poisoned");
             match *failed {
                 Some(e) => Err(e),
-                None => rustix::fs::syncfs(&*self.shared.dst_root).inspect_err(|e| *failed = Some(*e)),
+                None => crate::failpoint::fail("syncfs", b"")
+                    .and_then(|()| rustix::fs::syncfs(&*self.shared.dst_root))
+                    .inspect_err(|e| *failed = Some(*e)),
             }
         };
         for d in batch {

@@ -254,16 +254,18 @@ pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc
 /// Rename `tmp` over `name` in the node's target directory; the temporary is removed on failure.
 pub(super) fn rename_over(node: &DirNode, tmp: &CStr, name: &CStr) -> Result<(), Errno> {
     let dst = &*node.dst;
-    match rustix::fs::renameat(dst, tmp, dst, name) {
-        // A directory stands there: an empty one is replaced (as rsync does); a non-empty one
-        // is not ours to delete, and the error says so.
-        Err(Errno::ISDIR) => rustix::fs::unlinkat(dst, name, AtFlags::REMOVEDIR)
-            .and_then(|()| rustix::fs::renameat(dst, tmp, dst, name)),
-        r => r,
-    }
-    .inspect_err(|_| {
-        let _ = rustix::fs::unlinkat(dst, tmp, AtFlags::empty());
-    })
+    crate::failpoint::fail("rename", name.to_bytes())
+        .and_then(|()| rustix::fs::renameat(dst, tmp, dst, name))
+        .or_else(|e| match e {
+            // A directory stands there: an empty one is replaced (as rsync does); a non-empty one
+            // is not ours to delete, and the error says so.
+            Errno::ISDIR => rustix::fs::unlinkat(dst, name, AtFlags::REMOVEDIR)
+                .and_then(|()| rustix::fs::renameat(dst, tmp, dst, name)),
+            e => Err(e),
+        })
+        .inspect_err(|_| {
+            let _ = rustix::fs::unlinkat(dst, tmp, AtFlags::empty());
+        })
 }
 
 /// `M` when the entry at `name` (about to be replaced) has the type `new_type`, else `T`.

@@ -169,6 +169,7 @@ pub fn run_steps(
                     let sfd = stage_fd.as_ref().expect("staging open");
                     let to = cname(k.to_string().as_bytes());
                     writable(&pfd, is_root, || {
+                        crate::failpoint::fail("rename", name.to_bytes())?;
                         rustix::fs::renameat(&pfd, name.as_c_str(), sfd, to.as_c_str())
                     })
                 });
@@ -215,6 +216,7 @@ pub fn run_steps(
                 let from = cname(k.to_string().as_bytes());
                 let res = parent_of(root, to).and_then(|(pfd, name)| {
                     writable(&pfd, is_root, || {
+                        crate::failpoint::fail("rename", name.to_bytes())?;
                         match rustix::fs::renameat(sfd, from.as_c_str(), &pfd, name.as_c_str()) {
                             Err(Errno::EXIST | Errno::NOTEMPTY | Errno::ISDIR | Errno::NOTDIR) => {
                                 remove_tree(&pfd, &name, is_root)?;

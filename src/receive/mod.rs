@@ -504,7 +504,9 @@ impl Apply {
             return Ok(());
         }
         if self.fsync && !batch.items.is_empty() {
-            rustix::fs::syncfs(&*self.root).map_err(|e| format!("syncfs {}: {e}", self.dst.display()))?;
+            crate::failpoint::fail("syncfs", b"")
+                .and_then(|()| rustix::fs::syncfs(&*self.root))
+                .map_err(|e| format!("syncfs {}: {e}", self.dst.display()))?;
         }
         let mut items = batch.items.into_iter();
         while let Some(p) = items.next() {
@@ -921,7 +923,10 @@ impl Receiver<'_> {
                     )
                 });
                 let (temp, fd) = match created {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        crate::failpoint::opened(std::os::fd::AsRawFd::as_raw_fd(&x.1), &name);
+                        x
+                    }
                     Err(e) => {
                         return Err(Stop::Stream(format!(
                             "{}: create a temporary file: {e}",
@@ -1678,6 +1683,7 @@ fn times(m: &stream::Meta) -> rustix::fs::Timestamps {
 /// Rename a staged entry to its final name. In a directory this run made, the name must be
 /// new; elsewhere an entry there is replaced (a directory there is removed first).
 fn place(dir: &OwnedFd, temp: &CStr, name: &CStr, fresh: bool) -> Result<(), Errno> {
+    crate::failpoint::fail("rename", name.to_bytes())?;
     if fresh {
         return rustix::fs::renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE);
     }
@@ -1986,7 +1992,8 @@ pub fn apply_locked(
     let res = res.and_then(|()| {
         rx.published()?;
         if cfg.fsync {
-            rustix::fs::syncfs(&*ap.root)
+            crate::failpoint::fail("syncfs", b"")
+                .and_then(|()| rustix::fs::syncfs(&*ap.root))
                 .map_err(|e| Stop::Stream(format!("syncfs {}: {e}", dst.display())))?;
         }
         Ok(())

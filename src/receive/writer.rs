@@ -357,7 +357,15 @@ fn run(ap: &Apply, jobs: Receiver<Job>, give: mpsc::Sender<AlignedBuf>) {
 
 fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
     while !data.is_empty() {
-        match rustix::io::pwrite(fd, data, offset) {
+        let fault = crate::failpoint::hit_fd("write", std::os::fd::AsRawFd::as_raw_fd(fd));
+        let written = match fault {
+            Some(crate::failpoint::Fault::Fail(e)) => Err(e),
+            Some(crate::failpoint::Fault::Short) if data.len() > 1 => {
+                rustix::io::pwrite(fd, &data[..data.len() / 2], offset)
+            }
+            _ => rustix::io::pwrite(fd, data, offset),
+        };
+        match written {
             Ok(0) => return Err(Errno::NOSPC),
             Ok(n) => {
                 data = &data[n..];

@@ -19,6 +19,8 @@
 
 pub mod aligned;
 pub mod btrfs;
+#[cfg(feature = "failpoints")]
+pub mod fault;
 pub mod pool;
 pub mod sync;
 pub mod uring;
@@ -255,15 +257,20 @@ pub fn probe_uring() -> Result<(), std::io::Error> {
 /// submit to them, as SINGLE_ISSUER requires).
 pub fn build(kind: EngineKind, cfg: RingConfig) -> std::io::Result<Box<dyn Backend>> {
     let pool = Pool::try_new(cfg.pool_units, cfg.pool_unit_bytes)?;
-    match kind {
-        EngineKind::Uring => Ok(Box::new(uring::Uring::new(
+    let backend: Box<dyn Backend> = match kind {
+        EngineKind::Uring => Box::new(uring::Uring::new(
             cfg.sq_entries,
             pool,
             cfg.buffers,
             cfg.async_reads,
-        )?)),
-        EngineKind::Sync => Ok(Box::new(sync::Sync::new(pool))),
+        )?),
+        EngineKind::Sync => Box::new(sync::Sync::new(pool)),
+    };
+    #[cfg(feature = "failpoints")]
+    if crate::failpoint::active() {
+        return Ok(Box::new(fault::Faulty::new(backend)));
     }
+    Ok(backend)
 }
 
 fn raw(fd: &Arc<OwnedFd>) -> RawFd {
