@@ -17,7 +17,8 @@ const EXIT_CODES: &str =
     "Exit status (copy, mirror): 0 all copied; 1 fatal (nothing or not everything could start); \
 2 usage; 3 partial transfer (some entries failed, each reported on stderr); 4 busy (mirror: \
 another mirror holds the target's lock; nothing written); 5 complete except for source entries \
-that vanished during the run. diff: 0 (1 with --exit-code and differences), 2 trouble.";
+that vanished during the run; 8 --verify found a file whose bytes on the target differ from the \
+source's. diff: 0 (1 with --exit-code and differences), 2 trouble.";
 
 const COPY_HELP: &str = "Examples:
   ringsync copy /data /backup/data            # the contents of /data into /backup/data
@@ -28,7 +29,7 @@ const COPY_HELP: &str = "Examples:
 
 A trailing '/' on SRC changes nothing: SRC's contents always go into DST (rsync's 'SRC/').
 Exit status: 0 done; 1 fatal; 2 usage (nothing created); 3 some entries failed; 5 source \
-entries vanished; 130 interrupted (unfinished files removed). Contract: docs/copy.md.";
+entries vanished; 8 --verify found a mismatch; 130 interrupted (unfinished files removed). Contract: docs/copy.md.";
 
 const MIRROR_HELP: &str = "Examples:
   ringsync mirror /data /backup/data                  # make /backup/data equal /data
@@ -39,7 +40,7 @@ const MIRROR_HELP: &str = "Examples:
 
 Exit status: 0 DST equals SRC; 1 fatal; 2 usage; 3 some entries failed (DST stays marked \
 dirty; the next run compares it in full); 4 busy (another mirror runs into DST); 5 source \
-entries vanished; 130 interrupted. Contract: docs/mirror.md and docs/copy.md.";
+entries vanished; 8 --verify found a mismatch; 130 interrupted. Contract: docs/mirror.md and docs/copy.md.";
 
 const CHECK_HELP: &str = "Every entry of both trees is compared: type, size, every byte of \
 regular files (whatever their sizes and mtimes say), symlink targets, device numbers, mode, owner, \
@@ -867,6 +868,11 @@ pub struct DataArgs {
     /// Show progress even when stderr is not a terminal (a plain line every second).
     #[arg(long)]
     pub progress: bool,
+    /// After the final sync, read back every file written (its cached pages dropped first) and
+    /// compare it with the BLAKE3 of what was read from the source; a mismatch exits 8. Every
+    /// byte then passes through ringsync: no reflinks, no copy_file_range.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -1081,6 +1087,7 @@ impl RemoteRun<'_> {
                 (!matches!(d.reflink, ReflinkArg::Auto), "--reflink"),
                 (!matches!(d.data_path, DataPathArg::Auto), "--data-path"),
                 (matches!(d.fsync, FsyncArg::File), "--fsync file"),
+                (d.verify, "--verify"),
             ];
             if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
                 return Err(format!(
@@ -1230,6 +1237,7 @@ impl DataArgs {
             progress_forced: self.progress,
             report: Default::default(),
             list_changes: true,
+            verify: self.verify,
         })
     }
 }

@@ -70,6 +70,9 @@ pub struct CopyConfig {
     pub report: std::sync::Arc<crate::report::Reporter>,
     /// The engine says what it creates and replaces (copy; a mirror lists its changes itself).
     pub list_changes: bool,
+    /// `--verify`: read every file written back after the final sync and compare it with the
+    /// hash of what was read from the source (src/verify.rs).
+    pub verify: bool,
 }
 
 /// Default `--memory`. The pool is registered with the rings, which pins (faults in) every page:

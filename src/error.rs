@@ -28,9 +28,15 @@ pub mod exit {
     /// Remote mirror: the other machine has no usable ringsync (not found, not ringsync, or
     /// another protocol version).
     pub const REMOTE: i32 = 7;
+    /// `--verify`: a file read back from the target after the final sync differs from what was
+    /// read from the source (each reported); it takes precedence over `PARTIAL`.
+    pub const VERIFY: i32 = 8;
     /// Stopped by SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: i32 = 130;
 }
+
+/// The operation named by a `--verify` mismatch (its own exit status, [`exit::VERIFY`]).
+pub const VERIFY_OP: &str = "verify";
 
 /// Severity of a per-entry problem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +126,8 @@ pub struct ErrorLog {
     errors: AtomicU64,
     vanished: AtomicU64,
     warnings: AtomicU64,
+    /// Errors of the `verify` operation (counted in `errors` too).
+    mismatches: AtomicU64,
     kept: Mutex<Vec<String>>,
     quiet_warnings: bool,
     /// `--log-file`: every message goes there too.
@@ -178,6 +186,9 @@ impl ErrorLog {
             h.lock().unwrap_or_else(|e| e.into_inner()).push(Held::Entry(e));
             return;
         }
+        if e.op == VERIFY_OP && e.severity == Severity::Error {
+            self.mismatches.fetch_add(1, Ordering::Relaxed);
+        }
         match e.severity {
             Severity::Error => self.errors.fetch_add(1, Ordering::Relaxed),
             Severity::Vanished => self.vanished.fetch_add(1, Ordering::Relaxed),
@@ -228,7 +239,9 @@ impl ErrorLog {
     }
 
     pub fn exit_code(&self) -> i32 {
-        if self.errors() > 0 {
+        if self.mismatches.load(Ordering::Relaxed) > 0 {
+            exit::VERIFY
+        } else if self.errors() > 0 {
             exit::PARTIAL
         } else if self.vanished() > 0 {
             exit::VANISHED

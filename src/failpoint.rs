@@ -10,7 +10,8 @@
 //!
 //! - `OP`: `open`, `read`, `write`, `fsync`, `close`, `statx` (ring ops, and the same calls made
 //!   directly: the walk's statx, receive's writes), `rename`, `xattr` (setting one on a
-//!   target), `cfr` (copy_file_range), `syncfs`, or `*` (any);
+//!   target), `cfr` (copy_file_range), `syncfs`, `verify` (any fault: `--verify` first flips
+//!   a byte of the target file on disk, as a change behind ringsync's back would), or `*`;
 //! - `SUBSTR`: only names containing it (the entry's own name; for an op on a descriptor, the
 //!   name it was opened by through the ring);
 //! - `@N`: only the Nth matching call (from 1); `@N+`: that one and every later one; default:
@@ -69,8 +70,8 @@ mod imp {
         })
     }
 
-    const OPS: [&str; 11] = [
-        "open", "read", "write", "fsync", "close", "statx", "rename", "xattr", "cfr", "syncfs", "*",
+    const OPS: [&str; 12] = [
+        "open", "read", "write", "fsync", "close", "statx", "rename", "xattr", "cfr", "syncfs", "verify", "*",
     ];
 
     fn parse_rule(s: &str) -> Result<Rule, String> {

@@ -51,3 +51,4 @@ pub mod signals;
 pub mod stream;
 pub mod stream_io;
 pub mod summary;
+pub mod verify;

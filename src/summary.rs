@@ -44,5 +44,7 @@ pub fn to_json(o: &Outcome) -> Value {
         "threads": o.threads,
         "latency_us": Value::Object(lat),
         "exit_code": o.exit_code,
+        // --verify: files and bytes read back from the target (null without it).
+        "verified": o.verified.map(|v| json!({"files": v.files, "bytes": v.bytes})),
     })
 }

@@ -73,6 +73,8 @@ pub struct FileCtx {
     /// The target's descriptor has O_DIRECT (cleared for the last partial block, or if a
     /// write is refused). Such a file is never split, so one task reads and changes it.
     direct: AtomicBool,
+    /// `--verify`: the BLAKE3 of every piece read from the source.
+    sums: Option<Mutex<Vec<crate::verify::Piece>>>,
 }
 
 impl FileCtx {
@@ -388,6 +390,7 @@ impl CopyTask {
             failed: AtomicBool::new(error.is_some()),
             error: Mutex::new(error),
             direct: AtomicBool::new(direct),
+            sums: w.shared.cfg.verify.then(|| Mutex::new(Vec::new())),
         });
         if chunks > 1 {
             share_next_chunk(w, &ctx, CHUNK_BYTES);
@@ -584,6 +587,11 @@ impl CopyTask {
                 match c.result {
                     Ok(_) if self.stop_if_interrupted(w) => w.ring.pool().release(buf),
                     Ok(n) if n == len => {
+                        if let Some(sums) = &ctx.sums {
+                            let piece =
+                                crate::verify::Piece::of(offset, &w.ring.pool().bytes(&buf)[..n as usize]);
+                            sums.lock().expect("sums poisoned").push(piece);
+                        }
                         let dst = self.dst.clone().expect("open");
                         if let Some(limit) = &w.shared.limiter {
                             // Sleeping holds up only this worker; its ops in flight carry on.
@@ -742,6 +750,7 @@ impl CopyTask {
                         name: ctx.name.clone(),
                         marker: ctx.marker,
                         meta: ctx.meta,
+                        sums: take_sums(&ctx),
                     });
                     return Step::Done;
                 }
@@ -753,9 +762,23 @@ impl CopyTask {
             // Never leave a partial file under a name we created.
             let _ = rustix::fs::unlinkat(&*ctx.parent.dst, ctx.created_name().as_c_str(), AtFlags::empty());
         }
-        file_finished(w, &ctx.parent, &ctx.name, ctx.marker, &ctx.meta, error);
+        file_finished(
+            w,
+            &ctx.parent,
+            &ctx.name,
+            ctx.marker,
+            &ctx.meta,
+            take_sums(&ctx),
+            error,
+        );
         Step::Done
     }
+}
+
+fn take_sums(ctx: &FileCtx) -> Option<Vec<crate::verify::Piece>> {
+    ctx.sums
+        .as_ref()
+        .map(|s| std::mem::take(&mut *s.lock().expect("sums poisoned")))
 }
 
 /// The end of a regular file's copy, once it is at its final name (`error` is `None`) or
@@ -766,9 +789,19 @@ pub(super) fn file_finished(
     name: &CString,
     marker: char,
     meta: &Meta,
+    sums: Option<Vec<crate::verify::Piece>>,
     error: Option<EntryError>,
 ) {
     let ok = error.is_none();
+    if let (Some(items), Some(pieces), true) = (&w.shared.verify, sums, ok) {
+        items.lock().expect("verify poisoned").push(crate::verify::Item {
+            dir: parent.dst.clone(),
+            name: name.clone(),
+            path: w.shared.dst_path(&parent.child_rel(name)),
+            size: meta.size,
+            pieces,
+        });
+    }
     match error {
         Some(e) => {
             if e.severity == crate::error::Severity::Interrupted {

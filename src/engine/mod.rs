@@ -143,6 +143,8 @@ pub(crate) struct Deferred {
     pub(crate) name: CString,
     pub(crate) marker: char,
     pub(crate) meta: Meta,
+    /// `--verify`: what its reads hashed to.
+    pub(crate) sums: Option<Vec<crate::verify::Piece>>,
 }
 
 /// Files waiting for publication: a `syncfs` of the target, then their renames, once this many
@@ -257,6 +259,8 @@ pub struct Shared {
     /// A `syncfs` before a publication failed: no later batch is trusted either (the error is
     /// reported once per descriptor, so a later `syncfs` succeeding proves nothing).
     sync_failed: Mutex<Option<Errno>>,
+    /// `--verify`: the files written, to be read back after the final sync.
+    verify: Option<Mutex<Vec<crate::verify::Item>>>,
 }
 
 impl Shared {
@@ -455,6 +459,8 @@ pub struct Outcome {
     pub interrupted: Option<i32>,
     /// Files that were being copied when the run was interrupted, removed.
     pub unfinished: u64,
+    /// `--verify`: what was read back.
+    pub verified: Option<crate::verify::Stats>,
 }
 
 /// A run that could not start or had to stop.
@@ -611,9 +617,12 @@ fn run(
             owner: is_root,
             all_xattrs: is_root,
         },
-        reflink_try: AtomicBool::new(cfg.reflink != Reflink::Never),
+        // --verify hashes every byte read from the source: nothing moves without being read.
+        reflink_try: AtomicBool::new(cfg.reflink != Reflink::Never && !cfg.verify),
         // copy_file_range clones on btrfs/xfs, so it is off when cloning is forbidden.
-        cfr_try: AtomicBool::new(cfg.data_path != DataPath::Ring && cfg.reflink != Reflink::Never),
+        cfr_try: AtomicBool::new(
+            cfg.data_path != DataPath::Ring && cfg.reflink != Reflink::Never && !cfg.verify,
+        ),
         xattr_warned: AtomicBool::new(false),
         tmp_seq: AtomicU64::new(0),
         unfinished: AtomicU64::new(0),
@@ -628,6 +637,7 @@ fn run(
         deferred: Mutex::new((Vec::new(), 0)),
         deferred_n: AtomicUsize::new(0),
         sync_failed: Mutex::new(None),
+        verify: cfg.verify.then(|| Mutex::new(Vec::new())),
         cfg: cfg.clone(),
     });
     let shared_for_line = shared.clone();
@@ -729,11 +739,20 @@ fn run(
         crate::filter::report_unseen(&cfg.filter, &cfg.src, &shared.errors);
     }
     // An interrupted run promises nothing about durability; flushing could take long.
-    if cfg.fsync == Fsync::End && interrupted.is_none() {
+    // --verify reads from the device, so what it reads must be there whatever --fsync says.
+    if (cfg.fsync == Fsync::End || cfg.verify) && interrupted.is_none() {
         crate::failpoint::fail("syncfs", b"")
             .and_then(|()| rustix::fs::syncfs(&*dst_root))
             .map_err(|e| fatal("syncfs", &cfg.dst, e))?;
     }
+    let verified = match (&shared.verify, interrupted) {
+        (Some(items), None) => {
+            let items = std::mem::take(&mut *items.lock().expect("verify poisoned"));
+            let buf = (cfg.memory_bytes as usize / threads).min(OP_BYTES_MAX as usize);
+            Some(crate::verify::verify(items, threads, buf, &shared.errors))
+        }
+        _ => None,
+    };
     let errors = &shared.errors;
     let exit_code = match interrupted {
         Some(_) => crate::error::exit::INTERRUPTED,
@@ -752,6 +771,7 @@ fn run(
         latencies: lat,
         interrupted,
         unfinished: shared.unfinished.load(Ordering::Relaxed),
+        verified,
     })
 }
 
@@ -991,7 +1011,7 @@ impl Worker {
                     Some(EntryError::new("syncfs before rename", path(), e))
                 }
             };
-            file::file_finished(self, &d.parent, &d.name, d.marker, &d.meta, error);
+            file::file_finished(self, &d.parent, &d.name, d.marker, &d.meta, d.sums, error);
             self.shared.queue.job_done();
         }
     }

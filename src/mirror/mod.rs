@@ -595,7 +595,9 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     // New directories were walked by the engine's scans: listed paths are all seen now.
     crate::filter::report_unseen(&c.filter, src, &errors);
     let total_errors = errors.errors() + outcome.errors;
-    let mut code = if total_errors > 0 {
+    let mut code = if outcome.exit_code == exit::VERIFY {
+        exit::VERIFY
+    } else if total_errors > 0 {
         exit::PARTIAL
     } else if errors.vanished() + outcome.vanished > 0 {
         exit::VANISHED
