@@ -693,6 +693,12 @@ impl CopyTask {
         let (src, dst) = ctx.fds.lock().expect("poisoned").take().expect("fds taken once");
         self.final_error = ctx.error.lock().expect("poisoned").take();
         if self.final_error.is_none() {
+            self.final_error = source_changed(&src, &ctx.meta).map(|why| match why {
+                Changed::Replaced => EntryError::vanished("open", src_path(w, &ctx)),
+                Changed::Modified(detail) => EntryError::msg("read", src_path(w, &ctx), detail),
+            });
+        }
+        if self.final_error.is_none() {
             match meta::apply_fd(
                 meta::fd(&*src),
                 meta::fd(&*dst),
@@ -773,6 +779,51 @@ impl CopyTask {
         );
         Step::Done
     }
+}
+
+/// How the source file differs from what the walk saw, checked once its bytes are copied.
+enum Changed {
+    /// Another file stood at the name when it was opened, or the file was unlinked since: the
+    /// walk's one is gone.
+    Replaced,
+    /// Written to between the walk and the end of the copy.
+    Modified(String),
+}
+
+/// Whether the file copied through `src` is still the one the walk saw, unchanged (device,
+/// inode, size, mtime, ctime): what was read is then what the walk described, and the
+/// metadata about to be put on the target (the walk's) fits it. A write during the copy moves
+/// ctime, also when mtime is put back; comparing with the walk, not with the open, also
+/// catches a change just before the open, whose new bytes must not get the old mtime (a later
+/// size+mtime compare would never see them). As rsync and tar check, this costs one statx.
+fn source_changed(src: &OwnedFd, walked: &Meta) -> Option<Changed> {
+    let now = match rustix::fs::statx(src, c"", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::BASIC_STATS) {
+        Ok(s) => Meta::from_statx(&s),
+        Err(e) => return Some(Changed::Modified(format!("statx after the copy failed: {e}"))),
+    };
+    // Unlinked while being copied (its ctime moved for that): vanished, like a file whose
+    // name is gone at the open.
+    if (now.dev, now.ino) != (walked.dev, walked.ino) || now.nlink == 0 {
+        return Some(Changed::Replaced);
+    }
+    let ts = |t: rustix::fs::Timespec| (t.tv_sec, t.tv_nsec);
+    if now.size != walked.size || ts(now.mtime) != ts(walked.mtime) || ts(now.ctime) != ts(walked.ctime) {
+        return Some(Changed::Modified(format!(
+            "changed while being copied (size {} -> {}, mtime {}.{:09} -> {}.{:09}, ctime {}.{:09} -> \
+             {}.{:09}): not published, a rerun copies it again",
+            walked.size,
+            now.size,
+            walked.mtime.tv_sec,
+            walked.mtime.tv_nsec,
+            now.mtime.tv_sec,
+            now.mtime.tv_nsec,
+            walked.ctime.tv_sec,
+            walked.ctime.tv_nsec,
+            now.ctime.tv_sec,
+            now.ctime.tv_nsec
+        )));
+    }
+    None
 }
 
 fn take_sums(ctx: &FileCtx) -> Option<Vec<crate::verify::Piece>> {
