@@ -215,8 +215,12 @@ pub fn copy_xattrs_fd(
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
         };
-        let set = crate::failpoint::fail("xattr", name.to_bytes())
-            .and_then(|()| rustix::fs::fsetxattr(dst, name, &value, rustix::fs::XattrFlags::empty()));
+        // A rule names the entry (its descriptor's name), not the attribute.
+        let fault = crate::failpoint::hit_fd("xattr", std::os::fd::AsRawFd::as_raw_fd(&dst));
+        let set = match fault {
+            Some(crate::failpoint::Fault::Fail(e)) => Err(e),
+            _ => rustix::fs::fsetxattr(dst, name, &value, rustix::fs::XattrFlags::empty()),
+        };
         match set {
             Ok(()) => {}
             Err(e) if unsupported(e) => out.unsupported = true,

@@ -760,7 +760,7 @@ impl CopyTask {
                     });
                     return Step::Done;
                 }
-                if let Err(e) = scan::rename_over(&ctx.parent, tmp, &ctx.name) {
+                if let Err(e) = scan::rename_over(&ctx.parent, tmp, &ctx.name, w.shared.cfg.atomic) {
                     error = Some(EntryError::new("rename", dst_path(w, &ctx), e));
                 }
             }

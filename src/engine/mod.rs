@@ -741,7 +741,12 @@ fn run(
     // An interrupted run promises nothing about durability; flushing could take long.
     // --verify reads from the device, so what it reads must be there whatever --fsync says.
     if (cfg.fsync == Fsync::End || cfg.verify) && interrupted.is_none() {
-        crate::failpoint::fail("syncfs", b"")
+        // After a failed syncfs a later one succeeding proves nothing (the error is reported
+        // once): what this run wrote is not known to be durable.
+        let earlier = *shared.sync_failed.lock().expect("sync_failed poisoned");
+        earlier
+            .map_or(Ok(()), Err)
+            .and_then(|()| crate::failpoint::fail("syncfs", b""))
             .and_then(|()| rustix::fs::syncfs(&*dst_root))
             .map_err(|e| fatal("syncfs", &cfg.dst, e))?;
     }
@@ -1002,7 +1007,7 @@ impl Worker {
         for d in batch {
             let path = || self.shared.dst_path(&d.parent.child_rel(&d.name));
             let error = match synced {
-                Ok(()) => scan::rename_over(&d.parent, &d.tmp, &d.name)
+                Ok(()) => scan::rename_over(&d.parent, &d.tmp, &d.name, self.shared.cfg.atomic)
                     .err()
                     .map(|e| EntryError::new("rename", path(), e)),
                 Err(e) => {

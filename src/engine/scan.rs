@@ -235,7 +235,7 @@ pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc
             }
             let tmp = w.shared.tmp_name();
             rustix::fs::linkat(&**dir, first, &*node.dst, &tmp, AtFlags::empty())
-                .and_then(|()| rename_over(node, &tmp, name))
+                .and_then(|()| rename_over(node, &tmp, name, w.shared.cfg.atomic))
         }
         r => r,
     };
@@ -252,15 +252,40 @@ pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc
 }
 
 /// Rename `tmp` over `name` in the node's target directory; the temporary is removed on failure.
-pub(super) fn rename_over(node: &DirNode, tmp: &CStr, name: &CStr) -> Result<(), Errno> {
+/// With `replace_dir` (a mirror), a non-empty directory at `name` is replaced too: moved aside,
+/// the entry renamed in, then the directory's tree removed; so it stays if the entry fails.
+pub(super) fn rename_over(node: &DirNode, tmp: &CStr, name: &CStr, replace_dir: bool) -> Result<(), Errno> {
     let dst = &*node.dst;
     crate::failpoint::fail("rename", name.to_bytes())
         .and_then(|()| rustix::fs::renameat(dst, tmp, dst, name))
         .or_else(|e| match e {
             // A directory stands there: an empty one is replaced (as rsync does); a non-empty one
-            // is not ours to delete, and the error says so.
-            Errno::ISDIR => rustix::fs::unlinkat(dst, name, AtFlags::REMOVEDIR)
-                .and_then(|()| rustix::fs::renameat(dst, tmp, dst, name)),
+            // only by a mirror (copy's is not ours to delete, and the error says so).
+            Errno::ISDIR => match rustix::fs::unlinkat(dst, name, AtFlags::REMOVEDIR) {
+                Ok(()) => rustix::fs::renameat(dst, tmp, dst, name),
+                Err(Errno::NOTEMPTY | Errno::EXIST) if replace_dir => {
+                    let mut aside = tmp.to_bytes().to_vec();
+                    aside.extend_from_slice(b".old");
+                    let aside = CString::new(aside).expect("no NUL");
+                    rustix::fs::renameat(dst, name, dst, &aside)?;
+                    match rustix::fs::renameat(dst, tmp, dst, name) {
+                        Ok(()) => {
+                            // Its removal failing leaves a temporary name the next mirror deletes.
+                            let _ = crate::mirror::apply::remove_tree(
+                                dst,
+                                &aside,
+                                rustix::process::geteuid().is_root(),
+                            );
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = rustix::fs::renameat(dst, &aside, dst, name);
+                            Err(e)
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            },
             e => Err(e),
         })
         .inspect_err(|_| {
@@ -296,7 +321,7 @@ fn create_replacing(
             };
             let tmp = w.shared.tmp_name();
             make(&tmp).map_err(|e| ("create", e))?;
-            rename_over(node, &tmp, name).map_err(|e| ("rename", e))?;
+            rename_over(node, &tmp, name, w.shared.cfg.atomic).map_err(|e| ("rename", e))?;
             Ok(marker)
         }
         Err(e) => Err(("create", e)),

@@ -547,7 +547,8 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     }
 
     let staging = format!(".ringsync-stage.{}", std::process::id());
-    let work = plan::build(&d, staging.as_bytes());
+    let protects = c.filter.needs_paths() && !c.filter.delete_excluded;
+    let work = plan::build(&d, staging.as_bytes(), !protects);
     let mut dirty = record.unwrap_or_default();
     dirty.version = 1;
     dirty.state = "dirty".into();

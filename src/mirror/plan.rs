@@ -119,7 +119,10 @@ impl Dirs {
 
 /// Build the work for `diff` (OLD = what DST holds now, NEW = SRC). `staging` is the staging
 /// directory's name in DST's root (used only when there are renames).
-pub fn build(diff: &Diff, staging: &[u8]) -> Work {
+/// `dirs_last`: a directory that becomes a non-directory is not removed up front but replaced
+/// by the engine once the new entry is complete (`engine::scan::rename_over`), so a failed
+/// entry leaves the directory; not when filters protect entries (the removal must keep them).
+pub fn build(diff: &Diff, staging: &[u8], dirs_last: bool) -> Work {
     let changes = &diff.changes;
     let mut steps = Vec::new();
     let mut counts = Counts::default();
@@ -225,6 +228,9 @@ pub fn build(diff: &Diff, staging: &[u8]) -> Work {
         }
         let at = staged_at(&c.old_path);
         if ancestors(&at).any(|a| removed_at.contains(a)) {
+            continue;
+        }
+        if dirs_last && c.kind == Kind::Type && is_dir(&c.old) && !is_dir(&c.new) && at == c.path {
             continue;
         }
         steps.push(Step::Remove(at));

@@ -504,9 +504,16 @@ impl Apply {
             return Ok(());
         }
         if self.fsync && !batch.items.is_empty() {
-            crate::failpoint::fail("syncfs", b"")
-                .and_then(|()| rustix::fs::syncfs(&*self.root))
-                .map_err(|e| format!("syncfs {}: {e}", self.dst.display()))?;
+            let synced = crate::failpoint::fail("syncfs", b"").and_then(|()| rustix::fs::syncfs(&*self.root));
+            if let Err(e) = synced {
+                // Nothing of this batch is published, and what it staged goes.
+                for p in batch.items {
+                    if let Pending::Place { dir, temp, .. } = p {
+                        let _ = remove_tree(&dir, &temp, false);
+                    }
+                }
+                return Err(format!("syncfs {}: {e}", self.dst.display()));
+            }
         }
         let mut items = batch.items.into_iter();
         while let Some(p) = items.next() {
