@@ -17,6 +17,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{EntryError, ErrorLog, VERIFY_OP};
+use crate::ring::aligned::{AlignedBuf, ALIGN};
 
 /// One read of the source: `len` bytes at `offset`, and their BLAKE3.
 #[derive(Debug, Clone)]
@@ -54,20 +55,27 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-/// Read back and compare every item on `threads` threads, each with a buffer of at most
-/// `buf_bytes`; mismatches and read errors are reported into `errors`.
+/// Files this big whose pieces start at block boundaries are read back with O_DIRECT: from
+/// the device in big requests, without the page cache's readahead steps (the 1 GiB mixed
+/// tree's read-back took 2.6 s buffered on 2 threads).
+const DIRECT_MIN_BYTES: u64 = 256 << 10;
+
+/// Read back and compare every item on `threads` threads (reads wait for the device: use more
+/// than cores), each with a buffer of at most `buf_bytes`; mismatches and read errors are
+/// reported into `errors`.
 pub fn verify(items: Vec<Item>, threads: usize, buf_bytes: usize, errors: &ErrorLog) -> Stats {
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    let buf_bytes = buf_bytes.clamp(4096, crate::engine::OP_BYTES_MAX as usize);
+    let buf_bytes = buf_bytes.clamp(ALIGN, crate::engine::OP_BYTES_MAX as usize) / ALIGN * ALIGN;
     std::thread::scope(|s| {
         for _ in 0..threads.max(1).min(items.len().max(1)) {
             s.spawn(|| {
-                let mut buf = vec![0u8; buf_bytes];
+                let mut buf = AlignedBuf::default();
+                buf.set_len(buf_bytes);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = items.get(i) else { break };
-                    match check(item, &mut buf) {
+                    match check(item, &mut buf[..]) {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
@@ -88,12 +96,22 @@ fn check(item: &Item, buf: &mut [u8]) -> Result<u64, EntryError> {
         // The test hook: a byte changed behind ringsync's back between write and verify.
         corrupt(item).map_err(|e| EntryError::new("failpoint", item.path.clone(), e))?;
     }
+    let direct = item.size >= DIRECT_MIN_BYTES && item.pieces.iter().all(|p| p.offset % ALIGN as u64 == 0);
+    read_back(item, buf, direct)
+}
+
+fn read_back(item: &Item, buf: &mut [u8], direct: bool) -> Result<u64, EntryError> {
     let err = |e: Errno| EntryError::new(VERIFY_OP, item.path.clone(), e);
     // Reading must not move the atime the copy set (O_NOATIME needs the owner or root).
     let open = |flags| rustix::fs::openat(&*item.dir, item.name.as_c_str(), flags, Mode::empty());
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if direct {
+        flags |= OFlags::DIRECT;
+    }
     let fd = match open(flags | OFlags::NOATIME) {
         Err(Errno::PERM) => open(flags),
+        // No O_DIRECT here (tmpfs, some FUSE): through the cache.
+        Err(Errno::INVAL) if direct => return read_back(item, buf, false),
         r => r,
     }
     .map_err(err)?;
@@ -116,10 +134,18 @@ fn check(item: &Item, buf: &mut [u8]) -> Result<u64, EntryError> {
         let mut at = p.offset;
         let end = p.offset + p.len as u64;
         while at < end {
-            let want = ((end - at) as usize).min(buf.len());
+            // O_DIRECT reads whole blocks (from a block boundary: every step but the last at
+            // the end of the file moves by whole blocks); only the piece's bytes are hashed.
+            let left = (end - at) as usize;
+            let want = if direct {
+                left.div_ceil(ALIGN) * ALIGN
+            } else {
+                left
+            }
+            .min(buf.len());
             let n = match rustix::io::pread(&fd, &mut buf[..want], at) {
                 Ok(0) => break,
-                Ok(n) => n,
+                Ok(n) => n.min(left),
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(err(e)),
             };

@@ -753,8 +753,10 @@ fn run(
     let verified = match (&shared.verify, interrupted) {
         (Some(items), None) => {
             let items = std::mem::take(&mut *items.lock().expect("verify poisoned"));
-            let buf = (cfg.memory_bytes as usize / threads).min(OP_BYTES_MAX as usize);
-            Some(crate::verify::verify(items, threads, buf, &shared.errors))
+            // Read-back waits for the device: more threads than cores keep it busy.
+            let readers = (threads * 4).clamp(1, 16);
+            let buf = (cfg.memory_bytes as usize / readers).min(OP_BYTES_MAX as usize);
+            Some(crate::verify::verify(items, readers, buf, &shared.errors))
         }
         _ => None,
     };
