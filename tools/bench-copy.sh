@@ -12,8 +12,10 @@
 #   TOOLS="ringsync ringsync-nofsync cp rsync xcp fcp"   subset of those, plus
 #                          `floor`: tools/floor-small.py, the fewest syscalls a copy can
 #                          make (open, read, create, write, futimens, close; mkdir), one
-#                          process per core, then syncfs: the durable floor of a small-file
-#                          tree (it drops owner and xattrs: not copy-checked)
+#                          process per core, then syncfs; it prints its children's system
+#                          time, the kernel's share. Measured: slower than ringsync on the
+#                          50k-file tree (Python per file), so its wall time is no floor
+#                          (it drops owner and xattrs: not copy-checked)
 #   QUICK=1                tiny datasets, RUNS=1 (unless RUNS is set), report
 #                          goes to $BENCH_DIR/quick-reports unless OUT_DIR is set
 #   RINGSYNC_BIN=...       binary to bench (default: target/release/ringsync,

@@ -170,6 +170,9 @@ pub struct Diff {
     /// Entries compared (present on both sides).
     pub compared: u64,
     pub dirs: u64,
+    /// Errors reading NEW's side (statx, listing, opening a directory; vanished entries not
+    /// counted): a mirror then deletes nothing, as rsync does after an I/O error in SRC.
+    pub new_errors: u64,
 }
 
 /// The backend a walk uses for its statx calls. io_uring runs every statx in an io-wq worker
@@ -310,6 +313,7 @@ struct Ctx<'a> {
     noatime: bool,
     compared: AtomicU64,
     dirs: AtomicU64,
+    new_errors: AtomicU64,
     /// Inodes already paired as renames: their halves seen again (when the directories around
     /// them are compared) are not new candidates.
     matched: Mutex<HashSet<InodeKey>>,
@@ -367,6 +371,7 @@ pub fn walk(
         noatime,
         compared: AtomicU64::new(0),
         dirs: AtomicU64::new(0),
+        new_errors: AtomicU64::new(0),
         matched: Mutex::new(HashSet::new()),
         versions: std::sync::atomic::AtomicBool::new(false),
         new_dev: AtomicU64::new(0),
@@ -505,6 +510,7 @@ pub fn walk(
     }
     diff.compared = ctx.compared.load(Ordering::Relaxed);
     diff.dirs = ctx.dirs.load(Ordering::Relaxed);
+    diff.new_errors = ctx.new_errors.load(Ordering::Relaxed);
     Ok(diff)
 }
 
@@ -640,6 +646,9 @@ impl<'a> Walker<'a> {
         let err = if e == Errno::NOENT {
             EntryError::vanished(op, path)
         } else {
+            if std::ptr::eq(root, self.ctx.new_root) {
+                self.ctx.new_errors.fetch_add(1, Ordering::Relaxed);
+            }
             EntryError::new(op, path, e)
         };
         self.ctx.errors.report(err);

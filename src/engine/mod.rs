@@ -569,7 +569,19 @@ fn run(
 ) -> Result<Outcome, Fatal> {
     let start = Instant::now();
     raise_nofile_limit();
-    let kind = choose_engine(cfg.engine, cfg.quiet)?;
+    let mut kind = choose_engine(cfg.engine, cfg.quiet)?;
+    if kind == EngineKind::Uring && !ring::uring_reads_trusted(&cfg.src) {
+        // io_uring reads of FUSE files can return wrong bytes as success (ring::uring_reads_trusted).
+        if cfg.engine == EngineChoice::Uring && !cfg.quiet {
+            eprintln!(
+                "ringsync: warning: {} is on FUSE, where io_uring reads cannot be trusted (a read \
+                 that fails in part can complete as a success with other bytes): using the sync \
+                 engine",
+                cfg.src.display()
+            );
+        }
+        kind = EngineKind::Sync;
+    }
     let threads = cfg.threads.max(1);
 
     let is_root = rustix::process::geteuid().is_root();

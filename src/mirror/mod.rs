@@ -291,10 +291,29 @@ fn walk_and_print(
     if let Some(code) = stopped("mirror --dry-run", 0, 0) {
         return code;
     }
+    keep_on_source_errors(&mut d);
     crate::filter::report_unseen(&cfg.copy.filter, src, &errors);
     diff::sort(&mut d.changes);
     print_changes(&visible(&d.changes, cfg.atimes), cfg.json, &cfg.copy.report);
     errors.exit_code()
+}
+
+/// After an error reading SRC (not an entry vanishing), what SRC seems to lack may be what could
+/// not be read: nothing is deleted this run (as rsync skips deletion after an I/O error). The
+/// errors are reported, so the run exits 3 and DST stays dirty.
+fn keep_on_source_errors(d: &mut diff::Diff) {
+    if d.new_errors == 0 {
+        return;
+    }
+    let before = d.changes.len();
+    d.changes.retain(|c| c.kind != diff::Kind::Deleted);
+    let kept = before - d.changes.len();
+    if kept > 0 {
+        eprintln!(
+            "ringsync: mirror: errors reading the source: {kept} entries it seems to lack are not \
+             deleted from the target this run"
+        );
+    }
 }
 
 /// The diff walk; with a btrfs scope (`opts.scope`), `mode` becomes "btrfs", unless the walk
@@ -503,6 +522,7 @@ fn run_mirror(cfg: &MirrorConfig, src: &Path, dst: &Path, start: Instant, starte
     if let Some(code) = stopped("mirror", 0, 0) {
         return code;
     }
+    keep_on_source_errors(&mut d);
     let clean = |finished| Record {
         version: 1,
         state: "clean".into(),

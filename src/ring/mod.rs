@@ -248,6 +248,18 @@ pub struct RingConfig {
     pub async_reads: bool,
 }
 
+/// `statfs` type of FUSE filesystems.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Whether io_uring reads of files below `path` can be trusted. Not on FUSE: on kernel 6.18
+/// an `IORING_OP_READ` of a FUSE `direct_io` file whose server fails part of the request
+/// completes with the full length, the rest of the buffer refilled from offset 0 (a plain
+/// read(2) returns the short count): silent corruption, found by tests/fuse_fault_e2e.rs.
+/// Callers read such files with pread instead (the sync engine).
+pub fn uring_reads_trusted(path: &std::path::Path) -> bool {
+    rustix::fs::statfs(path).map_or(true, |s| s.f_type != FUSE_SUPER_MAGIC)
+}
+
 /// Why io_uring could not be set up, for the one-line fallback notice.
 pub fn probe_uring() -> Result<(), std::io::Error> {
     io_uring::IoUring::new(2).map(drop)

@@ -1028,8 +1028,13 @@ pub fn send_counted(cfg: &SendConfig, out: std::fs::File, sent: &std::sync::atom
     let units = (cfg.memory.min(est_bytes) as usize)
         .div_ceil(UNIT_BYTES)
         .clamp(DATA_BYTES / UNIT_BYTES, READS_IN_FLIGHT * DATA_BYTES / UNIT_BYTES);
+    // io_uring reads of FUSE files can return wrong bytes as success (ring::uring_reads_trusted).
+    let engine = match ring::uring_reads_trusted(&cfg.src) {
+        true => cfg.engine,
+        false => EngineKind::Sync,
+    };
     let ring = match ring::build(
-        cfg.engine,
+        engine,
         RingConfig {
             sq_entries: 32,
             pool_units: units,
