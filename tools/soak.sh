@@ -13,7 +13,7 @@
 #                     soak-YYYYmmdd-HHMM-logs/)
 #
 # Every run gets a fresh 64-bit seed in each suite's replay variable (RINGSYNC_KILL_SEED,
-# RINGSYNC_SHUTDOWN_SEED, RINGSYNC_BTRFS_SEED, RINGSYNC_FAILPOINT_SEED, RINGSYNC_ENOSPC_SEED),
+# RINGSYNC_SHUTDOWN_SEED, RINGSYNC_BTRFS_SEED, RINGSYNC_FP_SEED, RINGSYNC_ENOSPC_SEED),
 # so a failure is replayed with `RINGSYNC_<X>_SEED=<seed> cargo test --release --features
 # failpoints --test <suite>`. CI=1 is set: a missing prerequisite fails a run instead of
 # skipping it. The binaries are built once, with `--features failpoints`, before the clock starts.
@@ -59,7 +59,7 @@ while (($(date +%s) < deadline)); do
     seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
     t0=$(date +%s)
     if env CI=1 RINGSYNC_KILL_SEED="$seed" RINGSYNC_SHUTDOWN_SEED="$seed" RINGSYNC_BTRFS_SEED="$seed" \
-        RINGSYNC_FAILPOINT_SEED="$seed" RINGSYNC_ENOSPC_SEED="$seed" \
+        RINGSYNC_FP_SEED="$seed" RINGSYNC_ENOSPC_SEED="$seed" \
         "${BIN[$s]}" >"$work/run.log" 2>&1; then
         rc=0
     else
