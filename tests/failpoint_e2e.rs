@@ -1157,6 +1157,62 @@ fn stream_failpoints() {
     run_test("stream_failpoints", false, &cases);
 }
 
+/// `copy` over a DST holding `z/q`, whose source gained a new hardlink `a-new` (the group's
+/// first path: the walk reaches the root's entries first) with new bytes. The new name is
+/// written in place (copy may), but `z/q` must not be linked to that inode before a syncfs
+/// made its data durable: with every syncfs failing, `z/q` keeps OLD's bytes. Failed before
+/// 2026-12-04's fix (the soak's copy/ext4 shutdown rounds found `z/q` zero-filled): the link
+/// replaced `z/q` at once.
+#[test]
+fn copy_hardlink_over_old_path_waits_for_syncfs() {
+    if !failpoints_built() {
+        return;
+    }
+    let tmp = scratch("fp-hardlink");
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    for d in [&src, &dst] {
+        std::fs::create_dir_all(d.join("z")).unwrap();
+    }
+    let old: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let new: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    std::fs::write(dst.join("z/q"), &old).unwrap();
+    std::fs::write(src.join("z/q"), &new).unwrap();
+    std::fs::hard_link(src.join("z/q"), src.join("a-new")).unwrap();
+    // Big enough for the chunked O_DIRECT path too.
+    let big_old = vec![7u8; 3 << 20];
+    let mut big_new = vec![9u8; (3 << 20) + 12_345];
+    big_new[100] = 1;
+    std::fs::write(dst.join("z/big"), &big_old).unwrap();
+    std::fs::write(src.join("z/big"), &big_new).unwrap();
+    std::fs::hard_link(src.join("z/big"), src.join("a-big")).unwrap();
+    let ran = run(Cmd::Copy, &[], Some("syncfs=EIO"), &src, &dst);
+    let err = ran.all_err();
+    assert_eq!(ran.codes, vec![Some(1)], "copy with every syncfs failing: {err}");
+    assert!(
+        std::fs::read(dst.join("z/q")).unwrap() == old,
+        "z/q was replaced by a link to data no syncfs made durable:\n{err}"
+    );
+    assert!(
+        std::fs::read(dst.join("z/big")).unwrap() == big_old,
+        "z/big was replaced by a link to data no syncfs made durable:\n{err}"
+    );
+    // And without the fault the rerun links them.
+    let ran = run(Cmd::Copy, &[], None, &src, &dst);
+    assert_eq!(ran.codes, vec![Some(0)], "rerun: {}", ran.all_err());
+    for (a, b, want) in [("a-new", "z/q", &new), ("a-big", "z/big", &big_new)] {
+        let (ma, mb) = (
+            std::fs::metadata(dst.join(a)).unwrap(),
+            std::fs::metadata(dst.join(b)).unwrap(),
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(ma.ino(), mb.ino(), "{a} and {b} are one inode after the rerun");
+        assert!(
+            std::fs::read(dst.join(b)).unwrap() == *want,
+            "{b} is NEW after the rerun"
+        );
+    }
+}
+
 /// src/failpoint.rs: `OP:SUBSTR` matches "the entry's own name". An xattr rule naming the entry
 /// (whose xattr names do not contain it) must fail that entry's copy.
 #[test]

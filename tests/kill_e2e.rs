@@ -34,8 +34,9 @@
 //!
 //! Seeds: each test prints its seed (a fresh one per run); `RINGSYNC_KILL_SEED=N` (decimal or
 //! 0x hex) replays the trees, mutations and kill delays (where a kill lands still depends on the
-//! machine). `RINGSYNC_KILL_ROUNDS=N` changes the number of kill rounds (default 20 for
-//! `mirror` and `receive`, half that for `copy`).
+//! machine). `RINGSYNC_KILL_ROUNDS=N` changes the number of kill rounds (default 20 per
+//! command). A round whose run ends before its kill sets the delay range of the next rounds to
+//! how long that run took.
 
 mod common;
 
@@ -434,16 +435,29 @@ fn tail(s: &str) -> &str {
 }
 
 /// One ringsync process of a kill round (`copy` or `mirror`), killed after `delay`.
-fn run_killed(args: &[OsString], delay: Duration) -> (End, String) {
+/// Also how long the run took when it ended by itself before the kill: a full round's time,
+/// which the next rounds' delays are drawn from (the calibration run is often slower than later
+/// rounds, and a range too wide kills too few).
+fn run_killed(args: &[OsString], delay: Duration) -> (End, String, Option<Duration>) {
     let (f, e) = err_file();
     let mut c = ringsync_cmd(args, e)
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn ringsync");
-    std::thread::sleep(delay);
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().expect("try_wait") {
+            return (end_of(st), read_back(f), Some(t0.elapsed()));
+        }
+        let left = delay.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_micros(200)));
+    }
     let _ = c.kill();
     let st = c.wait().expect("wait");
-    (end_of(st), read_back(f))
+    (end_of(st), read_back(f), None)
 }
 
 /// One ringsync process run to its end (bounded by DEADLINE): exit code and stderr.
@@ -708,7 +722,7 @@ fn mirror_sigkill_at_random_moments() {
     change_src(&src, &s, &mut rng, seed ^ 0xca1);
     let t0 = Instant::now();
     let (code, err) = run_to_end(&args(&[]));
-    let full = t0.elapsed();
+    let mut full = t0.elapsed();
     assert_eq!(code, Some(0), "calibration mirror: {err}");
     assert_trees_equal(&src, &dst, &mirror_cmp(), "calibration mirror");
     let mut old = scan(&dst, "calibration mirror");
@@ -725,7 +739,8 @@ fn mirror_sigkill_at_random_moments() {
         let log = change_src(&src, &s, &mut rng, seed.wrapping_add(round as u64 + 1));
         let new = scan(&src, &what);
         let record_before = read_record(&dst);
-        let (end, err) = run_killed(&args(&engine), delay);
+        let (end, err, took) = run_killed(&args(&engine), delay);
+        full = took.unwrap_or(full);
         let after = scan(&dst, &what);
         let mut fails = check_killed(&what, end, &dst, &after, &old, &new, &record_before, &mut tally);
         if err.contains("panicked") {
@@ -887,7 +902,7 @@ fn copy_sigkill_at_random_moments() {
     let test = "copy_sigkill_at_random_moments";
     let started = Instant::now();
     let seed = seed_for(test);
-    let n = rounds(20).div_ceil(2);
+    let n = rounds(20);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0b7);
     let tmp = scratch("kill-copy");
     if !prerequisites_met(tmp.path()) {
@@ -917,7 +932,7 @@ fn copy_sigkill_at_random_moments() {
     change_src(&src, &s, &mut rng, seed ^ 0xca1);
     let t0 = Instant::now();
     let (code, err) = run_to_end(&args("copy"));
-    let full = t0.elapsed();
+    let mut full = t0.elapsed();
     assert_eq!(code, Some(0), "calibration copy: {err}");
     let (code, err) = run_to_end(&args("mirror"));
     assert_eq!(code, Some(0), "mirror after the calibration copy: {err}");
@@ -935,7 +950,8 @@ fn copy_sigkill_at_random_moments() {
         let what = format!("round {round} (copy, kill after {delay:.1?} of {full:.1?})");
         let log = change_src(&src, &s, &mut rng, seed.wrapping_add(round as u64 + 1));
         let new = scan(&src, &what);
-        let (end, err) = run_killed(&args("copy"), delay);
+        let (end, err, took) = run_killed(&args("copy"), delay);
+        full = took.unwrap_or(full);
         let after = scan(&dst, &what);
         let v = old_or_new(&after, &old, &new, true);
         let mut fails = Vec::new();

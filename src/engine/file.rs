@@ -747,19 +747,21 @@ impl CopyTask {
         let ctx = self.ctx.take().expect("ctx");
         let mut error = self.final_error.take();
         if error.is_none() {
+            // Renamed into place only once its data is durable (`Shared::defer`). So is the
+            // first path of a hardlinked file, when written at its final name: its other names
+            // are linked once it is finished, and one may replace a file the target had.
+            if w.shared.cfg.fsync == Fsync::End && (ctx.tmp.is_some() || ctx.meta.nlink > 1) {
+                w.shared.defer(super::Deferred {
+                    parent: ctx.parent.clone(),
+                    tmp: ctx.tmp.clone(),
+                    name: ctx.name.clone(),
+                    marker: ctx.marker,
+                    meta: ctx.meta,
+                    sums: take_sums(&ctx),
+                });
+                return Step::Done;
+            }
             if let Some(tmp) = &ctx.tmp {
-                if w.shared.cfg.fsync == Fsync::End {
-                    // Renamed into place only once its data is durable (`Shared::defer`).
-                    w.shared.defer(super::Deferred {
-                        parent: ctx.parent.clone(),
-                        tmp: tmp.clone(),
-                        name: ctx.name.clone(),
-                        marker: ctx.marker,
-                        meta: ctx.meta,
-                        sums: take_sums(&ctx),
-                    });
-                    return Step::Done;
-                }
                 if let Err(e) = scan::rename_over(&ctx.parent, tmp, &ctx.name, w.shared.cfg.atomic) {
                     error = Some(EntryError::new("rename", dst_path(w, &ctx), e));
                 }

@@ -136,10 +136,13 @@ pub enum Job {
 }
 
 /// A file written under a temporary name whose rename into place waits for its data to be
-/// durable (`--fsync end`; see [`Shared::defer`]).
+/// durable (`--fsync end`; see [`Shared::defer`]); or the first path of a hardlinked file,
+/// written at its final name (a new name), whose other names, which may replace files the
+/// target already had, wait for the same `syncfs`.
 pub(crate) struct Deferred {
     pub(crate) parent: Arc<DirNode>,
-    pub(crate) tmp: CString,
+    /// `None`: written at its final name; nothing to rename.
+    pub(crate) tmp: Option<CString>,
     pub(crate) name: CString,
     pub(crate) marker: char,
     pub(crate) meta: Meta,
@@ -739,9 +742,12 @@ fn run(
         }
     }
     progress.finish();
-    // A run stopped by a failure leaves files unpublished: never at their final names.
+    // A run stopped by a failure leaves files unpublished: never at their final names. (A
+    // hardlink's new first name stays, as copy's other new files do; its links are not made.)
     for d in shared.take_deferred(true, true) {
-        let _ = rustix::fs::unlinkat(&*d.parent.dst, d.tmp.as_c_str(), rustix::fs::AtFlags::empty());
+        if let Some(tmp) = &d.tmp {
+            let _ = rustix::fs::unlinkat(&*d.parent.dst, tmp.as_c_str(), rustix::fs::AtFlags::empty());
+        }
     }
     if let Some(e) = failure {
         return Err(Fatal(e));
@@ -1020,14 +1026,28 @@ impl Worker {
         };
         for d in batch {
             let path = || self.shared.dst_path(&d.parent.child_rel(&d.name));
-            let error = match synced {
-                Ok(()) => scan::rename_over(&d.parent, &d.tmp, &d.name, self.shared.cfg.atomic)
+            let error = match (synced, &d.tmp) {
+                (Ok(()), None) => None,
+                (Ok(()), Some(tmp)) => scan::rename_over(&d.parent, tmp, &d.name, self.shared.cfg.atomic)
                     .err()
                     .map(|e| EntryError::new("rename", path(), e)),
-                Err(e) => {
-                    let _ =
-                        rustix::fs::unlinkat(&*d.parent.dst, d.tmp.as_c_str(), rustix::fs::AtFlags::empty());
-                    Some(EntryError::new("syncfs before rename", path(), e))
+                (Err(e), tmp) => {
+                    // Not durable: removed, like any file that failed (a new name's file too).
+                    let created = tmp.as_ref().unwrap_or(&d.name);
+                    let _ = rustix::fs::unlinkat(
+                        &*d.parent.dst,
+                        created.as_c_str(),
+                        rustix::fs::AtFlags::empty(),
+                    );
+                    Some(EntryError::new(
+                        if tmp.is_some() {
+                            "syncfs before rename"
+                        } else {
+                            "syncfs before linking"
+                        },
+                        path(),
+                        e,
+                    ))
                 }
             };
             file::file_finished(self, &d.parent, &d.name, d.marker, &d.meta, d.sums, error);
