@@ -760,6 +760,11 @@ pub struct ReceiveArgs {
     /// Show progress even when stderr is not a terminal (a plain line every second).
     #[arg(long)]
     pub progress: bool,
+    /// After the final sync, read back every file received (its cached pages dropped first)
+    /// and compare it with the BLAKE3 of each DATA record written; a mismatch exits 8 and
+    /// DST stays marked dirty.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 impl SendArgs {
@@ -800,6 +805,7 @@ impl ReceiveArgs {
             quiet: self.quiet,
             check_dst_state: true,
             wire: None,
+            verify: self.verify,
         })
     }
 }

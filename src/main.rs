@@ -89,6 +89,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 quiet,
                 check_dst_state: true,
                 wire: None,
+                verify: false,
             },
             match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
                 Ok(e) => e,

@@ -1079,6 +1079,7 @@ fn receive_config(o: &RemoteOpts, shown: &Shown, dst: &Path) -> crate::receive::
         quiet: o.quiet,
         check_dst_state: true,
         wire: Some(shown.wire.received.clone()),
+        verify: false,
     }
 }
 

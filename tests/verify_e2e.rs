@@ -10,6 +10,8 @@
 //!   bad file's mtime set to the epoch, and a plain `mirror` afterwards repairs it. Needs the
 //!   binary built with `--features failpoints` (the README's test command); without it the test
 //!   says SKIPPED, and fails under CI.
+//! - `send | receive --verify`: the same two checks for the receiver (its summary line gives
+//!   the counts; a mismatch also leaves DST's record dirty).
 
 mod common;
 
@@ -184,6 +186,116 @@ fn verify_catches_a_byte_changed_behind_its_back() {
             std::fs::symlink_metadata(&path).unwrap().mtime(),
             0,
             "{what}: mtime not reset"
+        );
+        let out = run_mirror(&["--quiet"], &src, &dst);
+        assert_eq!(out.status.code(), Some(0), "{what}: repair: {}", describe(&out));
+        assert_trees_equal(
+            &src,
+            &dst,
+            &cmp_opts(),
+            &format!("{what}: after the repairing mirror"),
+        );
+    }
+}
+
+/// `ringsync send SRC | [RINGSYNC_FAILPOINTS=rule] ringsync receive [extra] DST`.
+fn send_receive(src: &Path, dst: &Path, extra: &[&str], rule: Option<&str>) -> std::process::Output {
+    use std::process::Stdio;
+    let mut send = Command::new(bin())
+        .args(["send", "--quiet"])
+        .arg(src)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn send");
+    let mut recv = Command::new(bin());
+    recv.arg("receive")
+        .args(extra)
+        .arg(dst)
+        .env_remove("RINGSYNC_FAILPOINTS");
+    if let Some(r) = rule {
+        recv.env("RINGSYNC_FAILPOINTS", r);
+    }
+    let out = recv
+        .stdin(send.stdout.take().unwrap())
+        .output()
+        .expect("spawn receive");
+    assert_eq!(send.wait().unwrap().code(), Some(0), "send");
+    out
+}
+
+#[test]
+fn receive_verify_reads_back_every_file_received() {
+    let tmp = scratch("verify-recv");
+    let src = tmp.path().join("src");
+    gen_tree(&src, 0x7e51f2, &tree_opts()).expect("gen_tree");
+    let (files, bytes) = data_bytes(&src);
+    let dst = tmp.path().join("dst");
+    let out = send_receive(&src, &dst, &["--verify"], None);
+    assert_eq!(out.status.code(), Some(0), "receive --verify: {}", describe(&out));
+    assert_trees_equal(&src, &dst, &cmp_opts(), "receive --verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!("verified {files} files ({bytes} bytes read back), 0 failed");
+    assert!(
+        stderr.contains(&want),
+        "receive --verify: want {want:?} (SEEK_DATA count of SRC):\n{stderr}"
+    );
+    // Without --verify nothing is read back.
+    let out = send_receive(&src, &tmp.path().join("plain"), &[], None);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("verified"));
+}
+
+#[test]
+fn receive_verify_catches_a_byte_changed_behind_its_back() {
+    if !failpoints_or_skip() {
+        return;
+    }
+    let tmp = scratch("verify-recv-flip");
+    let src = tmp.path().join("src");
+    gen_tree(&src, 0xf11c, &tree_opts()).expect("gen_tree");
+    std::fs::write(src.join("flip-small"), b"0123456789".repeat(300)).unwrap();
+    std::fs::write(
+        src.join("flip-big"),
+        (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for name in ["flip-small", "flip-big"] {
+        let what = format!("send | receive --verify, {name} flipped");
+        let dst = tmp.path().join(format!("dst-{name}"));
+        let rule = format!("verify:{name}=EIO");
+        let out = send_receive(&src, &dst, &["--quiet", "--verify"], Some(&rule));
+        assert_eq!(out.status.code(), Some(8), "{what}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let path = dst.join(name);
+        let naming: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&*path.to_string_lossy()))
+            .collect();
+        assert!(
+            naming.len() == 1 && naming[0].contains("verify"),
+            "{what}: one line names the file and says verify:\n{stderr}"
+        );
+        let diffs = compare_trees(&src, &dst, &cmp_opts());
+        let bad: Vec<&String> = diffs.iter().filter(|d| !d.starts_with(name)).collect();
+        assert!(
+            bad.is_empty(),
+            "{what}: entries other than {name} differ: {bad:?}"
+        );
+        assert!(
+            diffs.iter().any(|d| d.starts_with(name)),
+            "{what}: the oracle sees no difference in {name}"
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(&path).unwrap().mtime(),
+            0,
+            "{what}: mtime not reset"
+        );
+        let state = read_record_json(&dst).map(|r| r["state"].clone());
+        assert_eq!(
+            state,
+            Some(serde_json::json!("dirty")),
+            "{what}: DST's record after a mismatch"
         );
         let out = run_mirror(&["--quiet"], &src, &dst);
         assert_eq!(out.status.code(), Some(0), "{what}: repair: {}", describe(&out));

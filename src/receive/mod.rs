@@ -32,6 +32,7 @@ use std::ffi::{CStr, CString};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{IsTerminal, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,7 @@ use crate::stream::{self, Record, ResumeToken, StreamHeader};
 use crate::stream_io::{AlignedBuf, Item, ReadError, StreamReader};
 
 mod writer;
+use crate::verify::Piece;
 use writer::{Finish, OutFile, Writer};
 
 /// Entries queued for publication before a CHECKPOINT must come (a sender checkpoints every
@@ -61,6 +63,8 @@ pub const NAMES_MAX: usize = 1 << 21;
 pub const XATTR_BYTES_PER_ENTRY_MAX: usize = 4 << 20;
 /// Xattr bytes of directories (open, or ended and not yet published) held at once.
 pub const XATTR_BYTES_HELD_MAX: usize = 16 << 20;
+/// `--verify`: each read-back thread's buffer (at most 16 threads).
+const VERIFY_BUF_BYTES: usize = 2 << 20;
 /// The largest max payload accepted (the format's cap).
 const PAYLOAD_CAP: u32 = stream::PAYLOAD_BYTES_CAP;
 
@@ -79,6 +83,9 @@ pub struct ReceiveConfig {
     pub check_dst_state: bool,
     /// A remote mirror's link bytes, for the progress line.
     pub wire: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// `--verify`: after the final sync, read back every file received and compare it with
+    /// the BLAKE3 of each DATA record's bytes (src/verify.rs); a mismatch exits 8.
+    pub verify: bool,
 }
 
 type Xattrs = Vec<(CString, Vec<u8>)>;
@@ -187,6 +194,8 @@ enum Pending {
         rel: Vec<u8>,
         /// A received file: not placed if writing it failed (see [`OutFile::failed`]).
         file: Option<Arc<OutFile>>,
+        /// `--verify`: the file's size and what its DATA records hashed to.
+        check: Option<(u64, Vec<Piece>)>,
     },
     /// A directory's entries are all placed: delete extraneous ones, set its attributes.
     DirDone {
@@ -216,6 +225,8 @@ struct FileIn {
     hasher: stream::FileHash,
     /// Made in a directory with a default ACL.
     acl: bool,
+    /// `--verify`: each DATA record's offset, length and BLAKE3.
+    pieces: Option<Vec<Piece>>,
 }
 
 /// A symlink or special file made under its temporary name, waiting for its XATTRs.
@@ -273,6 +284,8 @@ struct Apply {
     state: std::sync::Mutex<guard::Record>,
     /// Keep the resume token of each checkpoint in the record.
     tokens: bool,
+    /// `--verify`: the files published, to be read back after the final sync.
+    verify: Option<std::sync::Mutex<Vec<crate::verify::Item>>>,
 }
 
 /// The work of one verified checkpoint.
@@ -525,6 +538,7 @@ impl Apply {
                     fresh,
                     rel,
                     file,
+                    check,
                 } => {
                     if file.is_some_and(|f| f.failed()) {
                         // Reported when it failed.
@@ -544,6 +558,14 @@ impl Apply {
                             return Err(format!("{}: made twice", self.shown(&rel)));
                         }
                         self.fail(&rel, "rename into place", e);
+                    } else if let (Some(v), Some((size, pieces))) = (&self.verify, check) {
+                        v.lock().expect("verify poisoned").push(crate::verify::Item {
+                            dir,
+                            name,
+                            path: self.dst.join(std::ffi::OsStr::from_bytes(&rel)),
+                            size,
+                            pieces,
+                        });
                     }
                 }
                 Pending::Move {
@@ -802,6 +824,7 @@ impl Receiver<'_> {
                 fresh: i.fresh,
                 rel: i.rel,
                 file: None,
+                check: None,
             })?;
         }
         Ok(())
@@ -957,6 +980,7 @@ impl Receiver<'_> {
                     xattrs: Vec::new(),
                     hasher: stream::FileHash::new(),
                     acl,
+                    pieces: self.ap.verify.is_some().then(Vec::new),
                 });
                 self.last = Last::File;
             }
@@ -1027,6 +1051,7 @@ impl Receiver<'_> {
                         fresh,
                         rel,
                         file: None,
+                        check: None,
                     })?,
                     Err(Errno::NOENT) => self.fail(&rel, "link", "its first name could not be received"),
                     Err(e) => self.fail(&rel, "link", e),
@@ -1428,6 +1453,7 @@ impl Receiver<'_> {
             fresh: parent_fresh,
             rel: rel.to_vec(),
             file: None,
+            check: None,
         })?;
         Ok((fd, true))
     }
@@ -1486,6 +1512,9 @@ impl Receiver<'_> {
             return Err(Stop::Stream("DATA for a file this receiver did not begin".into()));
         };
         f.hasher.data(offset, &data);
+        if let Some(p) = &mut f.pieces {
+            p.push(Piece::of(offset, &data));
+        }
         self.counts.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.writer.write(&f.out, offset, data)
     }
@@ -1516,6 +1545,7 @@ impl Receiver<'_> {
             xattrs,
             acl,
             link,
+            pieces,
             ..
         } = f;
         self.writer.finish(&out, Finish { meta, xattrs, acl })?;
@@ -1541,6 +1571,7 @@ impl Receiver<'_> {
             fresh,
             rel,
             file: Some(out),
+            check: pieces.map(|p| (size, p)),
         })
     }
 
@@ -1923,6 +1954,7 @@ pub fn apply_locked(
         // A full stream is made again the same way, so it resumes; a stream against a listing
         // is not (the next run lists DST again).
         tokens: listed.is_none() || !incremental,
+        verify: cfg.verify.then(Default::default),
     });
     let writer = match Writer::start(ap.clone(), header.max_payload as usize) {
         Ok(w) => w,
@@ -1998,7 +2030,8 @@ pub fn apply_locked(
     line.finish();
     let res = res.and_then(|()| {
         rx.published()?;
-        if cfg.fsync {
+        // --verify reads from the device: what it reads must be there, --no-fsync or not.
+        if cfg.fsync || cfg.verify {
             crate::failpoint::fail("syncfs", b"")
                 .and_then(|()| rustix::fs::syncfs(&*ap.root))
                 .map_err(|e| Stop::Stream(format!("syncfs {}: {e}", dst.display())))?;
@@ -2007,7 +2040,38 @@ pub fn apply_locked(
     });
     match res {
         Ok(()) => {
+            let verified = ap.verify.as_ref().map(|v| {
+                let items = std::mem::take(&mut *v.lock().expect("verify poisoned"));
+                let log = crate::error::ErrorLog::new(cfg.quiet);
+                // Read-back waits for the device: more threads than cores keep it busy.
+                let readers = (std::thread::available_parallelism().map_or(1, |n| n.get()) * 4).clamp(1, 16);
+                let stats = crate::verify::verify(items, readers, VERIFY_BUF_BYTES, &log);
+                (stats, log.errors(), log.exit_code())
+            });
+            if let Some((stats, failed, _)) = verified {
+                if !cfg.quiet {
+                    eprintln!(
+                        "ringsync: receive: verified {} files ({} bytes read back), {failed} failed",
+                        stats.files, stats.bytes
+                    );
+                }
+            }
+            let verify_code = verified.map_or(exit::OK, |v| v.2);
             let (errors, skipped) = (ap.errors.load(Ordering::Relaxed), rx.skipped);
+            if verify_code != exit::OK {
+                // Not exact: the record stays dirty (a mirror or a full stream repairs it).
+                let mut record = ap.state.lock().expect("record lock").clone();
+                record.resume = None;
+                record.incomplete = None;
+                if let Err(e) = ap.guard.write(&record) {
+                    eprintln!("ringsync: receive: {e}");
+                }
+                eprintln!(
+                    "ringsync: receive: --verify found files on {} that differ from the stream; it stays marked dirty",
+                    dst.display()
+                );
+                return verify_code;
+            }
             let mut record = ap.state.lock().expect("record lock").clone();
             // A resumed run also answers for what the interrupted one published.
             let earlier = earlier_incomplete;
@@ -2238,6 +2302,7 @@ pub fn check_fuzz_input(data: &[u8], scratch: &Path) {
             quiet: true,
             check_dst_state: false,
             wire: None,
+            verify: false,
         };
         let _ = apply_stream(&input[..], &cfg);
         let names: Vec<_> = std::fs::read_dir(scratch)
