@@ -452,10 +452,21 @@ impl View<'_> {
         }
         let others = CompareOpts {
             ignore: vec![t.to_vec()],
-            ..opts(self.copy || self.kept)
+            ..opts(self.copy)
         };
+        // With `kept`, DST without the entries only OLD had that it kept exactly (checked by
+        // `kept_are_old`): a kept path must not count as a partner of a NEW hardlink group.
+        let dst_new = self.kept.then(|| Tree {
+            entries: self
+                .dst
+                .entries
+                .iter()
+                .filter(|(p, _)| self.new.entries.contains_key(*p) || !self.kept_ok(p))
+                .map(|(p, e)| (p.clone(), e.clone()))
+                .collect(),
+        });
         out.extend(
-            compare_scanned(self.new, self.dst, &others)
+            compare_scanned(self.new, dst_new.as_ref().unwrap_or(self.dst), &others)
                 .into_iter()
                 .map(|d| format!("another entry is not NEW: {d}")),
         );
@@ -463,7 +474,26 @@ impl View<'_> {
         out
     }
 
-    /// With `kept`: every entry NEW lacks that DST still has is exactly OLD.
+    /// An entry only OLD had, kept: exactly OLD, or another name of an inode DST has at a NEW
+    /// path (a hardlink partner, whose inode's attributes are NEW's: a symlink's owner, say).
+    fn kept_ok(&self, p: &[u8]) -> bool {
+        if self.is_old(p) {
+            return true;
+        }
+        let (Some(d), Some(o)) = (self.dst.entries.get(p), self.old.entries.get(p)) else {
+            return false;
+        };
+        d.kind == o.kind
+            && d.nlink > 1
+            && self
+                .new
+                .entries
+                .keys()
+                .any(|q| self.dst.entries.get(q).is_some_and(|e| e.ino == d.ino))
+    }
+
+    /// With `kept`: every entry NEW lacks that DST still has is exactly OLD (or a partner of a
+    /// NEW path's inode).
     fn kept_are_old(&self) -> Vec<String> {
         if !self.kept {
             return Vec::new();
@@ -471,8 +501,14 @@ impl View<'_> {
         self.dst
             .entries
             .keys()
-            .filter(|p| !self.new.entries.contains_key(*p) && !is_temp(p) && !self.is_old(p))
-            .map(|p| format!("{}: kept (deletions skipped) but not exactly OLD", show(p)))
+            .filter(|p| !self.new.entries.contains_key(*p) && !is_temp(p) && !self.kept_ok(p))
+            .map(|p| {
+                format!(
+                    "{}: kept (deletions skipped) but not exactly OLD: {}",
+                    show(p),
+                    entry_diffs(p, self.old.entries.get(p), self.dst.entries.get(p)).join("; ")
+                )
+            })
             .collect()
     }
 
@@ -500,7 +536,9 @@ impl View<'_> {
         let mut reported = 0;
         for p in self.paths() {
             let (is_new, is_old) = (self.is_new(&p), self.is_old(&p));
-            if !is_new && !is_old {
+            // Not deleted: the run met an error reading SRC (said on stderr).
+            let kept_here = self.kept && !self.new.entries.contains_key(&p) && self.kept_ok(&p);
+            if !is_new && !is_old && !kept_here {
                 let d = entry_diffs(&p, self.wanted(&p), self.dst.entries.get(&p));
                 out.push(format!(
                     "{}: neither exactly OLD nor exactly NEW (against NEW: {})",
@@ -515,8 +553,7 @@ impl View<'_> {
                     .filter(|(_, &b)| b == b'/')
                     .any(|(i, _)| self.named(&p[..i], stderr));
             reported += usize::from(named);
-            if !is_new && self.kept && is_old && !self.new.entries.contains_key(&p) {
-                // Not deleted: the run met an error reading SRC (said on stderr).
+            if !is_new && kept_here {
                 continue;
             }
             if !is_new {

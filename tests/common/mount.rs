@@ -94,6 +94,11 @@ impl LoopFs {
             panic!("umount {}: {e}", self.mnt.display());
         }
         let img = self.img.as_ref().expect("a tmpfs has no image to mount again");
+        // The loop device of the mount is detached (autoclear) by the kernel after the umount,
+        // asynchronously. `mount -o loop` reuses a loop device still bound to the image, which
+        // the pending detach then takes away under the new mount: every access fails with EIO
+        // (seen in the soak). Wait until the image is free.
+        wait_image_detached(img);
         if let Err(e) = mount_loop(self.fstype, img, &self.mnt, &self.mount_opts) {
             panic!("mount {} again: {e}", self.mnt.display());
         }
@@ -152,6 +157,22 @@ impl LoopFs {
 }
 
 /// `mount -t <fstype> -o loop[,<opts>] IMG MNT`; `Err` is the reason.
+/// Until no loop device is bound to `img` (`losetup -j`), for at most about 10 s.
+fn wait_image_detached(img: &Path) {
+    for _ in 0..1000 {
+        match Command::new("losetup").arg("-j").arg(img).output() {
+            Ok(o) if o.status.success() && o.stdout.iter().all(|b| b.is_ascii_whitespace()) => return,
+            Ok(o) if o.status.success() => std::thread::sleep(std::time::Duration::from_millis(10)),
+            // No losetup: nothing to wait for that can be seen.
+            _ => return,
+        }
+    }
+    super::note(&format!(
+        "{}: a loop device is still bound to it 10 s after the umount",
+        img.display()
+    ));
+}
+
 fn mount_loop(fstype: &str, img: &Path, mnt: &Path, opts: &str) -> Result<(), String> {
     let opts = match opts {
         "" => "loop".to_string(),
