@@ -7,20 +7,21 @@
 #
 # Environment (all optional):
 #   MINUTES=30        how long to keep starting runs (the run going at the deadline finishes)
-#   SUITES="kill_e2e shutdown_e2e mirror_btrfs_e2e failpoint_e2e enospc_resume_e2e"
+#   SUITES="kill_e2e shutdown_e2e mirror_btrfs_e2e failpoint_e2e enospc_resume_e2e race_e2e"
 #                     test files (tests/<name>.rs) to cycle through; missing ones are skipped
 #   OUT_DIR=perf      where soak-YYYYmmdd-HHMM.md goes (logs of failed runs next to it, in
 #                     soak-YYYYmmdd-HHMM-logs/)
 #
 # Every run gets a fresh 64-bit seed in each suite's replay variable (RINGSYNC_KILL_SEED,
-# RINGSYNC_SHUTDOWN_SEED, RINGSYNC_BTRFS_SEED, RINGSYNC_FP_SEED, RINGSYNC_ENOSPC_SEED),
+# RINGSYNC_SHUTDOWN_SEED, RINGSYNC_BTRFS_SEED, RINGSYNC_FP_SEED, RINGSYNC_ENOSPC_SEED,
+# RINGSYNC_RACE_SEED),
 # so a failure is replayed with `RINGSYNC_<X>_SEED=<seed> cargo test --release --features
 # failpoints --test <suite>`. CI=1 is set: a missing prerequisite fails a run instead of
 # skipping it. The binaries are built once, with `--features failpoints`, before the clock starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-30}
-SUITES=${SUITES:-kill_e2e shutdown_e2e mirror_btrfs_e2e failpoint_e2e enospc_resume_e2e}
+SUITES=${SUITES:-kill_e2e shutdown_e2e mirror_btrfs_e2e failpoint_e2e enospc_resume_e2e race_e2e}
 OUT_DIR=${OUT_DIR:-perf}
 stamp=$(date -u +%Y%m%d-%H%M)
 report="$OUT_DIR/soak-$stamp.md"
@@ -59,7 +60,7 @@ while (($(date +%s) < deadline)); do
     seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
     t0=$(date +%s)
     if env CI=1 RINGSYNC_KILL_SEED="$seed" RINGSYNC_SHUTDOWN_SEED="$seed" RINGSYNC_BTRFS_SEED="$seed" \
-        RINGSYNC_FP_SEED="$seed" RINGSYNC_ENOSPC_SEED="$seed" \
+        RINGSYNC_FP_SEED="$seed" RINGSYNC_ENOSPC_SEED="$seed" RINGSYNC_RACE_SEED="$seed" \
         "${BIN[$s]}" >"$work/run.log" 2>&1; then
         rc=0
     else
