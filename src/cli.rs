@@ -1235,6 +1235,7 @@ impl DataArgs {
             progress: !self.quiet,
             quiet: self.quiet,
             atomic: false,
+            tmp_new: true,
             bwlimit: self.bwlimit,
             filter_spec: FilterSpec::default(),
             filter: Default::default(),

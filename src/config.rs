@@ -54,6 +54,10 @@ pub struct CopyConfig {
     /// Write every file under a temporary name and rename it into place, even where nothing
     /// is in the way (mirror: a reader never sees a half-written file under a final name).
     pub atomic: bool,
+    /// Write new files under a temporary name too, renamed into place (without replacing
+    /// anything that appeared meanwhile) once complete (and, under `--fsync end`, durable):
+    /// a kill or a crash never leaves a half-written file at a final name (copy).
+    pub tmp_new: bool,
     /// `--bwlimit`: file data copied per second, all workers together (None: unlimited).
     pub bwlimit: Option<u64>,
     /// What the command line says about selection (filters, `--files-from`, `-x`).

@@ -142,7 +142,7 @@ impl CopyTask {
         let dflags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         let create_mode = create_mode(&parent, &meta);
         // Atomic runs write beside the final name from the start.
-        let tmp = w.shared.cfg.atomic.then(|| w.shared.tmp_name());
+        let tmp = (w.shared.cfg.atomic || w.shared.cfg.tmp_new).then(|| w.shared.tmp_name());
         if let Some(current) = &w.shared.current {
             let rel = parent.child_rel(&name);
             *current[w.id].lock().unwrap_or_else(|e| e.into_inner()) = rel.to_string_lossy().into_owned();
@@ -746,6 +746,7 @@ impl CopyTask {
     fn finish_file(&mut self, w: &mut Worker) -> Step {
         let ctx = self.ctx.take().expect("ctx");
         let mut error = self.final_error.take();
+        let mut marker = ctx.marker;
         if error.is_none() {
             // Renamed into place only once its data is durable (`Shared::defer`). So is the
             // first path of a hardlinked file, when written at its final name: its other names
@@ -762,8 +763,9 @@ impl CopyTask {
                 return Step::Done;
             }
             if let Some(tmp) = &ctx.tmp {
-                if let Err(e) = scan::rename_over(&ctx.parent, tmp, &ctx.name, w.shared.cfg.atomic) {
-                    error = Some(EntryError::new("rename", dst_path(w, &ctx), e));
+                match scan::place(w, &ctx.parent, tmp, &ctx.name, marker) {
+                    Ok(m) => marker = m,
+                    Err(e) => error = Some(EntryError::new("rename", dst_path(w, &ctx), e)),
                 }
             }
         } else {
@@ -774,7 +776,7 @@ impl CopyTask {
             w,
             &ctx.parent,
             &ctx.name,
-            ctx.marker,
+            marker,
             &ctx.meta,
             take_sums(&ctx),
             error,

@@ -1026,11 +1026,16 @@ impl Worker {
         };
         for d in batch {
             let path = || self.shared.dst_path(&d.parent.child_rel(&d.name));
+            let mut marker = d.marker;
             let error = match (synced, &d.tmp) {
                 (Ok(()), None) => None,
-                (Ok(()), Some(tmp)) => scan::rename_over(&d.parent, tmp, &d.name, self.shared.cfg.atomic)
-                    .err()
-                    .map(|e| EntryError::new("rename", path(), e)),
+                (Ok(()), Some(tmp)) => match scan::place(self, &d.parent, tmp, &d.name, d.marker) {
+                    Ok(m) => {
+                        marker = m;
+                        None
+                    }
+                    Err(e) => Some(EntryError::new("rename", path(), e)),
+                },
                 (Err(e), tmp) => {
                     // Not durable: removed, like any file that failed (a new name's file too).
                     let created = tmp.as_ref().unwrap_or(&d.name);
@@ -1050,7 +1055,7 @@ impl Worker {
                     ))
                 }
             };
-            file::file_finished(self, &d.parent, &d.name, d.marker, &d.meta, d.sums, error);
+            file::file_finished(self, &d.parent, &d.name, marker, &d.meta, d.sums, error);
             self.shared.queue.job_done();
         }
     }

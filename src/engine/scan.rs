@@ -251,6 +251,41 @@ pub(super) fn make_link(w: &Worker, dir: &Arc<OwnedFd>, first: &CStr, node: &Arc
     }
 }
 
+/// Put a file written under `tmp` at `name`; returns its change marker. A mirror's plan knows
+/// what is at `name` (`marker`), and replaces it. A copy that wrote there from the start
+/// (`tmp_new`) does not know: a name still free takes it (`+`, without replacing anything
+/// that appeared since: RENAME_NOREPLACE); a taken one is replaced (`M`, or `T` for another
+/// type when changes are listed) as when the open had found it.
+pub(super) fn place(
+    w: &Worker,
+    node: &DirNode,
+    tmp: &CStr,
+    name: &CStr,
+    marker: char,
+) -> Result<char, Errno> {
+    let cfg = &w.shared.cfg;
+    if cfg.atomic || !cfg.tmp_new || marker != '+' {
+        return rename_over(node, tmp, name, cfg.atomic).map(|()| marker);
+    }
+    let dst = &*node.dst;
+    let first = crate::failpoint::fail("rename", name.to_bytes())
+        .and_then(|()| rustix::fs::renameat_with(dst, tmp, dst, name, rustix::fs::RenameFlags::NOREPLACE));
+    match first {
+        Ok(()) => Ok('+'),
+        Err(Errno::EXIST) => {
+            let marker = match w.shared.listing_changes() {
+                true => replaced_marker(&node.dst, name, FileType::RegularFile),
+                false => 'M',
+            };
+            rename_over(node, tmp, name, false).map(|()| marker)
+        }
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(dst, tmp, AtFlags::empty());
+            Err(e)
+        }
+    }
+}
+
 /// Rename `tmp` over `name` in the node's target directory; the temporary is removed on failure.
 /// With `replace_dir` (a mirror), a non-empty directory at `name` is replaced too: moved aside,
 /// the entry renamed in, then the directory's tree removed; so it stays if the entry fails.
