@@ -272,7 +272,16 @@ pub(super) fn place(
         .and_then(|()| rustix::fs::renameat_with(dst, tmp, dst, name, rustix::fs::RenameFlags::NOREPLACE));
     match first {
         Ok(()) => Ok('+'),
-        Err(Errno::EXIST) => {
+        // No RENAME_NOREPLACE here (NFS, some FUSE filesystems): look first, then rename.
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
+            if matches!(
+                rustix::fs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW),
+                Err(Errno::NOENT)
+            ) =>
+        {
+            rename_over(node, tmp, name, false).map(|()| '+')
+        }
+        Err(Errno::EXIST | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
             let marker = match w.shared.listing_changes() {
                 true => replaced_marker(&node.dst, name, FileType::RegularFile),
                 false => 'M',
