@@ -976,19 +976,19 @@ fn receive_enospc_resume(kind: Fs) {
 }
 
 #[test]
-#[ignore = "known gap (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures keeps no resume token, so the only rerun is a full stream, which carries and rewrites the files it had published; run with --ignored to see it"]
+#[ignore = "known limit (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures resumes from the last checkpoint before its first failure (stream_resume_e2e), but checkpoints come every 64 MiB or 4096 entries and this 48 MiB stream has none, so the rerun is the whole stream (a one-way stream cannot ask for single files: a remote mirror, which lists DST, can); run with --ignored to see it"]
 fn receive_enospc_resume_tmpfs() {
     receive_enospc_resume(Fs::Tmpfs);
 }
 
 #[test]
-#[ignore = "known gap (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures keeps no resume token, so the only rerun is a full stream, which carries and rewrites the files it had published; run with --ignored to see it"]
+#[ignore = "known limit (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures resumes from the last checkpoint before its first failure (stream_resume_e2e), but checkpoints come every 64 MiB or 4096 entries and this 48 MiB stream has none, so the rerun is the whole stream (a one-way stream cannot ask for single files: a remote mirror, which lists DST, can); run with --ignored to see it"]
 fn receive_enospc_resume_ext4() {
     receive_enospc_resume(Fs::Ext4);
 }
 
 #[test]
-#[ignore = "known gap (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures keeps no resume token, so the only rerun is a full stream, which carries and rewrites the files it had published; run with --ignored to see it"]
+#[ignore = "known limit (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures resumes from the last checkpoint before its first failure (stream_resume_e2e), but checkpoints come every 64 MiB or 4096 entries and this 48 MiB stream has none, so the rerun is the whole stream (a one-way stream cannot ask for single files: a remote mirror, which lists DST, can); run with --ignored to see it"]
 fn receive_enospc_resume_xfs() {
     receive_enospc_resume(Fs::Xfs);
 }

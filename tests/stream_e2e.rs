@@ -1447,7 +1447,11 @@ fn strip_privileged_xattrs(root: &Path) {
                 } else {
                     bpath(root, p)
                 };
-                rustix::fs::lremovexattr(&path, k.as_slice()).unwrap();
+                match rustix::fs::lremovexattr(&path, k.as_slice()) {
+                    // Gone already with another name of the same inode (a hardlink).
+                    Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                    Err(e) => panic!("{}: remove {}: {e}", path.display(), String::from_utf8_lossy(k)),
+                }
             }
         }
     }

@@ -342,3 +342,135 @@ fn edited_forged_and_foreign_tokens_and_a_changed_source_are_refused() {
     assert_trees_equal(&src, &dst, &mirror_cmp(), "full stream after a refused resume");
     no_temporaries(&dst);
 }
+
+/// A receive that reaches END with an entry it could not apply (ENOSPC on one file's write,
+/// by failpoint) keeps a full stream's token at the last checkpoint before that failure
+/// (issue 16, item 6): `send --resume` then carries only what comes after it, the failed file
+/// among it; files before the checkpoint are neither sent nor written again (same inode).
+#[test]
+fn a_receive_that_failed_entries_resumes_from_before_the_first_failure() {
+    if !cfg!(feature = "failpoints") {
+        skip_or_fail("stream_resume_e2e: the binary is built without --features failpoints");
+        return;
+    }
+    let tmp = scratch("resume-failed");
+    let src = tmp.path().join("src");
+    make_src(&src);
+    let failing = Path::new("zbig/b1");
+    let full = tmp.path().join("full.stream");
+    let out = send_to_file(&[], &src, &full);
+    assert_eq!(out.status.code(), Some(0), "send: {}", describe(&out));
+    let stream_len = std::fs::metadata(&full).unwrap().len();
+    let (datas, checkpoints) = data_records(&full);
+    let total_data: u64 = datas.iter().map(|d| d.1).sum();
+
+    let dst = tmp.path().join("dst");
+    let out = Command::new(bin())
+        .env("RINGSYNC_FAILPOINTS", "write:b1=ENOSPC")
+        .args(["receive", "-i"])
+        .arg(&full)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "receive with b1 failing: {}",
+        describe(&out)
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains("send --resume"), "the way on is named: {stderr}");
+    // By the oracle: everything but the failed file is exact.
+    let diffs = compare_trees(&src, &dst, &mirror_cmp());
+    assert!(
+        !diffs.is_empty() && diffs.iter().all(|d| d.starts_with("zbig/b1")),
+        "only {} differs: {diffs:?}",
+        failing.display()
+    );
+    let state = read_record_json(&dst).and_then(|v| v["state"].as_str().map(String::from));
+    assert_eq!(state.as_deref(), Some("dirty"));
+
+    // The token: the last checkpoint before the failed file's data.
+    let t = token(&dst).expect("a token is kept after END with a failed entry");
+    let at = ringsync::stream::ResumeToken::decode(&t).unwrap().offset;
+    let b1_data = first_data_offset(&full, "b1");
+    let before: Vec<u64> = checkpoints.iter().copied().filter(|c| *c < b1_data).collect();
+    assert!(
+        !before.is_empty(),
+        "no checkpoint before {}: the tree is too small",
+        failing.display()
+    );
+    assert_eq!(
+        Some(&at),
+        before.last(),
+        "the token is at the last checkpoint before the failure (checkpoints {checkpoints:?}, b1's data at {b1_data})"
+    );
+    // Files whose data came before the checkpoint keep their inode through the resumption.
+    let kept: Vec<(std::path::PathBuf, u64)> = ["many0/f0000", "many1/f0500", "many2/f0999"]
+        .iter()
+        .map(|r| {
+            use std::os::unix::fs::MetadataExt;
+            (dst.join(r), std::fs::metadata(dst.join(r)).unwrap().ino())
+        })
+        .collect();
+
+    let resumed = tmp.path().join("resumed.stream");
+    let out = send_to_file(&["--resume", &t], &src, &resumed);
+    assert_eq!(out.status.code(), Some(0), "send --resume: {}", describe(&out));
+    let after: u64 = datas.iter().filter(|d| d.0 >= at).map(|d| d.1).sum();
+    let resent = std::fs::metadata(&resumed).unwrap().len();
+    let overhead = stream_len - total_data;
+    assert!(
+        resent <= after + overhead && resent < stream_len - (total_data - after) / 2,
+        "resumed stream of {resent} bytes; data after the checkpoint is {after} (+ {overhead} of records), full {stream_len}"
+    );
+    common::note(&format!(
+        "resume after a failed entry: token at {at} of {stream_len}, resumed stream {resent} bytes for {after} data bytes after it"
+    ));
+    let out = receive_file(&resumed, &dst);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "receive of the resumed stream: {}",
+        describe(&out)
+    );
+    assert!(token(&dst).is_none(), "token left after a clean END");
+    assert_trees_equal(&src, &dst, &mirror_cmp(), "after the resumption");
+    no_temporaries(&dst);
+    let state = read_record_json(&dst).and_then(|v| v["state"].as_str().map(String::from));
+    assert_eq!(state.as_deref(), Some("clean"));
+    for (p, ino) in kept {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().ino(),
+            ino,
+            "{} was written again",
+            p.display()
+        );
+    }
+}
+
+/// The offset of the first DATA record of the file named `name` (from `dump`: its FILE record
+/// names it; the DATA records after it are its data).
+fn first_data_offset(stream: &Path, name: &str) -> u64 {
+    let out = run(&["dump".as_ref(), stream.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "dump: {}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut in_file = false;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if f[2] == "FILE" {
+            in_file = f[3..]
+                .iter()
+                .flat_map(|kv| kv.split(' '))
+                .any(|kv| kv == format!("name={name}"));
+        } else if in_file && f[2] == "DATA" {
+            return f[1].parse().unwrap();
+        }
+    }
+    panic!("no DATA of a FILE named {name} in the dump");
+}

@@ -73,7 +73,7 @@ pub struct FileCtx {
     /// The target's descriptor has O_DIRECT (cleared for the last partial block, or if a
     /// write is refused). Such a file is never split, so one task reads and changes it.
     direct: AtomicBool,
-    /// `--verify`: the BLAKE3 of every piece read from the source.
+    /// `--verify`: the XXH3-128 of every piece read from the source.
     sums: Option<Mutex<Vec<crate::verify::Piece>>>,
 }
 
@@ -849,13 +849,8 @@ pub(super) fn file_finished(
 ) {
     let ok = error.is_none();
     if let (Some(items), Some(pieces), true) = (&w.shared.verify, sums, ok) {
-        items.lock().expect("verify poisoned").push(crate::verify::Item {
-            dir: parent.dst.clone(),
-            name: name.clone(),
-            path: w.shared.dst_path(&parent.child_rel(name)),
-            size: meta.size,
-            pieces,
-        });
+        let item = verify_item(w, parent, name, meta, pieces);
+        items.lock().expect("verify poisoned").push(item);
     }
     match error {
         Some(e) => {
@@ -872,6 +867,23 @@ pub(super) fn file_finished(
     }
     resolve_links(w, parent, name, meta, ok);
     w.shared.child_done(parent.clone());
+}
+
+/// `--verify`: what to read back of a file at its final name.
+pub(super) fn verify_item(
+    w: &Worker,
+    parent: &Arc<DirNode>,
+    name: &CString,
+    meta: &Meta,
+    pieces: Vec<crate::verify::Piece>,
+) -> crate::verify::Item {
+    crate::verify::Item {
+        dir: parent.dst.clone(),
+        name: name.clone(),
+        path: w.shared.dst_path(&parent.child_rel(name)),
+        size: meta.size,
+        pieces,
+    }
 }
 
 /// A file given up leaves the progress totals (its bytes will never be done).

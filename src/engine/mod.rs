@@ -155,6 +155,9 @@ pub(crate) struct Deferred {
 /// do (the end of most runs: one batch).
 const DEFER_FILES_MAX: usize = 8192;
 const DEFER_BYTES_MAX: u64 = 1 << 30;
+/// With `--verify`, smaller batches: each published batch is read back while the next is
+/// written, instead of the whole tree after the run.
+const DEFER_BYTES_VERIFY: u64 = 128 << 20;
 
 /// Where a hardlinked inode stands.
 enum Link {
@@ -264,6 +267,11 @@ pub struct Shared {
     sync_failed: Mutex<Option<Errno>>,
     /// `--verify`: the files written, to be read back after the final sync.
     verify: Option<Mutex<Vec<crate::verify::Item>>>,
+    /// `--verify`: where files already made durable by a published batch's `syncfs` are read
+    /// back during the run.
+    verify_live: Option<crate::verify::Feed>,
+    /// Publish deferred files once this many bytes wait.
+    defer_bytes_max: u64,
 }
 
 impl Shared {
@@ -373,7 +381,7 @@ impl Shared {
             return Vec::new();
         }
         let mut q = self.deferred.lock().expect("deferred poisoned");
-        let full = q.0.len() >= DEFER_FILES_MAX || q.1 >= DEFER_BYTES_MAX;
+        let full = q.0.len() >= DEFER_FILES_MAX || q.1 >= self.defer_bytes_max;
         let rest = idle && self.queue.outstanding.load(Ordering::Acquire) == q.0.len();
         if q.0.is_empty() || !(all || full || rest) {
             return Vec::new();
@@ -616,6 +624,13 @@ fn run(
     let dst_root = Arc::new(dst_root);
 
     let counters: Arc<[Counters]> = (0..threads).map(|_| Counters::default()).collect();
+    // Read-back waits for the device: more threads than cores keep it busy. Beside the copy
+    // its buffers are small (the copy holds the pool); they grow for what is left at the end.
+    let readers = crate::verify::readers(threads);
+    let live = (cfg.verify && cfg.fsync == Fsync::End).then(|| {
+        let buf = (cfg.memory_bytes as usize / readers / 4).clamp(256 << 10, 1 << 20);
+        crate::verify::Live::start(readers, buf)
+    });
     let progress_mode = crate::progress::mode(cfg.quiet || !cfg.progress, cfg.progress_forced);
     let shared = Arc::new(Shared {
         queue: JobQueue {
@@ -653,6 +668,12 @@ fn run(
         deferred_n: AtomicUsize::new(0),
         sync_failed: Mutex::new(None),
         verify: cfg.verify.then(|| Mutex::new(Vec::new())),
+        verify_live: live.as_ref().map(|l| l.feed()),
+        defer_bytes_max: if live.is_some() {
+            DEFER_BYTES_VERIFY
+        } else {
+            DEFER_BYTES_MAX
+        },
         cfg: cfg.clone(),
     });
     let shared_for_line = shared.clone();
@@ -771,12 +792,23 @@ fn run(
     let verified = match (&shared.verify, interrupted) {
         (Some(items), None) => {
             let items = std::mem::take(&mut *items.lock().expect("verify poisoned"));
-            // Read-back waits for the device: more threads than cores keep it busy.
-            let readers = (threads * 4).clamp(1, 16);
             let buf = (cfg.memory_bytes as usize / readers).min(OP_BYTES_MAX as usize);
-            Some(crate::verify::verify(items, readers, buf, &shared.errors))
+            match live {
+                // What no batch made durable was synced just above.
+                Some(live) => {
+                    live.push(items);
+                    Some(live.finish(&shared.errors))
+                }
+                None => Some(crate::verify::verify(items, readers, buf, &shared.errors)),
+            }
         }
-        _ => None,
+        _ => {
+            // Interrupted: nothing more is read back (the readers stop at their current file).
+            if let Some(live) = live {
+                live.abandon();
+            }
+            None
+        }
     };
     let errors = &shared.errors;
     let exit_code = match interrupted {
@@ -1024,6 +1056,8 @@ impl Worker {
                     .inspect_err(|e| *failed = Some(*e)),
             }
         };
+        // Read back at once under --verify only what a syncfs just made durable.
+        let durable = synced.is_ok() && crate::signals::interrupted().is_none();
         for d in batch {
             let path = || self.shared.dst_path(&d.parent.child_rel(&d.name));
             let mut marker = d.marker;
@@ -1055,7 +1089,15 @@ impl Worker {
                     ))
                 }
             };
-            file::file_finished(self, &d.parent, &d.name, marker, &d.meta, d.sums, error);
+            // Durable and at its final name: read back now, beside the next batches.
+            let sums = match (&self.shared.verify_live, d.sums) {
+                (Some(live), Some(pieces)) if durable && error.is_none() => {
+                    live.push([file::verify_item(self, &d.parent, &d.name, &d.meta, pieces)]);
+                    None
+                }
+                (_, sums) => sums,
+            };
+            file::file_finished(self, &d.parent, &d.name, marker, &d.meta, sums, error);
             self.shared.queue.job_done();
         }
     }

@@ -63,8 +63,8 @@ pub const NAMES_MAX: usize = 1 << 21;
 pub const XATTR_BYTES_PER_ENTRY_MAX: usize = 4 << 20;
 /// Xattr bytes of directories (open, or ended and not yet published) held at once.
 pub const XATTR_BYTES_HELD_MAX: usize = 16 << 20;
-/// `--verify`: each read-back thread's buffer (at most 16 threads).
-const VERIFY_BUF_BYTES: usize = 2 << 20;
+/// `--verify`: each read-back thread's buffer (at most 32 threads).
+const VERIFY_BUF_BYTES: usize = 1 << 20;
 /// The largest max payload accepted (the format's cap).
 const PAYLOAD_CAP: u32 = stream::PAYLOAD_BYTES_CAP;
 
@@ -84,7 +84,7 @@ pub struct ReceiveConfig {
     /// A remote mirror's link bytes, for the progress line.
     pub wire: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// `--verify`: after the final sync, read back every file received and compare it with
-    /// the BLAKE3 of each DATA record's bytes (src/verify.rs); a mismatch exits 8.
+    /// the XXH3-128 of each DATA record's bytes (src/verify.rs); a mismatch exits 8.
     pub verify: bool,
 }
 
@@ -225,7 +225,7 @@ struct FileIn {
     hasher: stream::FileHash,
     /// Made in a directory with a default ACL.
     acl: bool,
-    /// `--verify`: each DATA record's offset, length and BLAKE3.
+    /// `--verify`: each DATA record's offset, length and XXH3-128.
     pieces: Option<Vec<Piece>>,
 }
 
@@ -284,8 +284,14 @@ struct Apply {
     state: std::sync::Mutex<guard::Record>,
     /// Keep the resume token of each checkpoint in the record.
     tokens: bool,
+    /// A full stream (not incremental): its token stops at the last checkpoint before the
+    /// first failure.
+    full: bool,
     /// `--verify`: the files published, to be read back after the final sync.
     verify: Option<std::sync::Mutex<Vec<crate::verify::Item>>>,
+    /// `--verify` with syncs: files published after a batch's `syncfs` are read back during
+    /// the run, beside the next batches.
+    verify_live: Option<crate::verify::Feed>,
 }
 
 /// The work of one verified checkpoint.
@@ -559,13 +565,18 @@ impl Apply {
                         }
                         self.fail(&rel, "rename into place", e);
                     } else if let (Some(v), Some((size, pieces))) = (&self.verify, check) {
-                        v.lock().expect("verify poisoned").push(crate::verify::Item {
+                        let item = crate::verify::Item {
                             dir,
                             name,
                             path: self.dst.join(std::ffi::OsStr::from_bytes(&rel)),
                             size,
                             pieces,
-                        });
+                        };
+                        // Durable already when the batch was synced (above).
+                        match (&self.verify_live, self.fsync) {
+                            (Some(live), true) => live.push([item]),
+                            _ => v.lock().expect("verify poisoned").push(item),
+                        }
                     }
                 }
                 Pending::Move {
@@ -629,10 +640,18 @@ impl Apply {
                 }
             }
         }
-        if let Some(t) = batch.token.filter(|_| self.tokens) {
+        let failed = batch.skipped || self.errors.load(Ordering::Relaxed) > 0;
+        // A full stream's token stays at the last checkpoint before its first failure (a
+        // failure of the next batch, being received meanwhile, may hold it back one more):
+        // resumed from there, everything after it is applied again (a full stream's
+        // publications are idempotent), the entries that failed included, so a receive that
+        // reached END with failures (ENOSPC) resumes instead of taking the whole stream
+        // again. An incremental stream's resumption needs DST to be exactly what its token
+        // says: the token moves on, and the failures are noted for the resumed run.
+        if let Some(t) = batch.token.filter(|_| self.tokens && !(failed && self.full)) {
             let mut state = self.state.lock().expect("record lock");
             state.resume = Some(t.encode());
-            if batch.skipped || self.errors.load(Ordering::Relaxed) > 0 {
+            if failed {
                 state.incomplete = Some(true);
             }
             // Set when this run stops cleanly (see `stopped`).
@@ -1941,6 +1960,9 @@ pub fn apply_locked(
         })
     });
     let line = counts.line(cfg.progress);
+    // Read-back waits for the device: more threads than cores keep it busy.
+    let readers = crate::verify::readers(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let live = (cfg.verify && cfg.fsync).then(|| crate::verify::Live::start(readers, VERIFY_BUF_BYTES));
     let ap = Arc::new(Apply {
         dst: dst.clone(),
         root: root.clone(),
@@ -1954,7 +1976,9 @@ pub fn apply_locked(
         // A full stream is made again the same way, so it resumes; a stream against a listing
         // is not (the next run lists DST again).
         tokens: listed.is_none() || !incremental,
+        full: !incremental,
         verify: cfg.verify.then(Default::default),
+        verify_live: live.as_ref().map(|l| l.feed()),
     });
     let writer = match Writer::start(ap.clone(), header.max_payload as usize) {
         Ok(w) => w,
@@ -2043,9 +2067,13 @@ pub fn apply_locked(
             let verified = ap.verify.as_ref().map(|v| {
                 let items = std::mem::take(&mut *v.lock().expect("verify poisoned"));
                 let log = crate::error::ErrorLog::new(cfg.quiet);
-                // Read-back waits for the device: more threads than cores keep it busy.
-                let readers = (std::thread::available_parallelism().map_or(1, |n| n.get()) * 4).clamp(1, 16);
-                let stats = crate::verify::verify(items, readers, VERIFY_BUF_BYTES, &log);
+                let stats = match live {
+                    Some(live) => {
+                        live.push(items);
+                        live.finish(&log)
+                    }
+                    None => crate::verify::verify(items, readers, VERIFY_BUF_BYTES, &log),
+                };
                 (stats, log.errors(), log.exit_code())
             });
             if let Some((stats, failed, _)) = verified {
@@ -2100,8 +2128,11 @@ pub fn apply_locked(
                 }
                 return exit::OK;
             }
-            // Applied to the end, not exactly: nothing to resume.
-            record.resume = None;
+            // Applied to the end, not exactly. A full stream resumes from the last checkpoint
+            // before its first failure (its token stayed there); an incremental one cannot.
+            if !ap.full {
+                record.resume = None;
+            }
             if let Err(e) = ap.guard.write(&record) {
                 eprintln!("ringsync: receive: {e}");
             }
@@ -2110,8 +2141,13 @@ pub fn apply_locked(
             } else {
                 ""
             };
+            let again = if record.resume.is_some() {
+                "; once the cause is fixed, resume from before the first failure with: ringsync send --resume \"$(ringsync receive --token DST)\" SRC"
+            } else {
+                ""
+            };
             eprintln!(
-                "ringsync: receive: {errors} entries could not be applied, {skipped} were not sent{before}; {} stays marked dirty",
+                "ringsync: receive: {errors} entries could not be applied, {skipped} were not sent{before}; {} stays marked dirty{again}",
                 dst.display()
             );
             exit::PARTIAL
