@@ -39,6 +39,7 @@ pub mod filter;
 pub mod listing;
 pub mod meta;
 pub mod mirror;
+pub mod mounts;
 pub mod moves;
 pub mod progress;
 pub mod receive;

@@ -2107,3 +2107,68 @@ fn fuse_fault_selftest() {
         1
     );
 }
+
+/// A FUSE filesystem mounted *below* SRC (SRC itself on a local filesystem), a read of the
+/// victim failing in part at 1.25 MiB (`direct_io`): io_uring reads of FUSE files can complete
+/// as a success with other bytes (kernel 6.18, see `ring::uring_reads_trusted`), so a copy,
+/// a mirror through the ring and a send that read it through the ring published a corrupt file
+/// with exit 0. The victim is never published as anything but its bytes (here: not at all),
+/// the run exits 3 naming it, every other file is exact.
+#[test]
+fn fuse_mount_below_src_read_error() {
+    let tmp = scratch("fuse-below");
+    let back = tmp.path().join("back");
+    let outside = tmp.path().join("outside");
+    let src = tmp.path().join("src");
+    build_tree(&back, false);
+    build_outside(&outside);
+    std::fs::create_dir_all(src.join("m")).unwrap();
+    std::fs::write(src.join("local.txt"), b"on the local filesystem\n").unwrap();
+    let fs = match FuseSrc::mount(&back, &outside, &src.join("m")) {
+        Ok(fs) => fs,
+        Err(why) => return skip_or_fail(&format!("fuse_mount_below_src_read_error: {why}")),
+    };
+    fs.set_cached(false);
+    let victim = [&b"m/"[..], VICTIM].concat();
+    let mut problems = Vec::new();
+    for cmd in [Cmd::CopyEmpty, Cmd::MirrorUring, Cmd::SendRecv] {
+        let dst = tmp.path().join(format!("dst-{cmd:?}"));
+        fs.set(VICTIM, Fault::ReadError { at: STRIKE });
+        let out = run_cmd(cmd, &src, &dst);
+        let fired = fs.all_fired();
+        fs.clear();
+        let what = cmd.shell().replace("MNT", "SRC (FUSE mounted at SRC/m)");
+        if !fired {
+            problems.push(format!("{what}: the read error never struck"));
+        }
+        let codes: Vec<i32> = out.codes.iter().map(|c| c.unwrap_or(-1)).collect();
+        if codes.iter().any(|&c| c != 3) {
+            problems.push(format!("{what}: exit {codes:?}, expected 3\n{}", out.stderr));
+        }
+        if naming(&out.stderr, &victim).is_empty() {
+            problems.push(format!("{what}: no line names {}\n{}", show(&victim), out.stderr));
+        }
+        let want = scan_or_empty(&src);
+        let got = scan_or_empty(&dst);
+        // The victim: absent (DST was empty), never other bytes.
+        if let Some(e) = got.entries.get(&victim) {
+            problems.push(format!(
+                "{what}: {} was published: {}",
+                show(&victim),
+                describe_entry(Some(e), &[("SRC", &want)], &victim)
+            ));
+        }
+        // The root aside: it carries the mirror record, and the walks move SRC's atime.
+        let root = [b".".to_vec()];
+        let diffs = compare_scanned(
+            &minus(&want, &[&victim], &root),
+            &minus(&got, &[&victim], &root),
+            &exact(),
+        );
+        if !diffs.is_empty() {
+            problems.push(format!("{what}: other entries differ: {diffs:?}"));
+        }
+    }
+    drop(fs);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -585,9 +585,9 @@ fn run(
         // io_uring reads of FUSE files can return wrong bytes as success (ring::uring_reads_trusted).
         if cfg.engine == EngineChoice::Uring && !cfg.quiet {
             eprintln!(
-                "ringsync: warning: {} is on FUSE, where io_uring reads cannot be trusted (a read \
-                 that fails in part can complete as a success with other bytes): using the sync \
-                 engine",
+                "ringsync: warning: {} is on FUSE or holds a FUSE mount, where io_uring reads \
+                 cannot be trusted (a read that fails in part can complete as a success with \
+                 other bytes): using the sync engine",
                 cfg.src.display()
             );
         }

@@ -36,7 +36,6 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::io::Errno;
@@ -429,42 +428,14 @@ impl Resolver<'_> {
 
 /// A mount point below SRC: what changes there is on another filesystem.
 fn refuse_mounts(src: &Path) -> Result<(), Refusal> {
-    let info =
-        std::fs::read("/proc/self/mountinfo").map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let src = src.as_os_str().as_bytes();
-    for line in info.split(|b| *b == b'\n') {
-        // Field 5 is the mount point, with space, tab, newline and backslash as \ooo.
-        let Some(field) = line.split(|b| *b == b' ').nth(4) else {
-            continue;
-        };
-        let point = unescape(field);
-        if point.len() > src.len() && point.starts_with(src) && (src == b"/" || point[src.len()] == b'/') {
-            return Err(format!(
-                "a filesystem is mounted inside SRC ({})",
-                String::from_utf8_lossy(&point)
-            ));
-        }
+    let below = crate::mounts::below(src).map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    match below.first() {
+        Some(m) => Err(format!(
+            "a filesystem is mounted inside SRC ({})",
+            String::from_utf8_lossy(&m.point)
+        )),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        let octal = f
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        if let (b'\\', Some(_)) = (f[i], octal) {
-            let v = (f[i + 1] - b'0') as u32 * 64 + (f[i + 2] - b'0') as u32 * 8 + (f[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(f[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// For the scope: a directory whose own entries changed, and the names changed below others.
@@ -513,12 +484,6 @@ mod tests {
         assert_eq!(under(b"a", b"a"), Some(&b""[..]));
         assert_eq!(under(b"ab/c", b"a"), None);
         assert_eq!(under(b"b", b"a"), None);
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(br"/mnt/a\040b"), b"/mnt/a b");
-        assert_eq!(unescape(br"/x\\"), br"/x\\");
     }
 
     #[test]

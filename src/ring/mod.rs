@@ -255,9 +255,15 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// an `IORING_OP_READ` of a FUSE `direct_io` file whose server fails part of the request
 /// completes with the full length, the rest of the buffer refilled from offset 0 (a plain
 /// read(2) returns the short count): silent corruption, found by tests/fuse_fault_e2e.rs.
-/// Callers read such files with pread instead (the sync engine).
+/// Callers read such files with pread instead (the sync engine). So also when a FUSE
+/// filesystem is mounted anywhere below `path` (one read of mountinfo per run).
 pub fn uring_reads_trusted(path: &std::path::Path) -> bool {
-    rustix::fs::statfs(path).map_or(true, |s| s.f_type != FUSE_SUPER_MAGIC)
+    if rustix::fs::statfs(path).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC) {
+        return false;
+    }
+    // Mount points are shown canonical; a path that cannot be resolved is not walked anyway.
+    let below = std::fs::canonicalize(path).and_then(|p| crate::mounts::below(&p));
+    !below.is_ok_and(|m| m.iter().any(crate::mounts::Mount::is_fuse))
 }
 
 /// Why io_uring could not be set up, for the one-line fallback notice.
