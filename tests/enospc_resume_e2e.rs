@@ -30,17 +30,17 @@
 //!   resumed stream is the full stream with the payload of every DATA record before the
 //!   token's checkpoint left out (section 7: such a record keeps its header and offset field),
 //!   so the data it carries is `counted - (full - D)`, where `full` is the size of a full
-//!   stream of the same SRC (counted too) and `D` the total size of SRC's regular files (the
-//!   trees here have no holes and no hardlinks, so every byte of every file is one DATA byte).
-//!   That must equal `D` minus the sizes of the files the failed run published (exact after the
-//!   failure at an inode they did not have before it), and each of those keeps its inode.
-//!   A full stream always carries and rewrites every file. When the failed receive stopped
-//!   before anything was published (a directory on a full ext4 cannot be made: exit 1, no
-//!   checkpoint yet), that is right and the check passes. After a receive that ran to its END
-//!   (per-entry ENOSPC failures, exit 3) no token is kept (src/receive: "applied to the end,
-//!   not exactly: nothing to resume"), and the full stream carries and rewrites the files that
-//!   run published: the check fails, which is the finding it reports (issue 16, item 6), not a
-//!   flaw of the check.
+//!   stream of the same SRC and `D` the total size of SRC's regular files (the trees here have
+//!   no holes and no hardlinks, so every byte of every file is one DATA byte). Where each file
+//!   and checkpoint sits in the stream comes from `dump --json` of a saved full stream. A full
+//!   stream's token stays at the last checkpoint before the first entry that failed, also after
+//!   END: the token must be exactly there (none only when no checkpoint came before the first
+//!   file not exact), and the data carried must equal `D` minus the sizes of the files the
+//!   failed run published before that checkpoint (exact after the failure at an inode they did
+//!   not have before it), each of which keeps its inode. Files published after the checkpoint
+//!   are carried and written again: a one-way stream cannot ask for single files. The tree gets
+//!   4200 empty files early (a checkpoint every 4096 entries) so that the run that reaches END
+//!   with ENOSPC failures in its big files has a checkpoint before them.
 //! - `receive` stopped by ENOSPC with a token: a stream fed to `receive` in two parts; once its
 //!   first checkpoint was published (a token appeared), the test fills DST's filesystem to the
 //!   last block (tmpfs: and its last inode, as a directory or file costs no block there) and
@@ -51,8 +51,9 @@
 //!   rerun after space is back exits 0 with DST exact and no `.ringsync*` name left.
 //!
 //! `byte_count_check_selftest` shows the checks can fail: a `copy` rerun (which copies every
-//! file again) and a full stream after a "failed" receive are flagged by the byte count and by
-//! the inode check; a torn file is flagged; a `mirror` rerun passes.
+//! file again) is flagged by the byte count and by the inode check; a failed receive without a
+//! token though a checkpoint came before its first failure is flagged; a torn file is flagged;
+//! a `mirror` rerun passes.
 //!
 //! Needs root (mounts). A missing prerequisite prints `SKIPPED: <reason>` and returns, unless
 //! the `CI` environment variable is set (then the test fails).
@@ -843,9 +844,71 @@ fn copy_enospc_rerun_xfs() {
 // ---------------------------------------------------------------------------------------------
 // send | receive
 
+/// Where each regular file's FILE record is in a stream, by path, and its CHECKPOINTs' offsets
+/// (from `dump --json`: directory ids count up from 1 in order of DIR records, the root is 0).
+struct StreamMap {
+    /// The stream's size.
+    size: u64,
+    pos: BTreeMap<Vec<u8>, u64>,
+    checkpoints: Vec<u64>,
+}
+
+fn stream_map(stream: &Path) -> StreamMap {
+    let out = Command::new(bin())
+        .args(["dump", "--json"])
+        .arg(stream)
+        .output()
+        .expect("spawn dump");
+    assert_eq!(out.status.code(), Some(0), "dump --json: {}", describe(&out));
+    let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut m = StreamMap {
+        size: std::fs::metadata(stream).unwrap().len(),
+        pos: BTreeMap::new(),
+        checkpoints: Vec::new(),
+    };
+    for l in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let num = |k: &str| {
+            v[k].as_u64()
+                .or_else(|| v[k].as_str().and_then(|s| s.parse().ok()))
+        };
+        let path = || {
+            let parent = &dirs[num("parent").expect("parent") as usize];
+            let name = v["name"].as_str().expect("name").as_bytes();
+            if parent.is_empty() {
+                name.to_vec()
+            } else {
+                [parent.as_slice(), b"/", name].concat()
+            }
+        };
+        match v["type"].as_str().unwrap_or("") {
+            "DIR" => {
+                let p = path();
+                dirs.push(p);
+            }
+            "FILE" => {
+                let p = path();
+                m.pos.insert(p, num("at").unwrap());
+            }
+            "CHECKPOINT" => m.checkpoints.push(num("at").unwrap()),
+            _ => {}
+        }
+    }
+    m
+}
+
+/// Send SRC's full stream to a file; its map.
+fn full_stream(src: &Path, file: &Path) -> StreamMap {
+    let (s, _) = ringsync(&["send".into(), "-q".into(), "-o".into(), file.into(), src.into()]);
+    assert_eq!(s.code, Some(0), "{}", s.describe("send -o"));
+    stream_map(file)
+}
+
 /// The documented recovery after a failed receive, through a counting pipe, and its checks:
-/// `before` is DST before the failed run (`None`: none), `full` the size of a full stream of
-/// SRC.
+/// `before` is DST before the failed run (`None`: none), `full` a full stream of SRC: its size
+/// and where its records are (docs/stream.md, section 7: a full stream's token stays
+/// at the last checkpoint before the first entry that failed, and is kept after END; without a
+/// checkpoint before the first failure there is no token and the rerun is the full stream).
 fn stream_rerun(
     what: &str,
     src: &Path,
@@ -853,8 +916,10 @@ fn stream_rerun(
     new: &Tree,
     before: Option<&Tree>,
     af: &AfterFail,
-    full: u64,
+    full: &StreamMap,
 ) -> Vec<String> {
+    let map = full;
+    let full = map.size;
     let mut problems = Vec::new();
     // The files the failed run published: exact, at an inode DST did not have before.
     let published: BTreeMap<Vec<u8>, u64> = af
@@ -863,8 +928,43 @@ fn stream_rerun(
         .filter(|(p, ino)| before.and_then(|b| b.entries.get(*p)).map(|e| e.ino) != Some(**ino))
         .map(|(p, ino)| (p.clone(), *ino))
         .collect();
-    let published_bytes: u64 = published.keys().map(|p| new.entries[p].size).sum();
     let tok = token(dst);
+    // Where the token must be: the last checkpoint before the first file not exact.
+    let first_missing = af.missing.keys().filter_map(|p| map.pos.get(p)).min().copied();
+    let due: Vec<u64> = map
+        .checkpoints
+        .iter()
+        .copied()
+        .filter(|c| first_missing.is_none_or(|f| *c < f))
+        .collect();
+    let at = match &tok {
+        Some(t) => match ringsync::stream::ResumeToken::decode(t) {
+            Ok(t) => t.offset,
+            Err(e) => {
+                problems.push(format!("{what}: DST's token does not decode: {e}"));
+                0
+            }
+        },
+        None => 0,
+    };
+    match (&tok, due.last()) {
+        (None, Some(c)) => problems.push(format!(
+            "{what}: no token kept, though a checkpoint (at {c}) came before the first file not exact \
+             (at {first_missing:?}): the rerun must carry the whole stream"
+        )),
+        (Some(_), last) if last != Some(&at) => problems.push(format!(
+            "{what}: the token is at {at}; the last checkpoint before the first file not exact (at \
+             {first_missing:?}) is at {last:?}"
+        )),
+        _ => {}
+    }
+    // Published before the token's checkpoint: neither carried nor written again.
+    let kept: BTreeMap<Vec<u8>, u64> = published
+        .iter()
+        .filter(|(p, _)| map.pos.get(*p).is_some_and(|f| *f < at))
+        .map(|(p, i)| (p.clone(), *i))
+        .collect();
+    let kept_bytes: u64 = kept.keys().map(|p| new.entries[p].size).sum();
     let mut args = os(&["-q"]);
     if let Some(t) = &tok {
         args.extend(os(&["--resume", t]));
@@ -887,16 +987,19 @@ fn stream_rerun(
     let d = data_bytes(new);
     // Data carried: the stream minus what a full stream has besides file data.
     let carried = counted.saturating_sub(full - d);
-    let expected = d - published_bytes;
+    let expected = d - kept_bytes;
     note(&format!(
-        "{rw}: the failed run published {} files ({published_bytes} bytes) of {} ({d} bytes); stream \
-         {counted} bytes (full: {full}), file data carried {carried}, expected {expected}",
+        "{rw}: the failed run published {} files ({} bytes) of {} ({d} bytes), {} of them ({kept_bytes} \
+         bytes) before the token's checkpoint (at {at}; first file not exact at {first_missing:?}); \
+         stream {counted} bytes (full: {full}), file data carried {carried}, expected {expected}",
         published.len(),
-        new.entries.values().filter(|e| e.kind == Kind::File).count()
+        published.keys().map(|p| new.entries[p].size).sum::<u64>(),
+        new.entries.values().filter(|e| e.kind == Kind::File).count(),
+        kept.len()
     ));
     if r.code == Some(0) {
         problems.extend(bytes_verdict(&rw, expected, carried));
-        problems.extend(inodes_verdict(&rw, &published, &got));
+        problems.extend(inodes_verdict(&rw, &kept, &got));
         if record_state(dst).as_deref() != Some("clean") {
             problems.push(format!("{rw}: record state {:?}", record_state(dst)));
         }
@@ -905,13 +1008,6 @@ fn stream_rerun(
         }
     }
     problems
-}
-
-/// A full stream's size, counted.
-fn full_stream_size(src: &Path) -> u64 {
-    let (s, _, n) = send_counted(&[OsStr::new("-q").into(), src.into()], None);
-    assert_eq!(s.code, Some(0), "{}", s.describe("send to count a full stream"));
-    n
 }
 
 /// `send | receive` of NEW over OLD into a filesystem with too little room, then the recovery.
@@ -924,6 +1020,12 @@ fn receive_enospc_resume(kind: Fs) {
     let src = tmp.path().join("src");
     let dst = t.root().join("dst");
     build_old(&src);
+    // 4200 empty files early in the stream: a checkpoint (every 4096 entries) comes before the
+    // big files that run out of space, so the failed run keeps a token to resume from.
+    for i in 0..4200 {
+        put(&src, &format!("a0/e{i:04}"), 0, 0);
+    }
+    common::mutate::fix_atimes(&src, 0x0a71).unwrap();
     let (s, r, _) = send_counted(&[OsStr::new("-q").into(), src.clone().into()], Some(&dst));
     let r = r.unwrap();
     assert_eq!(
@@ -936,7 +1038,7 @@ fn receive_enospc_resume(kind: Fs) {
     let old = scan(&dst, &what);
     change_to_new(&src);
     let new = scan(&src, &what);
-    let full = full_stream_size(&src);
+    let full = full_stream(&src, &tmp.path().join("full.stream"));
     t.leave_free(LEAVE_FREE);
 
     let mut problems = Vec::new();
@@ -971,24 +1073,21 @@ fn receive_enospc_resume(kind: Fs) {
         r1.describe("the failed run")
     );
     t.free();
-    problems.extend(stream_rerun(&what, &src, &dst, &new, Some(&old), &af, full));
+    problems.extend(stream_rerun(&what, &src, &dst, &new, Some(&old), &af, &full));
     finish(&what, problems);
 }
 
 #[test]
-#[ignore = "known limit (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures resumes from the last checkpoint before its first failure (stream_resume_e2e), but checkpoints come every 64 MiB or 4096 entries and this 48 MiB stream has none, so the rerun is the whole stream (a one-way stream cannot ask for single files: a remote mirror, which lists DST, can); run with --ignored to see it"]
 fn receive_enospc_resume_tmpfs() {
     receive_enospc_resume(Fs::Tmpfs);
 }
 
 #[test]
-#[ignore = "known limit (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures resumes from the last checkpoint before its first failure (stream_resume_e2e), but checkpoints come every 64 MiB or 4096 entries and this 48 MiB stream has none, so the rerun is the whole stream (a one-way stream cannot ask for single files: a remote mirror, which lists DST, can); run with --ignored to see it"]
 fn receive_enospc_resume_ext4() {
     receive_enospc_resume(Fs::Ext4);
 }
 
 #[test]
-#[ignore = "known limit (issue 16, item 6): a receive that ran to END with per-entry ENOSPC failures resumes from the last checkpoint before its first failure (stream_resume_e2e), but checkpoints come every 64 MiB or 4096 entries and this 48 MiB stream has none, so the rerun is the whole stream (a one-way stream cannot ask for single files: a remote mirror, which lists DST, can); run with --ignored to see it"]
 fn receive_enospc_resume_xfs() {
     receive_enospc_resume(Fs::Xfs);
 }
@@ -1122,7 +1221,7 @@ fn receive_stopped_by_enospc_resumes(kind: Fs) {
         &new,
         None,
         &af,
-        bytes.len() as u64,
+        &stream_map(&stream),
     ));
     finish(&what, problems);
 }
@@ -1147,8 +1246,8 @@ fn receive_stopped_by_enospc_resumes_xfs() {
 
 /// Without mounts: DST holds OLD, SRC is NEW (two files changed, one new); the unchanged files
 /// are what a failed run would have completed. A `copy` rerun copies them again and is flagged
-/// by the byte count and the inode check; a `mirror` rerun passes both. A full stream after a
-/// "failed" receive (the OLD one, into an empty DST) is flagged the same way. A truncated file
+/// by the byte count and the inode check; a `mirror` rerun passes both. A failed receive that
+/// kept no token though a checkpoint came before its first failure is flagged. A truncated file
 /// is reported as torn.
 #[test]
 fn byte_count_check_selftest() {
@@ -1225,15 +1324,23 @@ fn byte_count_check_selftest() {
     p.extend(inodes_verdict("selftest: mirror", &af1.exact, &got));
     assert!(p.is_empty(), "selftest: a mirror rerun must pass: {p:?}");
 
-    // A full stream after a receive that "published" b1 and a/s0 into an empty DST: flagged.
-    let full = full_stream_size(&src);
+    // A receive that "published" b1 and a/s0 into an empty DST and kept no token, though its
+    // stream had a checkpoint after them (a made-up map): flagged, and the full stream it must
+    // take then is not.
+    let real = full_stream(&src, &tmp.path().join("full.stream"));
     let af2 = after_failure(&scan(&dsts[2], "selftest"), None, &new);
-    let p = stream_rerun("selftest", &src, &dsts[2], &new, None, &af2, full);
+    let mut pos = real.pos.clone();
+    for (p, at) in [(&b"b1"[..], 10), (b"a/s0", 20), (b"a/s1", 30), (b"c", 40)] {
+        pos.insert(p.to_vec(), at);
+    }
+    let made_up = StreamMap {
+        size: real.size,
+        pos,
+        checkpoints: vec![25],
+    };
+    let p = stream_rerun("selftest", &src, &dsts[2], &new, None, &af2, &made_up);
     assert!(
-        p.len() == 2
-            && p[0].contains("completed files were copied again")
-            && p[1].contains("written again (new inode)"),
-        "selftest: a full stream after a receive that published files must be flagged by the byte count \
-         and the inode check: {p:?}"
+        p.len() == 1 && p[0].contains("no token kept, though a checkpoint"),
+        "selftest: a failed receive without a token after a checkpoint must be flagged: {p:?}"
     );
 }

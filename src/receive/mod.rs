@@ -294,6 +294,12 @@ struct Apply {
     verify_live: Option<crate::verify::Feed>,
 }
 
+thread_local! {
+    /// Failures reported on this thread: what a batch's publication failed itself, told apart
+    /// from the next batch's, received meanwhile on other threads.
+    static FAILS_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// The work of one verified checkpoint.
 struct Batch {
     items: Vec<Pending>,
@@ -305,6 +311,8 @@ struct Batch {
     token: Option<ResumeToken>,
     /// Entries so far were SKIPPED by the sender (failures are counted in `Apply::errors`).
     skipped: bool,
+    /// Entries so far (this batch's included) failed when it was handed over.
+    failed: bool,
 }
 
 struct Receiver<'a> {
@@ -378,6 +386,7 @@ impl Apply {
     /// A per-entry failure: reported, counted, the run goes on.
     fn fail(&self, rel: &[u8], op: &str, e: impl std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        FAILS_HERE.with(|n| n.set(n.get() + 1));
         eprintln!("ringsync: receive: {}: {op}: {e}", self.shown(rel));
     }
 
@@ -522,6 +531,7 @@ impl Apply {
         if batch.items.is_empty() && batch.token.is_none() {
             return Ok(());
         }
+        let fails_before = FAILS_HERE.with(|n| n.get());
         if self.fsync && !batch.items.is_empty() {
             let synced = crate::failpoint::fail("syncfs", b"").and_then(|()| rustix::fs::syncfs(&*self.root));
             if let Err(e) = synced {
@@ -640,9 +650,9 @@ impl Apply {
                 }
             }
         }
-        let failed = batch.skipped || self.errors.load(Ordering::Relaxed) > 0;
-        // A full stream's token stays at the last checkpoint before its first failure (a
-        // failure of the next batch, being received meanwhile, may hold it back one more):
+        // This batch or an earlier one had a failure (not the next batch, received meanwhile).
+        let failed = batch.skipped || batch.failed || FAILS_HERE.with(|n| n.get()) != fails_before;
+        // A full stream's token stays at the last checkpoint before its first failure:
         // resumed from there, everything after it is applied again (a full stream's
         // publications are idempotent), the entries that failed included, so a receive that
         // reached END with failures (ENOSPC) resumes instead of taking the whole stream
@@ -1651,6 +1661,8 @@ impl Receiver<'_> {
             hold: self.incremental.then(|| self.hold_name()),
             token,
             skipped: self.skipped > 0,
+            // Its files are written and the batch before is published: what failed so far.
+            failed: self.ap.errors.load(Ordering::Relaxed) > 0,
         };
         let ap = self.ap.clone();
         if wait {
