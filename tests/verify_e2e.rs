@@ -316,51 +316,72 @@ fn receive_verify_catches_a_byte_changed_behind_its_back() {
 fn verify_reads_back_batches_during_the_run() {
     let tmp = scratch("verify-batches");
     let src = tmp.path().join("src");
-    let dst = tmp.path().join("dst");
     std::fs::create_dir_all(src.join("d")).unwrap();
-    std::fs::create_dir_all(dst.join("d")).unwrap();
-    let big = |seed: u8| -> Vec<u8> {
-        let mut x = seed as u32 | 1;
-        (0..(40usize << 20) + 4097)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    };
-    for i in 0..5u8 {
-        std::fs::write(src.join(format!("d/big{i}")), big(i + 1)).unwrap();
-        std::fs::write(dst.join(format!("d/big{i}")), big(i + 101)).unwrap();
-    }
-    for i in 0..40 {
-        std::fs::write(src.join(format!("s{i:02}")), vec![i as u8; 1000 + i * 4099]).unwrap();
-        std::fs::write(dst.join(format!("s{i:02}")), vec![!i as u8; 1000 + i * 4099]).unwrap();
-    }
-    // Other versions, also by mtime (written in the same clock tick, they could share it).
-    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-    for e in std::fs::read_dir(&dst)
-        .unwrap()
-        .chain(std::fs::read_dir(dst.join("d")).unwrap())
-    {
-        let p = e.unwrap().path();
-        if p.is_file() {
-            std::fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(old)
-                .unwrap();
+    // --fsync none --verify publishes in the same batches (it syncs for the read-back anyway).
+    for fsync in ["end", "none"] {
+        let dst = tmp.path().join(format!("dst-{fsync}"));
+        std::fs::create_dir_all(dst.join("d")).unwrap();
+        let big = |seed: u8| -> Vec<u8> {
+            let mut x = seed as u32 | 1;
+            (0..(40usize << 20) + 4097)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect()
+        };
+        for i in 0..5u8 {
+            std::fs::write(src.join(format!("d/big{i}")), big(i + 1)).unwrap();
+            std::fs::write(dst.join(format!("d/big{i}")), big(i + 101)).unwrap();
         }
+        for i in 0..40 {
+            std::fs::write(src.join(format!("s{i:02}")), vec![i as u8; 1000 + i * 4099]).unwrap();
+            std::fs::write(dst.join(format!("s{i:02}")), vec![!i as u8; 1000 + i * 4099]).unwrap();
+        }
+        // Other versions, also by mtime (written in the same clock tick, they could share it).
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        for e in std::fs::read_dir(&dst)
+            .unwrap()
+            .chain(std::fs::read_dir(dst.join("d")).unwrap())
+        {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        let (files, bytes) = data_bytes(&src);
+        let out = run_mirror(&["--json", "--verify", "--fsync", fsync], &src, &dst);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "mirror --verify --fsync {fsync}: {}",
+            describe(&out)
+        );
+        assert_trees_equal(
+            &src,
+            &dst,
+            &cmp_opts(),
+            &format!("mirror --verify --fsync {fsync} in batches"),
+        );
+        let v = &json(&out)["verified"];
+        assert_eq!(
+            v["files"].as_u64(),
+            Some(files),
+            "--fsync {fsync}: files read back: {v}"
+        );
+        assert_eq!(
+            v["bytes"].as_u64(),
+            Some(bytes),
+            "--fsync {fsync}: bytes read back: {v}"
+        );
     }
-    let (files, bytes) = data_bytes(&src);
-    let out = run_mirror(&["--json", "--verify"], &src, &dst);
-    assert_eq!(out.status.code(), Some(0), "mirror --verify: {}", describe(&out));
-    assert_trees_equal(&src, &dst, &cmp_opts(), "mirror --verify in batches");
-    let v = &json(&out)["verified"];
-    assert_eq!(v["files"].as_u64(), Some(files), "files read back: {v}");
-    assert_eq!(v["bytes"].as_u64(), Some(bytes), "bytes read back: {v}");
 
     if !failpoints_or_skip() {
         return;

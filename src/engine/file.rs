@@ -751,7 +751,7 @@ impl CopyTask {
             // Renamed into place only once its data is durable (`Shared::defer`). So is the
             // first path of a hardlinked file, when written at its final name: its other names
             // are linked once it is finished, and one may replace a file the target had.
-            if w.shared.cfg.fsync == Fsync::End && (ctx.tmp.is_some() || ctx.meta.nlink > 1) {
+            if super::publishes_in_batches(&w.shared.cfg) && (ctx.tmp.is_some() || ctx.meta.nlink > 1) {
                 w.shared.defer(super::Deferred {
                     parent: ctx.parent.clone(),
                     tmp: ctx.tmp.clone(),

@@ -159,6 +159,13 @@ const DEFER_BYTES_MAX: u64 = 1 << 30;
 /// written, instead of the whole tree after the run.
 const DEFER_BYTES_VERIFY: u64 = 128 << 20;
 
+/// Whether written files wait for a batch's `syncfs` before they are renamed into place
+/// ([`Shared::defer`]): under `--fsync end`, and under `--fsync none --verify` (which syncs
+/// anyway, for its read-back: in batches the read-back overlaps the copy).
+pub(crate) fn publishes_in_batches(cfg: &CopyConfig) -> bool {
+    cfg.fsync == Fsync::End || (cfg.verify && cfg.fsync == Fsync::None)
+}
+
 /// Where a hardlinked inode stands.
 enum Link {
     /// First path being copied; these (directory, name) pairs wait to be linked to it.
@@ -627,7 +634,7 @@ fn run(
     // Read-back waits for the device: more threads than cores keep it busy. Beside the copy
     // its buffers are small (the copy holds the pool); they grow for what is left at the end.
     let readers = crate::verify::readers(threads);
-    let live = (cfg.verify && cfg.fsync == Fsync::End).then(|| {
+    let live = (cfg.verify && publishes_in_batches(&cfg)).then(|| {
         let buf = (cfg.memory_bytes as usize / readers / 4).clamp(256 << 10, 1 << 20);
         crate::verify::Live::start(readers, buf)
     });
