@@ -806,6 +806,7 @@ impl ReceiveArgs {
             check_dst_state: true,
             wire: None,
             verify: self.verify,
+            one_way: true,
         })
     }
 }

@@ -90,6 +90,7 @@ fn serve(role: ringsync::cli::ServeRole) -> i32 {
                 check_dst_state: true,
                 wire: None,
                 verify: false,
+                one_way: false,
             },
             match ringsync::engine::choose_engine(ringsync::config::EngineChoice::Auto, true) {
                 Ok(e) => e,

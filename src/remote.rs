@@ -1080,6 +1080,7 @@ fn receive_config(o: &RemoteOpts, shown: &Shown, dst: &Path) -> crate::receive::
         check_dst_state: true,
         wire: Some(shown.wire.received.clone()),
         verify: false,
+        one_way: false,
     }
 }
 

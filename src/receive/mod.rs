@@ -86,6 +86,10 @@ pub struct ReceiveConfig {
     /// `--verify`: after the final sync, read back every file received and compare it with
     /// the XXH3-128 of each DATA record's bytes (src/verify.rs); a mismatch exits 8.
     pub verify: bool,
+    /// A one-way stream (`ringsync receive`): after entries fail, a full stream's token stays
+    /// at the last checkpoint before the first of them and is kept after END, to resume from
+    /// there. Not for a remote mirror, whose next run lists DST and sends what is missing.
+    pub one_way: bool,
 }
 
 type Xattrs = Vec<(CString, Vec<u8>)>;
@@ -284,8 +288,9 @@ struct Apply {
     state: std::sync::Mutex<guard::Record>,
     /// Keep the resume token of each checkpoint in the record.
     tokens: bool,
-    /// A full stream (not incremental): its token stops at the last checkpoint before the
-    /// first failure.
+    /// A full stream received on its own (not incremental, not for a remote mirror:
+    /// [`ReceiveConfig::one_way`]): its token stops at the last checkpoint before the first
+    /// failure, and is kept after END.
     full: bool,
     /// `--verify`: the files published, to be read back after the final sync.
     verify: Option<std::sync::Mutex<Vec<crate::verify::Item>>>,
@@ -1988,7 +1993,7 @@ pub fn apply_locked(
         // A full stream is made again the same way, so it resumes; a stream against a listing
         // is not (the next run lists DST again).
         tokens: listed.is_none() || !incremental,
-        full: !incremental,
+        full: !incremental && cfg.one_way,
         verify: cfg.verify.then(Default::default),
         verify_live: live.as_ref().map(|l| l.feed()),
     });
@@ -2351,6 +2356,7 @@ pub fn check_fuzz_input(data: &[u8], scratch: &Path) {
             check_dst_state: false,
             wire: None,
             verify: false,
+            one_way: true,
         };
         let _ = apply_stream(&input[..], &cfg);
         let names: Vec<_> = std::fs::read_dir(scratch)
