@@ -854,20 +854,13 @@ struct StreamMap {
 }
 
 fn stream_map(stream: &Path) -> StreamMap {
-    let out = Command::new(bin())
-        .args(["dump", "--json"])
-        .arg(stream)
-        .output()
-        .expect("spawn dump");
-    assert_eq!(out.status.code(), Some(0), "dump --json: {}", describe(&out));
     let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
     let mut m = StreamMap {
         size: std::fs::metadata(stream).unwrap().len(),
         pos: BTreeMap::new(),
         checkpoints: Vec::new(),
     };
-    for l in String::from_utf8(out.stdout).unwrap().lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    for v in dump_json(stream) {
         let num = |k: &str| {
             v[k].as_u64()
                 .or_else(|| v[k].as_str().and_then(|s| s.parse().ok()))
@@ -1092,8 +1085,8 @@ fn receive_enospc_resume_xfs() {
     receive_enospc_resume(Fs::Xfs);
 }
 
-/// `(at, type, name, size)` of every record of a stream, from `dump --json`.
-fn records(stream: &Path) -> Vec<(u64, String, String, u64)> {
+/// Every record of a stream, from `dump --json` (one object per line).
+fn dump_json(stream: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(bin())
         .args(["dump", "--json"])
         .arg(stream)
@@ -1103,8 +1096,15 @@ fn records(stream: &Path) -> Vec<(u64, String, String, u64)> {
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `(at, type, name, size)` of every record of a stream.
+fn records(stream: &Path) -> Vec<(u64, String, String, u64)> {
+    dump_json(stream)
+        .iter()
+        .map(|v| {
             let num = |k: &str| {
                 v[k].as_u64()
                     .or_else(|| v[k].as_str().and_then(|s| s.parse().ok()))
