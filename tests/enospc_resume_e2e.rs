@@ -898,7 +898,7 @@ fn full_stream(src: &Path, file: &Path) -> StreamMap {
 }
 
 /// The documented recovery after a failed receive, through a counting pipe, and its checks:
-/// `before` is DST before the failed run (`None`: none), `full` a full stream of SRC: its size
+/// `before` is DST before the failed run (`None`: none), `map` a full stream of SRC: its size
 /// and where its records are (docs/stream.md, section 7: a full stream's token stays
 /// at the last checkpoint before the first entry that failed, and is kept after END; without a
 /// checkpoint before the first failure there is no token and the rerun is the full stream).
@@ -909,10 +909,8 @@ fn stream_rerun(
     new: &Tree,
     before: Option<&Tree>,
     af: &AfterFail,
-    full: &StreamMap,
+    map: &StreamMap,
 ) -> Vec<String> {
-    let map = full;
-    let full = map.size;
     let mut problems = Vec::new();
     // The files the failed run published: exact, at an inode DST did not have before.
     let published: BTreeMap<Vec<u8>, u64> = af
@@ -979,16 +977,17 @@ fn stream_rerun(
     let got = converged(&rw, &r, new, dst, &mut problems);
     let d = data_bytes(new);
     // Data carried: the stream minus what a full stream has besides file data.
-    let carried = counted.saturating_sub(full - d);
+    let carried = counted.saturating_sub(map.size - d);
     let expected = d - kept_bytes;
     note(&format!(
         "{rw}: the failed run published {} files ({} bytes) of {} ({d} bytes), {} of them ({kept_bytes} \
          bytes) before the token's checkpoint (at {at}; first file not exact at {first_missing:?}); \
-         stream {counted} bytes (full: {full}), file data carried {carried}, expected {expected}",
+         stream {counted} bytes (full: {}), file data carried {carried}, expected {expected}",
         published.len(),
         published.keys().map(|p| new.entries[p].size).sum::<u64>(),
         new.entries.values().filter(|e| e.kind == Kind::File).count(),
-        kept.len()
+        kept.len(),
+        map.size
     ));
     if r.code == Some(0) {
         problems.extend(bytes_verdict(&rw, expected, carried));
