@@ -1228,13 +1228,13 @@ fn sigkill_then_rerun_repairs_copy_and_mirror() {
             };
             if sub == "copy" {
                 // docs/copy.md: only `mirror` promises to remove stale temporaries; a copy
-                // rerun may leave one (but never a wrong file at a final name).
+                // rerun may leave one, a file or a new directory with what was copied into it
+                // (but never a wrong file at a final name).
                 d.retain(|m| {
                     !(m.contains(": extra in target")
                         && m.split(": extra in target")
                             .next()
-                            .and_then(|p| p.rsplit('/').next())
-                            .is_some_and(|n| is_tmp_name(OsStr::new(n))))
+                            .is_some_and(|p| p.split('/').any(|n| is_tmp_name(OsStr::new(n)))))
                 });
             }
             if !d.is_empty() {

@@ -141,8 +141,10 @@ impl CopyTask {
         }
         let dflags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         let create_mode = create_mode(&parent, &meta);
-        // Atomic runs write beside the final name from the start.
-        let tmp = (w.shared.cfg.atomic || w.shared.cfg.tmp_new).then(|| w.shared.tmp_name());
+        // Atomic runs write beside the final name from the start; so does copy, except in a
+        // directory it made under a temporary name (nothing there is seen before it is renamed).
+        let beside = w.shared.cfg.atomic || (w.shared.cfg.tmp_new && parent.staged.is_none());
+        let tmp = beside.then(|| w.shared.tmp_name());
         if let Some(current) = &w.shared.current {
             let rel = parent.child_rel(&name);
             *current[w.id].lock().unwrap_or_else(|e| e.into_inner()) = rel.to_string_lossy().into_owned();
@@ -759,14 +761,16 @@ impl CopyTask {
                     marker: ctx.marker,
                     meta: ctx.meta,
                     sums: take_sums(&ctx),
+                    dir: None,
                 });
                 return Step::Done;
             }
-            if let Some(tmp) = &ctx.tmp {
-                match scan::place(w, &ctx.parent, tmp, &ctx.name, marker) {
+            match &ctx.tmp {
+                Some(tmp) => match scan::place(w, &ctx.parent, tmp, &ctx.name, marker) {
                     Ok(m) => marker = m,
                     Err(e) => error = Some(EntryError::new("rename", dst_path(w, &ctx), e)),
-                }
+                },
+                None => ctx.parent.file_written(ctx.meta.size),
             }
         } else {
             // Never leave a partial file under a name we created.

@@ -82,9 +82,63 @@ pub struct DirNode {
     /// Whether finishing puts the source directory's attributes on the target one: not for the
     /// root of a single-entry copy, whose directories are only where the entry lives.
     own_attrs: bool,
+    /// A new directory made under a temporary name (`copy`): see [`Staged`].
+    staged: Option<Staged>,
+}
+
+/// A directory this run creates is made under a temporary name in its parent, its entries
+/// (files, links, symlinks, new subdirectories: themselves staged) are made at their final
+/// names inside it, and it is renamed to its own name once every entry that is not a
+/// directory is finished, and, under `--fsync end`, made durable by a batch's `syncfs`. So a
+/// kill or a crash leaves at a final name nothing half-written, as a temporary name per file
+/// would, for one rename per directory instead of one per file. Until it is published its
+/// node holds one extra pending count, so its attributes, and its parent's, come after the
+/// rename.
+pub(crate) struct Staged {
+    pub(crate) tmp: CString,
+    pub(crate) name: CString,
+    /// The scan plus every child that is not a directory, not yet finished.
+    files_left: AtomicUsize,
+    /// Bytes of its files, finished and not yet published (they count toward a batch).
+    bytes: AtomicU64,
+    /// Not published (its `syncfs` failed): removed once everything below it is finished.
+    discard: AtomicBool,
+}
+
+impl Staged {
+    fn new(tmp: CString, name: CString) -> Staged {
+        Staged {
+            tmp,
+            name,
+            files_left: AtomicUsize::new(1),
+            bytes: AtomicU64::new(0),
+            discard: AtomicBool::new(false),
+        }
+    }
 }
 
 impl DirNode {
+    /// One more child that is not a directory (a file, a node, a hardlink waiter) to finish:
+    /// released by [`Shared::child_done`].
+    fn add_entry(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if let Some(s) = &self.staged {
+            s.files_left.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// One more subdirectory to finish: released by [`Shared::subdir_done`].
+    fn add_subdir(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A file of `bytes` written at its final name in this directory, finished.
+    fn file_written(&self, bytes: u64) {
+        if let Some(s) = &self.staged {
+            s.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
     fn child_rel(&self, name: &CString) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
         self.rel.join(std::ffi::OsStr::from_bytes(name.as_bytes()))
@@ -148,6 +202,8 @@ pub(crate) struct Deferred {
     pub(crate) meta: Meta,
     /// `--verify`: what its reads hashed to.
     pub(crate) sums: Option<Vec<crate::verify::Piece>>,
+    /// A staged directory (this node, made under `tmp` in `parent`) rather than a file.
+    pub(crate) dir: Option<Arc<DirNode>>,
 }
 
 /// Files waiting for publication: a `syncfs` of the target, then their renames, once this many
@@ -398,8 +454,87 @@ impl Shared {
         std::mem::take(&mut q.0)
     }
 
-    /// One child of `node` is finished; finish directories whose last child this was.
+    /// A child of `node` that is not a directory (a file, a node, a hardlink waiter), or its
+    /// scan, is finished: a staged directory whose last such child this was is published.
     fn child_done(&self, node: Arc<DirNode>) {
+        if let Some(s) = &node.staged {
+            if s.files_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.publish_dir(&node, s);
+            }
+        }
+        self.pending_done(node);
+    }
+
+    /// A subdirectory of `node` is finished (or failed, or was cancelled).
+    fn subdir_done(&self, node: Arc<DirNode>) {
+        self.pending_done(node);
+    }
+
+    /// Whether this run makes new directories under a temporary name ([`Staged`]): `copy`,
+    /// except under `--verify`, whose read-back goes by files published in batches.
+    fn stages_dirs(&self) -> bool {
+        self.cfg.tmp_new && !self.cfg.atomic && !self.cfg.verify
+    }
+
+    /// Every entry of the staged directory `node` but its subdirectories is finished: rename
+    /// it into place, after the next batch's `syncfs` where files wait for one.
+    fn publish_dir(&self, node: &Arc<DirNode>, s: &Staged) {
+        let parent = node.parent.clone().expect("a staged directory has a parent");
+        if publishes_in_batches(&self.cfg) {
+            let mut meta = node.meta;
+            meta.size = s.bytes.load(Ordering::Relaxed);
+            self.defer(Deferred {
+                parent,
+                tmp: Some(s.tmp.clone()),
+                name: s.name.clone(),
+                marker: '+',
+                meta,
+                sums: None,
+                dir: Some(node.clone()),
+            });
+            return;
+        }
+        if let Err(e) = self.place_dir(&parent, s) {
+            self.errors.report(e);
+        }
+        self.pending_done(node.clone());
+    }
+
+    /// Rename a staged directory to its name, which must still be free (RENAME_NOREPLACE, or
+    /// a look first where the filesystem lacks it). If it is not, the copy stays under its
+    /// temporary name and the error says where.
+    fn place_dir(&self, parent: &DirNode, s: &Staged) -> Result<(), EntryError> {
+        use rustix::fs::{renameat, renameat_with, statat, AtFlags, RenameFlags};
+        let dst = &*parent.dst;
+        let r = crate::failpoint::fail("rename", s.name.to_bytes())
+            .and_then(|()| renameat_with(dst, &s.tmp, dst, &s.name, RenameFlags::NOREPLACE));
+        let r = match r {
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match statat(dst, &s.name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(Errno::NOENT) => renameat(dst, &s.tmp, dst, &s.name),
+                    _ => Err(Errno::EXIST),
+                }
+            }
+            r => r,
+        };
+        r.map_err(|e| {
+            let kept = self.dst_path(&parent.child_rel(&s.tmp));
+            let mut err = EntryError::new("rename", self.dst_path(&parent.child_rel(&s.name)), e);
+            err.detail = Some(format!(
+                "{}the copied directory stays at {}",
+                if e == Errno::EXIST {
+                    "something was made at this name during the copy; "
+                } else {
+                    ""
+                },
+                kept.display()
+            ));
+            err
+        })
+    }
+
+    /// One pending count of `node` is released; finish directories whose last one this was.
+    fn pending_done(&self, node: Arc<DirNode>) {
         let mut node = node;
         loop {
             if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
@@ -408,7 +543,11 @@ impl Shared {
             if !node.own_attrs {
                 return;
             }
-            if let Err((step, e)) = crate::meta::apply_fd(
+            let discarded = node.staged.as_ref().filter(|s| s.discard.load(Ordering::Relaxed));
+            if let (Some(s), Some(parent)) = (discarded, &node.parent) {
+                // Nothing below it is in flight any more; its parent's attributes come after.
+                let _ = crate::mirror::apply::remove_tree(&parent.dst, &s.tmp, self.is_root);
+            } else if let Err((step, e)) = crate::meta::apply_fd(
                 crate::meta::fd(&*node.src),
                 crate::meta::fd(&*node.dst),
                 &node.meta,
@@ -694,6 +833,7 @@ fn run(
         created_gid: created_gid(&dst_root),
         pending: AtomicUsize::new(1),
         own_attrs: own_root_attrs,
+        staged: None,
     });
     seed(&shared, root);
 
@@ -773,8 +913,14 @@ fn run(
     // A run stopped by a failure leaves files unpublished: never at their final names. (A
     // hardlink's new first name stays, as copy's other new files do; its links are not made.)
     for d in shared.take_deferred(true, true) {
-        if let Some(tmp) = &d.tmp {
-            let _ = rustix::fs::unlinkat(&*d.parent.dst, tmp.as_c_str(), rustix::fs::AtFlags::empty());
+        match (&d.tmp, &d.dir) {
+            (Some(tmp), Some(_)) => {
+                let _ = crate::mirror::apply::remove_tree(&d.parent.dst, tmp, is_root);
+            }
+            (Some(tmp), None) => {
+                let _ = rustix::fs::unlinkat(&*d.parent.dst, tmp.as_c_str(), rustix::fs::AtFlags::empty());
+            }
+            (None, _) => {}
         }
     }
     if let Some(e) = failure {
@@ -1066,6 +1212,10 @@ impl Worker {
         // Read back at once under --verify only what a syncfs just made durable.
         let durable = synced.is_ok() && crate::signals::interrupted().is_none();
         for d in batch {
+            if let Some(node) = &d.dir {
+                self.publish_staged(node, synced);
+                continue;
+            }
             let path = || self.shared.dst_path(&d.parent.child_rel(&d.name));
             let mut marker = d.marker;
             let error = match (synced, &d.tmp) {
@@ -1109,6 +1259,27 @@ impl Worker {
         }
     }
 
+    /// A staged directory's turn in a published batch: renamed into place if the `syncfs`
+    /// made its files durable; else it stays under its temporary name, and the error says so.
+    fn publish_staged(&mut self, node: &Arc<DirNode>, synced: Result<(), Errno>) {
+        let s = node.staged.as_ref().expect("a staged directory");
+        let parent = node.parent.as_ref().expect("a staged directory has a parent");
+        let error = match synced {
+            Ok(()) => self.shared.place_dir(parent, s).err(),
+            Err(e) => {
+                let mut err = EntryError::new("syncfs before rename", self.shared.dst_path(&node.rel), e);
+                err.detail = Some("its files are not known to be durable: not published, removed".into());
+                s.discard.store(true, Ordering::Relaxed);
+                Some(err)
+            }
+        };
+        if let Some(e) = error {
+            self.report(e);
+        }
+        self.shared.pending_done(node.clone());
+        self.shared.queue.job_done();
+    }
+
     /// Drop a queued job of an interrupted run, releasing what it holds: its parent's pending
     /// count (so directories are still finished, modes and times restored), hardlink waiters
     /// (released unlinked), and a big file's chunk (run, so it fails at once and the last one
@@ -1122,7 +1293,9 @@ impl Worker {
             }
             Job::Dir { parent, .. } => {
                 self.shared.scan_done();
-                parent
+                self.shared.subdir_done(parent);
+                self.shared.queue.job_done();
+                return;
             }
             // The first path of a hardlink group: its waiters are released unlinked.
             Job::File {

@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
@@ -97,7 +97,7 @@ fn open_node(shared: &Shared, parent: &Arc<DirNode>, d: &PlanDir) -> Result<Arc<
         // A read-only target directory must take new entries until it is finished.
         let _ = rustix::fs::fchmod(&dst, Mode::from_raw_mode(0o700));
     }
-    parent.pending.fetch_add(1, Ordering::AcqRel);
+    parent.add_subdir();
     Ok(Arc::new(DirNode {
         parent: Some(parent.clone()),
         rel: d.rel.clone(),
@@ -108,6 +108,7 @@ fn open_node(shared: &Shared, parent: &Arc<DirNode>, d: &PlanDir) -> Result<Arc<
         meta: Meta::from_statx(&stx),
         pending: AtomicUsize::new(1),
         own_attrs: true,
+        staged: None,
     }))
 }
 
@@ -130,7 +131,7 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
         nodes.push(node);
     }
     let push = |node: &Arc<DirNode>, job: Job| {
-        node.pending.fetch_add(1, Ordering::AcqRel);
+        node.add_entry();
         shared.new_job();
         shared.queue.push(job);
     };
@@ -190,7 +191,7 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
                     .into_iter()
                     .filter_map(|(d, name)| {
                         let n = nodes[d].clone()?;
-                        n.pending.fetch_add(1, Ordering::AcqRel);
+                        n.add_entry();
                         Some((n, name))
                     })
                     .collect();

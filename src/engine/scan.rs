@@ -5,7 +5,7 @@
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, StatxFlags};
@@ -106,9 +106,15 @@ impl ScanTask {
         if crate::signals::interrupted().is_some() {
             return self.finish(w);
         }
-        for e in entries {
-            let Some(m) = e.meta else { continue };
-            handle_entry(w, &self.node, e.name, m);
+        // Directories are queued first, so the files (popped first: a worker's own jobs go
+        // newest first) are copied before the subtrees: a staged directory is published once
+        // its own files are, not after its whole subtree.
+        let (dirs, rest): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.meta?)))
+            .partition(|(_, m)| m.file_type() == FileType::Directory);
+        for (name, m) in dirs.into_iter().chain(rest) {
+            handle_entry(w, &self.node, name, m);
         }
         self.finish(w)
     }
@@ -133,7 +139,7 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
     let c = w.counters();
     match m.file_type() {
         FileType::Directory => {
-            node.pending.fetch_add(1, Ordering::AcqRel);
+            node.add_subdir();
             w.shared.scan_queued();
             w.spawn(Job::Dir {
                 parent: node.clone(),
@@ -142,7 +148,7 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
             });
         }
         FileType::RegularFile => {
-            node.pending.fetch_add(1, Ordering::AcqRel);
+            node.add_entry();
             if m.nlink > 1 && !register_link(w, node, &name, &m) {
                 // A later path of an inode already seen: linked, or waiting for the first copy.
                 return;
@@ -160,7 +166,7 @@ fn handle_entry(w: &mut Worker, node: &Arc<DirNode>, name: CString, m: Meta) {
         FileType::Symlink | FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
             if m.nlink > 1 {
                 // Hardlinked symlinks and nodes: the first path is made here, later ones linked.
-                node.pending.fetch_add(1, Ordering::AcqRel);
+                node.add_entry();
                 if register_link(w, node, &name, &m) {
                     let ok = copy_inline(w, node, &name, &name, &m);
                     resolve_links(w, node, &name, &m, ok);
@@ -463,7 +469,7 @@ pub(super) fn open_child_dir(
     let rel = parent.child_rel(&name);
     let fail = |w: &mut Worker, e: EntryError| {
         w.report(e);
-        w.shared.child_done(parent.clone());
+        w.shared.subdir_done(parent.clone());
         None
     };
     let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -477,6 +483,31 @@ pub(super) fn open_child_dir(
         Ok(fd) => fd,
         Err(e) => return fail(w, source_error("open directory", w.shared.src_path(&rel), e)),
     };
+    // A name still free gets a staged directory (`Staged`): in a staged parent it is free.
+    let free = || {
+        parent.staged.is_some()
+            || matches!(
+                rustix::fs::statat(&*parent.dst, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW),
+                Err(Errno::NOENT)
+            )
+    };
+    if w.shared.stages_dirs() && free() {
+        let tmp = w.shared.tmp_name();
+        let made =
+            rustix::fs::mkdirat(&*parent.dst, tmp.as_c_str(), Mode::from_raw_mode(0o700)).and_then(|()| {
+                rustix::fs::openat(&*parent.dst, tmp.as_c_str(), dflags, Mode::empty()).inspect_err(|_| {
+                    let _ = rustix::fs::unlinkat(&*parent.dst, tmp.as_c_str(), AtFlags::REMOVEDIR);
+                })
+            });
+        let dst = match made {
+            Ok(fd) => fd,
+            Err(e) => return fail(w, EntryError::new("mkdir", w.shared.dst_path(&rel), e)),
+        };
+        w.shared.note_change('+', &parent, &name);
+        let staged = Some(super::Staged::new(tmp, name));
+        // Its publication holds one pending count (`Staged`).
+        return Some(new_node(w, parent, rel, src, dst, meta, 2, staged));
+    }
     // Owner-only until finished, so a read-only source directory can still be filled.
     let mkdir = || rustix::fs::mkdirat(&*parent.dst, name.as_c_str(), Mode::from_raw_mode(0o700));
     let mut marker = Some('+');
@@ -512,10 +543,25 @@ pub(super) fn open_child_dir(
         // and are reported one by one.
         let _ = rustix::fs::fchmod(&dst, Mode::from_raw_mode(0o700));
     }
+    Some(new_node(w, parent, rel, src, dst, meta, 1, None))
+}
+
+/// The node of a subdirectory open on both sides, its scan counted in `pending`.
+#[allow(clippy::too_many_arguments)]
+fn new_node(
+    w: &mut Worker,
+    parent: Arc<DirNode>,
+    rel: std::path::PathBuf,
+    src: OwnedFd,
+    dst: OwnedFd,
+    meta: Meta,
+    pending: usize,
+    staged: Option<super::Staged>,
+) -> Arc<DirNode> {
     Counters::add(&w.counters().dirs, 1);
     let inherits_acl = meta::has_default_acl(meta::fd(&dst));
     let created_gid = super::created_gid(&dst);
-    Some(Arc::new(DirNode {
+    Arc::new(DirNode {
         parent: Some(parent),
         rel,
         src: Arc::new(src),
@@ -523,7 +569,8 @@ pub(super) fn open_child_dir(
         meta,
         inherits_acl,
         created_gid,
-        pending: AtomicUsize::new(1),
+        pending: AtomicUsize::new(pending),
         own_attrs: true,
-    }))
+        staged,
+    })
 }
