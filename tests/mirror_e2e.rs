@@ -211,8 +211,10 @@ fn dry_run_problems(extra: &[&str], src: &Path, dst: &Path, what: &str, log: &[S
 
 fn is_temp_name(p: &[u8]) -> bool {
     let first = p.split(|&b| b == b'/').next().unwrap_or_default();
-    let last = p.rsplit(|&b| b == b'/').next().unwrap_or_default();
-    first.starts_with(b".ringsync-stage.") || (last.starts_with(b".ringsync.") && last.ends_with(b".tmp"))
+    // A temporary file, or anything in a new directory still under its temporary name.
+    first.starts_with(b".ringsync-stage.")
+        || p.split(|&b| b == b'/')
+            .any(|c| c.starts_with(b".ringsync.") && c.ends_with(b".tmp"))
 }
 
 // ---------------------------------------------------------------------------

@@ -5,10 +5,11 @@
 #
 #   A=/path/to/old B=/path/to/new [ROUNDS=7] [DATASETS="small mixed big"] [CACHES="warm cold"]
 #   [FSYNCS="end none"] [BENCH_DIR=/var/tmp/ringsync-bench] [ARGS_A=...] [ARGS_B=...]
-#   tools/ab-copy.sh > report.md
+#   [CMD=copy] tools/ab-copy.sh > report.md
 #
 # ARGS_A / ARGS_B: extra options for A's / B's command line (word-split), e.g. the same binary
-# as A and B with ARGS_B=--verify for what an option costs.
+# as A and B with ARGS_B=--verify for what an option costs. CMD=mirror times a first mirror
+# (into a fresh DST: an initial sync) instead of a copy.
 #
 # The datasets are the ones tools/bench-copy.sh makes (run it once first). Destinations of a
 # block are deleted only after the block, then caches are dropped, so ext4's slow reuse of
@@ -26,7 +27,8 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ARGS_A=${ARGS_A:-}
 ARGS_B=${ARGS_B:-}
-echo "# ringsync A/B: A=$A $ARGS_A ($("$A" --version | head -1)), B=$B $ARGS_B ($("$B" --version | head -1))"
+CMD=${CMD:-copy}
+echo "# ringsync $CMD A/B: A=$A $ARGS_A ($("$A" --version | head -1)), B=$B $ARGS_B ($("$B" --version | head -1))"
 echo
 echo "$(nproc) CPUs, $(uname -r), $(findmnt -no FSTYPE --target "$BENCH_DIR"); $ROUNDS rounds, order alternating"
 echo
@@ -46,7 +48,7 @@ for ds in $DATASETS; do
           if [ "$cache" = cold ]; then drop; else sync; fi
           s=$(date +%s.%N)
           # shellcheck disable=SC2086 # options word-split on purpose
-          "$bin" copy -q --fsync "$fs" $args "$DATA/$ds" "$OUT/$w-$r"
+          "$bin" "$CMD" -q --fsync "$fs" $args "$DATA/$ds" "$OUT/$w-$r"
           e=$(date +%s.%N)
           t[$w]=$(echo "$e - $s" | bc -l)
         done

@@ -141,9 +141,9 @@ impl CopyTask {
         }
         let dflags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         let create_mode = create_mode(&parent, &meta);
-        // Atomic runs write beside the final name from the start; so does copy, except in a
-        // directory it made under a temporary name (nothing there is seen before it is renamed).
-        let beside = w.shared.cfg.atomic || (w.shared.cfg.tmp_new && parent.staged.is_none());
+        // Copy and mirror write beside the final name from the start, except in a directory
+        // made under a temporary name (nothing there is seen before it is renamed).
+        let beside = (w.shared.cfg.atomic || w.shared.cfg.tmp_new) && parent.staged.is_none();
         let tmp = beside.then(|| w.shared.tmp_name());
         if let Some(current) = &w.shared.current {
             let rel = parent.child_rel(&name);

@@ -101,8 +101,11 @@ pub(crate) struct Staged {
     files_left: AtomicUsize,
     /// Bytes of its files, finished and not yet published (they count toward a batch).
     bytes: AtomicU64,
-    /// Not published (its `syncfs` failed): removed once everything below it is finished.
-    discard: AtomicBool,
+    /// Files written at their final names in it: with none, nothing waits for a `syncfs`.
+    files: AtomicU64,
+    /// Its `syncfs` failed (with this error): emptied once everything below it is finished,
+    /// each entry removed reported, then published.
+    discard: std::sync::OnceLock<Errno>,
 }
 
 impl Staged {
@@ -112,7 +115,8 @@ impl Staged {
             name,
             files_left: AtomicUsize::new(1),
             bytes: AtomicU64::new(0),
-            discard: AtomicBool::new(false),
+            files: AtomicU64::new(0),
+            discard: std::sync::OnceLock::new(),
         }
     }
 }
@@ -136,6 +140,7 @@ impl DirNode {
     fn file_written(&self, bytes: u64) {
         if let Some(s) = &self.staged {
             s.bytes.fetch_add(bytes, Ordering::Relaxed);
+            s.files.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -470,17 +475,20 @@ impl Shared {
         self.pending_done(node);
     }
 
-    /// Whether this run makes new directories under a temporary name ([`Staged`]): `copy`,
-    /// except under `--verify`, whose read-back goes by files published in batches.
+    /// Whether this run makes new directories under a temporary name ([`Staged`]): `copy` and
+    /// a mirror's new subtrees, except under `--verify`, whose read-back goes by files
+    /// published in batches.
     fn stages_dirs(&self) -> bool {
-        self.cfg.tmp_new && !self.cfg.atomic && !self.cfg.verify
+        (self.cfg.tmp_new || self.cfg.atomic) && !self.cfg.verify
     }
 
     /// Every entry of the staged directory `node` but its subdirectories is finished: rename
     /// it into place, after the next batch's `syncfs` where files wait for one.
     fn publish_dir(&self, node: &Arc<DirNode>, s: &Staged) {
         let parent = node.parent.clone().expect("a staged directory has a parent");
-        if publishes_in_batches(&self.cfg) {
+        // Without files written in it (only links, symlinks, nodes or subdirectories), there
+        // is no data to wait for, as for a directory made at its name.
+        if publishes_in_batches(&self.cfg) && s.files.load(Ordering::Relaxed) > 0 {
             let mut meta = node.meta;
             meta.size = s.bytes.load(Ordering::Relaxed);
             self.defer(Deferred {
@@ -533,6 +541,31 @@ impl Shared {
         })
     }
 
+    /// Remove everything in a staged directory whose `syncfs` failed with `e`, each entry
+    /// reported.
+    fn empty_dir(&self, node: &DirNode, e: Errno) {
+        let dir = &*node.dst;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::openat(dir, c".", flags, Mode::empty()) else {
+            return;
+        };
+        let mut names = Vec::new();
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
+        let mut it = rustix::fs::RawDir::new(&fd, &mut buf);
+        while let Some(Ok(e)) = it.next() {
+            let n = e.file_name();
+            if n != c"." && n != c".." {
+                names.push(n.to_owned());
+            }
+        }
+        for n in names {
+            let _ = crate::mirror::apply::remove_tree(dir, &n, self.is_root);
+            let mut err = EntryError::new("syncfs before rename", self.dst_path(&node.child_rel(&n)), e);
+            err.detail = Some("not known to be durable: removed".into());
+            self.errors.report(err);
+        }
+    }
+
     /// One pending count of `node` is released; finish directories whose last one this was.
     fn pending_done(&self, node: Arc<DirNode>) {
         let mut node = node;
@@ -543,11 +576,17 @@ impl Shared {
             if !node.own_attrs {
                 return;
             }
-            let discarded = node.staged.as_ref().filter(|s| s.discard.load(Ordering::Relaxed));
-            if let (Some(s), Some(parent)) = (discarded, &node.parent) {
-                // Nothing below it is in flight any more; its parent's attributes come after.
-                let _ = crate::mirror::apply::remove_tree(&parent.dst, &s.tmp, self.is_root);
-            } else if let Err((step, e)) = crate::meta::apply_fd(
+            let discarded = node.staged.as_ref().and_then(|s| Some((s, *s.discard.get()?)));
+            if let (Some((s, e)), Some(parent)) = (discarded, &node.parent) {
+                // Nothing below it is in flight any more: what it holds goes, and it takes its
+                // name empty, as a directory whose files all failed (a mirror may have removed
+                // what stood there); its attributes, then its parent's, come after.
+                self.empty_dir(&node, e);
+                if let Err(e) = self.place_dir(parent, s) {
+                    self.errors.report(e);
+                }
+            }
+            if let Err((step, e)) = crate::meta::apply_fd(
                 crate::meta::fd(&*node.src),
                 crate::meta::fd(&*node.dst),
                 &node.meta,
@@ -1260,21 +1299,20 @@ impl Worker {
     }
 
     /// A staged directory's turn in a published batch: renamed into place if the `syncfs`
-    /// made its files durable; else it stays under its temporary name, and the error says so.
+    /// made its files durable; else emptied (each entry reported) and renamed once nothing
+    /// below it is in flight ([`Shared::pending_done`]).
     fn publish_staged(&mut self, node: &Arc<DirNode>, synced: Result<(), Errno>) {
         let s = node.staged.as_ref().expect("a staged directory");
         let parent = node.parent.as_ref().expect("a staged directory has a parent");
-        let error = match synced {
-            Ok(()) => self.shared.place_dir(parent, s).err(),
-            Err(e) => {
-                let mut err = EntryError::new("syncfs before rename", self.shared.dst_path(&node.rel), e);
-                err.detail = Some("its files are not known to be durable: not published, removed".into());
-                s.discard.store(true, Ordering::Relaxed);
-                Some(err)
+        match synced {
+            Ok(()) => {
+                if let Err(e) = self.shared.place_dir(parent, s) {
+                    self.report(e);
+                }
             }
-        };
-        if let Some(e) = error {
-            self.report(e);
+            Err(e) => {
+                let _ = s.discard.set(e);
+            }
         }
         self.shared.pending_done(node.clone());
         self.shared.queue.job_done();
