@@ -214,6 +214,17 @@ mod imp {
     pub fn closing(_fd: RawFd) {}
 }
 
+/// Where temporary names start counting, when a test says (`RINGSYNC_TMP_SEQ`, with the
+/// feature only): tests that plant entries at ringsync's temporary names need to know them;
+/// a run otherwise starts at a random number.
+pub fn tmp_seq_start() -> Option<u64> {
+    if cfg!(feature = "failpoints") {
+        std::env::var("RINGSYNC_TMP_SEQ").ok()?.parse().ok()
+    } else {
+        None
+    }
+}
+
 /// Whether any rule is set (always false without the feature).
 pub fn active() -> bool {
     imp::active()

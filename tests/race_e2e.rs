@@ -38,7 +38,8 @@
 //!    an intermediate directory, a leaf directory (relative target), a child of the root (to
 //!    `/`) and two regular files (absolute and relative targets) replaced by symlinks to their
 //!    OUTSIDE counterparts; ringsync's temporary names planted as symlinks to OUTSIDE before
-//!    the child execs (its pid is known then): `.ringsync.<pid>.<n>.tmp` for n < 512 in every
+//!    the child execs (its pid is known then; `RINGSYNC_TMP_SEQ=0` makes n start at 0, as a
+//!    run otherwise starts at a random n): `.ringsync.<pid>.<n>.tmp` for n < 512 in every
 //!    directory of DST, and for mirror `.ringsync-stage.<pid>`; for receive the holding
 //!    directory `.ringsync-rcv.hold.<stream id>` (the stream's id from `ringsync dump --json`;
 //!    receive's `.ringsync-rcv.<tag>.<n>` names take a random 48-bit tag and cannot be
@@ -877,6 +878,9 @@ fn make_jail(tag: &str, l: &Layout) -> Option<Jail> {
 fn jailed(jail: &Path, args: &[OsString], gate: Option<(RawFd, RawFd)>) -> Command {
     let mut cmd = Command::new("/ringsync");
     cmd.args(args);
+    // Temporary names count from here, so the planted ones are met (honoured with the
+    // `failpoints` feature, as CI builds; without it names start at a random number).
+    cmd.env("RINGSYNC_TMP_SEQ", "0");
     let jail_c = CString::new(jail.as_os_str().as_bytes()).unwrap();
     let proc_c = CString::new(jail.join("proc").as_os_str().as_bytes()).unwrap();
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe

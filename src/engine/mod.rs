@@ -542,28 +542,39 @@ impl Shared {
     }
 
     /// Remove everything in a staged directory whose `syncfs` failed with `e`, each entry
-    /// reported.
-    fn empty_dir(&self, node: &DirNode, e: Errno) {
+    /// removed reported. Returns whether it is empty now.
+    fn empty_dir(&self, node: &DirNode, e: Errno) -> bool {
         let dir = &*node.dst;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let Ok(fd) = rustix::fs::openat(dir, c".", flags, Mode::empty()) else {
-            return;
-        };
-        let mut names = Vec::new();
-        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
-        let mut it = rustix::fs::RawDir::new(&fd, &mut buf);
-        while let Some(Ok(e)) = it.next() {
-            let n = e.file_name();
-            if n != c"." && n != c".." {
-                names.push(n.to_owned());
+        let listed = rustix::fs::openat(dir, c".", flags, Mode::empty()).and_then(|fd| {
+            let mut names = Vec::new();
+            let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 << 10];
+            let mut it = rustix::fs::RawDir::new(&fd, &mut buf);
+            while let Some(entry) = it.next() {
+                let n = entry?.file_name().to_owned();
+                if n.as_c_str() != c"." && n.as_c_str() != c".." {
+                    names.push(n);
+                }
+            }
+            Ok(names)
+        });
+        let Ok(names) = listed else { return false };
+        let mut empty = true;
+        for n in names {
+            let path = self.dst_path(&node.child_rel(&n));
+            match crate::mirror::apply::remove_tree(dir, &n, self.is_root) {
+                Ok(()) => {
+                    let mut err = EntryError::new("syncfs before rename", path, e);
+                    err.detail = Some("not known to be durable: removed".into());
+                    self.errors.report(err);
+                }
+                Err(r) => {
+                    empty = false;
+                    self.errors.report(EntryError::new("remove", path, r));
+                }
             }
         }
-        for n in names {
-            let _ = crate::mirror::apply::remove_tree(dir, &n, self.is_root);
-            let mut err = EntryError::new("syncfs before rename", self.dst_path(&node.child_rel(&n)), e);
-            err.detail = Some("not known to be durable: removed".into());
-            self.errors.report(err);
-        }
+        empty
     }
 
     /// One pending count of `node` is released; finish directories whose last one this was.
@@ -581,8 +592,15 @@ impl Shared {
                 // Nothing below it is in flight any more: what it holds goes, and it takes its
                 // name empty, as a directory whose files all failed (a mirror may have removed
                 // what stood there); its attributes, then its parent's, come after.
-                self.empty_dir(&node, e);
-                if let Err(e) = self.place_dir(parent, s) {
+                // If it cannot be emptied, it stays under its temporary name.
+                if !self.empty_dir(&node, e) {
+                    let mut err = EntryError::new("syncfs before rename", self.dst_path(&node.rel), e);
+                    err.detail = Some(format!(
+                        "not known to be durable: not published, left at {}",
+                        self.dst_path(&parent.child_rel(&s.tmp)).display()
+                    ));
+                    self.errors.report(err);
+                } else if let Err(e) = self.place_dir(parent, s) {
                     self.errors.report(e);
                 }
             }
@@ -839,7 +857,10 @@ fn run(
             cfg.data_path != DataPath::Ring && cfg.reflink != Reflink::Never && !cfg.verify,
         ),
         xattr_warned: AtomicBool::new(false),
-        tmp_seq: AtomicU64::new(0),
+        // From a random point: a killed run's temporaries (a staged directory, say) must not
+        // meet a later run's under the same pid (a container's pid 1), or that run's create
+        // of the same name would fail.
+        tmp_seq: AtomicU64::new(crate::failpoint::tmp_seq_start().unwrap_or(u64::from(random_u32()))),
         unfinished: AtomicU64::new(0),
         src_dev: Meta::from_statx(&stx).dev,
         scans_left: AtomicUsize::new(0),
@@ -1022,6 +1043,15 @@ fn run(
         unfinished: shared.unfinished.load(Ordering::Relaxed),
         verified,
     })
+}
+
+/// A random number (0 if the kernel gives none).
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(4) => u32::from_ne_bytes(b),
+        _ => 0,
+    }
 }
 
 /// Stops the whole run if a worker thread unwinds, so the others do not wait forever for jobs

@@ -131,7 +131,10 @@ pub(super) fn seed(shared: &Arc<Shared>, root: Arc<DirNode>, plan: Plan) {
         nodes.push(node);
     }
     let push = |node: &Arc<DirNode>, job: Job| {
-        node.add_entry();
+        match job {
+            Job::Dir { .. } => node.add_subdir(),
+            _ => node.add_entry(),
+        }
         shared.new_job();
         shared.queue.push(job);
     };
