@@ -512,20 +512,7 @@ impl Shared {
     /// a look first where the filesystem lacks it). If it is not, the copy stays under its
     /// temporary name and the error says where.
     fn place_dir(&self, parent: &DirNode, s: &Staged) -> Result<(), EntryError> {
-        use rustix::fs::{renameat, renameat_with, statat, AtFlags, RenameFlags};
-        let dst = &*parent.dst;
-        let r = crate::failpoint::fail("rename", s.name.to_bytes())
-            .and_then(|()| renameat_with(dst, &s.tmp, dst, &s.name, RenameFlags::NOREPLACE));
-        let r = match r {
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                match statat(dst, &s.name, AtFlags::SYMLINK_NOFOLLOW) {
-                    Err(Errno::NOENT) => renameat(dst, &s.tmp, dst, &s.name),
-                    _ => Err(Errno::EXIST),
-                }
-            }
-            r => r,
-        };
-        r.map_err(|e| {
+        scan::rename_noreplace(&parent.dst, &s.tmp, &s.name).map_err(|e| {
             let kept = self.dst_path(&parent.child_rel(&s.tmp));
             let mut err = EntryError::new("rename", self.dst_path(&parent.child_rel(&s.name)), e);
             err.detail = Some(format!(

@@ -274,20 +274,9 @@ pub(super) fn place(
         return rename_over(node, tmp, name, cfg.atomic).map(|()| marker);
     }
     let dst = &*node.dst;
-    let first = crate::failpoint::fail("rename", name.to_bytes())
-        .and_then(|()| rustix::fs::renameat_with(dst, tmp, dst, name, rustix::fs::RenameFlags::NOREPLACE));
-    match first {
+    match rename_noreplace(dst, tmp, name) {
         Ok(()) => Ok('+'),
-        // No RENAME_NOREPLACE here (NFS, some FUSE filesystems): look first, then rename.
-        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
-            if matches!(
-                rustix::fs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW),
-                Err(Errno::NOENT)
-            ) =>
-        {
-            rename_over(node, tmp, name, false).map(|()| '+')
-        }
-        Err(Errno::EXIST | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+        Err(Errno::EXIST) => {
             let marker = match w.shared.listing_changes() {
                 true => replaced_marker(&node.dst, name, FileType::RegularFile),
                 false => 'M',
@@ -298,6 +287,21 @@ pub(super) fn place(
             let _ = rustix::fs::unlinkat(dst, tmp, AtFlags::empty());
             Err(e)
         }
+    }
+}
+
+/// Rename `tmp` to `name` in `dir` only if `name` is free (EEXIST if not): RENAME_NOREPLACE,
+/// or where the filesystem lacks it (NFS, some FUSE filesystems) a look first, then a rename.
+pub(super) fn rename_noreplace(dir: &OwnedFd, tmp: &CStr, name: &CStr) -> Result<(), Errno> {
+    crate::failpoint::fail("rename", name.to_bytes())?;
+    match rustix::fs::renameat_with(dir, tmp, dir, name, rustix::fs::RenameFlags::NOREPLACE) {
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::NOENT) => rustix::fs::renameat(dir, tmp, dir, name),
+                _ => Err(Errno::EXIST),
+            }
+        }
+        r => r,
     }
 }
 
