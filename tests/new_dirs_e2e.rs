@@ -139,30 +139,15 @@ fn watched_copy(extra: &[&str], appearing: bool) {
         ..CompareOpts::default()
     };
     assert_trees_equal(&src, &dst, &cmp, &format!("copy {extra:?}"));
-    let leftovers: Vec<_> = walkdir(&dst)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".ringsync."))
-        })
+    let tree = common::oracle::scan_tree(&dst, false).expect("scan DST");
+    let leftovers: Vec<_> = tree
+        .entries
+        .keys()
+        .filter(|p| p.split(|&b| b == b'/').any(|c| c.starts_with(b".ringsync.")))
+        .map(|p| common::oracle::show(p))
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
     eprintln!("copy {extra:?}: {took:?}, {looks} looks, {partial} saw directories appearing");
-}
-
-fn walkdir(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            }
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// Default (`--fsync end`): a directory waits for a batch's `syncfs` too; a tree this small
