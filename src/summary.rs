@@ -10,9 +10,9 @@ pub fn to_json(o: &Outcome) -> Value {
     let secs = o.elapsed.as_secs_f64();
     let mut lat = Map::new();
     for (kind, h) in OpKind::ALL.iter().zip(&o.latencies.by_kind) {
-        if h.is_empty() {
+        let Some(h) = h.as_ref().filter(|h| !h.is_empty()) else {
             continue;
-        }
+        };
         let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         lat.insert(
             kind.name().to_string(),

@@ -39,9 +39,11 @@ use crate::meta::{Meta, Preserve};
 use crate::progress::{Counters, ProgressLine};
 use crate::ring::{self, Backend, Completion, EngineKind, OpKind, RingConfig, Token};
 
-/// Pool unit: the granule of buffer memory. 1 MiB keeps a 4 KiB file from pinning much while
-/// letting big files move in multi-MiB ops.
-pub const POOL_UNIT_BYTES: usize = 1 << 20;
+/// Pool unit: the granule of buffer memory. A file of up to 64 KiB takes one unit, so small files
+/// in flight pack into the first huge page or two of a pool instead of one 1 MiB unit each (a 1%
+/// mirror of the mixed tree touched the whole 64 MiB pool to move 5 MB); big files take
+/// contiguous runs of units, up to `OP_BYTES_MAX` an op (`ring::Pool::acquire`).
+pub const POOL_UNIT_BYTES: usize = 64 << 10;
 /// Largest single read or write. Measured on this VM (perf/): 4 MiB ops reach the same
 /// throughput as 8 MiB with half the buffer per op.
 pub const OP_BYTES_MAX: u64 = 4 << 20;
@@ -620,26 +622,38 @@ impl Shared {
 
 /// Latency histograms of one worker, in nanoseconds.
 pub struct Latencies {
-    pub by_kind: Vec<Histogram<u64>>,
+    /// One histogram per `OpKind::ALL` entry, made at its first sample (most runs use a few
+    /// kinds), 1 ns to 120 s at 2 significant digits (within 1%): ~32 KiB of counters each. At 3
+    /// digits, ~240 KiB each, made up front for every kind in every worker, zeroing them was most
+    /// of a small run's page faults.
+    pub by_kind: Vec<Option<Histogram<u64>>>,
 }
 
 impl Latencies {
     fn new() -> Latencies {
-        let h = || Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid bounds");
         Latencies {
-            by_kind: OpKind::ALL.iter().map(|_| h()).collect(),
+            by_kind: OpKind::ALL.iter().map(|_| None).collect(),
         }
+    }
+
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 120_000_000_000, 2).expect("valid bounds")
     }
 
     fn record(&mut self, kind: OpKind, latency: Duration) {
         let i = OpKind::ALL.iter().position(|k| *k == kind).expect("known kind");
         let ns = (latency.as_nanos() as u64).clamp(1, 120_000_000_000);
-        self.by_kind[i].record(ns).expect("within bounds");
+        let h = self.by_kind[i].get_or_insert_with(Latencies::histogram);
+        h.record(ns).expect("within bounds");
     }
 
     fn merge(&mut self, other: &Latencies) {
         for (a, b) in self.by_kind.iter_mut().zip(&other.by_kind) {
-            a.add(b).expect("same bounds");
+            if let Some(b) = b {
+                a.get_or_insert_with(Latencies::histogram)
+                    .add(b)
+                    .expect("same bounds");
+            }
         }
     }
 }
@@ -894,10 +908,16 @@ fn run(
         None => cfg.memory_bytes,
     };
     let units_total = (memory_bytes as usize / POOL_UNIT_BYTES).max(threads);
-    // A pool of 1 MiB or more takes whole 2 MiB huge pages (ring::Pool::bytes_for): an even
-    // number of 1 MiB units uses all of them and stays within --memory.
+    // A pool of 1 MiB or more takes whole 2 MiB huge pages (ring::Pool::bytes_for): whole huge
+    // pages' worth of units use all of them and stay within --memory; a share under one huge
+    // page stays under 1 MiB, in small pages.
     let units = (units_total / threads).max(1);
-    let units = if units >= 2 { units & !1 } else { units };
+    let per_huge = ring::pool::HUGE_PAGE_BYTES / POOL_UNIT_BYTES;
+    let units = if units >= per_huge {
+        units - units % per_huge
+    } else {
+        units.min(ring::pool::HUGE_MIN_BYTES / POOL_UNIT_BYTES - 1)
+    };
     let ring_cfg = RingConfig {
         sq_entries: SQ_ENTRIES,
         pool_units: units,

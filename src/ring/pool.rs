@@ -65,8 +65,8 @@ pub struct Pool {
     base: NonNull<Page>,
     pages: usize,
     unit_bytes: usize,
-    /// One flag per unit: true = in use. Small (≤ a few thousand units), so a linear first-fit
-    /// scan is cheaper than any cleverer structure.
+    /// One flag per unit: true = in use. Small (a few hundred units per worker at the default
+    /// `--memory`), so a linear scan is cheaper than any cleverer structure.
     used: Vec<bool>,
     free_units: usize,
 }
@@ -141,15 +141,30 @@ impl Pool {
     }
 
     /// Take up to `units_wanted` contiguous units (at least one), or `None` if all are in use.
+    ///
+    /// The lowest free run that holds them all, else the longest free run (the lowest of equals):
+    /// small leases pack at the bottom of the pool, so a run that moves little touches only the
+    /// first pages of it, and a big request is not cut short by a one-unit hole below a long run.
     pub fn acquire(&mut self, units_wanted: usize) -> Option<Lease> {
         if self.free_units == 0 {
             return None;
         }
-        let units_wanted = units_wanted.clamp(1, self.used.len());
-        let first = self.used.iter().position(|u| !u)?;
-        let mut count = 1;
-        while count < units_wanted && first + count < self.used.len() && !self.used[first + count] {
-            count += 1;
+        let want = units_wanted.clamp(1, self.used.len());
+        let (mut first, mut count) = (0, 0);
+        let mut at = 0;
+        while let Some(free) = self.used[at..].iter().position(|u| !u) {
+            let start = at + free;
+            let run = self.used[start..].iter().take(want).take_while(|u| !**u).count();
+            if run > count {
+                (first, count) = (start, run);
+            }
+            if run == want {
+                break;
+            }
+            at = start + run;
+        }
+        if count == 0 {
+            return None; // free_units says otherwise: never lease nothing
         }
         for u in &mut self.used[first..first + count] {
             *u = true;
@@ -322,6 +337,66 @@ mod tests {
         pool.release(b);
         pool.release(c);
         assert_eq!(pool.free_units(), 4);
+    }
+
+    /// Which units are in use, as a string ('#' used, '.' free): the oracle below is drawn by hand.
+    fn map(pool: &Pool) -> String {
+        pool.used.iter().map(|u| if *u { '#' } else { '.' }).collect()
+    }
+
+    #[test]
+    fn acquire_takes_the_lowest_run_that_fits_else_the_longest() {
+        let mut pool = Pool::new(12, 4096);
+        let a: Vec<Lease> = (0..12).map(|_| pool.acquire(1).unwrap()).collect();
+        assert_eq!(map(&pool), "############", "one-unit leases pack from the bottom");
+        // Free units 1, 3-4 and 6-10: "#.#..#.....#".
+        let mut a = a.into_iter().map(Some).collect::<Vec<_>>();
+        for i in [1, 3, 4, 6, 7, 8, 9, 10] {
+            pool.release(a[i].take().unwrap());
+        }
+        assert_eq!(map(&pool), "#.#..#.....#");
+        let big = pool.acquire(4).unwrap();
+        assert_eq!(
+            (big.unit_first, big.len()),
+            (6, 4 * 4096),
+            "skips the holes below"
+        );
+        assert_eq!(map(&pool), "#.#..#####.#");
+        let two = pool.acquire(2).unwrap();
+        assert_eq!(two.unit_first, 3, "the lowest run that fits");
+        let one = pool.acquire(1).unwrap();
+        assert_eq!(one.unit_first, 1, "a small lease fills the lowest hole");
+        assert_eq!(map(&pool), "##########.#");
+        let short = pool.acquire(5).unwrap();
+        assert_eq!(
+            (short.unit_first, short.len()),
+            (10, 4096),
+            "nothing fits: the longest run"
+        );
+        assert!(pool.acquire(1).is_none());
+        for l in [big, two, one, short].into_iter().chain(a.into_iter().flatten()) {
+            pool.release(l);
+        }
+        assert_eq!(pool.free_units(), 12);
+        // Longest of several short runs, the lowest of equals: "..#...#...#." wanting 4.
+        let all = pool.acquire(12).unwrap();
+        pool.release(all);
+        let pins: Vec<Lease> = (0..12).map(|_| pool.acquire(1).unwrap()).collect();
+        let mut keep = Vec::new();
+        for (i, l) in pins.into_iter().enumerate() {
+            if [2, 6, 10].contains(&i) {
+                keep.push(l);
+            } else {
+                pool.release(l);
+            }
+        }
+        assert_eq!(map(&pool), "..#...#...#.");
+        let got = pool.acquire(4).unwrap();
+        assert_eq!((got.unit_first, got.len()), (3, 3 * 4096));
+        pool.release(got);
+        for l in keep {
+            pool.release(l);
+        }
     }
 
     #[test]
