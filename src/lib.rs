@@ -10,6 +10,7 @@
 //! - [`filter`]: which entries a run takes (rsync's include/exclude rules, `--files-from`, `-x`);
 //! - [`meta`]: metadata read from statx and applied to targets;
 //! - [`roots`]: SRC and DST checked before a run (overlap, single-entry sources);
+//! - [`remove`]: removing an entry and everything below it, never following a symlink;
 //! - [`error`], [`progress`], [`report`], [`summary`]: reporting.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -44,6 +45,7 @@ pub mod moves;
 pub mod progress;
 pub mod receive;
 pub mod remote;
+pub mod remove;
 pub mod report;
 pub mod ring;
 pub mod roots;

@@ -557,7 +557,7 @@ impl Shared {
         let mut empty = true;
         for n in names {
             let path = self.dst_path(&node.child_rel(&n));
-            match crate::mirror::apply::remove_tree(dir, &n, self.is_root) {
+            match crate::remove::remove_tree(dir, &n, self.is_root) {
                 Ok(()) => {
                     let mut err = EntryError::new("syncfs before rename", path, e);
                     err.detail = Some("not known to be durable: removed".into());
@@ -988,7 +988,7 @@ fn run(
     for d in shared.take_deferred(true, true) {
         match (&d.tmp, &d.dir) {
             (Some(tmp), Some(_)) => {
-                let _ = crate::mirror::apply::remove_tree(&d.parent.dst, tmp, is_root);
+                let _ = crate::remove::remove_tree(&d.parent.dst, tmp, is_root);
             }
             (Some(tmp), None) => {
                 let _ = rustix::fs::unlinkat(&*d.parent.dst, tmp.as_c_str(), rustix::fs::AtFlags::empty());

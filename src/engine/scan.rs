@@ -325,11 +325,8 @@ pub(super) fn rename_over(node: &DirNode, tmp: &CStr, name: &CStr, replace_dir: 
                     match rustix::fs::renameat(dst, tmp, dst, name) {
                         Ok(()) => {
                             // Its removal failing leaves a temporary name the next mirror deletes.
-                            let _ = crate::mirror::apply::remove_tree(
-                                dst,
-                                &aside,
-                                rustix::process::geteuid().is_root(),
-                            );
+                            let _ =
+                                crate::remove::remove_tree(dst, &aside, rustix::process::geteuid().is_root());
                             Ok(())
                         }
                         Err(e) => {

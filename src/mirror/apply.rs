@@ -2,104 +2,21 @@
 //! making directories, placing staged entries. All relative to DST's root descriptor, one path
 //! component at a time, never following a symlink.
 
-use std::ffi::{CStr, CString};
-use std::mem::MaybeUninit;
+use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::fs::Mode;
 use rustix::io::Errno;
 
 use super::plan::Step;
 use crate::diff::{full, join, open_dir_path, split};
 use crate::error::{EntryError, ErrorLog};
-use crate::filter::{Filter, Verdict};
+use crate::filter::Filter;
+use crate::remove::{remove_below, remove_tree, Keep};
 
 fn cname(b: &[u8]) -> CString {
     CString::new(b).expect("names have no NUL")
-}
-
-/// Remove `name` in `dir` and, if it is a directory, everything below it. A missing entry is
-/// fine (already gone).
-pub fn remove_tree(dir: &OwnedFd, name: &CStr, is_root: bool) -> Result<(), Errno> {
-    remove_below(dir, name, is_root, None).map(drop)
-}
-
-/// What a filtered removal keeps: entries the filter skips, at paths below DST's root.
-#[derive(Clone, Copy)]
-struct Keep<'a> {
-    filter: &'a Filter,
-    /// `name`'s path below DST's root.
-    rel: &'a [u8],
-}
-
-/// [`remove_tree`], but with `keep` the entries the filter protects stay (a mirror never deletes
-/// an excluded entry without `--delete-excluded`), and so does every directory holding one,
-/// with its mode as it was. Returns whether anything was kept.
-fn remove_below(dir: &OwnedFd, name: &CStr, is_root: bool, keep: Option<Keep>) -> Result<bool, Errno> {
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(false),
-        Err(Errno::ISDIR) => {}
-        Err(e) => return Err(e),
-    }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
-    // Emptying a read-only directory needs write permission on it; a kept one gets its mode back.
-    let mode = match is_root {
-        true => None,
-        false => {
-            let m = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
-            (m & 0o700 != 0o700)
-                .then(|| rustix::fs::fchmod(&fd, Mode::from_raw_mode(m | 0o700)).ok())
-                .flatten()
-                .map(|()| m)
-        }
-    };
-    let mut names = Vec::new();
-    {
-        let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 << 10];
-        let mut it = RawDir::new(&fd, &mut buf);
-        while let Some(e) = it.next() {
-            let e = e?;
-            let n = e.file_name();
-            if n == c"." || n == c".." {
-                continue;
-            }
-            let is_dir = match (keep, e.file_type()) {
-                (None, _) => false,
-                (Some(_), FileType::Unknown) => rustix::fs::statat(&fd, n, AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
-                (Some(_), t) => t == FileType::Directory,
-            };
-            names.push((n.to_owned(), is_dir));
-        }
-    }
-    let mut kept = false;
-    for (n, is_dir) in names {
-        kept |= match keep {
-            None => remove_below(&fd, &n, is_root, None)?,
-            Some(k) => {
-                let rel = join(k.rel, n.as_bytes());
-                if k.filter.verdict(&rel, is_dir, false) == Verdict::Skip {
-                    true
-                } else {
-                    let below = Keep { rel: &rel, ..k };
-                    remove_below(&fd, &n, is_root, Some(below))?
-                }
-            }
-        };
-    }
-    if kept {
-        if let Some(m) = mode {
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(m))?;
-        }
-        return Ok(true);
-    }
-    drop(fd);
-    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// Run `op` on directory `dir`; if that is refused for want of write permission there and we

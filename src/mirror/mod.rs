@@ -27,7 +27,6 @@ use crate::engine;
 use crate::error::{exit, ErrorLog};
 use crate::meta::Preserve;
 
-pub use apply::remove_tree;
 pub use guard::{Guard, Record};
 
 /// btrfs's statfs magic: subvolumes and their snapshots keep inode numbers.

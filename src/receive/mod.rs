@@ -42,9 +42,9 @@ use rustix::io::Errno;
 
 use crate::diff::{escape, join};
 use crate::error::exit;
-use crate::mirror::apply::remove_tree;
 use crate::mirror::guard::{self, Guard, LockError};
 use crate::progress::{self, StreamCounts};
+use crate::remove::remove_tree;
 use crate::stream::{self, Record, ResumeToken, StreamHeader};
 use crate::stream_io::{AlignedBuf, Item, ReadError, StreamReader};
 
